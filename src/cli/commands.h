@@ -1,0 +1,20 @@
+// The kbit command line: each subcommand lives in its own file and registers itself here.
+//
+// A subcommand adds its flags to `app` and returns the action to run when it is chosen. Actions
+// return a Status; main() prints a failed one and exits non-zero. Subcommands parse and print;
+// the work itself is done by library calls.
+#pragma once
+
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+#include "kbit/core/status.h"
+
+namespace kbit::cli {
+
+using Action = std::function<Status()>;
+
+Action add_roundtrip_command(CLI::App& app);
+
+}  // namespace kbit::cli
