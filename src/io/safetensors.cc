@@ -230,8 +230,8 @@ Result<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path)
     const ParsedEntry& parsed = state->entries[i];
     state->index[parsed.name] = i;
     const std::uint8_t* start = state->data_section + parsed.entry.begin;
-    if (reinterpret_cast<std::uintptr_t>(start) % dtype_size(parsed.entry.dtype) != 0) {
-      const std::uint64_t size = parsed.entry.end - parsed.entry.begin;
+    const std::uint64_t size = parsed.entry.end - parsed.entry.begin;
+    if (size > 0 && reinterpret_cast<std::uintptr_t>(start) % dtype_size(parsed.entry.dtype) != 0) {
       std::vector<std::uint64_t> copy((size + 7) / 8);
       std::memcpy(copy.data(), start, size);
       state->aligned_copies[parsed.name] = std::move(copy);
