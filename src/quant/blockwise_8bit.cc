@@ -105,7 +105,7 @@ Status dequantize_8bit_blockwise(const TensorView& codes, const TensorView& absm
 #if defined(KBIT_WITH_CUDA)
   return detail::status_from_cuda_error(
       kernels::cuda::dequantize_8bit_blockwise(
-          codes.data_as<std::uint8_t>(), absmax.data_as<float>(), map, block_size, n, 0.0f,
+          codes.data_as<std::uint8_t>(), absmax.data_as<float>(), map, block_size, n, std::nullopt,
           output.data(), output.dtype(), static_cast<cudaStream_t>(options.stream.handle)),
       "dequantize_8bit_blockwise");
 #else

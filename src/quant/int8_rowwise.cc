@@ -113,7 +113,7 @@ Status quantize_int8_rowwise(const TensorView& input, float threshold, TensorVie
     }
     KBIT_RETURN_IF_ERROR(detail::cuda_copy_on_stream(host_row_absmax.data(), row_absmax.data(),
                                                      row_absmax.nbytes(), options.stream.handle));
-    KBIT_RETURN_IF_ERROR(detail::cuda_copy_on_stream(is_outlier.data(), device_flags.data(),
+    KBIT_RETURN_IF_ERROR(detail::cuda_copy_on_stream(is_outlier.data(), device_flags.view().data(),
                                                      device_flags.nbytes(),
                                                      options.stream.handle));
     KBIT_RETURN_IF_ERROR(check_rows_finite(host_row_absmax.data(), rows, input));

@@ -10,6 +10,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "kbit/core/dtype.h"
 #include "kbit/quant/blockwise_4bit.h"
@@ -33,11 +34,12 @@ cudaError_t quantize_8bit_blockwise(const void* input, DType input_dtype, std::i
                                     float offset, quant::DynamicMap map, std::int64_t block_size,
                                     std::uint8_t* codes, float* absmax, cudaStream_t stream);
 
-// codes u8 [n], absmax f32 [ceil(n/block_size)] -> output [n]; y = map[code] * absmax, then
-// (in float32) + offset when output_dtype is f32 (nested absmax); offset must be 0 otherwise.
+// codes u8 [n], absmax f32 [ceil(n/block_size)] -> output [n]; y = map[code] * absmax, then,
+// when an offset is given (nested absmax; output_dtype must be f32), y + offset as a second
+// IEEE float32 rounding.
 cudaError_t dequantize_8bit_blockwise(const std::uint8_t* codes, const float* absmax,
                                       quant::DynamicMap map, std::int64_t block_size,
-                                      std::int64_t n, float offset, void* output,
+                                      std::int64_t n, std::optional<float> offset, void* output,
                                       DType output_dtype, cudaStream_t stream);
 
 // input [rows, cols] -> codes i8 [rows, cols], row_absmax f32 [rows]. With threshold > 0,
