@@ -83,6 +83,27 @@ run_suite() {  # label, time limit in seconds, extra ctest arguments
 run_suite cuda 420 --verbose || status=1
 run_suite cpu 240 || status=1
 
+# ---- Memory and race checks of the CUDA tests, where the runtime supports compute-sanitizer.
+cuda_tests="$build/src/kernels/cuda/kbit_cuda_tests"
+if command -v compute-sanitizer >/dev/null && [ -x "$cuda_tests" ]; then
+  for tool in memcheck racecheck; do
+    say "compute-sanitizer --tool $tool $cuda_tests"
+    # API errors are not reported: the out-of-memory test fails a cudaMalloc on purpose.
+    run_logged timeout 240 compute-sanitizer --tool "$tool" --report-api-errors no \
+      --error-exitcode 3 "$cuda_tests" --gtest_brief=1 ||
+      { say "compute-sanitizer $tool reported errors"; status=1; }
+  done
+else
+  say "compute-sanitizer or the CUDA test binary is missing: no memory and race checks"
+fi
+
+# ---- The command line, end to end on the GPU.
+for args in "--format nf4" "--format nf4 --double-quant" "--format fp4" "--format 8bit --block-size 256"; do
+  say "kbit roundtrip --device cuda --numel 268435456 $args"
+  # shellcheck disable=SC2086
+  run_logged "$build/kbit" roundtrip --device cuda --numel 268435456 $args || status=1
+done
+
 # ---- Benchmarks.
 bench="$build/bench/kbit_cuda_bench"
 if [ -x "$bench" ]; then
