@@ -2,11 +2,14 @@
 //
 // One definition, compiled for the host (the CPU reference kernels) and for the device (the CUDA
 // kernels): the CUDA kernels call these same functions, so the two cannot drift. The tables come
-// in as arguments because device code cannot read host constexpr arrays; callers pass the arrays
-// of kbit/quant/codebooks.h (CUDA kernels receive copies as kernel parameters).
+// in as arguments because device code cannot read host constexpr arrays; FourBitEncodeTables
+// carries those of kbit/quant/codebooks.h (CUDA kernels receive it as a kernel parameter).
 #pragma once
 
 #include <cstdint>
+
+#include "kbit/quant/blockwise_4bit.h"
+#include "kbit/quant/codebooks.h"
 
 #if defined(__CUDACC__)
 #define KBIT_HOST_DEVICE __host__ __device__ __forceinline__
@@ -15,6 +18,24 @@
 #endif
 
 namespace kbit::kernels {
+
+// The decision tables of the 4-bit formats, as one plain struct that can travel by value.
+struct FourBitEncodeTables {
+  float nf4_thresholds[15];
+  float fp4_magnitude_thresholds[7];
+  std::uint8_t fp4_rank_to_bits[8];
+};
+
+// The tables of codebooks.h (host code).
+constexpr FourBitEncodeTables four_bit_encode_tables() {
+  FourBitEncodeTables tables{};
+  for (int k = 0; k < 15; ++k) tables.nf4_thresholds[k] = quant::kNf4Thresholds[k];
+  for (int k = 0; k < 7; ++k) {
+    tables.fp4_magnitude_thresholds[k] = quant::kFp4MagnitudeThresholds[k];
+  }
+  for (int k = 0; k < 8; ++k) tables.fp4_rank_to_bits[k] = quant::kFp4RankToBits[k];
+  return tables;
+}
 
 // NF4 code of x (spec 2.4): the number of thresholds strictly below x. Ties go to the lower
 // code; NaN gives 0.
@@ -39,6 +60,14 @@ KBIT_HOST_DEVICE std::uint8_t encode_fp4(float x, const float (&magnitude_thresh
 #endif
   for (int k = 0; k < 7; ++k) rank += magnitude > magnitude_thresholds[k] ? 1 : 0;
   return static_cast<std::uint8_t>(sign << 3 | rank_to_bits[rank]);
+}
+
+// The 4-bit code of x in either format.
+KBIT_HOST_DEVICE std::uint8_t encode_4bit(float x, quant::FourBitType type,
+                                          const FourBitEncodeTables& tables) {
+  return type == quant::FourBitType::kNf4
+             ? encode_nf4(x, tables.nf4_thresholds)
+             : encode_fp4(x, tables.fp4_magnitude_thresholds, tables.fp4_rank_to_bits);
 }
 
 // 8-bit code of x in a 256-entry ascending map (spec 5.3): bitsandbytes' seven-step binary

@@ -26,23 +26,14 @@ bool both_codes_reachable(float exact, int ulps, CodeOf code_of, Code code_a, Co
   return saw_a && saw_b;
 }
 
-std::uint8_t encode_4bit(float x, quant::FourBitType type) {
-  float nf4_thresholds[15];
-  float fp4_thresholds[7];
-  std::uint8_t rank_to_bits[8];
-  for (int k = 0; k < 15; ++k) nf4_thresholds[k] = quant::kNf4Thresholds[k];
-  for (int k = 0; k < 7; ++k) fp4_thresholds[k] = quant::kFp4MagnitudeThresholds[k];
-  for (int k = 0; k < 8; ++k) rank_to_bits[k] = quant::kFp4RankToBits[k];
-  return type == quant::FourBitType::kNf4 ? kernels::encode_nf4(x, nf4_thresholds)
-                                          : kernels::encode_fp4(x, fp4_thresholds, rank_to_bits);
-}
-
 }  // namespace
 
 bool is_4bit_boundary_case(float value, float absmax, quant::FourBitType type, std::uint8_t code_a,
                            std::uint8_t code_b) {
+  const kernels::FourBitEncodeTables tables = kernels::four_bit_encode_tables();
   return both_codes_reachable(
-      1.0f / absmax, 1, [&](float r) { return encode_4bit(value * r, type); }, code_a, code_b);
+      1.0f / absmax, 1, [&](float r) { return kernels::encode_4bit(value * r, type, tables); },
+      code_a, code_b);
 }
 
 bool is_8bit_boundary_case(float value, float absmax, const float* map, std::uint8_t code_a,

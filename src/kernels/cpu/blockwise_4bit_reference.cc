@@ -11,24 +11,6 @@
 namespace kbit::kernels::cpu {
 namespace {
 
-struct FourBitEncoder {
-  float nf4_thresholds[15];
-  float fp4_thresholds[7];
-  std::uint8_t fp4_rank_to_bits[8];
-  quant::FourBitType type;
-
-  explicit FourBitEncoder(quant::FourBitType four_bit_type) : type(four_bit_type) {
-    std::copy(quant::kNf4Thresholds.begin(), quant::kNf4Thresholds.end(), nf4_thresholds);
-    std::copy(quant::kFp4MagnitudeThresholds.begin(), quant::kFp4MagnitudeThresholds.end(),
-              fp4_thresholds);
-    std::copy(quant::kFp4RankToBits.begin(), quant::kFp4RankToBits.end(), fp4_rank_to_bits);
-  }
-  std::uint8_t encode(float x) const {
-    return type == quant::FourBitType::kNf4 ? encode_nf4(x, nf4_thresholds)
-                                            : encode_fp4(x, fp4_thresholds, fp4_rank_to_bits);
-  }
-};
-
 // Largest |x| of the block; NaN if the block holds NaN or Inf, so the caller can report it.
 template <typename T>
 float block_absmax(const T* values, std::int64_t count) {
@@ -46,7 +28,7 @@ float block_absmax(const T* values, std::int64_t count) {
 template <typename T>
 void quantize_blocks(const Quantize4bitJob& job, std::int64_t first_block, std::int64_t end_block) {
   const T* input = static_cast<const T*>(job.input);
-  const FourBitEncoder encoder(job.type);
+  const FourBitEncodeTables tables = four_bit_encode_tables();
   for (std::int64_t block = first_block; block < end_block; ++block) {
     const std::int64_t begin = block * job.block_size;
     const std::int64_t end = std::min(begin + job.block_size, job.n);
@@ -60,8 +42,8 @@ void quantize_blocks(const Quantize4bitJob& job, std::int64_t first_block, std::
     for (std::int64_t i = begin; i < end; i += 2) {
       const float high = to_f32(input[i]) * reciprocal;
       const float low = (i + 1 < end ? to_f32(input[i + 1]) : 0.0f) * reciprocal;
-      job.packed[i / 2] =
-          static_cast<std::uint8_t>(encoder.encode(high) << 4 | encoder.encode(low));
+      job.packed[i / 2] = static_cast<std::uint8_t>(encode_4bit(high, job.type, tables) << 4 |
+                                                    encode_4bit(low, job.type, tables));
     }
   }
 }

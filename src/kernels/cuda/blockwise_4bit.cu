@@ -28,13 +28,6 @@
 namespace kbit::kernels::cuda {
 namespace {
 
-// The encoding tables of codebooks.h, passed by value as a kernel parameter.
-struct FourBitEncodeTables {
-  float nf4_thresholds[15];
-  float fp4_thresholds[7];
-  std::uint8_t fp4_rank_to_bits[8];
-};
-
 // The 16 code values (NF4 or FP4) of codebooks.h.
 struct FourBitCodeValues {
   float values[16];
@@ -44,14 +37,6 @@ constexpr int kQuantizeThreads = 256;
 constexpr int kValuesPerWord = 8;  // dequantize: 4 packed bytes
 constexpr int kDequantizeThreads = 256;
 constexpr int kWordsInFlight = 4;
-
-FourBitEncodeTables make_encode_tables() {
-  FourBitEncodeTables tables{};
-  for (int k = 0; k < 15; ++k) tables.nf4_thresholds[k] = quant::kNf4Thresholds[k];
-  for (int k = 0; k < 7; ++k) tables.fp4_thresholds[k] = quant::kFp4MagnitudeThresholds[k];
-  for (int k = 0; k < 8; ++k) tables.fp4_rank_to_bits[k] = quant::kFp4RankToBits[k];
-  return tables;
-}
 
 FourBitCodeValues make_code_values(quant::FourBitType type) {
   const auto& values = type == quant::FourBitType::kNf4 ? quant::kNf4Values : quant::kFp4Values;
@@ -97,7 +82,7 @@ __global__ void __launch_bounds__(512)
     const float x = mul_ftz(values[k], reciprocal);
     const std::uint32_t code = kType == quant::FourBitType::kNf4
                                    ? encode_nf4(x, tables.nf4_thresholds)
-                                   : encode_fp4(x, tables.fp4_thresholds, rank_to_bits);
+                                   : encode_fp4(x, tables.fp4_magnitude_thresholds, rank_to_bits);
     // Value 2j goes to the high nibble of byte j, which is bits 8j..8j+7 of the word.
     word |= code << (8 * (k / 2) + (k % 2 == 0 ? 4 : 0));
   }
@@ -182,7 +167,7 @@ cudaError_t launch_quantize(const T* input, std::int64_t n, std::int64_t block_s
   const std::int64_t blocks = (n + 8LL * threads - 1) / (8LL * threads);
   quantize_4bit_kernel<T, kType><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
       input, n, log2_of(group_threads), is_aligned_16(input),
-      reinterpret_cast<std::uintptr_t>(packed) % 4 == 0, make_encode_tables(), packed, absmax);
+      reinterpret_cast<std::uintptr_t>(packed) % 4 == 0, four_bit_encode_tables(), packed, absmax);
   return cudaGetLastError();
 }
 
