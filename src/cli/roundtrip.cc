@@ -50,9 +50,8 @@ Result<quant::RoundtripConfig> to_config(const RoundtripFlags& flags) {
 Status run(const RoundtripFlags& flags) {
   KBIT_ASSIGN_OR_RETURN(const quant::RoundtripConfig config, to_config(flags));
   KBIT_ASSIGN_OR_RETURN(const quant::RoundtripReport report, quant::measure_roundtrip(config));
-  const std::string where = config.device.is_cpu()
-                                ? "cpu (" + report.cpu_kernel + ")"
-                                : config.device.to_string();
+  const std::string where =
+      config.device.is_cpu() ? "cpu (" + report.cpu_kernel + ")" : config.device.to_string();
   fmt::print("kbit roundtrip: {}{}, block size {}, {} {} values on {}\n", flags.format,
              flags.double_quant ? " + double quant" : "", config.block_size, config.numel,
              flags.dtype, where);
@@ -60,8 +59,7 @@ Status run(const RoundtripFlags& flags) {
              report.relative_rms_error);
   fmt::print("  max |error|         {:.5f}\n", report.max_abs_error);
   fmt::print("  quantized size      {:.3f} bits per value\n",
-             8.0 * static_cast<double>(report.quantized_bytes) /
-                 static_cast<double>(config.numel));
+             8.0 * static_cast<double>(report.quantized_bytes) / static_cast<double>(config.numel));
   fmt::print("  quantize            {:8.3f} ms  {:8.2f} GB/s of input   (median of {})\n",
              report.quantize_seconds * 1e3, report.quantize_gb_per_s, config.iterations);
   fmt::print("  dequantize          {:8.3f} ms  {:8.2f} GB/s of output  (median of {})\n",

@@ -22,19 +22,33 @@ double to_double(T value) {
 template <typename Body>
 void visit_dtype(DType dtype, Body&& body) {
   switch (dtype) {
-    case DType::kF32: body(float{}); return;
-    case DType::kF16: body(f16{}); return;
-    case DType::kBF16: body(bf16{}); return;
-    case DType::kI8: body(std::int8_t{}); return;
-    case DType::kU8: body(std::uint8_t{}); return;
-    case DType::kI32: body(std::int32_t{}); return;
-    case DType::kI64: body(std::int64_t{}); return;
+    case DType::kF32:
+      body(float{});
+      return;
+    case DType::kF16:
+      body(f16{});
+      return;
+    case DType::kBF16:
+      body(bf16{});
+      return;
+    case DType::kI8:
+      body(std::int8_t{});
+      return;
+    case DType::kU8:
+      body(std::uint8_t{});
+      return;
+    case DType::kI32:
+      body(std::int32_t{});
+      return;
+    case DType::kI64:
+      body(std::int64_t{});
+      return;
   }
 }
 
 template <typename T>
-constexpr bool is_float_like = std::is_same_v<T, float> || std::is_same_v<T, bf16> ||
-                               std::is_same_v<T, f16>;
+constexpr bool is_float_like =
+    std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
 
 // One element. Float sources go through float32, which holds every f16/bf16 value exactly.
 template <typename From, typename To>
@@ -75,8 +89,8 @@ bool convert_element(From from, To* to) {
 Status convert_tensor(const TensorView& src, TensorView dst) {
   if (!src.device().is_cpu() || !dst.device().is_cpu() || !src.is_contiguous() ||
       !dst.is_contiguous()) {
-    return invalid_argument("convert_tensor needs contiguous host tensors, got " +
-                            src.describe() + " and " + dst.describe());
+    return invalid_argument("convert_tensor needs contiguous host tensors, got " + src.describe() +
+                            " and " + dst.describe());
   }
   if (src.numel() != dst.numel()) {
     return invalid_argument("cannot convert " + src.describe() + " into " + dst.describe() +

@@ -13,15 +13,16 @@ template <typename From, typename To>
 std::vector<To> convert(std::vector<From> values, DType from, DType to) {
   std::vector<To> out(values.size());
   const auto n = static_cast<std::int64_t>(values.size());
-  const Status status =
-      convert_tensor(TensorView(values.data(), from, Shape{n}), TensorView(out.data(), to, Shape{n}));
+  const Status status = convert_tensor(TensorView(values.data(), from, Shape{n}),
+                                       TensorView(out.data(), to, Shape{n}));
   EXPECT_TRUE(status.ok()) << status.to_string();
   return out;
 }
 
 TEST(ConvertTest, FloatToIntTruncatesTowardZero) {
-  EXPECT_EQ((convert<float, std::int32_t>({2.9f, -2.9f, 0.5f, -0.0f, 1e9f}, DType::kF32, DType::kI32)),
-            (std::vector<std::int32_t>{2, -2, 0, 0, 1000000000}));
+  EXPECT_EQ(
+      (convert<float, std::int32_t>({2.9f, -2.9f, 0.5f, -0.0f, 1e9f}, DType::kF32, DType::kI32)),
+      (std::vector<std::int32_t>{2, -2, 0, 0, 1000000000}));
   EXPECT_EQ((convert<float, std::uint8_t>({255.9f, 0.7f}, DType::kF32, DType::kU8)),
             (std::vector<std::uint8_t>{255, 0}));
 }
@@ -45,7 +46,8 @@ TEST(ConvertTest, IntToFloatRoundsToNearestEven) {
 
 TEST(ConvertTest, FloatToFloatKeepsSpecialValues) {
   const float inf = std::numeric_limits<float>::infinity();
-  const auto half = convert<float, f16>({inf, -inf, NAN, 1e6f, 1.0009765625f}, DType::kF32, DType::kF16);
+  const auto half =
+      convert<float, f16>({inf, -inf, NAN, 1e6f, 1.0009765625f}, DType::kF32, DType::kF16);
   EXPECT_EQ(half[0].bits, 0x7c00);
   EXPECT_EQ(half[1].bits, 0xfc00);
   EXPECT_TRUE(std::isnan(f16_to_f32(half[2])));

@@ -6,8 +6,12 @@
 namespace kbit {
 namespace detail {
 
-bool cuda_runtime_available() { return false; }
-int cuda_device_count() { return 0; }
+bool cuda_runtime_available() {
+  return false;
+}
+int cuda_device_count() {
+  return 0;
+}
 Status cuda_copy(void*, const void*, std::size_t) {
   return unimplemented("this kbit was built without CUDA; rebuild with the `cuda` preset");
 }
@@ -27,7 +31,9 @@ Status status_from_cuda_error(int error, const char* what) {
 Result<Allocator*> cuda_allocator(int) {
   return unimplemented("this kbit was built without CUDA; rebuild with the `cuda` preset");
 }
-CachingAllocatorStats cuda_allocator_stats(int) { return {}; }
+CachingAllocatorStats cuda_allocator_stats(int) {
+  return {};
+}
 void cuda_allocator_release_cache(int) {}
 
 }  // namespace kbit

@@ -16,7 +16,8 @@ Result<Device> parse_device(std::string_view text) {
   if (text.starts_with("cuda:")) {
     const std::string_view digits = text.substr(5);
     int ordinal = -1;
-    const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), ordinal);
+    const auto [end, error] =
+        std::from_chars(digits.data(), digits.data() + digits.size(), ordinal);
     if (error == std::errc() && end == digits.data() + digits.size() && ordinal >= 0) {
       return Device::cuda(ordinal);
     }
@@ -25,7 +26,9 @@ Result<Device> parse_device(std::string_view text) {
                           "' is not one of: cpu, cuda, cuda:N (N = 0, 1, ...)");
 }
 
-bool cuda_available() { return detail::cuda_runtime_available(); }
+bool cuda_available() {
+  return detail::cuda_runtime_available();
+}
 
 Status synchronize(const Device& device) {
   if (device.is_cpu()) return ok_status();

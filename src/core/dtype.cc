@@ -24,12 +24,18 @@ constexpr std::array<DTypeNames, 7> kNames = {{
     {DType::kI64, 8, "i64", "I64", "int64"},
 }};
 
-const DTypeNames& names_of(DType dtype) { return kNames[static_cast<std::size_t>(dtype)]; }
+const DTypeNames& names_of(DType dtype) {
+  return kNames[static_cast<std::size_t>(dtype)];
+}
 
 }  // namespace
 
-std::size_t dtype_size(DType dtype) { return names_of(dtype).size; }
-std::string_view dtype_name(DType dtype) { return names_of(dtype).short_name; }
+std::size_t dtype_size(DType dtype) {
+  return names_of(dtype).size;
+}
+std::string_view dtype_name(DType dtype) {
+  return names_of(dtype).short_name;
+}
 
 std::optional<DType> parse_dtype(std::string_view name) {
   if (name.starts_with("torch.")) name.remove_prefix(6);
@@ -77,8 +83,8 @@ f16 f32_to_f16(float value) {
     // Result is an f16 subnormal or zero: its unit is 2^-24. Adding 0.5 puts the value in a
     // binade where f32's own round-to-nearest-even rounds at exactly that unit.
     const float shifted = std::bit_cast<float>(magnitude) + 0.5f;
-    return f16{static_cast<std::uint16_t>(sign | (std::bit_cast<std::uint32_t>(shifted) -
-                                                  std::bit_cast<std::uint32_t>(0.5f)))};
+    return f16{static_cast<std::uint16_t>(
+        sign | (std::bit_cast<std::uint32_t>(shifted) - std::bit_cast<std::uint32_t>(0.5f)))};
   }
   // Normal: rebias the exponent (127 -> 15) and round the 13 dropped mantissa bits to even.
   const std::uint32_t odd = (magnitude >> 13) & 1u;

@@ -42,8 +42,7 @@ double normal_sample(std::uint64_t seed, std::uint64_t index) {
 
 Status fill_normal(TensorView tensor, std::uint64_t seed, float mean, float stddev) {
   if (!tensor.device().is_cpu() || !tensor.is_contiguous()) {
-    return invalid_argument("fill_normal needs a contiguous host tensor, got " +
-                            tensor.describe());
+    return invalid_argument("fill_normal needs a contiguous host tensor, got " + tensor.describe());
   }
   const std::int64_t n = tensor.numel();
   switch (tensor.dtype()) {

@@ -4,13 +4,20 @@ namespace kbit {
 
 const char* status_code_name(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return "ok";
-    case StatusCode::kInvalidArgument: return "invalid argument";
-    case StatusCode::kNotFound: return "not found";
-    case StatusCode::kDataLoss: return "data loss";
-    case StatusCode::kUnimplemented: return "unimplemented";
-    case StatusCode::kOutOfMemory: return "out of memory";
-    case StatusCode::kInternal: return "internal error";
+    case StatusCode::kOk:
+      return "ok";
+    case StatusCode::kInvalidArgument:
+      return "invalid argument";
+    case StatusCode::kNotFound:
+      return "not found";
+    case StatusCode::kDataLoss:
+      return "data loss";
+    case StatusCode::kUnimplemented:
+      return "unimplemented";
+    case StatusCode::kOutOfMemory:
+      return "out of memory";
+    case StatusCode::kInternal:
+      return "internal error";
   }
   return "unknown";
 }
@@ -28,8 +35,12 @@ Status Status::with_context(const std::string& context) const {
 Status invalid_argument(std::string message) {
   return Status(StatusCode::kInvalidArgument, std::move(message));
 }
-Status not_found(std::string message) { return Status(StatusCode::kNotFound, std::move(message)); }
-Status data_loss(std::string message) { return Status(StatusCode::kDataLoss, std::move(message)); }
+Status not_found(std::string message) {
+  return Status(StatusCode::kNotFound, std::move(message));
+}
+Status data_loss(std::string message) {
+  return Status(StatusCode::kDataLoss, std::move(message));
+}
 Status unimplemented(std::string message) {
   return Status(StatusCode::kUnimplemented, std::move(message));
 }

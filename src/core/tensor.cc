@@ -80,7 +80,9 @@ Result<TensorView> TensorView::reshaped(Shape shape) const {
   return TensorView(data_, dtype_, shape, device_);
 }
 
-Result<TensorView> TensorView::flattened() const { return reshaped(Shape{numel()}); }
+Result<TensorView> TensorView::flattened() const {
+  return reshaped(Shape{numel()});
+}
 
 std::string TensorView::describe() const {
   return std::string(dtype_name(dtype_)) + shape_.to_string() + " on " + device_.to_string();

@@ -109,7 +109,8 @@ Result<SafetensorsEntry> parse_entry(const nlohmann::json& value) {
   // numel * element size must fit in 64 bits.
   std::uint64_t bytes = dtype_size(entry.dtype);
   for (std::size_t i = 0; i < dims.size(); ++i) {
-    KBIT_ASSIGN_OR_RETURN(std::uint64_t dim, parse_unsigned(dims[i], "shape[" + std::to_string(i) + "]"));
+    KBIT_ASSIGN_OR_RETURN(std::uint64_t dim,
+                          parse_unsigned(dims[i], "shape[" + std::to_string(i) + "]"));
     if (dim > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
       return data_loss("shape[" + std::to_string(i) + "] is too large");
     }
@@ -126,8 +127,7 @@ Result<SafetensorsEntry> parse_entry(const nlohmann::json& value) {
   if (entry.end - entry.begin != bytes) {
     return data_loss("data_offsets cover " + std::to_string(entry.end - entry.begin) +
                      " bytes but " + std::string(dtype_name(entry.dtype)) +
-                     entry.shape.to_string() + " needs " +
-                     std::to_string(bytes));
+                     entry.shape.to_string() + " needs " + std::to_string(bytes));
   }
   return entry;
 }
@@ -240,7 +240,9 @@ Result<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path)
   return SafetensorsFile(std::move(state));
 }
 
-const std::filesystem::path& SafetensorsFile::path() const { return state_->path; }
+const std::filesystem::path& SafetensorsFile::path() const {
+  return state_->path;
+}
 
 std::vector<std::string> SafetensorsFile::names() const {
   std::vector<std::string> names;

@@ -64,9 +64,8 @@ TEST_F(SafetensorsTest, ReadsTensorsAndMetadata) {
 }
 
 TEST_F(SafetensorsTest, CopiesMisalignedTensorsToAlignedMemory) {
-  const std::string header =
-      R"({"u":{"dtype":"U8","shape":[3],"data_offsets":[0,3]},)"
-      R"("f":{"dtype":"F32","shape":[2],"data_offsets":[3,11]}})";
+  const std::string header = R"({"u":{"dtype":"U8","shape":[3],"data_offsets":[0,3]},)"
+                             R"("f":{"dtype":"F32","shape":[2],"data_offsets":[3,11]}})";
   const std::string data = std::string("\x01\x02\x03", 3) + bytes_of({6.5f, -1.25f});
   Result<SafetensorsFile> file = SafetensorsFile::open(write(header, data));
   ASSERT_TRUE(file.ok()) << file.status().to_string();
@@ -78,9 +77,8 @@ TEST_F(SafetensorsTest, CopiesMisalignedTensorsToAlignedMemory) {
 }
 
 TEST_F(SafetensorsTest, EmptyTensorsAndScalars) {
-  const std::string header =
-      R"({"empty":{"dtype":"F16","shape":[0,4],"data_offsets":[0,0]},)"
-      R"("scalar":{"dtype":"I64","shape":[],"data_offsets":[0,8]}})";
+  const std::string header = R"({"empty":{"dtype":"F16","shape":[0,4],"data_offsets":[0,0]},)"
+                             R"("scalar":{"dtype":"I64","shape":[],"data_offsets":[0,8]}})";
   Result<SafetensorsFile> file = SafetensorsFile::open(write(header, std::string(8, '\x07')));
   ASSERT_TRUE(file.ok()) << file.status().to_string();
   EXPECT_EQ(file->tensor("empty")->numel(), 0);
@@ -107,24 +105,23 @@ TEST_F(SafetensorsTest, RejectsTruncatedAndMalformedFiles) {
 }
 
 TEST_F(SafetensorsTest, RejectsBadEntries) {
-  EXPECT_NE(open_error(R"({"w":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})",
-                       std::string(8, '\0'))
-                .find("tensor 'w': dtype F64 is not supported"),
-            std::string::npos);
-  EXPECT_NE(open_error(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
-                       std::string(8, '\0'))
-                .find("needs 12"),
-            std::string::npos);
-  EXPECT_NE(open_error(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,8]}})",
-                       std::string(8, '\0'))
-                .find("shape[0] must be a non-negative integer"),
-            std::string::npos);
-  EXPECT_NE(open_error(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})",
-                       std::string(8, '\0'))
-                .find("end before they begin"),
-            std::string::npos);
-  EXPECT_NE(open_error(R"({"w":{"dtype":"F32","shape":[2],"offsets":[0,8]}})",
-                       std::string(8, '\0'))
+  EXPECT_NE(
+      open_error(R"({"w":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", std::string(8, '\0'))
+          .find("tensor 'w': dtype F64 is not supported"),
+      std::string::npos);
+  EXPECT_NE(
+      open_error(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, '\0'))
+          .find("needs 12"),
+      std::string::npos);
+  EXPECT_NE(
+      open_error(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,8]}})", std::string(8, '\0'))
+          .find("shape[0] must be a non-negative integer"),
+      std::string::npos);
+  EXPECT_NE(
+      open_error(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", std::string(8, '\0'))
+          .find("end before they begin"),
+      std::string::npos);
+  EXPECT_NE(open_error(R"({"w":{"dtype":"F32","shape":[2],"offsets":[0,8]}})", std::string(8, '\0'))
                 .find("unknown field 'offsets'"),
             std::string::npos);
   EXPECT_NE(open_error(R"({"w":{"dtype":"U8","shape":[4294967296,4294967296,4294967296],)"
@@ -145,10 +142,10 @@ TEST_F(SafetensorsTest, RejectsOverlapsAndGaps) {
                        std::string(6, '\0'))
                 .find("leaves a gap"),
             std::string::npos);
-  EXPECT_NE(open_error(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})",
-                       std::string(5, '\0'))
-                .find("cover 2"),
-            std::string::npos);
+  EXPECT_NE(
+      open_error(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", std::string(5, '\0'))
+          .find("cover 2"),
+      std::string::npos);
 }
 
 TEST(SafetensorsGoldenTest, OpensReferenceFiles) {

@@ -108,8 +108,8 @@ Status write_safetensors(const std::filesystem::path& path, const std::vector<Na
   std::filesystem::rename(temporary, path, error);
   if (error) {
     std::filesystem::remove(temporary, error);
-    return internal_error(path.string() + ": cannot move the finished file into place: " +
-                          error.message());
+    return internal_error(path.string() +
+                          ": cannot move the finished file into place: " + error.message());
   }
   return ok_status();
 }

@@ -14,8 +14,8 @@ namespace {
 class SafetensorsWriterTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    directory_ = std::filesystem::temp_directory_path() /
-                 ("kbit_writer_test_" + std::to_string(::getpid()));
+    directory_ =
+        std::filesystem::temp_directory_path() / ("kbit_writer_test_" + std::to_string(::getpid()));
     std::filesystem::create_directories(directory_);
   }
   void TearDown() override { std::filesystem::remove_all(directory_); }
@@ -57,8 +57,8 @@ TEST_F(SafetensorsWriterTest, RejectsBadNamesAndLeavesNothingBehind) {
   EXPECT_NE(duplicate.message().find("'a' appears twice"), std::string::npos);
   EXPECT_FALSE(write_safetensors(path, {{"__metadata__", scalar}}).ok());
   EXPECT_FALSE(std::filesystem::exists(path));
-  const Status unwritable = write_safetensors(directory_ / "missing" / "out.safetensors",
-                                              {{"a", scalar}});
+  const Status unwritable =
+      write_safetensors(directory_ / "missing" / "out.safetensors", {{"a", scalar}});
   EXPECT_NE(unwritable.message().find("cannot create"), std::string::npos);
   EXPECT_TRUE(std::filesystem::is_empty(directory_));
 }

@@ -33,8 +33,8 @@ Status check_block_size(std::int64_t block_size) {
 // Checks what quantize and dequantize share: the packed codes and absmax of n values.
 Status check_packed_and_absmax(const TensorView& packed, const TensorView& absmax, std::int64_t n,
                                std::int64_t block_size) {
-  KBIT_RETURN_IF_ERROR(check_tensor(packed, "packed 4-bit codes", {DType::kU8},
-                                    packed_4bit_bytes(n)));
+  KBIT_RETURN_IF_ERROR(
+      check_tensor(packed, "packed 4-bit codes", {DType::kU8}, packed_4bit_bytes(n)));
   return check_tensor(absmax, "absmax", {DType::kF32}, block_count(n, block_size));
 }
 
@@ -72,7 +72,9 @@ std::int64_t block_count(std::int64_t n, std::int64_t block_size) {
   return (n + block_size - 1) / block_size;
 }
 
-std::int64_t packed_4bit_bytes(std::int64_t n) { return (n + 1) / 2; }
+std::int64_t packed_4bit_bytes(std::int64_t n) {
+  return (n + 1) / 2;
+}
 
 Status quantize_4bit(const TensorView& input, FourBitType type, std::int64_t block_size,
                      TensorView packed, TensorView absmax, const ExecutionOptions& options) {
@@ -84,9 +86,9 @@ Status quantize_4bit(const TensorView& input, FourBitType type, std::int64_t blo
   KBIT_RETURN_IF_ERROR(check_device_supported(input));
   const std::int64_t blocks = block_count(n, block_size);
   if (input.device().is_cpu()) {
-    const kernels::cpu::Quantize4bitJob job{input.data(),         input.dtype(), n,
-                                            type,                 block_size,
-                                            packed.data_as<std::uint8_t>(), absmax.data_as<float>()};
+    const kernels::cpu::Quantize4bitJob job{
+        input.data(),           input.dtype(), n, type, block_size, packed.data_as<std::uint8_t>(),
+        absmax.data_as<float>()};
     kernels::cpu::run_kernel(kQuantizeKernels, job, blocks,
                              std::max<std::int64_t>(1, kValuesPerChunk / block_size), options);
   } else {

@@ -43,8 +43,8 @@ std::vector<Boundary> boundaries_of(FourBitType type) {
     const double low = kFp4Values[kFp4RankToBits[k]];
     const double high = kFp4Values[kFp4RankToBits[k + 1]];
     for (double sign : {1.0, -1.0}) {
-      boundaries.push_back({sign * low, sign * high, sign * (low + high) / 2,
-                            sign * kFp4MagnitudeThresholds[k]});
+      boundaries.push_back(
+          {sign * low, sign * high, sign * (low + high) / 2, sign * kFp4MagnitudeThresholds[k]});
     }
   }
   return boundaries;
@@ -80,10 +80,11 @@ void check_one(std::int64_t n, DType dtype, FourBitType type, std::int64_t block
   for (int path = 0; path < 2; ++path) {
     ExecutionOptions options;
     options.cpu_kernel = path == 0 ? CpuKernel::kReference : CpuKernel::kFast;
-    ASSERT_TRUE(quantize_4bit(input, type, block_size,
-                              TensorView(packed[path].data(), DType::kU8, Shape{packed_4bit_bytes(n)}),
-                              TensorView(absmax[path].data(), DType::kF32, Shape{blocks}), options)
-                    .ok());
+    ASSERT_TRUE(
+        quantize_4bit(input, type, block_size,
+                      TensorView(packed[path].data(), DType::kU8, Shape{packed_4bit_bytes(n)}),
+                      TensorView(absmax[path].data(), DType::kF32, Shape{blocks}), options)
+            .ok());
   }
   ASSERT_EQ(packed[0], packed[1]) << "the fast kernel's codes differ from the reference";
   ASSERT_EQ(absmax[0], absmax[1]);
@@ -117,10 +118,11 @@ void check_one(std::int64_t n, DType dtype, FourBitType type, std::int64_t block
       std::memcpy(output[path].data(), bytes.data(), bytes.size());
       ExecutionOptions options;
       options.cpu_kernel = path == 0 ? CpuKernel::kReference : CpuKernel::kFast;
-      ASSERT_TRUE(dequantize_4bit(TensorView(packed[0].data(), DType::kU8, Shape{packed_4bit_bytes(n)}),
-                                  TensorView(absmax[0].data(), DType::kF32, Shape{blocks}), type,
-                                  block_size, TensorView(output[path].data(), dtype, Shape{n}), options)
-                      .ok());
+      ASSERT_TRUE(
+          dequantize_4bit(TensorView(packed[0].data(), DType::kU8, Shape{packed_4bit_bytes(n)}),
+                          TensorView(absmax[0].data(), DType::kF32, Shape{blocks}), type,
+                          block_size, TensorView(output[path].data(), dtype, Shape{n}), options)
+              .ok());
     }
     ASSERT_EQ(std::memcmp(output[0].data(), output[1].data(), n * sizeof(T)), 0);
     for (std::int64_t i = 0; i < n; ++i) {
@@ -162,7 +164,8 @@ TEST(Blockwise4bitPropertyTest, ValuesOnThresholdsGoToTheLowerCode) {
     ExecutionOptions options;
     options.cpu_kernel = kernel;
     ASSERT_TRUE(quantize_4bit(TensorView(nf4_input.data(), DType::kF32, Shape{n}),
-                              FourBitType::kNf4, 32, TensorView(packed.data(), DType::kU8, Shape{n / 2}),
+                              FourBitType::kNf4, 32,
+                              TensorView(packed.data(), DType::kU8, Shape{n / 2}),
                               TensorView(absmax.data(), DType::kF32, Shape{1}), options)
                     .ok());
     EXPECT_EQ(packed[0] >> 4, 15);
@@ -203,8 +206,8 @@ TEST(Blockwise4bitPropertyTest, AllZeroBlockEncodesAsCodeZero) {
   for (int i = 32; i < 64; ++i) input[i] = static_cast<float>(i) / 64.0f;
   std::vector<std::uint8_t> packed(32, 0xab);
   std::vector<float> absmax(2, -1);
-  ASSERT_TRUE(quantize_4bit(TensorView(input.data(), DType::kF32, Shape{64}), FourBitType::kNf4,
-                            32, TensorView(packed.data(), DType::kU8, Shape{32}),
+  ASSERT_TRUE(quantize_4bit(TensorView(input.data(), DType::kF32, Shape{64}), FourBitType::kNf4, 32,
+                            TensorView(packed.data(), DType::kU8, Shape{32}),
                             TensorView(absmax.data(), DType::kF32, Shape{2}))
                   .ok());
   EXPECT_EQ(absmax[0], 0.0f);

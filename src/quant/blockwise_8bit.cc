@@ -58,10 +58,10 @@ Status quantize_8bit_blockwise(const TensorView& input, DynamicMap map, std::int
   const std::int64_t blocks = block_count(n, block_size);
   std::vector<float> host_absmax(static_cast<std::size_t>(blocks));
   if (input.device().is_cpu()) {
-    const kernels::cpu::Quantize8bitJob job{input.data(), input.dtype(),
-                                            n,            map_values(map),
-                                            block_size,   codes.data_as<std::uint8_t>(),
-                                            absmax.data_as<float>()};
+    const kernels::cpu::Quantize8bitJob job{
+        input.data(),           input.dtype(), n,
+        map_values(map),        block_size,    codes.data_as<std::uint8_t>(),
+        absmax.data_as<float>()};
     kernels::cpu::run_kernel(kQuantizeKernels, job, blocks,
                              std::max<std::int64_t>(1, kValuesPerChunk / block_size), options);
     host_absmax.assign(absmax.data_as<float>(), absmax.data_as<float>() + blocks);

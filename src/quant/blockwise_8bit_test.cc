@@ -33,8 +33,8 @@ bool code_is_acceptable(double x, std::uint8_t code, const std::array<float, 256
 
 void check_one(std::int64_t n, DType dtype, DynamicMap map, std::int64_t block_size,
                std::uint64_t seed) {
-  SCOPED_TRACE(std::string(dtype_name(dtype)) + " n=" + std::to_string(n) + " block=" +
-               std::to_string(block_size) + " seed=" + std::to_string(seed));
+  SCOPED_TRACE(std::string(dtype_name(dtype)) + " n=" + std::to_string(n) +
+               " block=" + std::to_string(block_size) + " seed=" + std::to_string(seed));
   Tensor input = random_input(n, dtype, seed, 2.0f);
   if (map == DynamicMap::kUnsigned) {  // the unsigned map holds magnitudes (Adam's 2nd moment)
     kernels::cpu::visit_float_dtype(dtype, [&](auto type_tag) {
@@ -51,10 +51,9 @@ void check_one(std::int64_t n, DType dtype, DynamicMap map, std::int64_t block_s
   for (int path = 0; path < 2; ++path) {
     ExecutionOptions options;
     options.cpu_kernel = path == 0 ? CpuKernel::kReference : CpuKernel::kFast;
-    ASSERT_TRUE(quantize_8bit_blockwise(input, map, block_size,
-                                        TensorView(codes[path].data(), DType::kU8, Shape{n}),
-                                        TensorView(absmax[path].data(), DType::kF32, Shape{blocks}),
-                                        options)
+    ASSERT_TRUE(quantize_8bit_blockwise(
+                    input, map, block_size, TensorView(codes[path].data(), DType::kU8, Shape{n}),
+                    TensorView(absmax[path].data(), DType::kF32, Shape{blocks}), options)
                     .ok());
   }
   ASSERT_EQ(codes[0], codes[1]) << "the fast kernel's codes differ from the reference";
@@ -69,11 +68,10 @@ void check_one(std::int64_t n, DType dtype, DynamicMap map, std::int64_t block_s
   for (int path = 0; path < 2; ++path) {
     ExecutionOptions options;
     options.cpu_kernel = path == 0 ? CpuKernel::kReference : CpuKernel::kFast;
-    ASSERT_TRUE(dequantize_8bit_blockwise(TensorView(codes[0].data(), DType::kU8, Shape{n}),
-                                          TensorView(absmax[0].data(), DType::kF32, Shape{blocks}),
-                                          map, block_size,
-                                          TensorView(output[path].data(), DType::kF32, Shape{n}),
-                                          options)
+    ASSERT_TRUE(dequantize_8bit_blockwise(
+                    TensorView(codes[0].data(), DType::kU8, Shape{n}),
+                    TensorView(absmax[0].data(), DType::kF32, Shape{blocks}), map, block_size,
+                    TensorView(output[path].data(), DType::kF32, Shape{n}), options)
                     .ok());
   }
   ASSERT_EQ(output[0], output[1]);
@@ -117,10 +115,9 @@ TEST(Blockwise8bitPropertyTest, MidpointTiesGoToTheEvenIndex) {
       options.cpu_kernel = kernel;
       std::vector<std::uint8_t> codes(input.size());
       std::vector<float> absmax(1);
-      ASSERT_TRUE(quantize_8bit_blockwise(TensorView(input.data(), DType::kF32, Shape{n}), map, 4096,
-                                          TensorView(codes.data(), DType::kU8, Shape{n}),
-                                          TensorView(absmax.data(), DType::kF32, Shape{1}),
-                                          options)
+      ASSERT_TRUE(quantize_8bit_blockwise(TensorView(input.data(), DType::kF32, Shape{n}), map,
+                                          4096, TensorView(codes.data(), DType::kU8, Shape{n}),
+                                          TensorView(absmax.data(), DType::kF32, Shape{1}), options)
                       .ok());
       for (std::size_t i = 0; i < input.size(); ++i) {
         ASSERT_EQ(codes[i], expected[i]) << "value " << input[i] << " (entry " << i << ")";
@@ -142,20 +139,20 @@ TEST(NestedAbsmaxTest, ReconstructsWithinTheEightBitStep) {
       std::vector<std::uint8_t> codes = poisoned(blocks);
       std::vector<float> nested(nested_blocks, -1), reconstructed(blocks, -1);
       float offset = -1;
-      ASSERT_TRUE(quantize_absmax_nested(TensorView(absmax.data(), DType::kF32, Shape{blocks}),
-                                         TensorView(codes.data(), DType::kU8, Shape{blocks}),
-                                         TensorView(nested.data(), DType::kF32, Shape{nested_blocks}),
-                                         &offset, options)
-                      .ok());
+      ASSERT_TRUE(
+          quantize_absmax_nested(TensorView(absmax.data(), DType::kF32, Shape{blocks}),
+                                 TensorView(codes.data(), DType::kU8, Shape{blocks}),
+                                 TensorView(nested.data(), DType::kF32, Shape{nested_blocks}),
+                                 &offset, options)
+              .ok());
       double mean = 0;
       for (float value : absmax) mean += value;
       mean /= static_cast<double>(blocks);
       EXPECT_NEAR(offset, mean, 1e-6 * mean);
-      ASSERT_TRUE(dequantize_absmax_nested(TensorView(codes.data(), DType::kU8, Shape{blocks}),
-                                           TensorView(nested.data(), DType::kF32, Shape{nested_blocks}),
-                                           offset,
-                                           TensorView(reconstructed.data(), DType::kF32, Shape{blocks}),
-                                           options)
+      ASSERT_TRUE(dequantize_absmax_nested(
+                      TensorView(codes.data(), DType::kU8, Shape{blocks}),
+                      TensorView(nested.data(), DType::kF32, Shape{nested_blocks}), offset,
+                      TensorView(reconstructed.data(), DType::kF32, Shape{blocks}), options)
                       .ok());
       for (std::int64_t i = 0; i < blocks; ++i) {
         // The signed map's widest gap (its top decade: 64 steps over 0.1 ... 1.0) is 0.0141 of

@@ -78,8 +78,7 @@ bool same_value_bits(const std::vector<T>& a, const std::vector<T>& b, std::stri
     const bool equal = (x == 0.0f && y == 0.0f) ||
                        std::bit_cast<std::uint32_t>(x) == std::bit_cast<std::uint32_t>(y);
     if (!equal) {
-      *where = "index " + std::to_string(i) + ": " + std::to_string(x) + " vs " +
-               std::to_string(y);
+      *where = "index " + std::to_string(i) + ": " + std::to_string(x) + " vs " + std::to_string(y);
       return false;
     }
   }
@@ -132,10 +131,10 @@ TEST_P(GoldenTest, FourBitCodesAndAbsmaxMatchBitsandbytes) {
           const std::uint8_t golden = nibble(golden_packed, i);
           if (ours == golden) continue;
           const float value = value_at(input, i);
-          differences.add(testing::is_4bit_boundary_case(
-                              value, absmax[static_cast<std::size_t>(i / block_size)], type,
-                              ours, golden),
-                          i, value, ours, golden);
+          differences.add(
+              testing::is_4bit_boundary_case(
+                  value, absmax[static_cast<std::size_t>(i / block_size)], type, ours, golden),
+              i, value, ours, golden);
         }
         EXPECT_EQ(differences.other, 0) << key << ": first " << differences.first_other;
         boundary_counts[key] = differences.boundary;
@@ -146,9 +145,8 @@ TEST_P(GoldenTest, FourBitCodesAndAbsmaxMatchBitsandbytes) {
   // nothing for NF4 and for f32 input; a few FP4 codes of bf16/f16 values whose ratio to absmax
   // is exactly an FP4 threshold. Pinned, so that any change in either direction shows.
   const std::map<std::string, int> expected_boundary_counts = {
-      {"fp4_bf16_bs64", 15}, {"fp4_bf16_bs128", 7},  {"fp4_bf16_bs256", 4},
-      {"fp4_bf16_bs512", 6}, {"fp4_bf16_bs1024", 8}, {"fp4_bf16_bs2048", 5},
-      {"fp4_f16_bs1024", 3}};
+      {"fp4_bf16_bs64", 15},  {"fp4_bf16_bs128", 7},  {"fp4_bf16_bs256", 4}, {"fp4_bf16_bs512", 6},
+      {"fp4_bf16_bs1024", 8}, {"fp4_bf16_bs2048", 5}, {"fp4_f16_bs1024", 3}};
   for (const auto& [key, count] : boundary_counts) {
     const auto expected = expected_boundary_counts.find(key);
     EXPECT_EQ(count, expected == expected_boundary_counts.end() ? 0 : expected->second) << key;
@@ -173,8 +171,8 @@ TEST_P(GoldenTest, FourBitDequantizationMatchesBitsandbytes) {
                                       type, block_size, view_of(output, dtype), options())
                           .ok());
           std::string where;
-          EXPECT_TRUE(same_value_bits(output, testing::golden_values<T>(*file, key + ".dequantized"),
-                                      &where))
+          EXPECT_TRUE(same_value_bits(
+              output, testing::golden_values<T>(*file, key + ".dequantized"), &where))
               << key << " " << where;
         });
         ++checked;
@@ -199,8 +197,7 @@ TEST_P(GoldenTest, DoubleQuantizationMatchesBitsandbytes) {
         std::vector<float> nested(static_cast<std::size_t>(block_count(blocks, kNestedBlockSize)),
                                   -1.0f);
         float offset = -1.0f;
-        ASSERT_TRUE(quantize_absmax_nested(view_of(absmax, DType::kF32),
-                                           view_of(codes, DType::kU8),
+        ASSERT_TRUE(quantize_absmax_nested(view_of(absmax, DType::kF32), view_of(codes, DType::kU8),
                                            view_of(nested, DType::kF32), &offset, options())
                         .ok());
         const auto golden_offset = testing::golden_values<float>(*file, dq_key + ".offset");
@@ -217,10 +214,9 @@ TEST_P(GoldenTest, DoubleQuantizationMatchesBitsandbytes) {
         auto stored_codes = golden_codes;
         auto stored_nested = golden_nested;
         std::vector<float> reconstructed(absmax.size());
-        ASSERT_TRUE(dequantize_absmax_nested(view_of(stored_codes, DType::kU8),
-                                             view_of(stored_nested, DType::kF32),
-                                             golden_offset.at(0),
-                                             view_of(reconstructed, DType::kF32), options())
+        ASSERT_TRUE(dequantize_absmax_nested(
+                        view_of(stored_codes, DType::kU8), view_of(stored_nested, DType::kF32),
+                        golden_offset.at(0), view_of(reconstructed, DType::kF32), options())
                         .ok());
         kernels::cpu::visit_float_dtype(dtype, [&](auto type_tag) {
           using T = decltype(type_tag);
@@ -301,7 +297,8 @@ TEST_P(GoldenTest, Int8RowwiseMatchesBitsandbytes) {
   std::vector<std::int8_t> codes(static_cast<std::size_t>(weight.numel()), 99);
   std::vector<float> scb(static_cast<std::size_t>(weight.shape()[0]), -1.0f);
   std::vector<std::int64_t> outliers;
-  ASSERT_TRUE(quantize_int8_rowwise(weight, 0.0f, TensorView(codes.data(), DType::kI8, weight.shape()),
+  ASSERT_TRUE(quantize_int8_rowwise(weight, 0.0f,
+                                    TensorView(codes.data(), DType::kI8, weight.shape()),
                                     view_of(scb, DType::kF32), &outliers, options())
                   .ok());
   EXPECT_EQ(scb, testing::golden_values<float>(*file, "weight_SCB"));

@@ -75,8 +75,12 @@ Status quantize_int8_rowwise(const TensorView& input, float threshold, TensorVie
   std::vector<float> host_row_absmax(static_cast<std::size_t>(rows));
   std::vector<std::uint8_t> is_outlier(static_cast<std::size_t>(cols), 0);
   if (input.device().is_cpu()) {
-    const kernels::cpu::Int8RowwiseJob job{input.data(), input.dtype(), rows,
-                                           cols,         threshold,     codes.data_as<std::int8_t>(),
+    const kernels::cpu::Int8RowwiseJob job{input.data(),
+                                           input.dtype(),
+                                           rows,
+                                           cols,
+                                           threshold,
+                                           codes.data_as<std::int8_t>(),
                                            row_absmax.data_as<float>()};
     kernels::cpu::run_kernel(kQuantizeKernels, job, rows,
                              std::max<std::int64_t>(1, kValuesPerChunk / cols), options);
@@ -97,8 +101,8 @@ Status quantize_int8_rowwise(const TensorView& input, float threshold, TensorVie
 #if defined(KBIT_WITH_CUDA)
     KBIT_ASSIGN_OR_RETURN(Tensor device_flags,
                           Tensor::empty(Shape{cols}, DType::kU8, input.device()));
-    KBIT_RETURN_IF_ERROR(copy_tensor(TensorView(is_outlier.data(), DType::kU8, Shape{cols}),
-                                     device_flags.view()));
+    KBIT_RETURN_IF_ERROR(
+        copy_tensor(TensorView(is_outlier.data(), DType::kU8, Shape{cols}), device_flags.view()));
     const auto stream = static_cast<cudaStream_t>(options.stream.handle);
     KBIT_RETURN_IF_ERROR(detail::status_from_cuda_error(
         kernels::cuda::quantize_int8_rowwise(
@@ -114,8 +118,7 @@ Status quantize_int8_rowwise(const TensorView& input, float threshold, TensorVie
     KBIT_RETURN_IF_ERROR(detail::cuda_copy_on_stream(host_row_absmax.data(), row_absmax.data(),
                                                      row_absmax.nbytes(), options.stream.handle));
     KBIT_RETURN_IF_ERROR(detail::cuda_copy_on_stream(is_outlier.data(), device_flags.view().data(),
-                                                     device_flags.nbytes(),
-                                                     options.stream.handle));
+                                                     device_flags.nbytes(), options.stream.handle));
     KBIT_RETURN_IF_ERROR(check_rows_finite(host_row_absmax.data(), rows, input));
 #endif
   }
@@ -146,10 +149,9 @@ Status dequantize_int8_rowwise(const TensorView& codes, const TensorView& row_ab
   }
 #if defined(KBIT_WITH_CUDA)
   return detail::status_from_cuda_error(
-      kernels::cuda::dequantize_int8_rowwise(codes.data_as<std::int8_t>(),
-                                             row_absmax.data_as<float>(), rows, cols,
-                                             output.data(), output.dtype(),
-                                             static_cast<cudaStream_t>(options.stream.handle)),
+      kernels::cuda::dequantize_int8_rowwise(
+          codes.data_as<std::int8_t>(), row_absmax.data_as<float>(), rows, cols, output.data(),
+          output.dtype(), static_cast<cudaStream_t>(options.stream.handle)),
       "dequantize_int8_rowwise");
 #else
   return internal_error("unreachable: CUDA tensor in a build without CUDA");

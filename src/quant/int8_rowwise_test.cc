@@ -20,7 +20,8 @@ struct Int8Output {
 Int8Output quantize(const TensorView& input, float threshold, CpuKernel kernel) {
   const std::int64_t rows = input.shape()[0];
   Int8Output out{std::vector<std::int8_t>(static_cast<std::size_t>(input.numel()), 99),
-                 std::vector<float>(static_cast<std::size_t>(rows), -1), {}};
+                 std::vector<float>(static_cast<std::size_t>(rows), -1),
+                 {}};
   ExecutionOptions options;
   options.cpu_kernel = kernel;
   const Status status = quantize_int8_rowwise(
@@ -66,8 +67,8 @@ void check_one(std::int64_t rows, std::int64_t cols, DType dtype, float threshol
     ASSERT_EQ(reference.row_absmax[r], absmax) << "row " << r;
     for (std::int64_t j = 0; j < cols; ++j) {
       const int code = reference.codes[static_cast<std::size_t>(r * cols + j)];
-      const bool zeroed = is_outlier(value(r, j)) ||
-                          (rows > 1 && outlier_column[static_cast<std::size_t>(j)]);
+      const bool zeroed =
+          is_outlier(value(r, j)) || (rows > 1 && outlier_column[static_cast<std::size_t>(j)]);
       if (zeroed) {
         ASSERT_EQ(code, 0) << "row " << r << " col " << j;
         continue;

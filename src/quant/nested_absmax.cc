@@ -57,11 +57,10 @@ Status quantize_absmax_nested(const TensorView& absmax, TensorView codes, Tensor
   }
 #if defined(KBIT_WITH_CUDA)
   return detail::status_from_cuda_error(
-      kernels::cuda::quantize_8bit_blockwise(absmax.data(), DType::kF32, n, *offset,
-                                             DynamicMap::kSigned, kNestedBlockSize,
-                                             codes.data_as<std::uint8_t>(),
-                                             nested_absmax.data_as<float>(),
-                                             static_cast<cudaStream_t>(options.stream.handle)),
+      kernels::cuda::quantize_8bit_blockwise(
+          absmax.data(), DType::kF32, n, *offset, DynamicMap::kSigned, kNestedBlockSize,
+          codes.data_as<std::uint8_t>(), nested_absmax.data_as<float>(),
+          static_cast<cudaStream_t>(options.stream.handle)),
       "quantize_absmax_nested");
 #else
   return internal_error("unreachable: CUDA tensor in a build without CUDA");

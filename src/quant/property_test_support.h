@@ -40,7 +40,13 @@ inline double value_as_double(const TensorView& tensor, std::int64_t i) {
 
 // Lengths that exercise single values, odd counts, exact and partial blocks.
 inline std::vector<std::int64_t> test_lengths(std::int64_t block_size) {
-  return {1, 2, 3, block_size - 1, block_size, block_size + 1, 5 * block_size + 7,
+  return {1,
+          2,
+          3,
+          block_size - 1,
+          block_size,
+          block_size + 1,
+          5 * block_size + 7,
           64 * block_size + 33};
 }
 

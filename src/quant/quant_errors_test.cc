@@ -52,8 +52,8 @@ TEST_F(QuantErrorsTest, UnsupportedBlockSize) {
 }
 
 TEST_F(QuantErrorsTest, NonFiniteInputNamesTheElements) {
-  for (float bad : {std::numeric_limits<float>::quiet_NaN(),
-                    std::numeric_limits<float>::infinity()}) {
+  for (float bad :
+       {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
     input_[700] = bad;
     for (CpuKernel kernel : {CpuKernel::kReference, CpuKernel::kFast}) {
       ExecutionOptions options;
@@ -62,18 +62,18 @@ TEST_F(QuantErrorsTest, NonFiniteInputNamesTheElements) {
                    {"NaN or Inf", "elements [640, 704)", "finite"});
       std::vector<std::uint8_t> codes(1000);
       std::vector<float> absmax8(4);
-      expect_error(quantize_8bit_blockwise(input(), DynamicMap::kSigned, 256,
-                                           TensorView(codes.data(), DType::kU8, Shape{1000}),
-                                           TensorView(absmax8.data(), DType::kF32, Shape{4}),
-                                           options),
-                   {"NaN or Inf", "elements [512, 768)"});
+      expect_error(
+          quantize_8bit_blockwise(input(), DynamicMap::kSigned, 256,
+                                  TensorView(codes.data(), DType::kU8, Shape{1000}),
+                                  TensorView(absmax8.data(), DType::kF32, Shape{4}), options),
+          {"NaN or Inf", "elements [512, 768)"});
       std::vector<std::int8_t> int8_codes(1000);
       std::vector<float> rows(10);
-      expect_error(quantize_int8_rowwise(
-                       TensorView(input_.data(), DType::kF32, Shape{10, 100}), 6.0f,
-                       TensorView(int8_codes.data(), DType::kI8, Shape{10, 100}),
-                       TensorView(rows.data(), DType::kF32, Shape{10}), nullptr, options),
-                   {"row 7", "NaN, Inf"});
+      expect_error(
+          quantize_int8_rowwise(TensorView(input_.data(), DType::kF32, Shape{10, 100}), 6.0f,
+                                TensorView(int8_codes.data(), DType::kI8, Shape{10, 100}),
+                                TensorView(rows.data(), DType::kF32, Shape{10}), nullptr, options),
+          {"row 7", "NaN, Inf"});
     }
   }
 }
@@ -112,10 +112,10 @@ TEST_F(QuantErrorsTest, WrongSizesAndDtypes) {
                {"output is i32[1000]"});
   std::vector<std::int8_t> codes(1000);
   std::vector<float> rows(10);
-  expect_error(quantize_int8_rowwise(input(), 0.0f,
-                                     TensorView(codes.data(), DType::kI8, Shape{1000}),
-                                     TensorView(rows.data(), DType::kF32, Shape{1}), nullptr),
-               {"must be a matrix [rows, cols]"});
+  expect_error(
+      quantize_int8_rowwise(input(), 0.0f, TensorView(codes.data(), DType::kI8, Shape{1000}),
+                            TensorView(rows.data(), DType::kF32, Shape{1}), nullptr),
+      {"must be a matrix [rows, cols]"});
   expect_error(quantize_int8_rowwise(TensorView(input_.data(), DType::kF32, Shape{10, 100}), 0.0f,
                                      TensorView(codes.data(), DType::kI8, Shape{10, 99}),
                                      TensorView(rows.data(), DType::kF32, Shape{10}), nullptr),

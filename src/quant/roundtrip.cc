@@ -49,9 +49,9 @@ Result<QuantizedBuffers> allocate_buffers(const RoundtripConfig& config) {
   if (config.double_quant) {
     KBIT_ASSIGN_OR_RETURN(buffers.nested_codes,
                           Tensor::empty(Shape{blocks}, DType::kU8, config.device));
-    KBIT_ASSIGN_OR_RETURN(buffers.nested_absmax,
-                          Tensor::empty(Shape{block_count(blocks, kNestedBlockSize)}, DType::kF32,
-                                        config.device));
+    KBIT_ASSIGN_OR_RETURN(
+        buffers.nested_absmax,
+        Tensor::empty(Shape{block_count(blocks, kNestedBlockSize)}, DType::kF32, config.device));
   }
   return buffers;
 }
@@ -59,8 +59,8 @@ Result<QuantizedBuffers> allocate_buffers(const RoundtripConfig& config) {
 Status quantize(const RoundtripConfig& config, const TensorView& input, QuantizedBuffers& q) {
   const ExecutionOptions& options = config.execution;
   if (config.format == RoundtripFormat::kDynamic8bit) {
-    return quantize_8bit_blockwise(input, DynamicMap::kSigned, config.block_size, q.codes,
-                                   q.absmax, options);
+    return quantize_8bit_blockwise(input, DynamicMap::kSigned, config.block_size, q.codes, q.absmax,
+                                   options);
   }
   const FourBitType type =
       config.format == RoundtripFormat::kNf4 ? FourBitType::kNf4 : FourBitType::kFp4;
@@ -149,13 +149,13 @@ Result<RoundtripReport> measure_roundtrip(const RoundtripConfig& config) {
       config.double_quant ? buffers.nested_codes.nbytes() + buffers.nested_absmax.nbytes()
                           : buffers.absmax.nbytes());
   if (config.device.is_cpu()) {
-    report.cpu_kernel = config.execution.cpu_kernel == CpuKernel::kReference
-                            ? std::string("reference, 1 thread")
-                            : std::string(cpu_isa_name(active_cpu_isa())) + ", " +
-                                  std::to_string(config.execution.threads > 0
-                                                     ? config.execution.threads
-                                                     : max_threads()) +
-                                  " threads";
+    report.cpu_kernel =
+        config.execution.cpu_kernel == CpuKernel::kReference
+            ? std::string("reference, 1 thread")
+            : std::string(cpu_isa_name(active_cpu_isa())) + ", " +
+                  std::to_string(config.execution.threads > 0 ? config.execution.threads
+                                                              : max_threads()) +
+                  " threads";
   }
   return report;
 }

@@ -77,13 +77,15 @@ constexpr std::int64_t kMinValuesPerThread = 16;
 constexpr std::int64_t kMaxValuesPerThread = 256;
 
 struct LaunchConfig {
-  bool vectorized = false;        // float4 loads (input_vectorized path)
-  std::int64_t threads = 1;       // blockDim.x (blockDim.y == 1)
-  std::int64_t ctas = 1;          // gridDim.y, CTAs cooperating on the output
-  std::int64_t load_stride = 1;   // step_input, in loads (vectors or scalars)
+  bool vectorized = false;       // float4 loads (input_vectorized path)
+  std::int64_t threads = 1;      // blockDim.x (blockDim.y == 1)
+  std::int64_t ctas = 1;         // gridDim.y, CTAs cooperating on the output
+  std::int64_t load_stride = 1;  // step_input, in loads (vectors or scalars)
 };
 
-std::int64_t div_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+std::int64_t div_up(std::int64_t a, std::int64_t b) {
+  return (a + b - 1) / b;
+}
 
 // Largest power of two <= v, at least 1 (PyTorch's last_pow2).
 std::int64_t floor_pow2(std::int64_t v) {
@@ -96,19 +98,17 @@ LaunchConfig choose_launch_config(std::int64_t n) {
   LaunchConfig config;
   config.vectorized = n >= kMinCountForVectorLoads;
   const std::int64_t dim0 = config.vectorized ? n / kVectorWidth : n;
-  config.threads = dim0 < kMaxThreadsPerBlock ? floor_pow2(dim0)
-                                               : kMaxThreadsPerBlock;
+  config.threads = dim0 < kMaxThreadsPerBlock ? floor_pow2(dim0) : kMaxThreadsPerBlock;
 
   // setReduceConfig also requires "split across warps" (values_per_thread >=
   // 16), which the >= 256 test below implies.  The grid has one column, which
   // is always <= the target grid size.
   const std::int64_t values_per_thread = div_up(n, config.threads);
   if (values_per_thread >= kMaxValuesPerThread) {
-    const std::int64_t target_grid_size =
-        kSmCount * (kMaxThreadsPerSm / config.threads);
-    config.ctas = std::max(
-        std::min(target_grid_size, div_up(values_per_thread, kMinValuesPerThread)),
-        div_up(values_per_thread, kMaxValuesPerThread));
+    const std::int64_t target_grid_size = kSmCount * (kMaxThreadsPerSm / config.threads);
+    config.ctas =
+        std::max(std::min(target_grid_size, div_up(values_per_thread, kMinValuesPerThread)),
+                 div_up(values_per_thread, kMaxValuesPerThread));
   }
   config.load_stride = config.threads * config.ctas;
   return config;
@@ -121,12 +121,10 @@ float combine_accumulators(const float (&acc)[4]) {
 
 // input_vectorized_thread_reduce_impl for the thread that starts at vector
 // `first_vector`.
-float vectorized_thread_value(const float* values, std::int64_t n,
-                              std::int64_t first_vector, std::int64_t stride,
-                              std::int64_t lane, bool adds_tail) {
+float vectorized_thread_value(const float* values, std::int64_t n, std::int64_t first_vector,
+                              std::int64_t stride, std::int64_t lane, bool adds_tail) {
   float acc[kVectorWidth] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (std::int64_t vec = first_vector; vec * kVectorWidth + kVectorWidth - 1 < n;
-       vec += stride) {
+  for (std::int64_t vec = first_vector; vec * kVectorWidth + kVectorWidth - 1 < n; vec += stride) {
     const float* v = values + vec * kVectorWidth;
     for (std::int64_t i = 0; i < kVectorWidth; ++i) acc[i] += v[i];
   }
@@ -139,8 +137,8 @@ float vectorized_thread_value(const float* values, std::int64_t n,
 
 // thread_reduce_impl (scalar loads, vt0 = 4) for the thread that starts at
 // element `first`.
-float scalar_thread_value(const float* values, std::int64_t n,
-                          std::int64_t first, std::int64_t stride) {
+float scalar_thread_value(const float* values, std::int64_t n, std::int64_t first,
+                          std::int64_t stride) {
   float acc[kScalarUnroll] = {0.0f, 0.0f, 0.0f, 0.0f};
   std::int64_t idx = first;
   while (idx + (kScalarUnroll - 1) * stride < n) {
@@ -163,23 +161,21 @@ float lane_tree_sum(std::vector<float>& lanes) {
 }
 
 // The value one CTA contributes: each lane's thread value, then the lane tree.
-float cta_value(const float* values, std::int64_t n, const LaunchConfig& config,
-                std::int64_t cta, std::vector<float>& lanes) {
+float cta_value(const float* values, std::int64_t n, const LaunchConfig& config, std::int64_t cta,
+                std::vector<float>& lanes) {
   for (std::int64_t lane = 0; lane < config.threads; ++lane) {
     const std::int64_t first = lane + cta * config.threads;
     lanes[static_cast<std::size_t>(lane)] =
-        config.vectorized
-            ? vectorized_thread_value(values, n, first, config.load_stride, lane,
-                                      /*adds_tail=*/cta == 0)
-            : scalar_thread_value(values, n, first, config.load_stride);
+        config.vectorized ? vectorized_thread_value(values, n, first, config.load_stride, lane,
+                                                    /*adds_tail=*/cta == 0)
+                          : scalar_thread_value(values, n, first, config.load_stride);
   }
   return lane_tree_sum(lanes);
 }
 
 // global_reduce in the last CTA: lane x folds the staged partials x, x + T,
 // x + 2T, ... starting from 0, then the lane tree combines the lanes.
-float combine_cta_values(const std::vector<float>& cta_values,
-                         std::vector<float>& lanes) {
+float combine_cta_values(const std::vector<float>& cta_values, std::vector<float>& lanes) {
   const std::size_t threads = lanes.size();
   for (std::size_t lane = 0; lane < threads; ++lane) {
     float value = 0.0f;

@@ -46,8 +46,7 @@ bool is_8bit_boundary_case(float value, float absmax, const float* map, std::uin
 bool is_int8_boundary_case(float value, float absmax, std::int8_t code_a, std::int8_t code_b) {
   return both_codes_reachable(
       quant::kInt8CodeMax / absmax, 2,
-      [&](float s) { return static_cast<std::int8_t>(std::nearbyint(value * s)); }, code_a,
-      code_b);
+      [&](float s) { return static_cast<std::int8_t>(std::nearbyint(value * s)); }, code_a, code_b);
 }
 
 }  // namespace kbit::testing

@@ -23,18 +23,18 @@ std::filesystem::path shared_file(const std::string& relative_path);
 }  // namespace kbit::testing
 
 // Skips the current test unless ../shared is available.
-#define KBIT_REQUIRE_SHARED_DIR()                                                       \
-  do {                                                                                  \
-    if (!::kbit::testing::shared_dir()) {                                               \
-      GTEST_SKIP() << "KBIT_SHARED_DIR is not set or does not exist: this test needs "  \
+#define KBIT_REQUIRE_SHARED_DIR()                                                             \
+  do {                                                                                        \
+    if (!::kbit::testing::shared_dir()) {                                                     \
+      GTEST_SKIP() << "KBIT_SHARED_DIR is not set or does not exist: this test needs "        \
                       "the reference data in ../shared (run with KBIT_SHARED_DIR=../shared)"; \
-    }                                                                                   \
+    }                                                                                         \
   } while (false)
 
 // Skips the current test unless a CUDA device is usable.
-#define KBIT_REQUIRE_CUDA()                                                              \
-  do {                                                                                   \
-    if (!::kbit::cuda_available()) {                                                     \
+#define KBIT_REQUIRE_CUDA()                                                                \
+  do {                                                                                     \
+    if (!::kbit::cuda_available()) {                                                       \
       GTEST_SKIP() << "no CUDA device (or a build without CUDA): this test runs on a GPU"; \
-    }                                                                                    \
+    }                                                                                      \
   } while (false)

@@ -47,7 +47,9 @@ class [[nodiscard]] Status {
   std::string message_;
 };
 
-inline Status ok_status() { return Status(); }
+inline Status ok_status() {
+  return Status();
+}
 Status invalid_argument(std::string message);
 Status not_found(std::string message);
 Status data_loss(std::string message);
@@ -60,7 +62,7 @@ Status internal_error(std::string message);
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : state_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : state_(std::move(value)) {}        // NOLINT: implicit by design
   Result(Status status) : state_(std::move(status)) {  // NOLINT: implicit by design
     if (std::get<Status>(state_).ok()) {
       state_ = internal_error("Result constructed from an ok Status without a value");
@@ -90,10 +92,10 @@ class [[nodiscard]] Result {
 #define KBIT_CONCAT(a, b) KBIT_CONCAT_INNER(a, b)
 
 // Returns the Status of `expr` from the enclosing function if it failed.
-#define KBIT_RETURN_IF_ERROR(expr)                 \
-  do {                                             \
-    ::kbit::Status kbit_status_ = (expr);          \
-    if (!kbit_status_.ok()) return kbit_status_;   \
+#define KBIT_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::kbit::Status kbit_status_ = (expr);        \
+    if (!kbit_status_.ok()) return kbit_status_; \
   } while (false)
 
 // `KBIT_ASSIGN_OR_RETURN(auto x, f());` declares x from a Result, or returns its failure.

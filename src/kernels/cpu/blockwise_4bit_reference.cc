@@ -3,10 +3,10 @@
 #include <cmath>
 #include <limits>
 
+#include "kbit/quant/codebooks.h"
 #include "kernels/code_rules.h"
 #include "kernels/cpu/blockwise_4bit.h"
 #include "kernels/cpu/element_access.h"
-#include "kbit/quant/codebooks.h"
 
 namespace kbit::kernels::cpu {
 namespace {
@@ -51,8 +51,7 @@ void quantize_blocks(const Quantize4bitJob& job, std::int64_t first_block, std::
 template <typename T>
 void dequantize_blocks(const Dequantize4bitJob& job, std::int64_t first_block,
                        std::int64_t end_block) {
-  const auto& table =
-      job.type == quant::FourBitType::kNf4 ? quant::kNf4Values : quant::kFp4Values;
+  const auto& table = job.type == quant::FourBitType::kNf4 ? quant::kNf4Values : quant::kFp4Values;
   T* output = static_cast<T*>(job.output);
   for (std::int64_t block = first_block; block < end_block; ++block) {
     const std::int64_t begin = block * job.block_size;

@@ -30,9 +30,14 @@ void run_kernel(const KernelVariants<Job>& variants, const Job& job, std::int64_
   }
   RangeKernel<Job> kernel = variants.reference;
   switch (active_cpu_isa()) {
-    case CpuIsa::kAvx512: kernel = variants.avx512; break;
-    case CpuIsa::kAvx2: kernel = variants.avx2; break;
-    case CpuIsa::kScalar: break;
+    case CpuIsa::kAvx512:
+      kernel = variants.avx512;
+      break;
+    case CpuIsa::kAvx2:
+      kernel = variants.avx2;
+      break;
+    case CpuIsa::kScalar:
+      break;
   }
   parallel_for(
       items, min_items_per_chunk,

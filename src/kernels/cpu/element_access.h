@@ -7,9 +7,15 @@
 
 namespace kbit::kernels::cpu {
 
-inline float to_f32(float value) { return value; }
-inline float to_f32(bf16 value) { return bf16_to_f32(value); }
-inline float to_f32(f16 value) { return f16_to_f32(value); }
+inline float to_f32(float value) {
+  return value;
+}
+inline float to_f32(bf16 value) {
+  return bf16_to_f32(value);
+}
+inline float to_f32(f16 value) {
+  return f16_to_f32(value);
+}
 
 template <typename T>
 T from_f32(float value);
@@ -30,9 +36,15 @@ inline f16 from_f32<f16>(float value) {
 template <typename Body>
 void visit_float_dtype(DType dtype, Body&& body) {
   switch (dtype) {
-    case DType::kF16: body(f16{}); return;
-    case DType::kBF16: body(bf16{}); return;
-    default: body(float{}); return;
+    case DType::kF16:
+      body(f16{});
+      return;
+    case DType::kBF16:
+      body(bf16{});
+      return;
+    default:
+      body(float{});
+      return;
   }
 }
 

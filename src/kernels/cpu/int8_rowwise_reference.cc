@@ -3,9 +3,9 @@
 #include <cmath>
 #include <limits>
 
+#include "kbit/quant/codebooks.h"
 #include "kernels/cpu/element_access.h"
 #include "kernels/cpu/int8_rowwise.h"
-#include "kbit/quant/codebooks.h"
 
 namespace kbit::kernels::cpu {
 namespace {

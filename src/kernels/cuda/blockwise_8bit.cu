@@ -205,8 +205,8 @@ cudaError_t dequantize_8bit_blockwise(const std::uint8_t* codes, const float* ab
   return visit_float_dtype(output_dtype, [&](auto type_tag) {
     using T = typename decltype(type_tag)::type;
     T* typed_output = static_cast<T*>(output);
-    return offset.has_value() ? launch_dequantize<T, true>(codes, absmax, table, log2_block_size,
-                                                           n, *offset, typed_output, stream)
+    return offset.has_value() ? launch_dequantize<T, true>(codes, absmax, table, log2_block_size, n,
+                                                           *offset, typed_output, stream)
                               : launch_dequantize<T, false>(codes, absmax, table, log2_block_size,
                                                             n, 0.0f, typed_output, stream);
   });
