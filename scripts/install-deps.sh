@@ -4,7 +4,7 @@
 # NVIDIA into /usr/local/cuda if you build the GPU kernels.
 set -euo pipefail
 packages=(cmake ninja-build g++ git libgtest-dev libbenchmark-dev nlohmann-json3-dev
-          libcli11-dev libfmt-dev clang-format-14)
+          libcli11-dev libfmt-dev libpcre2-dev libopenblas-dev pkg-config clang-format-14)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
