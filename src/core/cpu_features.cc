@@ -4,6 +4,10 @@
 #include <cstdlib>
 #include <string>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 namespace kbit {
 
 std::string_view cpu_isa_name(CpuIsa isa) {
@@ -18,6 +22,18 @@ std::string_view cpu_isa_name(CpuIsa isa) {
   return "scalar";
 }
 
+#if defined(__x86_64__)
+namespace {
+
+// CPUID leaf 1, ECX bit 29. Read directly: clang 14's __builtin_cpu_supports has no "f16c".
+bool has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+}
+
+}  // namespace
+#endif
+
 CpuIsa detected_cpu_isa() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
@@ -25,8 +41,7 @@ CpuIsa detected_cpu_isa() {
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
     return CpuIsa::kAvx512;
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c")) {
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c()) {
     return CpuIsa::kAvx2;
   }
 #endif

@@ -33,8 +33,7 @@ Status SamplingParams::validate() const {
 }
 
 std::int32_t argmax(std::span<const float> logits) {
-  return static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) -
-                                   logits.begin());
+  return static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), random_(params.seed) {}
