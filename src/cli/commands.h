@@ -16,5 +16,10 @@ namespace kbit::cli {
 using Action = std::function<Status()>;
 
 Action add_roundtrip_command(CLI::App& app);
+Action add_tokenize_command(CLI::App& app);
+Action add_logits_command(CLI::App& app);
+Action add_generate_command(CLI::App& app);
+Action add_chat_command(CLI::App& app);
+Action add_perplexity_command(CLI::App& app);
 
 }  // namespace kbit::cli

@@ -14,6 +14,11 @@ int main(int argc, char** argv) {
 
   std::vector<kbit::cli::Action> actions;
   actions.push_back(kbit::cli::add_roundtrip_command(app));
+  actions.push_back(kbit::cli::add_tokenize_command(app));
+  actions.push_back(kbit::cli::add_logits_command(app));
+  actions.push_back(kbit::cli::add_generate_command(app));
+  actions.push_back(kbit::cli::add_chat_command(app));
+  actions.push_back(kbit::cli::add_perplexity_command(app));
 
   try {
     app.parse(argc, argv);

@@ -49,6 +49,9 @@ class ThreadPool {
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [this] { return remaining_ == 0 && helpers_busy_ == 0; });
     body_ = nullptr;
+    // Close the job to workers that wake only now: one joining late would read the counters
+    // of the next job and could run one of its chunks twice.
+    helpers_wanted_ = 0;
   }
 
  private:

@@ -41,10 +41,18 @@ class ChatTemplate {
   // eos_token, ...) as template variables.
   Result<std::string> render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                              const nlohmann::json& context = nlohmann::json::object()) const;
+  // The same, keeping the key order of the context's objects: nlohmann::json sorts object keys,
+  // and templates that print dicts (tojson of tool schemas, items()) show that order.
+  Result<std::string> render_ordered(const std::vector<ChatMessage>& messages,
+                                     bool add_generation_prompt,
+                                     const nlohmann::ordered_json& context) const;
 
  private:
   struct Impl;
   explicit ChatTemplate(std::unique_ptr<Impl> impl);
+  template <typename Json>
+  Result<std::string> render_impl(const std::vector<ChatMessage>& messages,
+                                  bool add_generation_prompt, const Json& context) const;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,0 +1,106 @@
+// A Llama-family causal LM (LlamaForCausalLM, MistralForCausalLM) run in f32 on the CPU, with
+// the numerics of transformers' modeling_llama.py (spec 11.3).
+//
+// The weights stay in the memory-mapped checkpoint in their stored dtype (bf16, f16 or f32) and
+// are widened to f32 a panel or a row at a time inside the matmuls, so the resident memory is
+// about the size of the files plus the KV cache and a few activations.
+//
+// Usage:
+//   KBIT_ASSIGN_OR_RETURN(LlamaModel model, LlamaModel::load(dir, {}));
+//   KBIT_ASSIGN_OR_RETURN(KvCache cache, model.new_cache(4096));
+//   Tensor logits = ...;  // f32 [tokens, vocab]
+//   KBIT_RETURN_IF_ERROR(model.forward(prompt_ids, cache, logits, /*all_positions=*/true));
+//   ... then one token at a time, logits [1, vocab], the cache continuing the sequence.
+//
+// Threads: forward() splits its work over kbit's thread pool (ExecutionOptions::threads). The
+// first prompt-sized matmul sets OpenBLAS to one thread, process-wide, since kbit threads the
+// calls itself and OpenBLAS's own threads would oversubscribe the cores.
+//
+// Thread safety: a loaded LlamaModel is immutable; forward() may run concurrently from several
+// threads as long as each call has its own KvCache. A KvCache is not safe to share between
+// concurrent calls.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "kbit/core/execution.h"
+#include "kbit/core/status.h"
+#include "kbit/core/tensor.h"
+#include "kbit/model/llama_config.h"
+
+namespace kbit::model {
+
+struct LlamaLoadOptions {
+  // Which CPU kernels forward() uses and how many threads; kReference runs the plain scalar
+  // kernels on one thread (slow; for checking the fast ones).
+  ExecutionOptions execution;
+};
+
+// The keys and values of every layer for the positions seen so far, in f32:
+// per layer [capacity, num_key_value_heads, head_dim]. Made by LlamaModel::new_cache; belongs to
+// the model that made it (or one of the same shape). Move-only.
+class KvCache {
+ public:
+  KvCache(KvCache&&) noexcept = default;
+  KvCache& operator=(KvCache&&) noexcept = default;
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
+
+  // Positions held: the next token forward() sees gets position size().
+  std::int64_t size() const { return size_; }
+  std::int64_t capacity() const { return capacity_; }
+  // Forgets positions >= new_size (e.g. to start over, or to drop a rejected draft).
+  // kInvalidArgument if new_size is negative or above size().
+  Status truncate(std::int64_t new_size);
+
+ private:
+  friend class LlamaModel;
+  KvCache() = default;
+  std::int64_t layers_ = 0;
+  std::int64_t kv_heads_ = 0;
+  std::int64_t head_dim_ = 0;
+  std::int64_t capacity_ = 0;
+  std::int64_t size_ = 0;
+  std::vector<std::vector<float>> keys_;    // [layers][capacity * kv_heads * head_dim]
+  std::vector<std::vector<float>> values_;  // likewise
+};
+
+class LlamaModel {
+ public:
+  // Reads model_dir/config.json (see llama_config.h) and maps the safetensors weights (see
+  // kbit/io/checkpoint.h). Every expected tensor must be present with its exact shape and a
+  // float dtype; errors name the folder, the tensor, the expected and found shape. A quantized
+  // (bitsandbytes) checkpoint is refused with kUnimplemented.
+  static Result<LlamaModel> load(const std::filesystem::path& model_dir,
+                                 const LlamaLoadOptions& options);
+
+  LlamaModel(LlamaModel&&) noexcept;
+  LlamaModel& operator=(LlamaModel&&) noexcept;
+  ~LlamaModel();
+
+  const LlamaConfig& config() const;
+
+  // An empty cache for up to max_tokens positions (prompt and generated tokens together).
+  // kInvalidArgument if max_tokens < 1; kOutOfMemory if it cannot be allocated
+  // (2 · layers · max_tokens · kv_heads · head_dim floats).
+  Result<KvCache> new_cache(std::int64_t max_tokens) const;
+
+  // Runs `tokens` (non-empty, each in [0, vocab_size)) at positions cache.size() onward, appends
+  // their keys and values to `cache`, and writes f32 logits into `logits`: contiguous host f32
+  // [tokens.size(), vocab_size] when all_positions, else [1, vocab_size] for the last token only.
+  // Fails with kInvalidArgument, leaving the cache unchanged, for a bad token id, a cache that is
+  // full or from a model of another shape, or logits of the wrong dtype or shape.
+  Status forward(std::span<const std::int32_t> tokens, KvCache& cache, TensorView logits,
+                 bool all_positions) const;
+
+ private:
+  struct Impl;
+  explicit LlamaModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kbit::model
