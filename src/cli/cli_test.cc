@@ -1,0 +1,162 @@
+// The kbit command end to end: bad input gives one clear error and a non-zero exit status, and
+// `kbit generate` reproduces transformers' greedy output. Runs the built binary (KBIT_CLI).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "testing/golden.h"
+
+namespace kbit::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CommandResult {
+  int exit_status = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    directory_ = fs::temp_directory_path() / ("kbit_cli_test_" + std::to_string(::getpid()));
+    fs::create_directories(directory_);
+  }
+  void TearDown() override { fs::remove_all(directory_); }
+
+  // Runs `kbit <arguments>` (shell-quoted by the caller) and captures both streams.
+  CommandResult run(const std::string& arguments) {
+    const fs::path out = directory_ / "stdout", err = directory_ / "stderr";
+    const std::string command = std::string(KBIT_CLI) + " " + arguments + " >" + out.string() +
+                                " 2>" + err.string() + " </dev/null";
+    const int status = std::system(command.c_str());
+    return CommandResult{WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(out),
+                         read_file(err)};
+  }
+
+  // A copy of the demo model that a test may break.
+  fs::path copy_of_demo_model() {
+    const fs::path copy = directory_ / "model";
+    fs::copy(fs::path(KBIT_SOURCE_DIR) / "models/shakespeare-llama2", copy);
+    for (const auto& entry : fs::directory_iterator(copy)) {
+      fs::permissions(entry.path(), fs::perms::owner_write, fs::perm_options::add);
+    }
+    return copy;
+  }
+
+  // Expects one error line naming every fragment, and exit status 1.
+  void expect_failure(const CommandResult& result, std::initializer_list<std::string> fragments) {
+    EXPECT_EQ(result.exit_status, 1) << result.err;
+    EXPECT_EQ(std::count(result.err.begin(), result.err.end(), '\n'), 1) << result.err;
+    for (const std::string& fragment : fragments) {
+      EXPECT_NE(result.err.find(fragment), std::string::npos)
+          << "'" << fragment << "' not in: " << result.err;
+    }
+  }
+
+  fs::path directory_;
+};
+
+TEST_F(CliTest, VersionAndHelp) {
+  EXPECT_EQ(run("--version").exit_status, 0);
+  const CommandResult help = run("--help");
+  EXPECT_EQ(help.exit_status, 0);
+  for (const char* command : {"generate", "chat", "perplexity", "logits", "tokenize", "roundtrip"}) {
+    EXPECT_NE(help.out.find(command), std::string::npos) << command;
+  }
+  EXPECT_NE(run("no-such-command").exit_status, 0);
+}
+
+TEST_F(CliTest, TruncatedWeightsFile) {
+  const fs::path model = copy_of_demo_model();
+  fs::resize_file(model / "model.safetensors", fs::file_size(model / "model.safetensors") / 2);
+  expect_failure(run("generate -m " + model.string() + " -p x"),
+                 {"model.safetensors", "truncated"});
+}
+
+TEST_F(CliTest, HeaderThatLiesAboutOffsets) {
+  const fs::path model = copy_of_demo_model();
+  // The first tensor's offsets shifted by 4 bytes: it overlaps its neighbour.
+  std::string bytes = read_file(model / "model.safetensors");
+  const std::size_t at = bytes.find("\"data_offsets\":[0,");
+  ASSERT_NE(at, std::string::npos);
+  bytes.replace(at, 18, "\"data_offsets\":[4,");
+  std::ofstream(model / "model.safetensors", std::ios::binary) << bytes;
+  expect_failure(run("generate -m " + model.string() + " -p x"),
+                 {"model.safetensors", "data_offsets"});
+}
+
+TEST_F(CliTest, MissingShard) {
+  const fs::path model = copy_of_demo_model();
+  fs::rename(model / "model.safetensors", model / "model-00001-of-00002.safetensors");
+  std::ofstream(model / "model.safetensors.index.json")
+      << R"({"metadata": {}, "weight_map": {"model.norm.weight": "model-00002-of-00002.safetensors",)"
+      << R"( "model.embed_tokens.weight": "model-00001-of-00002.safetensors"}})";
+  expect_failure(run("generate -m " + model.string() + " -p x"),
+                 {"model-00002-of-00002.safetensors"});
+}
+
+TEST_F(CliTest, ConfigWithAWrongField) {
+  const fs::path model = copy_of_demo_model();
+  nlohmann::json config = nlohmann::json::parse(read_file(model / "config.json"));
+  config["hidden_act"] = "gelu";
+  std::ofstream(model / "config.json") << config.dump();
+  expect_failure(run("generate -m " + model.string() + " -p x"),
+                 {"config.json", "hidden_act", "gelu"});
+}
+
+TEST_F(CliTest, UnsupportedTokenizer) {
+  const fs::path model = copy_of_demo_model();
+  nlohmann::json tokenizer = nlohmann::json::parse(read_file(model / "tokenizer.json"));
+  tokenizer["model"]["type"] = "WordPiece";
+  std::ofstream(model / "tokenizer.json") << tokenizer.dump();
+  expect_failure(run("tokenize -m " + model.string() + " -p x"),
+                 {"tokenizer.json", "WordPiece"});
+}
+
+TEST_F(CliTest, BadFlagValues) {
+  const std::string model = copy_of_demo_model().string();
+  expect_failure(run("generate -m " + model + " -p x --top-p 1.5"), {"--top-p"});
+  expect_failure(run("perplexity -m " + model + " -f /nonexistent"), {"/nonexistent"});
+}
+
+// `kbit generate` in f32 reproduces transformers' greedy tokens for both prompts of the model.
+TEST_F(CliTest, GenerateReproducesGreedyOutput) {
+  KBIT_REQUIRE_SHARED_DIR();
+  Result<io::SafetensorsFile> golden = testing::open_golden("greedy-f32.safetensors");
+  ASSERT_TRUE(golden.ok());
+  const nlohmann::json summary =
+      nlohmann::json::parse(read_file(testing::shared_file("golden/summary.json")));
+  for (int prompt = 0; prompt < 2; ++prompt) {
+    const std::string text = summary["prompts"][prompt].get<std::string>();
+    const fs::path prompt_file = directory_ / "prompt";
+    std::ofstream(prompt_file, std::ios::binary) << text;
+    const CommandResult result =
+        run("generate -m " + std::string(KBIT_SOURCE_DIR) +
+            "/models/shakespeare-llama2 --temperature 0 --ignore-eos -n 40 --json -p \"$(cat " +
+            prompt_file.string() + ")\"");
+    ASSERT_EQ(result.exit_status, 0) << result.err;
+    const nlohmann::json out = nlohmann::json::parse(result.out);
+    std::vector<std::int64_t> ids = out["prompt_ids"].get<std::vector<std::int64_t>>();
+    const auto generated = out["generated_ids"].get<std::vector<std::int64_t>>();
+    ids.insert(ids.end(), generated.begin(), generated.end());
+    EXPECT_EQ(ids, testing::golden_values<std::int64_t>(
+                       *golden, "shakespeare-llama2.prompt" + std::to_string(prompt) + ".greedy"));
+  }
+}
+
+}  // namespace
+}  // namespace kbit::cli
