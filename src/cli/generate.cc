@@ -1,4 +1,5 @@
 // kbit generate: continue a prompt, streaming the text.
+#include <chrono>
 #include <cstdio>
 
 #include <fmt/core.h>
@@ -21,7 +22,10 @@ struct GenerateFlags {
 
 Status run(GenerateFlags flags) {
   KBIT_RETURN_IF_ERROR(flags.generation.sampling.validate());
+  const auto load_start = std::chrono::steady_clock::now();
   KBIT_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(flags.model));
+  const double load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   KBIT_ASSIGN_OR_RETURN(const std::vector<std::int32_t> prompt,
                         loaded.tokenizer.encode(flags.prompt, /*add_special_tokens=*/true));
   const std::int64_t context = flags.context > 0 ? flags.context
@@ -47,6 +51,7 @@ Status run(GenerateFlags flags) {
                           {"generated_ids", result.tokens},
                           {"text", result.text},
                           {"stop_reason", generate::stop_reason_name(result.stop_reason)},
+                          {"load_seconds", load_seconds},
                           {"prompt_tokens_per_second", prompt_rate},
                           {"decode_tokens_per_second", decode_rate}};
     fmt::print("{}\n", out.dump());
