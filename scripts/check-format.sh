@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 format=clang-format-14
 command -v "$format" >/dev/null || format=clang-format
-mapfile -t files < <(git ls-files '*.cc' '*.h' '*.cu' '*.cuh')
+mapfile -t files < <(git ls-files --cached --others --exclude-standard '*.cc' '*.h' '*.cu' '*.cuh')
 if [ "${1:-}" = "--fix" ]; then
   "$format" -i "${files[@]}"
 else

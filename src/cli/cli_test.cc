@@ -74,7 +74,8 @@ TEST_F(CliTest, VersionAndHelp) {
   EXPECT_EQ(run("--version").exit_status, 0);
   const CommandResult help = run("--help");
   EXPECT_EQ(help.exit_status, 0);
-  for (const char* command : {"generate", "chat", "perplexity", "logits", "tokenize", "roundtrip"}) {
+  for (const char* command :
+       {"generate", "chat", "perplexity", "logits", "tokenize", "roundtrip"}) {
     EXPECT_NE(help.out.find(command), std::string::npos) << command;
   }
   EXPECT_NE(run("no-such-command").exit_status, 0);
@@ -123,8 +124,7 @@ TEST_F(CliTest, UnsupportedTokenizer) {
   nlohmann::json tokenizer = nlohmann::json::parse(read_file(model / "tokenizer.json"));
   tokenizer["model"]["type"] = "WordPiece";
   std::ofstream(model / "tokenizer.json") << tokenizer.dump();
-  expect_failure(run("tokenize -m " + model.string() + " -p x"),
-                 {"tokenizer.json", "WordPiece"});
+  expect_failure(run("tokenize -m " + model.string() + " -p x"), {"tokenizer.json", "WordPiece"});
 }
 
 TEST_F(CliTest, BadFlagValues) {
