@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/model_flags.h"
 #include "kbit/io/safetensors_writer.h"
 #include "kbit/model/llama.h"
 #include "kbit/tokenizer/tokenizer.h"
@@ -18,11 +19,10 @@ namespace kbit::cli {
 namespace {
 
 struct LogitsFlags {
-  std::filesystem::path model_dir;
+  ModelFlags model;  // -m, --threads, --dtype
   std::optional<std::string> prompt;
   std::optional<std::string> ids;
   std::filesystem::path output;
-  int threads = 0;
   bool reference = false;
 };
 
@@ -48,17 +48,16 @@ Result<std::vector<std::int32_t>> parse_ids(const std::string& text) {
 }
 
 Status run(const LogitsFlags& flags) {
-  model::LlamaLoadOptions options;
-  options.execution.threads = flags.threads;
+  model::LlamaLoadOptions options = model_load_options(flags.model);
   options.execution.cpu_kernel = flags.reference ? CpuKernel::kReference : CpuKernel::kFast;
   KBIT_ASSIGN_OR_RETURN(const model::LlamaModel model,
-                        model::LlamaModel::load(flags.model_dir, options));
+                        model::LlamaModel::load(flags.model.model_dir, options));
   std::vector<std::int32_t> ids;
   if (flags.ids) {
     KBIT_ASSIGN_OR_RETURN(ids, parse_ids(*flags.ids));
   } else {
     KBIT_ASSIGN_OR_RETURN(const tokenizer::Tokenizer tokenizer,
-                          tokenizer::Tokenizer::load(flags.model_dir / "tokenizer.json"));
+                          tokenizer::Tokenizer::load(flags.model.model_dir / "tokenizer.json"));
     KBIT_ASSIGN_OR_RETURN(ids, tokenizer.encode(*flags.prompt, /*add_special_tokens=*/true));
   }
   if (ids.empty()) return invalid_argument("-p: the prompt has no tokens; pass some text");
@@ -81,9 +80,8 @@ Status run(const LogitsFlags& flags) {
 Action add_logits_command(CLI::App& app) {
   auto flags = std::make_shared<LogitsFlags>();
   CLI::App* command = app.add_subcommand(
-      "logits", "Run a model over a prompt on the CPU (f32) and save its logits as safetensors");
-  command->add_option("-m,--model", flags->model_dir, "model folder (config.json, *.safetensors)")
-      ->required();
+      "logits", "Run a model over a prompt on the CPU and save its f32 logits as safetensors");
+  add_model_flags(*command, flags->model);
   CLI::Option* prompt =
       command->add_option("-p,--prompt", flags->prompt, "text, encoded with special tokens (BOS)");
   CLI::Option* ids =
@@ -94,7 +92,6 @@ Action add_logits_command(CLI::App& app) {
       ->add_option("-o,--output", flags->output,
                    "output .safetensors (logits F32 [tokens, vocab], input_ids I64)")
       ->required();
-  command->add_option("--threads", flags->threads, "CPU threads (0: all)")->capture_default_str();
   command->add_flag("--reference", flags->reference, "use the scalar one-thread reference kernels");
   return [flags]() -> Status {
     if (!flags->prompt && !flags->ids) {

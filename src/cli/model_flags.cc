@@ -8,12 +8,23 @@ void add_model_flags(CLI::App& command, ModelFlags& flags) {
                   "model folder (config.json, *.safetensors, tokenizer.json)")
       ->required();
   command.add_option("--threads", flags.threads, "CPU threads (0: all)")->capture_default_str();
+  command
+      .add_option("--dtype", flags.dtype,
+                  "activation dtype: f32, or bf16 as transformers with torch.bfloat16")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
+}
+
+model::LlamaLoadOptions model_load_options(const ModelFlags& flags) {
+  model::LlamaLoadOptions options;
+  options.execution.threads = flags.threads;
+  options.activation_dtype = flags.dtype == "bf16" ? DType::kBF16 : DType::kF32;
+  return options;
 }
 
 Result<LoadedModel> load_model(const ModelFlags& flags) {
-  model::LlamaLoadOptions options;
-  options.execution.threads = flags.threads;
-  KBIT_ASSIGN_OR_RETURN(model::LlamaModel model, model::LlamaModel::load(flags.model_dir, options));
+  KBIT_ASSIGN_OR_RETURN(model::LlamaModel model,
+                        model::LlamaModel::load(flags.model_dir, model_load_options(flags)));
   KBIT_ASSIGN_OR_RETURN(tokenizer::Tokenizer tokenizer,
                         tokenizer::Tokenizer::load(flags.model_dir / "tokenizer.json"));
   return LoadedModel{std::move(model), std::move(tokenizer)};

@@ -16,10 +16,14 @@ namespace kbit::cli {
 struct ModelFlags {
   std::filesystem::path model_dir;
   int threads = 0;
+  std::string dtype = "f32";  // activation dtype: "f32" or "bf16"
 };
 
-// -m/--model (required) and --threads.
+// -m/--model (required), --threads and --dtype.
 void add_model_flags(CLI::App& command, ModelFlags& flags);
+
+// The load options the flags ask for (threads, activation dtype).
+model::LlamaLoadOptions model_load_options(const ModelFlags& flags);
 
 struct LoadedModel {
   model::LlamaModel model;

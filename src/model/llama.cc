@@ -113,6 +113,9 @@ struct LlamaModel::Impl {
   std::vector<float> final_norm;
   std::vector<Layer> layers;
   std::vector<float> inv_freq;  // for types that do not depend on the sequence length
+  bool round_bf16 = false;      // activation_dtype kBF16: round activations to bf16
+  // With bf16 activations, weights not stored in bf16 are rounded into these; views point here.
+  std::vector<std::vector<kbit::bf16>> bf16_weights;
 
   void linear(const Linear& layer, const float* x, std::int64_t rows, float* y) const {
     const k::LinearJob job{x,
@@ -122,15 +125,55 @@ struct LlamaModel::Impl {
                            rows,
                            layer.weight.shape()[1],
                            layer.weight.shape()[0],
-                           y};
+                           y,
+                           round_bf16};
     k::linear_op(job, execution);
   }
 
   void rms_norm(const float* x, const std::vector<float>& weight, std::int64_t rows,
                 float* y) const {
     const k::RmsNormJob job{
-        x, weight.data(), rows, config.hidden_size, static_cast<float>(config.rms_norm_eps), y};
+        x, weight.data(), rows, config.hidden_size, static_cast<float>(config.rms_norm_eps),
+        y, round_bf16};
     k::rms_norm_op(job, execution);
+  }
+
+  // hidden += delta, rounded to bf16 with bf16 activations (a bf16 residual add).
+  void add_residual(std::vector<float>& hidden, const std::vector<float>& delta) const {
+    for (std::size_t i = 0; i < hidden.size(); ++i) hidden[i] += delta[i];
+    if (round_bf16) k::round_to_bf16(hidden.data(), static_cast<std::int64_t>(hidden.size()));
+  }
+
+  // transformers' model.to(torch.bfloat16): weights rounded to bf16 once, at load.
+  void weight_to_bf16(TensorView& weight) {
+    if (weight.dtype() == DType::kBF16) return;
+    std::vector<kbit::bf16> rounded(static_cast<std::size_t>(weight.numel()));
+    k::visit_float_dtype(weight.dtype(), [&](auto type_tag) {
+      using T = decltype(type_tag);
+      const T* data = weight.data_as<const T>();
+      for (std::size_t i = 0; i < rounded.size(); ++i) rounded[i] = f32_to_bf16(k::to_f32(data[i]));
+    });
+    weight = TensorView(rounded.data(), DType::kBF16, weight.shape());
+    bf16_weights.push_back(std::move(rounded));
+  }
+  static void vector_to_bf16(std::vector<float>& values) {
+    k::round_to_bf16(values.data(), static_cast<std::int64_t>(values.size()));
+  }
+  void weights_to_bf16() {
+    const bool tied = lm_head.data() == embed.data();
+    weight_to_bf16(embed);
+    lm_head = tied ? embed : lm_head;
+    if (!tied) weight_to_bf16(lm_head);
+    vector_to_bf16(final_norm);
+    for (Layer& layer : layers) {
+      vector_to_bf16(layer.input_norm);
+      vector_to_bf16(layer.post_attention_norm);
+      for (Linear* linear :
+           {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down}) {
+        weight_to_bf16(linear->weight);
+        vector_to_bf16(linear->bias);
+      }
+    }
   }
 
   Impl(LlamaConfig c, ExecutionOptions e, io::Checkpoint ck)
@@ -148,6 +191,11 @@ const LlamaConfig& LlamaModel::config() const {
 
 Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
                                     const LlamaLoadOptions& options) {
+  if (options.activation_dtype != DType::kF32 && options.activation_dtype != DType::kBF16) {
+    return invalid_argument("LlamaModel::load: activation dtype " +
+                            std::string(dtype_name(options.activation_dtype)) +
+                            " is not supported; use f32 or bf16");
+  }
   KBIT_ASSIGN_OR_RETURN(LlamaConfig config, load_llama_config(model_dir / "config.json"));
   KBIT_ASSIGN_OR_RETURN(io::Checkpoint checkpoint, io::Checkpoint::open(model_dir));
   auto impl = std::make_unique<Impl>(std::move(config), options.execution, std::move(checkpoint));
@@ -191,6 +239,10 @@ Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
   }
   if (c.rope.type != RopeType::kDynamic) {
     impl->inv_freq = rope_inv_freq(c.rope, c.head_dim, c.max_position_embeddings, 0);
+  }
+  if (options.activation_dtype == DType::kBF16) {
+    impl->round_bf16 = true;
+    impl->weights_to_bf16();
   }
   return LlamaModel(std::move(impl));
 }
@@ -282,7 +334,7 @@ Status LlamaModel::forward(std::span<const std::int32_t> tokens, KvCache& cache,
       float* out = s.hidden.data() + t * e;
       for (std::int64_t i = 0; i < e; ++i) out[i] = k::to_f32(row[i]);
     }
-  });
+  });  // with bf16 activations the table is bf16, so these are bf16 values already
 
   std::vector<float> dynamic_inv_freq;
   const float* inv_freq = m.inv_freq.data();
@@ -298,26 +350,26 @@ Status LlamaModel::forward(std::span<const std::int32_t> tokens, KvCache& cache,
     m.linear(layer.q, s.normed.data(), t_count, s.q.data());
     m.linear(layer.k, s.normed.data(), t_count, s.k.data());
     m.linear(layer.v, s.normed.data(), t_count, s.v.data());
-    k::rope_op(k::RopeJob{s.q.data(), t_count, h, d, start, inv_freq}, m.execution);
-    k::rope_op(k::RopeJob{s.k.data(), t_count, kvh, d, start, inv_freq}, m.execution);
+    k::rope_op(k::RopeJob{s.q.data(), t_count, h, d, start, inv_freq, m.round_bf16}, m.execution);
+    k::rope_op(k::RopeJob{s.k.data(), t_count, kvh, d, start, inv_freq, m.round_bf16}, m.execution);
     float* keys = cache.keys_[l].data();
     float* values = cache.values_[l].data();
     std::memcpy(keys + start * kvh * d, s.k.data(), s.k.size() * sizeof(float));
     std::memcpy(values + start * kvh * d, s.v.data(), s.v.size() * sizeof(float));
     const k::AttentionJob attention{
-        s.q.data(),   keys, values, t_count, h,
-        kvh,          d,    start,  window,  1.0f / std::sqrt(static_cast<float>(d)),
-        s.attn.data()};
+        s.q.data(),    keys,        values, t_count, h,
+        kvh,           d,           start,  window,  1.0f / std::sqrt(static_cast<float>(d)),
+        s.attn.data(), m.round_bf16};
     k::attention_op(attention, m.execution);
     m.linear(layer.o, s.attn.data(), t_count, s.proj.data());
-    for (std::size_t i = 0; i < s.hidden.size(); ++i) s.hidden[i] += s.proj[i];
+    m.add_residual(s.hidden, s.proj);
 
     m.rms_norm(s.hidden.data(), layer.post_attention_norm, t_count, s.normed.data());
     m.linear(layer.gate, s.normed.data(), t_count, s.gate.data());
     m.linear(layer.up, s.normed.data(), t_count, s.up.data());
-    k::silu_mul_op(s.gate.data(), s.up.data(), t_count * inter, m.execution);
+    k::silu_mul_op(s.gate.data(), s.up.data(), t_count * inter, m.execution, m.round_bf16);
     m.linear(layer.down, s.gate.data(), t_count, s.proj.data());
-    for (std::size_t i = 0; i < s.hidden.size(); ++i) s.hidden[i] += s.proj[i];
+    m.add_residual(s.hidden, s.proj);
   }
 
   const float* last = s.hidden.data() + (t_count - out_rows) * e;

@@ -1,5 +1,6 @@
-// A Llama-family causal LM (LlamaForCausalLM, MistralForCausalLM) run in f32 on the CPU, with
-// the numerics of transformers' modeling_llama.py (spec 11.3).
+// A Llama-family causal LM (LlamaForCausalLM, MistralForCausalLM) run on the CPU, with the
+// numerics of transformers' modeling_llama.py (spec 11.3): in f32, or with bf16 activations as
+// transformers computes with the model in torch.bfloat16 (LlamaLoadOptions::activation_dtype).
 //
 // The weights stay in the memory-mapped checkpoint in their stored dtype (bf16, f16 or f32) and
 // are widened to f32 a panel or a row at a time inside the matmuls, so the resident memory is
@@ -38,6 +39,15 @@ struct LlamaLoadOptions {
   // Which CPU kernels forward() uses and how many threads; kReference runs the plain scalar
   // kernels on one thread (slow; for checking the fast ones).
   ExecutionOptions execution;
+  // kF32: every activation in f32. kBF16: what transformers does with dtype=torch.bfloat16 —
+  // weights rounded to bf16 (unchanged when stored in bf16), and each op's output rounded to bf16
+  // where transformers produces a bf16 tensor: the embedding, every Linear (f32 accumulation),
+  // RMSNorm (rounded before and after its weight multiply), RoPE (cos/sin and each product and
+  // sum), attention (bf16 probabilities times V, as flash attention), SwiGLU (silu and the
+  // product), each residual add and the logits. The arithmetic stays f32 and the KV cache holds
+  // the bf16 values as f32; the logits come back as f32 holding bf16 values. Anything else is
+  // refused by load() with kInvalidArgument.
+  DType activation_dtype = DType::kF32;
 };
 
 // The keys and values of every layer for the positions seen so far, in f32:

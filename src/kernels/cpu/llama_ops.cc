@@ -79,6 +79,11 @@ void linear_blas(const LinearJob& job, std::int64_t first_out, std::int64_t end_
       for (std::int64_t n = first_out; n < end_out; ++n) y[n] += job.bias[n];
     }
   }
+  if (job.round_bf16) {
+    for (std::int64_t r = 0; r < job.rows; ++r) {
+      round_to_bf16(job.y + r * job.out_features + first_out, end_out - first_out);
+    }
+  }
 }
 
 void linear_op(const LinearJob& job, const ExecutionOptions& options) {
@@ -131,16 +136,22 @@ void attention_op(const AttentionJob& job, const ExecutionOptions& options) {
       options.threads);
 }
 
-void silu_mul_op(float* gate, const float* up, std::int64_t count,
-                 const ExecutionOptions& options) {
+void silu_mul_op(float* gate, const float* up, std::int64_t count, const ExecutionOptions& options,
+                 bool round_bf16) {
   if (!fast(options)) {
-    silu_mul_reference(gate, up, 0, count);
+    silu_mul_reference(gate, up, 0, count, round_bf16);
     return;
   }
   parallel_for(
       count, 4096,
-      [&](std::int64_t begin, std::int64_t end) { silu_mul_reference(gate, up, begin, end); },
+      [&](std::int64_t begin, std::int64_t end) {
+        silu_mul_reference(gate, up, begin, end, round_bf16);
+      },
       options.threads);
+}
+
+void round_to_bf16(float* x, std::int64_t count) {
+  for (std::int64_t i = 0; i < count; ++i) x[i] = round_to_bf16(x[i]);
 }
 
 }  // namespace kbit::kernels::cpu

@@ -8,6 +8,10 @@
 // Each has a plain reference kernel (the definition, one range of work items) and, where the time
 // goes, a fast kernel for AVX-512. The *_op entry points choose by ExecutionOptions: the reference
 // on one thread, or the fast kernel on the thread pool.
+//
+// bf16 activations (the `round_bf16` flags): the data stay f32 arrays, but each kernel rounds to
+// bf16 (round to nearest even, kbit::f32_to_bf16) exactly where transformers run in torch.bfloat16
+// produces a bf16 tensor, so the arrays hold bf16 values between ops. Each flag says where.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +31,8 @@ struct LinearJob {
   std::int64_t in_features;
   std::int64_t out_features;
   float* y;  // [rows, out_features]
+  // Round y to bf16 after the bias: a bf16 matmul accumulates in f32 and rounds its output.
+  bool round_bf16 = false;
 };
 
 // Items are output features: computes y[:, first_out:end_out).
@@ -48,6 +54,9 @@ struct RmsNormJob {
   std::int64_t cols;
   float eps;
   float* y;  // [rows, cols]; may equal x
+  // y = bf16(weight · bf16(x · rsqrt(mean(x²) + eps))): the cast to the input dtype comes
+  // before the weight multiply, whose product is rounded again.
+  bool round_bf16 = false;
 };
 
 void rms_norm_reference(const RmsNormJob& job, std::int64_t first_row, std::int64_t end_row);
@@ -62,6 +71,8 @@ struct RopeJob {
   std::int64_t head_dim;        // even; element i pairs with i + head_dim / 2
   std::int64_t first_position;  // token t sits at position first_position + t
   const float* inv_freq;        // [head_dim / 2]
+  // cos and sin rounded to bf16, and each product and sum of q·cos + rotate_half(q)·sin too.
+  bool round_bf16 = false;
 };
 
 // Items are tokens. angle = f32(position) · inv_freq[i], cos/sin in f32, as transformers does.
@@ -82,6 +93,10 @@ struct AttentionJob {
   std::int64_t window;  // a query sees keys at positions > its own − window; 0: unlimited
   float scale;          // head_dim^-0.5
   float* out;           // [tokens, heads, head_dim]
+  // As a flash attention kernel in bf16 (torch's CPU sdpa, FlashAttention on CUDA): scores,
+  // softmax and its sum in f32, the unnormalised probabilities rounded to bf16 before they
+  // multiply V (accumulated in f32), and the output rounded to bf16.
+  bool round_bf16 = false;
 };
 
 // Items are (token, head) pairs, item = token · heads + head. Softmax in f32 with the max
@@ -91,8 +106,18 @@ void attention_avx512(const AttentionJob& job, std::int64_t first_item, std::int
 void attention_op(const AttentionJob& job, const ExecutionOptions& options);
 
 // ---- silu_mul ----------------------------------------------------------------------------------
-// gate[i] = gate[i] / (1 + exp(-gate[i])) · up[i] for i in [0, count).
-void silu_mul_reference(float* gate, const float* up, std::int64_t first, std::int64_t end);
-void silu_mul_op(float* gate, const float* up, std::int64_t count, const ExecutionOptions& options);
+// gate[i] = gate[i] / (1 + exp(-gate[i])) · up[i] for i in [0, count); with round_bf16, silu's
+// result and the product are each rounded to bf16.
+void silu_mul_reference(float* gate, const float* up, std::int64_t first, std::int64_t end,
+                        bool round_bf16 = false);
+void silu_mul_op(float* gate, const float* up, std::int64_t count, const ExecutionOptions& options,
+                 bool round_bf16 = false);
+
+// ---- bf16 rounding -----------------------------------------------------------------------------
+// x[i] = f32(bf16(x[i])) for i in [0, count), round to nearest even (kbit::f32_to_bf16).
+void round_to_bf16(float* x, std::int64_t count);
+inline float round_to_bf16(float x) {
+  return bf16_to_f32(f32_to_bf16(x));
+}
 
 }  // namespace kbit::kernels::cpu

@@ -57,6 +57,7 @@ void gemv_rows(const LinearJob& job, std::int64_t first_out, std::int64_t end_ou
     if (job.bias != nullptr) {
       for (std::int64_t j = first_out; j < end_out; ++j) y[j] += job.bias[j];
     }
+    if (job.round_bf16) round_to_bf16(y + first_out, end_out - first_out);
   }
 }
 
@@ -78,6 +79,17 @@ void scale_add(float* out, float scale, float p, const float* v, std::int64_t co
     const __m512 o = _mm512_mul_ps(load_f32(out + i, lanes), s);
     store(out + i, _mm512_fmadd_ps(pv, load_f32(v + i, lanes), o), lanes);
   }
+}
+
+// f32(bf16(v)) per lane, round to nearest even, NaN -> the bf16 NaN (kbit::f32_to_bf16).
+// Integer arithmetic, not VCVTNEPS2BF16, which flushes subnormals to zero.
+__m512 round_bf16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i biased = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+  const __m512 rounded = _mm512_castsi512_ps(_mm512_and_si512(biased, _mm512_set1_epi32(-65536)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_mask_mov_ps(rounded, nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
 }
 
 constexpr std::int64_t kKeyBlock = 256;
@@ -110,7 +122,9 @@ void attend(const AttentionJob& job, std::int64_t item) {
     for (std::int64_t j = block; j < end; ++j) {
       const float p = std::exp(scores[j - block] - block_max);
       total += p;
-      scale_add(out, j == block ? rescale : 1.0f, p, job.v_cache + (j * job.kv_heads + kv) * d, d);
+      // bf16: the probability multiplies V as bf16, as a flash attention kernel in bf16 does.
+      const float pv = job.round_bf16 ? round_to_bf16(p) : p;
+      scale_add(out, j == block ? rescale : 1.0f, pv, job.v_cache + (j * job.kv_heads + kv) * d, d);
     }
     running_max = block_max;
   }
@@ -119,6 +133,7 @@ void attend(const AttentionJob& job, std::int64_t item) {
     const __mmask16 lanes = first_lanes(d - i);
     store(out + i, _mm512_mul_ps(load_f32(out + i, lanes), inv_total), lanes);
   }
+  if (job.round_bf16) round_to_bf16(out, d);
 }
 
 }  // namespace
@@ -146,6 +161,12 @@ void rms_norm_avx512(const RmsNormJob& job, std::int64_t first_row, std::int64_t
     for (std::int64_t i = 0; i < job.cols; i += kLanes) {
       const __mmask16 lanes = first_lanes(job.cols - i);
       const __m512 normed = _mm512_mul_ps(avx512::load_f32(x + i, lanes), inv_rms);
+      if (job.round_bf16) {
+        const __m512 product =
+            _mm512_mul_ps(avx512::load_f32(job.weight + i, lanes), avx512::round_bf16(normed));
+        avx512::store(y + i, avx512::round_bf16(product), lanes);
+        continue;
+      }
       avx512::store(y + i, _mm512_mul_ps(avx512::load_f32(job.weight + i, lanes), normed), lanes);
     }
   }

@@ -20,7 +20,7 @@ void linear_rows(const LinearJob& job, std::int64_t first_out, std::int64_t end_
       float sum = 0.0f;
       for (std::int64_t k = 0; k < job.in_features; ++k) sum += x[k] * to_f32(w[k]);
       if (job.bias != nullptr) sum += job.bias[n];
-      job.y[m * job.out_features + n] = sum;
+      job.y[m * job.out_features + n] = job.round_bf16 ? round_to_bf16(sum) : sum;
     }
   }
 }
@@ -40,7 +40,13 @@ void rms_norm_reference(const RmsNormJob& job, std::int64_t first_row, std::int6
     for (std::int64_t i = 0; i < job.cols; ++i) sum += x[i] * x[i];
     const float mean = sum / static_cast<float>(job.cols);
     const float inv_rms = 1.0f / std::sqrt(mean + job.eps);
-    for (std::int64_t i = 0; i < job.cols; ++i) y[i] = job.weight[i] * (x[i] * inv_rms);
+    if (job.round_bf16) {
+      for (std::int64_t i = 0; i < job.cols; ++i) {
+        y[i] = round_to_bf16(job.weight[i] * round_to_bf16(x[i] * inv_rms));
+      }
+    } else {
+      for (std::int64_t i = 0; i < job.cols; ++i) y[i] = job.weight[i] * (x[i] * inv_rms);
+    }
   }
 }
 
@@ -52,6 +58,19 @@ void rope_reference(const RopeJob& job, std::int64_t first_token, std::int64_t e
       const float angle = position * job.inv_freq[i];
       const float c = std::cos(angle);
       const float s = std::sin(angle);
+      if (job.round_bf16) {
+        // (q · cos) + (rotate_half(q) · sin), each bf16 op rounding its result.
+        const float cr = round_to_bf16(c);
+        const float sr = round_to_bf16(s);
+        for (std::int64_t h = 0; h < job.heads; ++h) {
+          float* x = job.x + (t * job.heads + h) * job.head_dim;
+          const float a = x[i];
+          const float b = x[i + half];
+          x[i] = round_to_bf16(round_to_bf16(a * cr) - round_to_bf16(b * sr));
+          x[i + half] = round_to_bf16(round_to_bf16(b * cr) + round_to_bf16(a * sr));
+        }
+        continue;
+      }
       for (std::int64_t h = 0; h < job.heads; ++h) {
         float* x = job.x + (t * job.heads + h) * job.head_dim;
         const float a = x[i];
@@ -92,6 +111,17 @@ void attention_reference(const AttentionJob& job, std::int64_t first_item, std::
     }
     float* out = job.out + item * d;
     std::fill(out, out + d, 0.0f);
+    if (job.round_bf16) {
+      // Flash attention in bf16: bf16 probabilities times V, normalised at the end.
+      for (std::int64_t j = first_key; j <= position; ++j) {
+        const float p = round_to_bf16(scores[static_cast<std::size_t>(j - first_key)]);
+        const float* v = job.v_cache + (j * job.kv_heads + kv) * d;
+        for (std::int64_t i = 0; i < d; ++i) out[i] += p * v[i];
+      }
+      const float inv_total = 1.0f / total;
+      for (std::int64_t i = 0; i < d; ++i) out[i] = round_to_bf16(out[i] * inv_total);
+      continue;
+    }
     for (std::int64_t j = first_key; j <= position; ++j) {
       const float p = scores[static_cast<std::size_t>(j - first_key)] / total;
       const float* v = job.v_cache + (j * job.kv_heads + kv) * d;
@@ -100,7 +130,15 @@ void attention_reference(const AttentionJob& job, std::int64_t first_item, std::
   }
 }
 
-void silu_mul_reference(float* gate, const float* up, std::int64_t first, std::int64_t end) {
+void silu_mul_reference(float* gate, const float* up, std::int64_t first, std::int64_t end,
+                        bool round_bf16) {
+  if (round_bf16) {
+    for (std::int64_t i = first; i < end; ++i) {
+      const float g = gate[i];
+      gate[i] = round_to_bf16(round_to_bf16(g / (1.0f + std::exp(-g))) * up[i]);
+    }
+    return;
+  }
   for (std::int64_t i = first; i < end; ++i) {
     const float g = gate[i];
     gate[i] = g / (1.0f + std::exp(-g)) * up[i];
