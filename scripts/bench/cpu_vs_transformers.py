@@ -3,9 +3,9 @@
 peak memory for a Hugging Face model folder, both in f32 with the same number of threads.
 
 kbit: `kbit generate --json` (greedy, EOS ignored) on a prompt of PROMPT tokens, generating NEW
-tokens; peak RSS of the process from wait4(). transformers: the same prompt through one forward
-pass, then NEW single-token steps with the KV cache, in a child process with torch's threads
-set to the same count; its own peak RSS.
+tokens. transformers: the same prompt through one forward pass, then NEW single-token steps with
+the KV cache, in a child process with torch's threads set to the same count. Peak memory is each
+process's own VmHWM (/proc/self/status).
 
 Usage: python3 scripts/bench/cpu_vs_transformers.py KBIT_BINARY MODEL_DIR [MODEL_DIR ...]
        [--prompt 256] [--new 128] [--threads N] [--text FILE] [--repeats 3]
@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 TRANSFORMERS_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch, transformers
 path, prompt_len, new, threads, text_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(threads)
@@ -42,35 +42,35 @@ for _ in range(new):
     past = out.past_key_values
     token = out.logits[:, -1].argmax(-1, keepdim=True)
 decode_seconds = time.perf_counter() - start
+# VmHWM: the peak of this process's own memory (ru_maxrss would include the parent's, which
+# holds torch as well).
+hwm_kb = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])
 print(json.dumps({"prompt_tps": prompt_len / prompt_seconds, "decode_tps": new / decode_seconds,
-                  "load_seconds": load,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "load_seconds": load, "peak_rss_mb": hwm_kb / 1024}))
 """
 
 
-def run_measuring_rss(command):
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    out = process.stdout.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{command[0]} failed: {process.stderr.read()}")
-    return out, usage.ru_maxrss / 1024
+def run(command):
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{command[0]} failed: {result.stderr}")
+    return result.stdout
 
 
 def measure_kbit(binary, model, prompt_text, new, threads):
-    out, rss = run_measuring_rss([binary, "generate", "-m", model, "-p", prompt_text, "-n", str(new),
-                                  "--temperature", "0", "--ignore-eos", "--json",
-                                  "--threads", str(threads)])
+    out = run([binary, "generate", "-m", model, "-p", prompt_text, "-n", str(new),
+               "--temperature", "0", "--ignore-eos", "--json", "--threads", str(threads)])
     result = json.loads(out.strip().splitlines()[-1])
     return {"prompt_tps": result["prompt_tokens_per_second"],
             "decode_tps": result["decode_tokens_per_second"],
-            "load_seconds": result["load_seconds"], "peak_rss_mb": rss,
+            "load_seconds": result["load_seconds"],
+            "peak_rss_mb": result["peak_rss_bytes"] / 2**20,
             "prompt_tokens": len(result["prompt_ids"])}
 
 
 def measure_transformers(model, text_file, prompt_tokens, new, threads):
-    out, _ = run_measuring_rss([sys.executable, "-c", TRANSFORMERS_CHILD, model, str(prompt_tokens),
-                                str(new), str(threads), text_file])
+    out = run([sys.executable, "-c", TRANSFORMERS_CHILD, model, str(prompt_tokens), str(new),
+               str(threads), text_file])
     return json.loads(out.strip().splitlines()[-1])
 
 

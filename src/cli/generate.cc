@@ -7,6 +7,7 @@
 
 #include "cli/commands.h"
 #include "cli/model_flags.h"
+#include "kbit/core/memory_stats.h"
 #include "kbit/generate/generator.h"
 
 namespace kbit::cli {
@@ -52,6 +53,7 @@ Status run(GenerateFlags flags) {
                           {"text", result.text},
                           {"stop_reason", generate::stop_reason_name(result.stop_reason)},
                           {"load_seconds", load_seconds},
+                          {"peak_rss_bytes", peak_resident_bytes().value_or(-1)},
                           {"prompt_tokens_per_second", prompt_rate},
                           {"decode_tokens_per_second", decode_rate}};
     fmt::print("{}\n", out.dump());

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "kbit/core/memory_stats.h"
 #include "kbit/core/random.h"
 
 namespace kbit {
@@ -70,6 +71,15 @@ TEST(RandomTest, NormalFillIsReproducibleAndNormal) {
   const double mean = sum / 200000, variance = sum_sq / 200000 - mean * mean;
   EXPECT_NEAR(mean, 0.0, 0.01);
   EXPECT_NEAR(variance, 1.0, 0.02);
+}
+
+TEST(MemoryStatsTest, PeakResidentGrowsWithTouchedMemory) {
+  const std::optional<std::int64_t> before = peak_resident_bytes();
+  ASSERT_TRUE(before.has_value());
+  constexpr std::int64_t kBytes = 64 << 20;
+  Result<Tensor> big = Tensor::empty(Shape{kBytes}, DType::kU8);
+  std::memset(big->data_as<void>(), 1, kBytes);
+  EXPECT_GE(*peak_resident_bytes(), *before + kBytes / 2);
 }
 
 }  // namespace
