@@ -52,13 +52,13 @@ void Sampler::apply_repetition_penalty(std::span<float> logits,
 }
 
 // TopKLogitsWarper: remove scores below the k-th largest (so ties with it stay).
-void Sampler::keep_top_k(std::span<float> logits) const {
+void Sampler::keep_top_k(std::span<float> logits) {
   const auto k = static_cast<std::size_t>(params_.top_k);
   if (k == 0 || k >= logits.size()) return;
-  std::vector<float> scores(logits.begin(), logits.end());
-  std::nth_element(scores.begin(), scores.begin() + static_cast<std::ptrdiff_t>(k - 1),
-                   scores.end(), std::greater<float>());
-  const float kth = scores[k - 1];
+  scores_.assign(logits.begin(), logits.end());
+  std::nth_element(scores_.begin(), scores_.begin() + static_cast<std::ptrdiff_t>(k - 1),
+                   scores_.end(), std::greater<float>());
+  const float kth = scores_[k - 1];
   for (float& score : logits) {
     if (score < kth) score = kRemoved;
   }

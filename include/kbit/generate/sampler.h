@@ -42,13 +42,14 @@ class Sampler {
 
  private:
   void apply_repetition_penalty(std::span<float> logits, std::span<const std::int32_t> history);
-  void keep_top_k(std::span<float> logits) const;
+  void keep_top_k(std::span<float> logits);
   void keep_top_p_and_min_p(std::span<float> logits);
 
   SamplingParams params_;
   std::mt19937_64 random_;
   std::vector<std::int32_t> order_;  // scratch: token ids sorted by score
   std::vector<std::uint8_t> seen_;   // scratch: tokens of the history
+  std::vector<float> scores_;        // scratch: a copy of the scores for top-k
 };
 
 // The index of the largest value; the first one on ties (as torch.argmax).
