@@ -84,7 +84,7 @@ run_suite() {  # label, time limit in seconds, extra ctest arguments
   (cd "$build" && run_logged timeout "$2" ctest -L "$1" --output-on-failure \
      --output-junit "$out/tests-$1.xml" "${@:3}")
 }
-# Verbose: the CUDA tests print how many codes differ on approximate-arithmetic boundaries.
+# Verbose: the CUDA tests print how many codes and approximate-math results they compared.
 run_suite cuda 420 --verbose || status=1
 
 # ---- Memory and race checks of the CUDA tests, where the runtime supports compute-sanitizer.

@@ -75,7 +75,7 @@ TEST_F(CliTest, VersionAndHelp) {
   const CommandResult help = run("--help");
   EXPECT_EQ(help.exit_status, 0);
   for (const char* command :
-       {"generate", "chat", "perplexity", "logits", "tokenize", "roundtrip"}) {
+       {"generate", "chat", "perplexity", "logits", "tokenize", "roundtrip", "quantize", "info"}) {
     EXPECT_NE(help.out.find(command), std::string::npos) << command;
   }
   EXPECT_NE(run("no-such-command").exit_status, 0);
@@ -131,6 +131,73 @@ TEST_F(CliTest, BadFlagValues) {
   const std::string model = copy_of_demo_model().string();
   expect_failure(run("generate -m " + model + " -p x --top-p 1.5"), {"--top-p"});
   expect_failure(run("perplexity -m " + model + " -f /nonexistent"), {"/nonexistent"});
+}
+
+TEST_F(CliTest, BadQuantizationFlags) {
+  const std::string model = copy_of_demo_model().string();
+  EXPECT_NE(run("generate -m " + model + " -p x --load-in-4bit --load-in-8bit").exit_status, 0);
+  expect_failure(run("generate -m " + model + " -p x --load-in-4bit --blocksize 48"),
+                 {"--blocksize 48"});
+  expect_failure(run("generate -m " + model + " -p x --load-in-4bit --int8-threshold 3"),
+                 {"--int8-threshold", "8-bit"});
+  expect_failure(run("generate -m " + model + " -p x --load-in-8bit --double-quant"),
+                 {"--double-quant", "4-bit"});
+  expect_failure(run("generate -m " + model + " -p x --quant-type fp4"), {"--load-in-4bit"});
+  expect_failure(run("generate -m " + model + " -p x --load-in-4bit --skip-modules '(lm'"),
+                 {"(lm"});
+  expect_failure(run("info -m " + model + " --memory 24XB"), {"--memory", "24XB"});
+  expect_failure(run("quantize -m " + model + " -o " + (directory_ / "q").string()),
+                 {"--load-in-4bit"});
+}
+
+// quantize, then info and generate on the result; the output folder exists only when complete.
+TEST_F(CliTest, QuantizeInfoAndGenerate) {
+  const std::string model = copy_of_demo_model().string();
+  const std::string out = (directory_ / "nf4").string();
+  const CommandResult quantized =
+      run("quantize -m " + model + " -o " + out + " --load-in-4bit --double-quant");
+  ASSERT_EQ(quantized.exit_status, 0) << quantized.err;
+  EXPECT_TRUE(fs::exists(fs::path(out) / "tokenizer.json"));
+  expect_failure(run("quantize -m " + model + " -o " + out + " --load-in-4bit"),
+                 {out, "already exists"});
+  expect_failure(run("quantize -m " + out + " -o " + out + "2 --load-in-8bit"),
+                 {"already quantized"});
+  EXPECT_FALSE(fs::exists(out + "2"));
+
+  const CommandResult info = run("info -m " + out + " --json --memory 1GiB");
+  ASSERT_EQ(info.exit_status, 0) << info.err;
+  const nlohmann::json summary = nlohmann::json::parse(info.out);
+  ASSERT_EQ(summary["modes"].size(), 1u);
+  EXPECT_EQ(summary["modes"][0]["mode"], "stored");
+  EXPECT_EQ(summary["modes"][0]["fits"], true);
+
+  for (const std::string& arguments :
+       {"generate -m " + out + " -p ROMEO: -n 8",
+        "generate -m " + model + " -p ROMEO: -n 8 --load-in-8bit --dtype bf16"}) {
+    const CommandResult generated = run(arguments);
+    EXPECT_EQ(generated.exit_status, 0) << arguments << ": " << generated.err;
+    EXPECT_GT(generated.out.size(), std::string("ROMEO:").size()) << arguments;
+  }
+}
+
+// `kbit info --json` gives transformers' get_memory_footprint() of each mode (summary.json).
+TEST_F(CliTest, InfoFootprintsMatchTransformers) {
+  KBIT_REQUIRE_SHARED_DIR();
+  const CommandResult info =
+      run("info -m " + testing::shared_file("models/shakespeare-llama2").string() + " --json");
+  ASSERT_EQ(info.exit_status, 0) << info.err;
+  const nlohmann::json summary = nlohmann::json::parse(info.out);
+  const nlohmann::json golden =
+      nlohmann::json::parse(read_file(testing::shared_file("golden/summary.json")));
+  int compared = 0;
+  for (const nlohmann::json& mode : summary["modes"]) {
+    const nlohmann::json& expected = golden["models"]["shakespeare-llama2"];
+    const std::string name = mode["mode"];
+    if (!expected.contains(name)) continue;
+    EXPECT_EQ(mode["footprint_bytes"], expected[name]["footprint_bytes"]) << name;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 5);  // bf16, nf4_dq, nf4, fp4, int8
 }
 
 // `kbit generate` in f32 reproduces transformers' greedy tokens for both prompts of the model.

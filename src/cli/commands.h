@@ -21,5 +21,7 @@ Action add_logits_command(CLI::App& app);
 Action add_generate_command(CLI::App& app);
 Action add_chat_command(CLI::App& app);
 Action add_perplexity_command(CLI::App& app);
+Action add_quantize_command(CLI::App& app);
+Action add_info_command(CLI::App& app);
 
 }  // namespace kbit::cli

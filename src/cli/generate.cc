@@ -23,8 +23,10 @@ struct GenerateFlags {
 
 Status run(GenerateFlags flags) {
   KBIT_RETURN_IF_ERROR(flags.generation.sampling.validate());
+  const std::int64_t rss_before_load = resident_bytes().value_or(-1);
   const auto load_start = std::chrono::steady_clock::now();
   KBIT_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(flags.model));
+  const std::int64_t peak_rss_after_load = peak_resident_bytes().value_or(-1);
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   KBIT_ASSIGN_OR_RETURN(const std::vector<std::int32_t> prompt,
@@ -53,6 +55,9 @@ Status run(GenerateFlags flags) {
                           {"text", result.text},
                           {"stop_reason", generate::stop_reason_name(result.stop_reason)},
                           {"load_seconds", load_seconds},
+                          {"rss_before_load_bytes", rss_before_load},
+                          {"peak_rss_after_load_bytes", peak_rss_after_load},
+                          {"weight_bytes", loaded.model.weight_bytes()},
                           {"peak_rss_bytes", peak_resident_bytes().value_or(-1)},
                           {"prompt_tokens_per_second", prompt_rate},
                           {"decode_tokens_per_second", decode_rate}};

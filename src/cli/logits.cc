@@ -48,7 +48,7 @@ Result<std::vector<std::int32_t>> parse_ids(const std::string& text) {
 }
 
 Status run(const LogitsFlags& flags) {
-  model::LlamaLoadOptions options = model_load_options(flags.model);
+  KBIT_ASSIGN_OR_RETURN(model::LlamaLoadOptions options, model_load_options(flags.model));
   options.execution.cpu_kernel = flags.reference ? CpuKernel::kReference : CpuKernel::kFast;
   KBIT_ASSIGN_OR_RETURN(const model::LlamaModel model,
                         model::LlamaModel::load(flags.model.model_dir, options));

@@ -2,6 +2,82 @@
 
 namespace kbit::cli {
 
+void add_quant_flags(CLI::App& command, QuantFlags& flags) {
+  const std::string group = "Quantization (as transformers' BitsAndBytesConfig)";
+  CLI::Option* four_bit =
+      command.add_flag("--load-in-4bit", flags.load_in_4bit, "quantize Linear layers to 4 bits")
+          ->group(group);
+  CLI::Option* eight_bit = command
+                               .add_flag("--load-in-8bit", flags.load_in_8bit,
+                                         "quantize Linear layers to int8 (LLM.int8)")
+                               ->group(group);
+  four_bit->excludes(eight_bit);
+  command.add_option("--quant-type", flags.quant_type, "4-bit code: nf4 (default) or fp4")
+      ->check(CLI::IsMember({"nf4", "fp4"}))
+      ->group(group);
+  command.add_flag("--double-quant", flags.double_quant, "quantize the 4-bit scales again (8-bit)")
+      ->group(group);
+  command
+      .add_option("--blocksize", flags.block_size,
+                  "values per 4-bit scale: 32, 64 (default), ..., 4096")
+      ->group(group);
+  command
+      .add_option("--int8-threshold", flags.int8_threshold,
+                  "LLM.int8 outlier threshold (default 6.0; 0: no outlier decomposition)")
+      ->group(group);
+  command
+      .add_option("--compute-dtype", flags.compute_dtype,
+                  "4-bit matmul dtype: f32, bf16 or f16 (default: --dtype, or the checkpoint's)")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}))
+      ->group(group);
+  command
+      .add_option("--skip-modules", flags.skip_modules,
+                  "modules kept unquantized, comma-separated regexes (default: lm_head; "
+                  "'none': quantize all)")
+      ->delimiter(',')
+      ->group(group);
+}
+
+Result<std::optional<model::QuantizeOptions>> quantize_options(const QuantFlags& flags,
+                                                               DType default_compute_dtype) {
+  if (!flags.load_in_4bit && !flags.load_in_8bit) {
+    if (flags.quant_type || flags.double_quant || flags.block_size || flags.int8_threshold ||
+        flags.skip_modules) {
+      return invalid_argument(
+          "--quant-type, --double-quant, --blocksize, --int8-threshold and --skip-modules "
+          "refine a quantization: add --load-in-4bit or --load-in-8bit to choose one");
+    }
+    return std::optional<model::QuantizeOptions>();
+  }
+  model::QuantizeOptions options;
+  io::BnbQuantizationConfig& q = options.config;
+  if (flags.load_in_8bit) {
+    if (flags.quant_type || flags.double_quant || flags.block_size) {
+      return invalid_argument(
+          "--quant-type, --double-quant and --blocksize are 4-bit options; drop them with "
+          "--load-in-8bit");
+    }
+    q.mode = io::BnbQuantMode::kInt8;
+    q.int8_threshold = flags.int8_threshold.value_or(6.0);
+  } else {
+    if (flags.int8_threshold) {
+      return invalid_argument("--int8-threshold is an 8-bit option; drop it with --load-in-4bit");
+    }
+    q.mode = io::BnbQuantMode::kFourBit;
+    q.four_bit_type = *quant::parse_four_bit_type(flags.quant_type.value_or("nf4"));
+    q.double_quant = flags.double_quant;
+    options.block_size = flags.block_size.value_or(64);
+  }
+  q.compute_dtype =
+      flags.compute_dtype ? *parse_dtype(*flags.compute_dtype) : default_compute_dtype;
+  if (flags.skip_modules) {
+    const std::vector<std::string>& skip = *flags.skip_modules;
+    q.skip_modules = skip.size() == 1 && skip[0] == "none" ? std::vector<std::string>() : skip;
+  }
+  KBIT_RETURN_IF_ERROR(model::validate_quantize_options(options));
+  return std::optional<model::QuantizeOptions>(options);
+}
+
 void add_model_flags(CLI::App& command, ModelFlags& flags) {
   command
       .add_option("-m,--model", flags.model_dir,
@@ -13,18 +89,21 @@ void add_model_flags(CLI::App& command, ModelFlags& flags) {
                   "activation dtype: f32, or bf16 as transformers with torch.bfloat16")
       ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
+  add_quant_flags(command, flags.quant);
 }
 
-model::LlamaLoadOptions model_load_options(const ModelFlags& flags) {
+Result<model::LlamaLoadOptions> model_load_options(const ModelFlags& flags) {
   model::LlamaLoadOptions options;
   options.execution.threads = flags.threads;
   options.activation_dtype = flags.dtype == "bf16" ? DType::kBF16 : DType::kF32;
+  KBIT_ASSIGN_OR_RETURN(options.quantize, quantize_options(flags.quant, options.activation_dtype));
+  if (flags.quant.compute_dtype) options.compute_dtype = parse_dtype(*flags.quant.compute_dtype);
   return options;
 }
 
 Result<LoadedModel> load_model(const ModelFlags& flags) {
-  KBIT_ASSIGN_OR_RETURN(model::LlamaModel model,
-                        model::LlamaModel::load(flags.model_dir, model_load_options(flags)));
+  KBIT_ASSIGN_OR_RETURN(const model::LlamaLoadOptions options, model_load_options(flags));
+  KBIT_ASSIGN_OR_RETURN(model::LlamaModel model, model::LlamaModel::load(flags.model_dir, options));
   KBIT_ASSIGN_OR_RETURN(tokenizer::Tokenizer tokenizer,
                         tokenizer::Tokenizer::load(flags.model_dir / "tokenizer.json"));
   return LoadedModel{std::move(model), std::move(tokenizer)};

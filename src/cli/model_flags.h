@@ -1,7 +1,10 @@
-// Flags shared by the subcommands that run a model: the model folder, threads, and sampling.
+// Flags shared by the subcommands that run a model: the model folder, threads, dtype, the
+// quantization options (as transformers' BitsAndBytesConfig), and sampling.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -9,21 +12,44 @@
 
 #include "kbit/generate/sampler.h"
 #include "kbit/model/llama.h"
+#include "kbit/model/quantize_options.h"
 #include "kbit/tokenizer/tokenizer.h"
 
 namespace kbit::cli {
+
+// --load-in-4bit [--quant-type] [--double-quant] [--blocksize], --load-in-8bit
+// [--int8-threshold], --compute-dtype, --skip-modules.
+struct QuantFlags {
+  bool load_in_4bit = false;
+  bool load_in_8bit = false;
+  std::optional<std::string> quant_type;  // default nf4 (bitsandbytes' default is fp4)
+  bool double_quant = false;
+  std::optional<std::int64_t> block_size;    // default 64
+  std::optional<double> int8_threshold;      // default 6.0
+  std::optional<std::string> compute_dtype;  // "f32", "bf16", "f16"
+  std::optional<std::vector<std::string>> skip_modules;
+};
+
+void add_quant_flags(CLI::App& command, QuantFlags& flags);
+
+// The quantization the flags ask for, nullopt without --load-in-4bit/--load-in-8bit. The compute
+// dtype defaults to `default_compute_dtype`. Fails naming a flag that does not fit the mode
+// (e.g. --blocksize with --load-in-8bit) or a value kbit cannot use.
+Result<std::optional<model::QuantizeOptions>> quantize_options(const QuantFlags& flags,
+                                                               DType default_compute_dtype);
 
 struct ModelFlags {
   std::filesystem::path model_dir;
   int threads = 0;
   std::string dtype = "f32";  // activation dtype: "f32" or "bf16"
+  QuantFlags quant;
 };
 
-// -m/--model (required), --threads and --dtype.
+// -m/--model (required), --threads, --dtype and the quantization flags.
 void add_model_flags(CLI::App& command, ModelFlags& flags);
 
-// The load options the flags ask for (threads, activation dtype).
-model::LlamaLoadOptions model_load_options(const ModelFlags& flags);
+// The load options the flags ask for (threads, activation dtype, quantization).
+Result<model::LlamaLoadOptions> model_load_options(const ModelFlags& flags);
 
 struct LoadedModel {
   model::LlamaModel model;

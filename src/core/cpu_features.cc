@@ -63,4 +63,16 @@ CpuIsa active_cpu_isa() {
   return isa;
 }
 
+bool active_cpu_has_avx512_vnni() {
+#if defined(__x86_64__)
+  static const bool has_vnni = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+  return has_vnni && active_cpu_isa() == CpuIsa::kAvx512;
+#else
+  return false;
+#endif
+}
+
 }  // namespace kbit

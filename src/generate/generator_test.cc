@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "generate/validation_text.h"
 #include "kbit/generate/perplexity.h"
 #include "testing/golden.h"
 
@@ -117,12 +118,7 @@ TEST_P(GeneratorTest, PerplexityMatchesTransformers) {
                                "/src/generate/testdata/perplexity_reference.json");
   const nlohmann::json reference = nlohmann::json::parse(reference_file);
   const nlohmann::json& expected = reference["models"][GetParam()];
-  std::ifstream text_file(testing::shared_file("data/tinyshakespeare.txt"), std::ios::binary);
-  const std::string text((std::istreambuf_iterator<char>(text_file)),
-                         std::istreambuf_iterator<char>());
-  const std::string tail =
-      text.substr(static_cast<std::size_t>(0.9 * static_cast<double>(text.size())));
-  Result<std::vector<std::int32_t>> ids = shared->tokenizer.encode(tail, false);
+  Result<std::vector<std::int32_t>> ids = shared->tokenizer.encode(validation_text(), false);
   ASSERT_TRUE(ids.ok());
   EXPECT_EQ(static_cast<std::int64_t>(ids->size()), expected["text_tokens"].get<std::int64_t>());
   Result<PerplexityResult> result =

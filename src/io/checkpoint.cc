@@ -144,6 +144,11 @@ Result<SafetensorsEntry> Checkpoint::entry(const std::string& name) const {
   return impl_->files[it->second.file].entry(name);
 }
 
+void Checkpoint::release(const std::string& name) const {
+  const auto it = impl_->tensors.find(name);
+  if (it != impl_->tensors.end()) impl_->files[it->second.file].release(name);
+}
+
 std::uint64_t Checkpoint::total_bytes() const {
   std::uint64_t total = 0;
   for (const auto& [name, location] : impl_->tensors) {

@@ -276,4 +276,18 @@ Result<TensorView> SafetensorsFile::tensor(const std::string& name) const {
   return TensorView(const_cast<void*>(data), found.dtype, found.shape);
 }
 
+void SafetensorsFile::release(const std::string& name) const {
+  const auto found = state_->index.find(name);
+  if (found == state_->index.end() || state_->aligned_copies.count(name) != 0) return;
+  const SafetensorsEntry& e = state_->entries[found->second].entry;
+  const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<std::uintptr_t>(state_->data_section + e.begin);
+  const auto end = reinterpret_cast<std::uintptr_t>(state_->data_section + e.end);
+  // Only pages wholly inside the tensor: its neighbours may still be in use.
+  const std::uintptr_t first = (begin + page - 1) / page * page;
+  const std::uintptr_t last = end / page * page;
+  // Advice only: a failure leaves the pages resident, which is harmless.
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 }  // namespace kbit::io

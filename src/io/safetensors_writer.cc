@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -91,7 +92,36 @@ Status write_file(const std::filesystem::path& path, const std::string& header,
   return status;
 }
 
+// Position of each dtype in the reference's order (its Dtype enum, read backwards).
+int reference_dtype_rank(DType dtype) {
+  switch (dtype) {
+    case DType::kI64:
+      return 0;
+    case DType::kF32:
+      return 1;
+    case DType::kI32:
+      return 2;
+    case DType::kBF16:
+      return 3;
+    case DType::kF16:
+      return 4;
+    case DType::kI8:
+      return 5;
+    case DType::kU8:
+      return 6;
+  }
+  return 7;
+}
+
 }  // namespace
+
+void sort_in_reference_order(std::vector<NamedTensor>& tensors) {
+  std::stable_sort(tensors.begin(), tensors.end(), [](const NamedTensor& a, const NamedTensor& b) {
+    const int rank_a = reference_dtype_rank(a.tensor.dtype());
+    const int rank_b = reference_dtype_rank(b.tensor.dtype());
+    return rank_a != rank_b ? rank_a < rank_b : a.name < b.name;
+  });
+}
 
 Status write_safetensors(const std::filesystem::path& path, const std::vector<NamedTensor>& tensors,
                          const std::map<std::string, std::string>& metadata) {

@@ -6,19 +6,22 @@
 #include <optional>
 #include <string>
 
+#include "kbit/core/convert.h"
+#include "kbit/io/bnb_quantization_config.h"
 #include "kbit/io/checkpoint.h"
 #include "kbit/model/rope.h"
 #include "kernels/cpu/element_access.h"
 #include "kernels/cpu/llama_ops.h"
+#include "model/linear_weight.h"
 
 namespace kbit::model {
 namespace {
 
 namespace k = kbit::kernels::cpu;
 
-// A Linear layer: a view of the mapped weight [out, in] and an optional f32 bias.
+// A Linear layer: its weight [out, in] in any format and an optional f32 bias.
 struct Linear {
-  TensorView weight;
+  LinearWeight weight;
   std::vector<float> bias;  // empty: none
 };
 
@@ -47,18 +50,19 @@ Result<TensorView> expect(const io::Checkpoint& checkpoint, const std::filesyste
     const bool quantized = checkpoint.contains(name + ".absmax") ||
                            checkpoint.contains(name.substr(0, name.rfind('.')) + ".SCB");
     if (quantized) {
-      return unimplemented(dir.string() + ": tensor '" + name +
-                           "' is stored quantized by bitsandbytes; kbit's f32 Llama needs a float "
-                           "checkpoint");
+      return invalid_argument(dir.string() + ": tensor '" + name +
+                              "' is stored quantized by bitsandbytes, but config.json has no "
+                              "quantization_config, or its llm_int8_skip_modules names this "
+                              "module; the config and the weights do not match");
     }
     return not_found(dir.string() + ": tensor '" + name + "' is missing from the checkpoint; " +
                      "config.json implies it (is the folder complete?)");
   }
   if (!is_floating(tensor->dtype())) {
-    return unimplemented(dir.string() + ": tensor '" + name + "' has dtype " +
-                         std::string(dtype_name(tensor->dtype())) +
-                         "; kbit's f32 Llama reads f32, f16 or bf16 weights (a quantized "
-                         "checkpoint is not supported here)");
+    return invalid_argument(dir.string() + ": tensor '" + name + "' has dtype " +
+                            std::string(dtype_name(tensor->dtype())) +
+                            " where a float weight (f32, f16 or bf16) belongs; is config.json's "
+                            "quantization_config missing or its skip list wrong?");
   }
   const Shape want(dims);
   if (!(tensor->shape() == want)) {
@@ -86,13 +90,69 @@ Result<std::vector<float>> load_vector(const io::Checkpoint& checkpoint,
   return to_f32_vector(tensor);
 }
 
-Result<Linear> load_linear(const io::Checkpoint& checkpoint, const std::filesystem::path& dir,
-                           const std::string& prefix, std::int64_t out, std::int64_t in,
-                           bool has_bias) {
+// How each Linear module of the checkpoint is to be loaded.
+struct LinearPlan {
+  const io::Checkpoint& checkpoint;
+  const std::filesystem::path& dir;
+  // The quantization in effect (the checkpoint's or the options'), nullopt for none.
+  const std::optional<QuantizeOptions>& quantization;
+  bool prequantized;  // the checkpoint stores the quantized layers
+  bool round_bf16;    // float weights to bf16 before quantizing (bf16 activations)
+  ExecutionOptions execution;
+};
+
+Result<bool> is_quantized_module(const LinearPlan& plan, const std::string& module) {
+  if (!plan.quantization) return false;
+  return quantizes_module(plan.quantization->config, module);
+}
+
+// Quantizes the float weight `source` (named `name`) as the plan says.
+Result<LinearWeight> quantize_weight(const LinearPlan& plan, const TensorView& source,
+                                     const std::string& name) {
+  if (!plan.round_bf16 || source.dtype() == DType::kBF16) {
+    return LinearWeight::quantize(source, *plan.quantization, name, plan.execution);
+  }
+  KBIT_ASSIGN_OR_RETURN(Tensor rounded, Tensor::empty(source.shape(), DType::kBF16));
+  KBIT_RETURN_IF_ERROR(convert_tensor(source, rounded.view()));
+  return LinearWeight::quantize(rounded.view(), *plan.quantization, name, plan.execution);
+}
+
+// The weight of Linear `module` [out, in]: as stored (float or bitsandbytes' format), or
+// quantized from the float tensor `source_name` (normally module + ".weight").
+Result<LinearWeight> load_linear_weight(const LinearPlan& plan, const std::string& module,
+                                        const std::string& source_name, std::int64_t out,
+                                        std::int64_t in) {
+  KBIT_ASSIGN_OR_RETURN(const bool quantized, is_quantized_module(plan, module));
+  if (quantized && plan.prequantized) {
+    const io::BnbQuantizationConfig& q = plan.quantization->config;
+    Result<LinearWeight> weight =
+        q.mode == io::BnbQuantMode::kInt8
+            ? LinearWeight::read_int8(plan.checkpoint, module, out, in)
+            : LinearWeight::read_4bit(plan.checkpoint, module, out, in,
+                                      FourBitFormat{q.four_bit_type, q.double_quant, 0});
+    if (!weight.ok()) return weight.status().with_context(plan.dir.string());
+    return weight;
+  }
+  KBIT_ASSIGN_OR_RETURN(const TensorView source,
+                        expect(plan.checkpoint, plan.dir, source_name, {out, in}));
+  if (!quantized) return LinearWeight::float_view(source);
+  Result<LinearWeight> weight = quantize_weight(plan, source, source_name);
+  if (!weight.ok()) return weight.status().with_context(plan.dir.string());
+  return weight;
+}
+
+Result<Linear> load_linear(const LinearPlan& plan, const LinearModule& module) {
   Linear linear;
-  KBIT_ASSIGN_OR_RETURN(linear.weight, expect(checkpoint, dir, prefix + ".weight", {out, in}));
-  if (has_bias) {
-    KBIT_ASSIGN_OR_RETURN(linear.bias, load_vector(checkpoint, dir, prefix + ".bias", out));
+  const std::string weight_name = module.name + ".weight";
+  KBIT_ASSIGN_OR_RETURN(linear.weight, load_linear_weight(plan, module.name, weight_name,
+                                                          module.out_features, module.in_features));
+  // A weight quantized here was read once; its float pages need not stay resident.
+  if (linear.weight.format() != LinearFormat::kFloat && !plan.prequantized) {
+    plan.checkpoint.release(weight_name);
+  }
+  if (module.has_bias) {
+    KBIT_ASSIGN_OR_RETURN(linear.bias, load_vector(plan.checkpoint, plan.dir, module.name + ".bias",
+                                                   module.out_features));
   }
   return linear;
 }
@@ -108,26 +168,20 @@ struct LlamaModel::Impl {
   LlamaConfig config;
   ExecutionOptions execution;
   io::Checkpoint checkpoint;
-  TensorView embed;    // [vocab, hidden]
-  TensorView lm_head;  // [vocab, hidden]; the embedding when tied
+  std::optional<io::BnbQuantizationConfig> quantization;
+  LinearNumerics numerics;
+  TensorView embed;  // [vocab, hidden]
+  Linear lm_head;    // [vocab, hidden]; a view of the embedding when tied and not quantized
   std::vector<float> final_norm;
   std::vector<Layer> layers;
   std::vector<float> inv_freq;  // for types that do not depend on the sequence length
   bool round_bf16 = false;      // activation_dtype kBF16: round activations to bf16
-  // With bf16 activations, weights not stored in bf16 are rounded into these; views point here.
-  std::vector<std::vector<kbit::bf16>> bf16_weights;
+  // With bf16 activations, an embedding not stored in bf16 is rounded into this.
+  Tensor bf16_embed;
 
   void linear(const Linear& layer, const float* x, std::int64_t rows, float* y) const {
-    const k::LinearJob job{x,
-                           layer.weight.data(),
-                           layer.weight.dtype(),
-                           layer.bias.empty() ? nullptr : layer.bias.data(),
-                           rows,
-                           layer.weight.shape()[1],
-                           layer.weight.shape()[0],
-                           y,
-                           round_bf16};
-    k::linear_op(job, execution);
+    layer.weight.forward(x, rows, layer.bias.empty() ? nullptr : layer.bias.data(), numerics, y,
+                         execution);
   }
 
   void rms_norm(const float* x, const std::vector<float>& weight, std::int64_t rows,
@@ -144,36 +198,43 @@ struct LlamaModel::Impl {
     if (round_bf16) k::round_to_bf16(hidden.data(), static_cast<std::int64_t>(hidden.size()));
   }
 
-  // transformers' model.to(torch.bfloat16): weights rounded to bf16 once, at load.
-  void weight_to_bf16(TensorView& weight) {
-    if (weight.dtype() == DType::kBF16) return;
-    std::vector<kbit::bf16> rounded(static_cast<std::size_t>(weight.numel()));
-    k::visit_float_dtype(weight.dtype(), [&](auto type_tag) {
-      using T = decltype(type_tag);
-      const T* data = weight.data_as<const T>();
-      for (std::size_t i = 0; i < rounded.size(); ++i) rounded[i] = f32_to_bf16(k::to_f32(data[i]));
-    });
-    weight = TensorView(rounded.data(), DType::kBF16, weight.shape());
-    bf16_weights.push_back(std::move(rounded));
+  // transformers' model.to(torch.bfloat16): float weights rounded to bf16 once, at load.
+  static Status linear_to_bf16(Linear& linear) {
+    k::round_to_bf16(linear.bias.data(), static_cast<std::int64_t>(linear.bias.size()));
+    const LinearWeight& weight = linear.weight;
+    if (weight.format() != LinearFormat::kFloat || weight.float_weight().dtype() == DType::kBF16) {
+      return ok_status();
+    }
+    KBIT_ASSIGN_OR_RETURN(linear.weight,
+                          LinearWeight::float_rounded_to_bf16(weight.float_weight()));
+    return ok_status();
   }
   static void vector_to_bf16(std::vector<float>& values) {
     k::round_to_bf16(values.data(), static_cast<std::int64_t>(values.size()));
   }
-  void weights_to_bf16() {
-    const bool tied = lm_head.data() == embed.data();
-    weight_to_bf16(embed);
-    lm_head = tied ? embed : lm_head;
-    if (!tied) weight_to_bf16(lm_head);
+  Status weights_to_bf16() {
+    const bool tied = lm_head.weight.format() == LinearFormat::kFloat &&
+                      lm_head.weight.float_weight().data() == embed.data();
+    if (embed.dtype() != DType::kBF16) {
+      KBIT_ASSIGN_OR_RETURN(bf16_embed, Tensor::empty(embed.shape(), DType::kBF16));
+      KBIT_RETURN_IF_ERROR(convert_tensor(embed, bf16_embed.view()));
+      embed = bf16_embed.view();
+    }
+    if (tied) {
+      lm_head.weight = LinearWeight::float_view(embed);
+    } else {
+      KBIT_RETURN_IF_ERROR(linear_to_bf16(lm_head));
+    }
     vector_to_bf16(final_norm);
     for (Layer& layer : layers) {
       vector_to_bf16(layer.input_norm);
       vector_to_bf16(layer.post_attention_norm);
       for (Linear* linear :
            {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down}) {
-        weight_to_bf16(linear->weight);
-        vector_to_bf16(linear->bias);
+        KBIT_RETURN_IF_ERROR(linear_to_bf16(*linear));
       }
     }
+    return ok_status();
   }
 
   Impl(LlamaConfig c, ExecutionOptions e, io::Checkpoint ck)
@@ -189,6 +250,30 @@ const LlamaConfig& LlamaModel::config() const {
   return impl_->config;
 }
 
+const std::optional<io::BnbQuantizationConfig>& LlamaModel::quantization() const {
+  return impl_->quantization;
+}
+
+std::size_t LlamaModel::weight_bytes() const {
+  const Impl& m = *impl_;
+  const auto floats = [](const std::vector<float>& v) { return v.size() * sizeof(float); };
+  const auto linear_bytes = [&](const Linear& linear) {
+    return linear.weight.nbytes() + floats(linear.bias);
+  };
+  std::size_t total = m.embed.nbytes() + floats(m.final_norm);
+  const bool tied = m.lm_head.weight.format() == LinearFormat::kFloat &&
+                    m.lm_head.weight.float_weight().data() == m.embed.data();
+  if (!tied) total += linear_bytes(m.lm_head);
+  for (const Layer& layer : m.layers) {
+    total += floats(layer.input_norm) + floats(layer.post_attention_norm);
+    for (const Linear* linear :
+         {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down}) {
+      total += linear_bytes(*linear);
+    }
+  }
+  return total;
+}
+
 Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
                                     const LlamaLoadOptions& options) {
   if (options.activation_dtype != DType::kF32 && options.activation_dtype != DType::kBF16) {
@@ -196,23 +281,48 @@ Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
                             std::string(dtype_name(options.activation_dtype)) +
                             " is not supported; use f32 or bf16");
   }
-  KBIT_ASSIGN_OR_RETURN(LlamaConfig config, load_llama_config(model_dir / "config.json"));
+  const std::filesystem::path config_path = model_dir / "config.json";
+  KBIT_ASSIGN_OR_RETURN(LlamaConfig config, load_llama_config(config_path));
+  KBIT_ASSIGN_OR_RETURN(std::optional<io::BnbQuantizationConfig> stored,
+                        io::read_bnb_quantization_config(config_path));
+  if (options.quantize) KBIT_RETURN_IF_ERROR(validate_quantize_options(*options.quantize));
+  if (options.compute_dtype && !is_floating(*options.compute_dtype)) {
+    return invalid_argument("LlamaModel::load: compute dtype " +
+                            std::string(dtype_name(*options.compute_dtype)) +
+                            " is not one of f32, f16, bf16");
+  }
+  if (stored && options.quantize) {
+    return invalid_argument(model_dir.string() +
+                            " is already quantized by bitsandbytes (config.json has a "
+                            "quantization_config); load it without --load-in-4bit/--load-in-8bit, "
+                            "or quantize the original float model");
+  }
   KBIT_ASSIGN_OR_RETURN(io::Checkpoint checkpoint, io::Checkpoint::open(model_dir));
   auto impl = std::make_unique<Impl>(std::move(config), options.execution, std::move(checkpoint));
+  // What quantizes the Linear layers: the checkpoint's config, or the options'.
+  const std::optional<QuantizeOptions> quantization =
+      stored ? std::optional<QuantizeOptions>(QuantizeOptions{*stored, 0}) : options.quantize;
+  impl->numerics.activation_dtype = options.activation_dtype;
+  if (quantization) {
+    impl->quantization = quantization->config;
+    impl->numerics.compute_dtype =
+        options.compute_dtype.value_or(quantization->config.compute_dtype);
+    impl->numerics.int8_threshold = static_cast<float>(quantization->config.int8_threshold);
+  }
+  const bool round_bf16 = options.activation_dtype == DType::kBF16;
+  const LinearPlan plan{impl->checkpoint,   model_dir,  quantization,
+                        stored.has_value(), round_bf16, options.execution};
   const LlamaConfig& c = impl->config;
   const io::Checkpoint& ck = impl->checkpoint;
   const std::int64_t e = c.hidden_size;
-  const std::int64_t q_out = c.num_attention_heads * c.head_dim;
-  const std::int64_t kv_out = c.num_key_value_heads * c.head_dim;
+  const std::vector<LinearModule> modules = linear_modules(c);
   KBIT_ASSIGN_OR_RETURN(impl->embed,
                         expect(ck, model_dir, "model.embed_tokens.weight", {c.vocab_size, e}));
   // Tied, transformers points lm_head at the embedding and ignores any lm_head.weight stored.
-  if (c.tie_word_embeddings) {
-    impl->lm_head = impl->embed;
-  } else {
-    KBIT_ASSIGN_OR_RETURN(impl->lm_head,
-                          expect(ck, model_dir, "lm_head.weight", {c.vocab_size, e}));
-  }
+  const std::string lm_head_source =
+      c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  KBIT_ASSIGN_OR_RETURN(impl->lm_head.weight,
+                        load_linear_weight(plan, "lm_head", lm_head_source, c.vocab_size, e));
   KBIT_ASSIGN_OR_RETURN(impl->final_norm, load_vector(ck, model_dir, "model.norm.weight", e));
   for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -221,28 +331,20 @@ Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
                           load_vector(ck, model_dir, p + "input_layernorm.weight", e));
     KBIT_ASSIGN_OR_RETURN(layer.post_attention_norm,
                           load_vector(ck, model_dir, p + "post_attention_layernorm.weight", e));
-    const bool ab = c.attention_bias;
-    const bool mb = c.mlp_bias;
-    KBIT_ASSIGN_OR_RETURN(layer.q,
-                          load_linear(ck, model_dir, p + "self_attn.q_proj", q_out, e, ab));
-    KBIT_ASSIGN_OR_RETURN(layer.k,
-                          load_linear(ck, model_dir, p + "self_attn.k_proj", kv_out, e, ab));
-    KBIT_ASSIGN_OR_RETURN(layer.v,
-                          load_linear(ck, model_dir, p + "self_attn.v_proj", kv_out, e, ab));
-    KBIT_ASSIGN_OR_RETURN(layer.o,
-                          load_linear(ck, model_dir, p + "self_attn.o_proj", e, q_out, ab));
-    const std::int64_t i = c.intermediate_size;
-    KBIT_ASSIGN_OR_RETURN(layer.gate, load_linear(ck, model_dir, p + "mlp.gate_proj", i, e, mb));
-    KBIT_ASSIGN_OR_RETURN(layer.up, load_linear(ck, model_dir, p + "mlp.up_proj", i, e, mb));
-    KBIT_ASSIGN_OR_RETURN(layer.down, load_linear(ck, model_dir, p + "mlp.down_proj", e, i, mb));
+    Linear* linears[kLinearsPerLayer] = {&layer.q,    &layer.k,  &layer.v,   &layer.o,
+                                         &layer.gate, &layer.up, &layer.down};
+    for (int j = 0; j < kLinearsPerLayer; ++j) {
+      const LinearModule& module = modules[static_cast<std::size_t>(l * kLinearsPerLayer + j)];
+      KBIT_ASSIGN_OR_RETURN(*linears[j], load_linear(plan, module));
+    }
     impl->layers.push_back(std::move(layer));
   }
   if (c.rope.type != RopeType::kDynamic) {
     impl->inv_freq = rope_inv_freq(c.rope, c.head_dim, c.max_position_embeddings, 0);
   }
-  if (options.activation_dtype == DType::kBF16) {
+  if (round_bf16) {
     impl->round_bf16 = true;
-    impl->weights_to_bf16();
+    KBIT_RETURN_IF_ERROR(impl->weights_to_bf16());
   }
   return LlamaModel(std::move(impl));
 }
@@ -374,7 +476,7 @@ Status LlamaModel::forward(std::span<const std::int32_t> tokens, KvCache& cache,
 
   const float* last = s.hidden.data() + (t_count - out_rows) * e;
   m.rms_norm(last, m.final_norm, out_rows, s.normed.data());
-  m.linear(Linear{m.lm_head, {}}, s.normed.data(), out_rows, logits.data_as<float>());
+  m.linear(m.lm_head, s.normed.data(), out_rows, logits.data_as<float>());
   cache.size_ = start + t_count;
   return ok_status();
 }

@@ -313,4 +313,26 @@ Result<LlamaConfig> load_llama_config(const std::filesystem::path& path) {
   return parse_llama_config(text.str(), path.string());
 }
 
+std::vector<LinearModule> linear_modules(const LlamaConfig& config) {
+  const std::int64_t e = config.hidden_size;
+  const std::int64_t q_out = config.num_attention_heads * config.head_dim;
+  const std::int64_t kv_out = config.num_key_value_heads * config.head_dim;
+  const std::int64_t i = config.intermediate_size;
+  const bool ab = config.attention_bias;
+  const bool mb = config.mlp_bias;
+  std::vector<LinearModule> modules;
+  for (std::int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    modules.push_back({p + "self_attn.q_proj", q_out, e, ab});
+    modules.push_back({p + "self_attn.k_proj", kv_out, e, ab});
+    modules.push_back({p + "self_attn.v_proj", kv_out, e, ab});
+    modules.push_back({p + "self_attn.o_proj", e, q_out, ab});
+    modules.push_back({p + "mlp.gate_proj", i, e, mb});
+    modules.push_back({p + "mlp.up_proj", i, e, mb});
+    modules.push_back({p + "mlp.down_proj", e, i, mb});
+  }
+  modules.push_back({"lm_head", config.vocab_size, e, false});
+  return modules;
+}
+
 }  // namespace kbit::model

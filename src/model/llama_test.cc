@@ -7,95 +7,12 @@
 
 #include <gtest/gtest.h>
 
+#include "model/llama_test_support.h"
 #include "testing/golden.h"
 #include "testing/shared_data.h"
 
 namespace kbit::model {
 namespace {
-
-struct Golden {
-  std::vector<std::int32_t> ids;
-  std::vector<float> logits;  // [ids.size(), vocab]
-};
-
-std::vector<std::int32_t> to_ids(const std::vector<std::int64_t>& ids) {
-  return std::vector<std::int32_t>(ids.begin(), ids.end());
-}
-
-Golden read_golden(const std::string& model, int prompt) {
-  Result<io::SafetensorsFile> file = kbit::testing::open_golden("model-" + model + ".safetensors");
-  EXPECT_TRUE(file.ok()) << file.status().to_string();
-  if (!file.ok()) return {};
-  // The f32 entries hold logits only; the prompt's ids are those of every mode (README.md).
-  const std::string prompt_name = ".prompt" + std::to_string(prompt);
-  return Golden{to_ids(kbit::testing::golden_values<std::int64_t>(
-                    *file, "bf16" + prompt_name + ".input_ids")),
-                kbit::testing::golden_values<float>(*file, "f32" + prompt_name + ".logits")};
-}
-
-LlamaModel load(const std::string& model, CpuKernel kernel = CpuKernel::kFast,
-                DType activation_dtype = DType::kF32) {
-  LlamaLoadOptions options;
-  options.execution.cpu_kernel = kernel;
-  options.activation_dtype = activation_dtype;
-  Result<LlamaModel> loaded =
-      LlamaModel::load(kbit::testing::shared_file("models/" + model), options);
-  EXPECT_TRUE(loaded.ok()) << loaded.status().to_string();
-  return std::move(loaded).value();
-}
-
-std::vector<float> forward_all(const LlamaModel& model, const std::vector<std::int32_t>& ids) {
-  const std::int64_t vocab = model.config().vocab_size;
-  std::vector<float> logits(ids.size() * static_cast<std::size_t>(vocab));
-  KvCache cache = model.new_cache(static_cast<std::int64_t>(ids.size())).value();
-  const Status status = model.forward(
-      ids, cache,
-      TensorView(logits.data(), DType::kF32, Shape{static_cast<std::int64_t>(ids.size()), vocab}),
-      /*all_positions=*/true);
-  EXPECT_TRUE(status.ok()) << status.to_string();
-  EXPECT_EQ(cache.size(), static_cast<std::int64_t>(ids.size()));
-  return logits;
-}
-
-std::vector<float> forward_one_by_one(const LlamaModel& model,
-                                      const std::vector<std::int32_t>& ids) {
-  const std::int64_t vocab = model.config().vocab_size;
-  std::vector<float> logits(ids.size() * static_cast<std::size_t>(vocab));
-  KvCache cache = model.new_cache(static_cast<std::int64_t>(ids.size())).value();
-  for (std::size_t t = 0; t < ids.size(); ++t) {
-    const Status status =
-        model.forward(std::span<const std::int32_t>(&ids[t], 1), cache,
-                      TensorView(logits.data() + t * static_cast<std::size_t>(vocab), DType::kF32,
-                                 Shape{1, vocab}),
-                      /*all_positions=*/false);
-    EXPECT_TRUE(status.ok()) << status.to_string();
-  }
-  return logits;
-}
-
-struct Comparison {
-  double max_abs_diff = 0.0;
-  double max_abs_want = 0.0;
-  int argmax_mismatches = 0;
-};
-
-Comparison compare(const std::vector<float>& got, const std::vector<float>& want,
-                   std::int64_t vocab) {
-  Comparison c;
-  const auto v = static_cast<std::size_t>(vocab);
-  for (std::size_t row = 0; row * v < want.size(); ++row) {
-    const auto g = got.begin() + static_cast<std::ptrdiff_t>(row * v);
-    const auto w = want.begin() + static_cast<std::ptrdiff_t>(row * v);
-    if (std::max_element(g, g + vocab) - g != std::max_element(w, w + vocab) - w) {
-      ++c.argmax_mismatches;
-    }
-  }
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    c.max_abs_diff = std::max(c.max_abs_diff, std::fabs(static_cast<double>(got[i]) - want[i]));
-    c.max_abs_want = std::max(c.max_abs_want, std::fabs(static_cast<double>(want[i])));
-  }
-  return c;
-}
 
 void expect_matches(const Comparison& c, const std::string& what) {
   std::cout << "[ logits   ] " << what << ": max |diff| " << c.max_abs_diff << ", max |logit| "
@@ -139,7 +56,6 @@ TEST_P(GoldenLogits, ReferenceKernelsMatchTransformers) {
 TEST_P(GoldenLogits, GreedyReproducesTransformers) {
   KBIT_REQUIRE_SHARED_DIR();
   const LlamaModel model = load(GetParam());
-  const std::int64_t vocab = model.config().vocab_size;
   Result<io::SafetensorsFile> file = kbit::testing::open_golden("greedy-f32.safetensors");
   ASSERT_TRUE(file.ok()) << file.status().to_string();
   for (int prompt = 0; prompt < 2; ++prompt) {
@@ -149,57 +65,9 @@ TEST_P(GoldenLogits, GreedyReproducesTransformers) {
     const Golden golden = read_golden(GetParam(), prompt);
     ASSERT_GT(want.size(), golden.ids.size());
     ASSERT_TRUE(std::equal(golden.ids.begin(), golden.ids.end(), want.begin()));
-    KvCache cache = model.new_cache(static_cast<std::int64_t>(want.size())).value();
-    std::vector<std::int32_t> sequence = golden.ids;
-    std::vector<float> logits(static_cast<std::size_t>(vocab));
-    std::span<const std::int32_t> next(sequence);
-    while (sequence.size() < want.size()) {
-      ASSERT_TRUE(model
-                      .forward(next, cache, TensorView(logits.data(), DType::kF32, Shape{1, vocab}),
-                               /*all_positions=*/false)
-                      .ok());
-      sequence.push_back(static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) -
-                                                   logits.begin()));
-      next = std::span<const std::int32_t>(&sequence.back(), 1);
-    }
+    const std::vector<std::int32_t> sequence = greedy_sequence(model, golden.ids, want.size());
     EXPECT_EQ(sequence, want) << key;
   }
-}
-
-// How close two sets of logits [rows, vocab] are: mean and max |Δ| over every logit, and the
-// fraction of rows whose argmax agrees.
-struct Closeness {
-  double mean_abs_diff = 0.0;
-  double max_abs_diff = 0.0;
-  double argmax_agreement = 0.0;
-};
-
-Closeness closeness(const std::vector<float>& got, const std::vector<float>& want,
-                    std::int64_t vocab) {
-  const Comparison c = compare(got, want, vocab);
-  double sum = 0.0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    sum += std::fabs(static_cast<double>(got[i]) - want[i]);
-  }
-  const double rows = static_cast<double>(want.size() / static_cast<std::size_t>(vocab));
-  return Closeness{sum / static_cast<double>(want.size()), c.max_abs_diff,
-                   1.0 - c.argmax_mismatches / rows};
-}
-
-double max_abs(const std::vector<float>& values) {
-  double m = 0.0;
-  for (const float v : values) m = std::max(m, std::fabs(static_cast<double>(v)));
-  return m;
-}
-
-// The spacing of bf16 values (8 significant bits) at magnitude x > 0.
-double bf16_ulp(double x) {
-  return std::ldexp(1.0, std::ilogb(x) - 7);
-}
-
-std::ostream& operator<<(std::ostream& out, const Closeness& c) {
-  return out << "mean |diff| " << c.mean_abs_diff << ", max |diff| " << c.max_abs_diff
-             << ", argmax agreement " << c.argmax_agreement;
 }
 
 // transformers with the whole model in torch.bfloat16, on an H200. Its bf16 GEMMs sum in another

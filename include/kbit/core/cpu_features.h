@@ -18,4 +18,8 @@ CpuIsa detected_cpu_isa();
 // variable KBIT_CPU_ISA=scalar|avx2|avx512 (it can never raise it above what the CPU has).
 CpuIsa active_cpu_isa();
 
+// Whether the fast kernels may use AVX-512 VNNI (vpdpbusd, the int8 matmul): the CPU has it and
+// active_cpu_isa() is kAvx512 (so KBIT_CPU_ISA=avx2 turns it off too).
+bool active_cpu_has_avx512_vnni();
+
 }  // namespace kbit

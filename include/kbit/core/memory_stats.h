@@ -11,4 +11,7 @@ namespace kbit {
 // process that started this one.
 std::optional<std::int64_t> peak_resident_bytes();
 
+// The resident set size of this process now in bytes (VmRSS), or nullopt likewise.
+std::optional<std::int64_t> resident_bytes();
+
 }  // namespace kbit

@@ -29,6 +29,8 @@ class Checkpoint {
   // A read-only view into the mapped file, or kNotFound naming the tensor and the folder.
   Result<TensorView> tensor(const std::string& name) const;
   Result<SafetensorsEntry> entry(const std::string& name) const;
+  // SafetensorsFile::release for the file holding `name`.
+  void release(const std::string& name) const;
   // Bytes of tensor data across all shards.
   std::uint64_t total_bytes() const;
 

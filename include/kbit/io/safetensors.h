@@ -52,6 +52,12 @@ class SafetensorsFile {
   // kNotFound naming the file and the tensor.
   Result<TensorView> tensor(const std::string& name) const;
   Result<SafetensorsEntry> entry(const std::string& name) const;
+  // Tells the OS that the tensor's bytes are not needed for now: the whole pages inside its
+  // range leave this process's resident memory (they stay in the page cache; a later read maps
+  // them back). Views stay valid. For loaders that read each tensor once, so that resident
+  // memory does not grow to the size of the file. A no-op for a copied (unaligned) tensor or an
+  // unknown name.
+  void release(const std::string& name) const;
 
  private:
   struct State;

@@ -24,6 +24,12 @@ struct NamedTensor {
 
 // Requires: unique, non-empty names other than "__metadata__"; contiguous host tensors.
 // Fails naming the tensor at fault, or the file and the OS error.
+// Orders tensors as the reference writer (safetensors' Python binding, which transformers and PEFT
+// use) lays them out: by dtype, descending in its enum (I64, F32, I32, BF16, F16, I8, U8), then
+// by name, bytewise ascending (spec 10.2). Written in this order, a file is byte-identical to
+// the reference's.
+void sort_in_reference_order(std::vector<NamedTensor>& tensors);
+
 Status write_safetensors(const std::filesystem::path& path, const std::vector<NamedTensor>& tensors,
                          const std::map<std::string, std::string>& metadata = {});
 

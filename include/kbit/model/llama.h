@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -32,6 +33,7 @@
 #include "kbit/core/status.h"
 #include "kbit/core/tensor.h"
 #include "kbit/model/llama_config.h"
+#include "kbit/model/quantize_options.h"
 
 namespace kbit::model {
 
@@ -48,6 +50,15 @@ struct LlamaLoadOptions {
   // the bf16 values as f32; the logits come back as f32 holding bf16 values. Anything else is
   // refused by load() with kInvalidArgument.
   DType activation_dtype = DType::kF32;
+  // Quantize the Linear layers while loading, as transformers' BitsAndBytesConfig does: each
+  // weight is read once from the mapped file and quantized (its pages then released), so memory
+  // stays near the quantized size. nullopt: load the checkpoint as it is stored (float, or
+  // already quantized by bitsandbytes, which is recognised by config.json's
+  // quantization_config). Asking to quantize an already quantized checkpoint is an error.
+  std::optional<QuantizeOptions> quantize;
+  // The compute dtype of 4-bit Linear layers (bnb_4bit_compute_dtype: f32, f16 or bf16);
+  // nullopt: the one of the quantization config (the options', or the checkpoint's).
+  std::optional<DType> compute_dtype;
 };
 
 // The keys and values of every layer for the positions seen so far, in f32:
@@ -83,8 +94,8 @@ class LlamaModel {
  public:
   // Reads model_dir/config.json (see llama_config.h) and maps the safetensors weights (see
   // kbit/io/checkpoint.h). Every expected tensor must be present with its exact shape and a
-  // float dtype; errors name the folder, the tensor, the expected and found shape. A quantized
-  // (bitsandbytes) checkpoint is refused with kUnimplemented.
+  // float dtype, or for a checkpoint quantized by bitsandbytes, with the state-dict entries of
+  // its format (spec 4.1, 6.2); errors name the folder, the tensor, what was expected and found.
   static Result<LlamaModel> load(const std::filesystem::path& model_dir,
                                  const LlamaLoadOptions& options);
 
@@ -93,6 +104,10 @@ class LlamaModel {
   ~LlamaModel();
 
   const LlamaConfig& config() const;
+  // How the Linear layers are quantized (from the options or the checkpoint); nullopt: float.
+  const std::optional<io::BnbQuantizationConfig>& quantization() const;
+  // Bytes of the weights as this model holds them (quantized data and statistics included).
+  std::size_t weight_bytes() const;
 
   // An empty cache for up to max_tokens positions (prompt and generated tokens together).
   // kInvalidArgument if max_tokens < 1; kOutOfMemory if it cannot be allocated

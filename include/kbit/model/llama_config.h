@@ -67,6 +67,21 @@ struct LlamaConfig {
   std::optional<std::int64_t> pad_token_id;
 };
 
+// A Linear layer of the model: its module name in the state dict (without ".weight") and shape.
+struct LinearModule {
+  std::string name;  // e.g. "model.layers.0.self_attn.q_proj", "lm_head"
+  std::int64_t out_features = 0;
+  std::int64_t in_features = 0;
+  bool has_bias = false;
+};
+
+// Number of Linear layers in each decoder layer: q, k, v, o, gate, up, down.
+inline constexpr int kLinearsPerLayer = 7;
+
+// Every Linear of the model: for each layer q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+// down_proj (kLinearsPerLayer entries per layer, in that order), then lm_head.
+std::vector<LinearModule> linear_modules(const LlamaConfig& config);
+
 // Parses the text of a config.json; `source` names it in errors (e.g. "models/x/config.json").
 Result<LlamaConfig> parse_llama_config(std::string_view json_text, const std::string& source);
 

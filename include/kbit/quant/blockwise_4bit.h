@@ -8,10 +8,11 @@
 // With odd n, the low nibble of the last byte encodes a padding value 0.0.
 // Dequantization: y[i] = value(code[i]) * absmax[b], rounded to the output dtype.
 //
-// Every function works on the device its tensors live on (all must share one). CUDA results
-// equal bitsandbytes' CUDA kernels bit for bit. CPU results also do, except for values lying
-// exactly on a code boundary, which the GPU's approximate reciprocal decides (FP4 on bf16/f16
-// input: a few per 64 000 values; see shared/spec/bnb-compat.md 0.1).
+// Every function works on the device its tensors live on (all must share one). Results equal
+// bitsandbytes' CUDA kernels bit for bit on either device: `1 / absmax` is the GPU's approximate
+// reciprocal (rcp.approx.ftz.f32), which the CPU reproduces exactly, so values lying exactly on a
+// code boundary get bitsandbytes' codes too. Not yet on the CPU: the GPU's flushing of subnormal
+// values (docs/formats.md).
 #pragma once
 
 #include <cstdint>

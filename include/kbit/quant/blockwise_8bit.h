@@ -7,8 +7,9 @@
 // Dequantization: y[i] = map[code[i]] * absmax[b], rounded to the output dtype.
 // The maps are the dynamic maps of codebooks.h.
 //
-// CUDA results equal bitsandbytes' CUDA kernels bit for bit; CPU results too, except for values
-// on a boundary that the GPU's approximate reciprocal decides (none seen in practice).
+// CUDA and CPU results equal bitsandbytes' CUDA kernels bit for bit: `1 / absmax` is the GPU's
+// approximate reciprocal, which the CPU reproduces exactly. Not yet on the CPU: the GPU's flushing
+// of subnormal values (docs/formats.md).
 #pragma once
 
 #include <cstdint>

@@ -4,7 +4,9 @@
 // For each row r, with threshold t (t = 0: no outliers):
 //   row_absmax[r] = max |x[r][j]| over the row, leaving out elements with |x| >= t when t > 0
 //   codes[r][j]   = round_half_even(x[r][j] * (127 / row_absmax[r]))   in -127..127
-//                   and 0 for elements with |x| >= t
+//                   and 0 for elements with |x| >= t; 127 / row_absmax is the GPU's approximate
+//                   division (div.approx.ftz.f32), on the CPU too, so codes equal bitsandbytes'
+//                   CUDA ones bit for bit (docs/formats.md)
 // With t > 0, the outlier columns are every column holding an element with |x| >= t; when
 // rows > 1 every element of those columns gets code 0 (the matmul handles them in floating point).
 // Dequantization: y = code * row_absmax * (1/127).

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "kbit/quant/codebooks.h"
+#include "kernels/cpu/block_reciprocals.h"
 #include "kernels/cpu/blockwise_4bit.h"
 #include "kernels/cpu/element_access.h"
 #include "kernels/cpu/simd_avx2.h"
@@ -81,11 +82,11 @@ __m128i encode_chunk(const T* values, __m256 reciprocal, const FourBitEncoder& e
   return pack_nibbles(codes);
 }
 
+// The codes of one block, normalised by its approximate reciprocal (as the reference).
 template <typename T>
-void quantize_block(const T* values, std::int64_t count, const FourBitEncoder& encoder,
-                    std::uint8_t* packed, float* absmax) {
-  *absmax = absmax_or_nan(values, count);
-  const __m256 reciprocal = _mm256_set1_ps(1.0f / *absmax);  // as the reference: a reciprocal
+void quantize_block(const T* values, std::int64_t count, float block_reciprocal,
+                    const FourBitEncoder& encoder, std::uint8_t* packed) {
+  const __m256 reciprocal = _mm256_set1_ps(block_reciprocal);
   const std::int64_t whole_chunks_end = count / kChunk * kChunk;
   for (std::int64_t i = 0; i < whole_chunks_end; i += kChunk) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + i / 2),
@@ -107,11 +108,18 @@ template <typename T>
 void quantize_blocks(const Quantize4bitJob& job, std::int64_t first_block, std::int64_t end_block) {
   const T* input = static_cast<const T*>(job.input);
   const FourBitEncoder encoder(job.type);
-  for (std::int64_t block = first_block; block < end_block; ++block) {
-    const std::int64_t begin = block * job.block_size;
-    const std::int64_t count = std::min(job.block_size, job.n - begin);
-    quantize_block(input + begin, count, encoder, job.packed + begin / 2, job.absmax + block);
-  }
+  const auto values = [&](std::int64_t block) {
+    return std::min(job.block_size, job.n - block * job.block_size);
+  };
+  for_each_block_reciprocal(
+      first_block, end_block, job.block_size, job.absmax,
+      [&](std::int64_t block) {
+        return absmax_or_nan(input + block * job.block_size, values(block));
+      },
+      [&](std::int64_t block, float reciprocal) {
+        const std::int64_t begin = block * job.block_size;
+        quantize_block(input + begin, values(block), reciprocal, encoder, job.packed + begin / 2);
+      });
 }
 
 // The codes of 32 values from 16 packed bytes, one per byte, in element order.

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "kbit/quant/codebooks.h"
+#include "kernels/cpu/block_reciprocals.h"
 #include "kernels/cpu/blockwise_4bit.h"
 #include "kernels/cpu/element_access.h"
 #include "kernels/cpu/simd_avx512.h"
@@ -70,11 +71,11 @@ __m128i pack_nibbles(__m512i first_codes, __m512i second_codes) {
   return _mm256_cvtepi16_epi8(pairs);
 }
 
+// The codes of one block, normalised by its approximate reciprocal (as the reference).
 template <typename T>
-void quantize_block(const T* values, std::int64_t count, const FourBitEncoder& encoder,
-                    std::uint8_t* packed, float* absmax) {
-  *absmax = absmax_or_nan(values, count);
-  const __m512 reciprocal = _mm512_set1_ps(1.0f / *absmax);  // as the reference: a reciprocal
+void quantize_block(const T* values, std::int64_t count, float block_reciprocal,
+                    const FourBitEncoder& encoder, std::uint8_t* packed) {
+  const __m512 reciprocal = _mm512_set1_ps(block_reciprocal);
   for (std::int64_t i = 0; i < count; i += kChunk) {
     // Lanes past the block's end load as 0.0: exactly the padding value of an odd last block.
     const std::int64_t second = std::min(i + kLanes, count);
@@ -90,11 +91,18 @@ template <typename T>
 void quantize_blocks(const Quantize4bitJob& job, std::int64_t first_block, std::int64_t end_block) {
   const T* input = static_cast<const T*>(job.input);
   const FourBitEncoder encoder(job.type);
-  for (std::int64_t block = first_block; block < end_block; ++block) {
-    const std::int64_t begin = block * job.block_size;
-    const std::int64_t count = std::min(job.block_size, job.n - begin);
-    quantize_block(input + begin, count, encoder, job.packed + begin / 2, job.absmax + block);
-  }
+  const auto values = [&](std::int64_t block) {
+    return std::min(job.block_size, job.n - block * job.block_size);
+  };
+  for_each_block_reciprocal(
+      first_block, end_block, job.block_size, job.absmax,
+      [&](std::int64_t block) {
+        return absmax_or_nan(input + block * job.block_size, values(block));
+      },
+      [&](std::int64_t block, float reciprocal) {
+        const std::int64_t begin = block * job.block_size;
+        quantize_block(input + begin, values(block), reciprocal, encoder, job.packed + begin / 2);
+      });
 }
 
 // The codes of 32 values from 16 packed bytes, one per byte, in element order.

@@ -7,6 +7,7 @@
 #include "kernels/code_rules.h"
 #include "kernels/cpu/blockwise_4bit.h"
 #include "kernels/cpu/element_access.h"
+#include "kernels/cpu/gpu_approx_math.h"
 
 namespace kbit::kernels::cpu {
 namespace {
@@ -34,9 +35,9 @@ void quantize_blocks(const Quantize4bitJob& job, std::int64_t first_block, std::
     const std::int64_t end = std::min(begin + job.block_size, job.n);
     const float absmax = block_absmax(input + begin, end - begin);
     job.absmax[block] = absmax;
-    // bitsandbytes multiplies by a reciprocal rather than dividing; an all-zero block gives
-    // 0 * inf = NaN, which encodes as code 0, as on the GPU.
-    const float reciprocal = 1.0f / absmax;
+    // bitsandbytes multiplies by the GPU's approximate reciprocal (gpu_approx_math.h); an
+    // all-zero block gives 0 * inf = NaN, which encodes as code 0, as on the GPU.
+    const float reciprocal = rcp_approx_ftz(absmax);
     // Blocks hold an even number of values, except a last block of odd length, whose final
     // byte pairs the last value with a padding 0.0.
     for (std::int64_t i = begin; i < end; i += 2) {

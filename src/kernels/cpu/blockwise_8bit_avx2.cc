@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/cpu/block_reciprocals.h"
 #include "kernels/cpu/blockwise_8bit.h"
 #include "kernels/cpu/dynamic_map_bounds.h"
 #include "kernels/cpu/element_access.h"
@@ -67,25 +68,31 @@ template <typename T>
 void quantize_blocks(const Quantize8bitJob& job, std::int64_t first_block, std::int64_t end_block) {
   const T* input = static_cast<const T*>(job.input);
   const MapSearch search(job.map);
-  for (std::int64_t block = first_block; block < end_block; ++block) {
-    const std::int64_t begin = block * job.block_size;
-    const std::int64_t end = begin + std::min(job.block_size, job.n - begin);
-    const float absmax = absmax_or_nan(input + begin, end - begin);
-    job.absmax[block] = absmax;
-    const __m256 reciprocal = _mm256_set1_ps(1.0f / absmax);  // as the reference: a reciprocal
-    for (std::int64_t i = begin; i < end; i += kLanes) {
-      const bool whole = end - i >= kLanes;
-      const __m256 value = whole ? load_f32(input + i) : load_f32_first(input + i, end - i);
-      const __m128i bytes = codes_to_bytes(search.code(_mm256_mul_ps(value, reciprocal)));
-      if (whole) {
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(job.codes + i), bytes);
-      } else {
-        std::uint8_t buffer[16];
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(buffer), bytes);
-        std::memcpy(job.codes + i, buffer, static_cast<std::size_t>(end - i));
-      }
-    }
-  }
+  const auto values = [&](std::int64_t block) {
+    return std::min(job.block_size, job.n - block * job.block_size);
+  };
+  for_each_block_reciprocal(
+      first_block, end_block, job.block_size, job.absmax,
+      [&](std::int64_t block) {
+        return absmax_or_nan(input + block * job.block_size, values(block));
+      },
+      [&](std::int64_t block, float block_reciprocal) {
+        const std::int64_t begin = block * job.block_size;
+        const std::int64_t end = begin + values(block);
+        const __m256 reciprocal = _mm256_set1_ps(block_reciprocal);  // as the reference
+        for (std::int64_t i = begin; i < end; i += kLanes) {
+          const bool whole = end - i >= kLanes;
+          const __m256 value = whole ? load_f32(input + i) : load_f32_first(input + i, end - i);
+          const __m128i bytes = codes_to_bytes(search.code(_mm256_mul_ps(value, reciprocal)));
+          if (whole) {
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(job.codes + i), bytes);
+          } else {
+            std::uint8_t buffer[16];
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(buffer), bytes);
+            std::memcpy(job.codes + i, buffer, static_cast<std::size_t>(end - i));
+          }
+        }
+      });
 }
 
 template <typename T>

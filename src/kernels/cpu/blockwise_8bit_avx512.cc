@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "kernels/cpu/block_reciprocals.h"
 #include "kernels/cpu/blockwise_8bit.h"
 #include "kernels/cpu/dynamic_map_bounds.h"
 #include "kernels/cpu/element_access.h"
@@ -58,18 +59,24 @@ template <typename T>
 void quantize_blocks(const Quantize8bitJob& job, std::int64_t first_block, std::int64_t end_block) {
   const T* input = static_cast<const T*>(job.input);
   const MapSearch search(job.map);
-  for (std::int64_t block = first_block; block < end_block; ++block) {
-    const std::int64_t begin = block * job.block_size;
-    const std::int64_t count = std::min(job.block_size, job.n - begin);
-    const float absmax = absmax_or_nan(input + begin, count);
-    job.absmax[block] = absmax;
-    const __m512 reciprocal = _mm512_set1_ps(1.0f / absmax);  // as the reference: a reciprocal
-    for (std::int64_t i = 0; i < count; i += kLanes) {
-      const __mmask16 lanes = first_lanes(count - i);
-      const __m512 x = _mm512_mul_ps(load_f32(input + begin + i, lanes), reciprocal);
-      _mm_mask_storeu_epi8(job.codes + begin + i, lanes, _mm512_cvtepi32_epi8(search.code(x)));
-    }
-  }
+  const auto values = [&](std::int64_t block) {
+    return std::min(job.block_size, job.n - block * job.block_size);
+  };
+  for_each_block_reciprocal(
+      first_block, end_block, job.block_size, job.absmax,
+      [&](std::int64_t block) {
+        return absmax_or_nan(input + block * job.block_size, values(block));
+      },
+      [&](std::int64_t block, float block_reciprocal) {
+        const std::int64_t begin = block * job.block_size;
+        const std::int64_t count = values(block);
+        const __m512 reciprocal = _mm512_set1_ps(block_reciprocal);  // as the reference
+        for (std::int64_t i = 0; i < count; i += kLanes) {
+          const __mmask16 lanes = first_lanes(count - i);
+          const __m512 x = _mm512_mul_ps(load_f32(input + begin + i, lanes), reciprocal);
+          _mm_mask_storeu_epi8(job.codes + begin + i, lanes, _mm512_cvtepi32_epi8(search.code(x)));
+        }
+      });
 }
 
 template <typename T>

@@ -6,6 +6,7 @@
 #include "kernels/code_rules.h"
 #include "kernels/cpu/blockwise_8bit.h"
 #include "kernels/cpu/element_access.h"
+#include "kernels/cpu/gpu_approx_math.h"
 
 namespace kbit::kernels::cpu {
 namespace {
@@ -26,7 +27,8 @@ void quantize_blocks(const Quantize8bitJob& job, std::int64_t first_block, std::
       absmax = std::max(absmax, magnitude);
     }
     job.absmax[block] = absmax;
-    const float reciprocal = 1.0f / absmax;  // multiply by a reciprocal, as bitsandbytes does
+    // Multiply by the GPU's approximate reciprocal, as bitsandbytes does (gpu_approx_math.h).
+    const float reciprocal = rcp_approx_ftz(absmax);
     for (std::int64_t i = begin; i < end; ++i) {
       job.codes[i] = search_dynamic_map(to_f32(input[i]) * reciprocal, job.map);
     }

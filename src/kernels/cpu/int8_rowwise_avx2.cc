@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "kernels/cpu/element_access.h"
+#include "kernels/cpu/gpu_approx_math.h"
 #include "kernels/cpu/int8_rowwise.h"
 #include "kernels/cpu/simd_avx2.h"
 
@@ -51,7 +52,7 @@ void quantize_row(const T* values, std::int64_t cols, __m256 left_out_from, std:
                     ? std::numeric_limits<float>::quiet_NaN()
                     : row_max;
   // An all-zero row gives scale inf and 0 * inf = NaN, whose code is 0, as on the GPU.
-  const __m256 scale = _mm256_set1_ps(127.0f / row_max);
+  const __m256 scale = _mm256_set1_ps(div_approx_ftz(127.0f, row_max));  // as the reference
   for (std::int64_t j = 0; j < cols; j += kLanes) {
     const __m256 value = load_rounded_to_f16(values + j, cols - j);
     const __m256 scaled = _mm256_mul_ps(value, scale);

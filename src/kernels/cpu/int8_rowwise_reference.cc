@@ -5,6 +5,7 @@
 
 #include "kbit/quant/codebooks.h"
 #include "kernels/cpu/element_access.h"
+#include "kernels/cpu/gpu_approx_math.h"
 #include "kernels/cpu/int8_rowwise.h"
 
 namespace kbit::kernels::cpu {
@@ -32,8 +33,9 @@ void quantize_rows(const Int8RowwiseJob& job, std::int64_t first_row, std::int64
       absmax = std::max(absmax, magnitude);
     }
     job.row_absmax[row] = all_finite ? absmax : std::numeric_limits<float>::quiet_NaN();
+    // bitsandbytes' __fdividef(127, absmax), the GPU's approximate division (gpu_approx_math.h).
     // An all-zero row gives scale inf and 0 * inf = NaN, whose code is 0, as on the GPU.
-    const float scale = quant::kInt8CodeMax / absmax;
+    const float scale = div_approx_ftz(quant::kInt8CodeMax, absmax);
     for (std::int64_t j = 0; j < job.cols; ++j) {
       const float value = rounded_to_f16(values[j]);
       const float scaled = value * scale;

@@ -1,28 +1,15 @@
 // The Llama CPU kernels' entry points (which variant, how many threads) and the OpenBLAS path of
 // linear: weight panels converted to f32 on the fly, so a bf16 checkpoint is never widened whole.
-#include <cblas.h>
-
-#include <mutex>
 #include <vector>
 
 #include "kbit/core/cpu_features.h"
 #include "kbit/core/parallel.h"
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/element_access.h"
 #include "kernels/cpu/llama_ops.h"
 
 namespace kbit::kernels::cpu {
 namespace {
-
-// Output features per parallel work item and per panel, and input features per panel: a panel
-// of 128 x 1024 f32 (512 KiB) stays in L2 while sgemm streams the activations past it.
-constexpr std::int64_t kPanelOut = 128;
-constexpr std::int64_t kPanelIn = 1024;
-
-// kbit threads the work itself; OpenBLAS's own threads would oversubscribe the cores.
-void use_one_openblas_thread() {
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
-}
 
 bool fast(const ExecutionOptions& options) {
   return options.cpu_kernel == CpuKernel::kFast;
@@ -46,30 +33,24 @@ void convert_panel(const T* weight, std::int64_t in_features, std::int64_t n0, s
 }  // namespace
 
 void linear_blas(const LinearJob& job, std::int64_t first_out, std::int64_t end_out) {
-  use_one_openblas_thread();
-  const auto m = static_cast<blasint>(job.rows);
   const std::int64_t k_total = job.in_features;
   if (job.weight_dtype == DType::kF32) {
     const float* weight = static_cast<const float*>(job.weight) + first_out * k_total;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m,
-                static_cast<blasint>(end_out - first_out), static_cast<blasint>(k_total), 1.0f,
-                job.x, static_cast<blasint>(k_total), weight, static_cast<blasint>(k_total), 0.0f,
-                job.y + first_out, static_cast<blasint>(job.out_features));
+    sgemm_panel(job.x, k_total, job.rows, weight, end_out - first_out, k_total, false,
+                job.y + first_out, job.out_features);
   } else {
     thread_local std::vector<float> panel;
-    panel.resize(static_cast<std::size_t>(kPanelOut * kPanelIn));
-    for (std::int64_t n0 = first_out; n0 < end_out; n0 += kPanelOut) {
-      const std::int64_t n1 = n0 + kPanelOut < end_out ? n0 + kPanelOut : end_out;
-      for (std::int64_t k0 = 0; k0 < k_total; k0 += kPanelIn) {
-        const std::int64_t k1 = k0 + kPanelIn < k_total ? k0 + kPanelIn : k_total;
+    panel.resize(static_cast<std::size_t>(kSgemmPanelOut * kSgemmPanelIn));
+    for (std::int64_t n0 = first_out; n0 < end_out; n0 += kSgemmPanelOut) {
+      const std::int64_t n1 = n0 + kSgemmPanelOut < end_out ? n0 + kSgemmPanelOut : end_out;
+      for (std::int64_t k0 = 0; k0 < k_total; k0 += kSgemmPanelIn) {
+        const std::int64_t k1 = k0 + kSgemmPanelIn < k_total ? k0 + kSgemmPanelIn : k_total;
         visit_float_dtype(job.weight_dtype, [&](auto type_tag) {
           using T = decltype(type_tag);
           convert_panel(static_cast<const T*>(job.weight), k_total, n0, n1, k0, k1, panel.data());
         });
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, static_cast<blasint>(n1 - n0),
-                    static_cast<blasint>(k1 - k0), 1.0f, job.x + k0, static_cast<blasint>(k_total),
-                    panel.data(), static_cast<blasint>(k1 - k0), k0 == 0 ? 0.0f : 1.0f, job.y + n0,
-                    static_cast<blasint>(job.out_features));
+        sgemm_panel(job.x + k0, k_total, job.rows, panel.data(), n1 - n0, k1 - k0, k0 > 0,
+                    job.y + n0, job.out_features);
       }
     }
   }
@@ -92,7 +73,7 @@ void linear_op(const LinearJob& job, const ExecutionOptions& options) {
     return;
   }
   void (*kernel)(const LinearJob&, std::int64_t, std::int64_t) = linear_blas;
-  std::int64_t min_chunk = kPanelOut;
+  std::int64_t min_chunk = kSgemmPanelOut;
   if (job.rows <= kLinearGemvMaxRows && has_avx512(options)) {
     kernel = linear_gemv_avx512;
     min_chunk = 64;

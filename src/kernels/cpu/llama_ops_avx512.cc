@@ -81,17 +81,6 @@ void scale_add(float* out, float scale, float p, const float* v, std::int64_t co
   }
 }
 
-// f32(bf16(v)) per lane, round to nearest even, NaN -> the bf16 NaN (kbit::f32_to_bf16).
-// Integer arithmetic, not VCVTNEPS2BF16, which flushes subnormals to zero.
-__m512 round_bf16(__m512 v) {
-  const __m512i bits = _mm512_castps_si512(v);
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  const __m512i biased = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
-  const __m512 rounded = _mm512_castsi512_ps(_mm512_and_si512(biased, _mm512_set1_epi32(-65536)));
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  return _mm512_mask_mov_ps(rounded, nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
-}
-
 constexpr std::int64_t kKeyBlock = 256;
 
 // One query head over its keys, in blocks with a running max (online softmax).
@@ -163,8 +152,8 @@ void rms_norm_avx512(const RmsNormJob& job, std::int64_t first_row, std::int64_t
       const __m512 normed = _mm512_mul_ps(avx512::load_f32(x + i, lanes), inv_rms);
       if (job.round_bf16) {
         const __m512 product =
-            _mm512_mul_ps(avx512::load_f32(job.weight + i, lanes), avx512::round_bf16(normed));
-        avx512::store(y + i, avx512::round_bf16(product), lanes);
+            _mm512_mul_ps(avx512::load_f32(job.weight + i, lanes), avx512::rounded_to_bf16(normed));
+        avx512::store(y + i, avx512::rounded_to_bf16(product), lanes);
         continue;
       }
       avx512::store(y + i, _mm512_mul_ps(avx512::load_f32(job.weight + i, lanes), normed), lanes);

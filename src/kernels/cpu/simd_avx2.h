@@ -27,16 +27,21 @@ inline __m256 load_f32(const bf16* source) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
 }
 
-// f32 -> bf16 bits as f32_to_bf16: round to nearest even, NaN -> 0x7fc0.
-inline __m128i bf16_bits(__m256 value) {
+// f32(bf16(value)) per lane: rounded to nearest even as f32_to_bf16, NaN -> the bf16 NaN.
+inline __m256 rounded_to_bf16(__m256 value) {
   const __m256i bits = _mm256_castps_si256(value);
   const __m256i lowest_kept_bit =
       _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
   const __m256i bias = _mm256_add_epi32(lowest_kept_bit, _mm256_set1_epi32(0x7fff));
-  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
+  const __m256i rounded = _mm256_and_si256(_mm256_add_epi32(bits, bias), _mm256_set1_epi32(-65536));
   const __m256 is_nan = _mm256_cmp_ps(value, value, _CMP_UNORD_Q);
-  const __m256i result =
-      _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(is_nan));
+  return _mm256_blendv_ps(_mm256_castsi256_ps(rounded),
+                          _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)), is_nan);
+}
+
+// f32 -> bf16 bits as f32_to_bf16: round to nearest even, NaN -> 0x7fc0.
+inline __m128i bf16_bits(__m256 value) {
+  const __m256i result = _mm256_srli_epi32(_mm256_castps_si256(rounded_to_bf16(value)), 16);
   // Every lane is below 0x10000, so the unsigned saturation of the pack changes nothing.
   return _mm_packus_epi32(_mm256_castsi256_si128(result), _mm256_extracti128_si256(result, 1));
 }
@@ -50,6 +55,18 @@ inline __m128i f16_bits(__m256 value) {
   const __m256 quiet_nan = _mm256_or_ps(sign, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)));
   return _mm256_cvtps_ph(_mm256_blendv_ps(value, quiet_nan, is_nan),
                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// f32(f16(value)) per lane, as f32_to_f16 then the exact widening.
+inline __m256 rounded_to_f16(__m256 value) {
+  return _mm256_cvtph_ps(f16_bits(value));
+}
+
+// value rounded to the precision of a float dtype (f32: unchanged).
+inline __m256 rounded_to(DType dtype, __m256 value) {
+  if (dtype == DType::kBF16) return rounded_to_bf16(value);
+  if (dtype == DType::kF16) return rounded_to_f16(value);
+  return value;
 }
 
 inline void store(float* destination, __m256 value) {

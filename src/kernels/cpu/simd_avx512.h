@@ -35,16 +35,23 @@ inline __m512 load_f32(const bf16* source, __mmask16 mask) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
 }
 
-// f32 -> bf16 bits as f32_to_bf16: round to nearest even, NaN -> 0x7fc0. (The AVX512-BF16
-// instruction would flush subnormals, so the rounding is done by hand.)
-inline __m256i bf16_bits(__m512 value) {
+// f32(bf16(value)) per lane: rounded to nearest even as f32_to_bf16, NaN -> the bf16 NaN.
+inline __m512 rounded_to_bf16(__m512 value) {
   const __m512i bits = _mm512_castps_si512(value);
   const __m512i lowest_kept_bit =
       _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
   const __m512i bias = _mm512_add_epi32(lowest_kept_bit, _mm512_set1_epi32(0x7fff));
-  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, bias), 16);
+  const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(bits, bias), _mm512_set1_epi32(-65536));
   const __mmask16 is_nan = _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
-  return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, _mm512_set1_epi32(0x7fc0)));
+  return _mm512_castsi512_ps(
+      _mm512_mask_blend_epi32(is_nan, rounded, _mm512_set1_epi32(0x7fc00000)));
+}
+
+// f32 -> bf16 bits as f32_to_bf16: round to nearest even, NaN -> 0x7fc0. (The AVX512-BF16
+// instruction would flush subnormals, so the rounding is done by hand.)
+inline __m256i bf16_bits(__m512 value) {
+  const __m512i rounded = _mm512_castps_si512(rounded_to_bf16(value));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
 }
 
 // f32 -> f16 bits as f32_to_f16. The hardware conversion rounds to nearest even exactly
@@ -56,6 +63,18 @@ inline __m256i f16_bits(__m512 value) {
   const __m512 quiet_nan = _mm512_or_ps(sign, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
   return _mm512_cvtps_ph(_mm512_mask_blend_ps(is_nan, value, quiet_nan),
                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// f32(f16(value)) per lane, as f32_to_f16 then the exact widening.
+inline __m512 rounded_to_f16(__m512 value) {
+  return _mm512_cvtph_ps(f16_bits(value));
+}
+
+// value rounded to the precision of a float dtype (f32: unchanged).
+inline __m512 rounded_to(DType dtype, __m512 value) {
+  if (dtype == DType::kBF16) return rounded_to_bf16(value);
+  if (dtype == DType::kF16) return rounded_to_f16(value);
+  return value;
 }
 
 // Stores the lanes of `mask`, rounded to the destination type; other memory is untouched.

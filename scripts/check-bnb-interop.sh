@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Check that quantized checkpoints written by `kbit quantize` load and run in transformers +
+# bitsandbytes (CPU backend): scripts/check_bnb_interop.py, in a throwaway virtual environment.
+#
+# Usage: scripts/check-bnb-interop.sh [--venv DIR] QUANTIZED_DIR[,QUANTIZED_DIR...] FLOAT_MODEL_DIR [GOLDEN_DIR] [-- ARGS]
+#   QUANTIZED_DIR   a Hugging Face folder with a bitsandbytes quantization_config (kbit quantize's
+#                   output); several, comma-separated, are checked one after the other
+#   FLOAT_MODEL_DIR the model they were quantized from
+#   GOLDEN_DIR      default ${KBIT_SHARED_DIR:-../shared}/golden
+#   ARGS            passed to check_bnb_interop.py (--tolerance-factor, --max-tol, --mean-tol,
+#                   --golden-model, --new-tokens, --max-code-mismatch)
+#   --venv DIR, or KBIT_BNB_VENV=DIR: use (and keep) the virtual environment DIR, created and filled
+#                   on first use, to save the install next time. Without it a venv is made in a
+#                   temporary folder and removed at the end.
+#   KBIT_BNB_PIP_SPECS: the packages to install (default: torch transformers accelerate bitsandbytes
+#                   safetensors numpy; pin versions here, e.g. "torch transformers==5.17.0 ...").
+# Torch comes from https://download.pytorch.org/whl/cpu where that is reachable, else from PyPI
+# (whose Linux wheel pulls in the CUDA libraries: about 6 GB in all).
+# Exit status: 0 when every folder passes, 1 when a check fails, 2 on a usage or install error.
+# Example (the golden checkpoints, in the format kbit quantize writes):
+#   g=../shared/golden/checkpoints/shakespeare-llama2-bnb
+#   scripts/check-bnb-interop.sh $g-nf4,$g-nf4_dq,$g-fp4,$g-int8 ../shared/models/shakespeare-llama2
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+venv="${KBIT_BNB_VENV:-}"
+positional=()
+extra=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --venv) [[ $# -ge 2 ]] || usage; venv="$2"; shift 2 ;;
+    --venv=*) venv="${1#--venv=}"; shift ;;
+    -h|--help) usage ;;
+    --) shift; extra=("$@"); break ;;
+    *) positional+=("$1"); shift ;;
+  esac
+done
+[[ ${#positional[@]} -ge 2 && ${#positional[@]} -le 3 ]] || usage
+IFS=',' read -r -a quantized <<<"${positional[0]}"
+float_model="${positional[1]}"
+golden="${positional[2]:-}"
+golden="${golden:-${KBIT_SHARED_DIR:-$root/../shared}/golden}"
+for d in "${quantized[@]}" "$float_model" "$golden"; do
+  [[ -d "$d" ]] || { echo "check-bnb-interop: $d is not a folder" >&2; exit 2; }
+done
+
+keep=1
+if [[ -z "$venv" ]]; then
+  tmp="$(mktemp -d -t kbit-bnb-interop.XXXXXX)"
+  venv="$tmp/venv"
+  keep=0
+  trap 'rm -rf "$tmp"' EXIT
+fi
+
+specs="${KBIT_BNB_PIP_SPECS:-torch transformers accelerate bitsandbytes safetensors numpy}"
+if [[ ! -x "$venv/bin/python" ]]; then
+  echo "check-bnb-interop: creating the virtual environment $venv" >&2
+  python3 -m venv "$venv" || { echo "check-bnb-interop: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 2; }
+fi
+if ! "$venv/bin/python" -c "import torch, transformers, accelerate, bitsandbytes, safetensors" 2>/dev/null; then
+  echo "check-bnb-interop: installing $specs" >&2
+  "$venv/bin/pip" install -q --upgrade pip >&2 || true
+  torch_spec="$(tr ' ' '\n' <<<"$specs" | grep -E '^torch([=<>!~].*)?$' || true)"
+  if [[ -n "$torch_spec" ]]; then
+    # The CPU wheel is a fraction of the size of PyPI's CUDA build; fall back to PyPI.
+    "$venv/bin/pip" install -q --retries 0 --timeout 15 "$torch_spec" --index-url https://download.pytorch.org/whl/cpu >&2 2>/dev/null \
+      || echo "check-bnb-interop: download.pytorch.org not reachable, torch from PyPI" >&2
+  fi
+  # shellcheck disable=SC2086
+  "$venv/bin/pip" install -q $specs >&2 || { echo "check-bnb-interop: pip install failed" >&2; exit 2; }
+fi
+"$venv/bin/python" -c "import torch, transformers, bitsandbytes; print('check-bnb-interop: torch', torch.__version__, 'transformers', transformers.__version__, 'bitsandbytes', bitsandbytes.__version__)" 2>/dev/null
+
+status=0
+for q in "${quantized[@]}"; do
+  rc=0
+  "$venv/bin/python" "$root/scripts/check_bnb_interop.py" "$q" "$float_model" "$golden" ${extra[@]+"${extra[@]}"} || rc=$?
+  echo
+  if [[ $rc -ne 0 && $status -ne 1 ]]; then status=$rc; fi
+done
+[[ $keep -eq 1 ]] && echo "check-bnb-interop: kept the virtual environment $venv" >&2
+exit $status

@@ -1,0 +1,122 @@
+// The weight of one Linear layer W [out_features, in_features] in each form kbit computes with:
+//   float   f32, f16 or bf16: a view of the mapped checkpoint, or an owned rounded copy
+//   4-bit   NF4/FP4 blockwise, optionally with double-quantized absmax, as bitsandbytes'
+//           Linear4bit holds it (spec 2-4)
+//   int8    LLM.int8 row-wise codes and row absmax, as Linear8bitLt holds it (spec 6.1-6.2)
+// A weight is made by quantizing a float tensor (owning the result), or read from a
+// bitsandbytes state dict in a checkpoint (viewing the mapping, which must outlive it).
+//
+// Move-only; immutable once made, so forward() may run concurrently.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kbit/core/execution.h"
+#include "kbit/core/status.h"
+#include "kbit/core/tensor.h"
+#include "kbit/io/bnb_quant_state.h"
+#include "kbit/io/checkpoint.h"
+#include "kbit/io/safetensors_writer.h"
+#include "kbit/model/quantize_options.h"
+#include "kbit/quant/blockwise_4bit.h"
+
+namespace kbit::model {
+
+enum class LinearFormat { kFloat, kFourBit, kInt8 };
+
+// How a 4-bit weight is made (BitsAndBytesConfig's bnb_4bit_* options and kbit's block size).
+struct FourBitFormat {
+  quant::FourBitType type = quant::FourBitType::kNf4;
+  bool double_quant = false;
+  std::int64_t block_size = 64;
+};
+
+// The numerics of one call: the dtype the activations hold, and for 4-bit weights the compute
+// dtype (bnb_4bit_compute_dtype); for int8 weights the outlier threshold (llm_int8_threshold).
+struct LinearNumerics {
+  DType activation_dtype = DType::kF32;  // f32 or bf16
+  DType compute_dtype = DType::kF32;     // f32, f16 or bf16
+  float int8_threshold = 6.0f;
+};
+
+class LinearWeight {
+ public:
+  LinearWeight() = default;
+  LinearWeight(LinearWeight&&) noexcept = default;
+  LinearWeight& operator=(LinearWeight&&) noexcept = default;
+
+  // A view of a float weight [out, in] (f32, f16 or bf16, contiguous, host).
+  static LinearWeight float_view(const TensorView& weight);
+  // An owned copy of a float weight rounded to bf16 (transformers' model.to(torch.bfloat16)).
+  static Result<LinearWeight> float_rounded_to_bf16(const TensorView& weight);
+  // Quantizes a float weight [out, in] as `options` say (4-bit or int8, below). `name` is for
+  // errors.
+  static Result<LinearWeight> quantize(const TensorView& weight, const QuantizeOptions& options,
+                                       const std::string& name, const ExecutionOptions& execution);
+  // Quantizes a float weight [out, in] as bitsandbytes' Params4bit does on the GPU. `name` is
+  // for errors. Fails for a layout the 4-bit kernels do not take (see is_supported_4bit_layout
+  // in kernels/cpu/quantized_linear.h), naming the tensor, the block size and the fix.
+  static Result<LinearWeight> quantize_4bit(const TensorView& weight, const FourBitFormat& format,
+                                            const std::string& name,
+                                            const ExecutionOptions& execution);
+  // Quantizes a float weight [out, in] as Int8Params does (row-wise, via f16).
+  static Result<LinearWeight> quantize_int8(const TensorView& weight, const std::string& name,
+                                            const ExecutionOptions& execution);
+
+  // Reads the 4-bit state dict of module `prefix` (e.g. "model.layers.0.mlp.up_proj") from a
+  // checkpoint: every key of spec 4.1 present with its dtype and size, the JSON blob's shape
+  // equal to [out, in], its quant type `expected.type`, nested exactly when
+  // `expected.double_quant`, the code tables equal to bitsandbytes'. Errors name the tensor.
+  static Result<LinearWeight> read_4bit(const io::Checkpoint& checkpoint, const std::string& prefix,
+                                        std::int64_t out_features, std::int64_t in_features,
+                                        const FourBitFormat& expected);
+  // Reads the int8 state dict of module `prefix` (spec 6.2): weight I8 [out, in], SCB F32 [out],
+  // weight_format absent or 0 ("row").
+  static Result<LinearWeight> read_int8(const io::Checkpoint& checkpoint, const std::string& prefix,
+                                        std::int64_t out_features, std::int64_t in_features);
+
+  LinearFormat format() const { return format_; }
+  std::int64_t out_features() const { return out_features_; }
+  std::int64_t in_features() const { return in_features_; }
+  // For a float weight: its view.
+  const TensorView& float_weight() const { return float_weight_; }
+
+  // The entries bitsandbytes' state_dict() has for this weight under module `prefix`, named
+  // prefix + ".weight" and so on: 4-bit: weight, weight.absmax, weight.quant_map,
+  // [weight.nested_absmax, weight.nested_quant_map,] weight.quant_state.bitsandbytes__<type>;
+  // int8: weight, SCB, weight_format; float: weight. Views into this object (valid while it
+  // lives).
+  std::vector<io::NamedTensor> state_dict(const std::string& prefix) const;
+
+  // Bytes of the weight's data and statistics (what it costs in memory): the float weight, or
+  // the codes, absmax, nested absmax, row absmax and row sums. The code tables and the JSON
+  // description (under 1.3 KB per weight) are not counted.
+  std::size_t nbytes() const;
+  // Bytes transformers' get_memory_footprint counts: the parameter only (the packed codes for
+  // 4-bit, the int8 codes), not the quantization statistics.
+  std::size_t parameter_bytes() const;
+
+  // y[rows, out] = x[rows, in] · Wᵀ (+ bias[out]), with the numerics of the format; y holds values
+  // of numerics.activation_dtype.
+  void forward(const float* x, std::int64_t rows, const float* bias, const LinearNumerics& numerics,
+               float* y, const ExecutionOptions& execution) const;
+
+ private:
+  LinearFormat format_ = LinearFormat::kFloat;
+  std::int64_t out_features_ = 0;
+  std::int64_t in_features_ = 0;
+  TensorView float_weight_;  // kFloat
+  // kFourBit: packed u8 [ceil(n/2), 1]; absmax f32 [blocks] or u8 codes when nested;
+  // nested_absmax f32 [ceil(blocks/256)]; the code tables and the JSON blob as stored.
+  TensorView packed_, absmax_, nested_absmax_, quant_map_, nested_quant_map_, quant_state_blob_;
+  io::QuantState quant_state_;
+  // kInt8: codes i8 [out, in], row absmax f32 [out], weight_format u8 [] (0 = "row").
+  TensorView codes_, row_absmax_, weight_format_;
+  std::vector<std::int32_t> code_row_sums_;  // [out]
+  std::vector<Tensor> owned_;                // storage behind views this weight made itself
+};
+
+}  // namespace kbit::model

@@ -1,0 +1,140 @@
+#include "kbit/model/quantize_checkpoint.h"
+
+#include <unistd.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kbit/io/bnb_quantization_config.h"
+#include "kbit/io/checkpoint.h"
+#include "kbit/io/safetensors_writer.h"
+#include "kbit/model/llama_config.h"
+#include "model/linear_weight.h"
+
+namespace kbit::model {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Files of a model folder that quantizing replaces rather than copies.
+bool is_weight_or_config_file(const fs::path& file) {
+  const std::string name = file.filename().string();
+  return name == "config.json" || name == "model.safetensors.index.json" ||
+         file.extension() == ".safetensors";
+}
+
+// The quantized Linear weights of the checkpoint, keyed by their float tensor's name.
+using QuantizedWeights = std::map<std::string, LinearWeight>;
+
+Result<QuantizedWeights> quantize_linears(const io::Checkpoint& checkpoint,
+                                          const LlamaConfig& config, const QuantizeOptions& options,
+                                          const ExecutionOptions& execution) {
+  QuantizedWeights quantized;
+  for (const LinearModule& module : linear_modules(config)) {
+    KBIT_ASSIGN_OR_RETURN(const bool quantize, quantizes_module(options.config, module.name));
+    if (!quantize) continue;
+    if (module.name == "lm_head" && config.tie_word_embeddings) {
+      return unimplemented(
+          "lm_head is tied to the embedding (tie_word_embeddings) and cannot be saved "
+          "quantized; keep it unquantized (the default --skip-modules lm_head)");
+    }
+    const std::string name = module.name + ".weight";
+    KBIT_ASSIGN_OR_RETURN(const TensorView weight, checkpoint.tensor(name));
+    const Shape expected{module.out_features, module.in_features};
+    if (!(weight.shape() == expected)) {
+      return invalid_argument("tensor '" + name + "' has shape " + weight.shape().to_string() +
+                              " but config.json implies " + expected.to_string());
+    }
+    KBIT_ASSIGN_OR_RETURN(LinearWeight linear,
+                          LinearWeight::quantize(weight, options, name, execution));
+    checkpoint.release(name);
+    quantized.emplace(name, std::move(linear));
+  }
+  return quantized;
+}
+
+// Writes the folder's contents into `staging` (an empty folder).
+Status write_quantized_folder(const fs::path& model_dir, const fs::path& staging,
+                              const QuantizeOptions& options, const ExecutionOptions& execution) {
+  const fs::path config_path = model_dir / "config.json";
+  KBIT_ASSIGN_OR_RETURN(const LlamaConfig config, load_llama_config(config_path));
+  KBIT_ASSIGN_OR_RETURN(const std::optional<io::BnbQuantizationConfig> stored,
+                        io::read_bnb_quantization_config(config_path));
+  if (stored) {
+    return invalid_argument(model_dir.string() +
+                            " is already quantized (config.json has a quantization_config); "
+                            "quantize the original float model instead");
+  }
+  KBIT_ASSIGN_OR_RETURN(const io::Checkpoint checkpoint, io::Checkpoint::open(model_dir));
+  KBIT_ASSIGN_OR_RETURN(const QuantizedWeights quantized,
+                        quantize_linears(checkpoint, config, options, execution));
+
+  std::vector<io::NamedTensor> tensors;
+  for (const std::string& name : checkpoint.names()) {
+    // transformers does not save a tied head: the embedding is the head.
+    if (name == "lm_head.weight" && config.tie_word_embeddings) continue;
+    const auto found = quantized.find(name);
+    if (found == quantized.end()) {
+      KBIT_ASSIGN_OR_RETURN(const TensorView tensor, checkpoint.tensor(name));
+      tensors.push_back({name, tensor});
+      continue;
+    }
+    const std::string module = name.substr(0, name.size() - std::string(".weight").size());
+    for (io::NamedTensor& entry : found->second.state_dict(module)) {
+      tensors.push_back(std::move(entry));
+    }
+  }
+  io::sort_in_reference_order(tensors);
+  KBIT_RETURN_IF_ERROR(
+      io::write_safetensors(staging / "model.safetensors", tensors, {{"format", "pt"}}));
+  KBIT_RETURN_IF_ERROR(
+      io::write_config_with_quantization(config_path, options.config, staging / "config.json"));
+
+  std::error_code error;
+  for (const fs::directory_entry& entry : fs::directory_iterator(model_dir, error)) {
+    if (!entry.is_regular_file() || is_weight_or_config_file(entry.path())) continue;
+    fs::copy_file(entry.path(), staging / entry.path().filename(), error);
+    if (error) {
+      return internal_error("cannot copy " + entry.path().string() + ": " + error.message());
+    }
+  }
+  if (error) return internal_error("cannot list " + model_dir.string() + ": " + error.message());
+  return ok_status();
+}
+
+}  // namespace
+
+Status quantize_checkpoint(const fs::path& model_dir, const fs::path& output_dir,
+                           const QuantizeOptions& options, const ExecutionOptions& execution) {
+  KBIT_RETURN_IF_ERROR(validate_quantize_options(options));
+  std::error_code error;
+  if (fs::exists(output_dir, error)) {
+    return invalid_argument(output_dir.string() +
+                            " already exists; name a new folder for the quantized model (or "
+                            "remove it)");
+  }
+  const fs::path parent = output_dir.has_parent_path() ? output_dir.parent_path() : ".";
+  if (!fs::is_directory(parent, error)) {
+    return invalid_argument("cannot write " + output_dir.string() + ": the folder " +
+                            parent.string() + " does not exist");
+  }
+  fs::path staging = output_dir;
+  staging += ".tmp-" + std::to_string(::getpid());
+  fs::remove_all(staging, error);
+  if (!fs::create_directory(staging, error)) {
+    return internal_error("cannot create " + staging.string() + ": " + error.message());
+  }
+  Status status = write_quantized_folder(model_dir, staging, options, execution);
+  if (status.ok()) {
+    fs::rename(staging, output_dir, error);
+    if (error) {
+      status = internal_error("cannot move the finished folder to " + output_dir.string() + ": " +
+                              error.message());
+    }
+  }
+  if (!status.ok()) fs::remove_all(staging, error);
+  return status;
+}
+
+}  // namespace kbit::model
