@@ -4,8 +4,10 @@
 #   1. builds the `cuda` preset into build/cuda;
 #   2. packs into .carry/gpu-carry.tar.xz (git-ignored) what the GPU run needs and nothing more:
 #      the executables it runs (kbit, the CUDA tests, the CUDA benchmarks), the CTest files and
-#      CMakeCache.txt, the shared libraries those executables need beyond the C/C++ runtime
-#      (build/cuda/carry-lib/), and the golden files of the CUDA tests (.carry/shared/golden/).
+#      CMakeCache.txt, the shared libraries those executables need beyond the C/C++ runtime and
+#      the CUDA toolkit's own (build/cuda/carry-lib/; cuBLAS is the GPU machine's), and the
+#      reference data of the CUDA tests (.carry/shared/: golden files, shakespeare-llama3 and the
+#      text; shakespeare-llama2 is the repository's models/ copy, linked).
 # The device tool carries at most 64 MiB with the working tree, so the build folder itself
 # (object files included) cannot travel; the compressed pack does. Then:
 #   run(command="bash scripts/gpu-check.sh", carry=[".carry"]).
@@ -14,24 +16,32 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 shared="${KBIT_SHARED_DIR:-../shared}"
-golden_files=(quant4bit.safetensors quant8bit_blockwise.safetensors int8.safetensors
-              codebooks.safetensors README.md)
+shared_files=(golden/quant4bit.safetensors golden/quant8bit_blockwise.safetensors
+              golden/int8.safetensors golden/codebooks.safetensors golden/README.md
+              golden/model-shakespeare-llama2.safetensors golden/model-shakespeare-llama3.safetensors
+              golden/greedy-f32.safetensors golden/checkpoints/shakespeare-llama2-bnb-nf4_dq
+              golden/checkpoints/shakespeare-llama2-bnb-nf4 golden/checkpoints/shakespeare-llama2-bnb-fp4
+              golden/checkpoints/shakespeare-llama2-bnb-int8 models/shakespeare-llama3
+              data/tinyshakespeare.txt)
 executables=(build/cuda/kbit build/cuda/src/kernels/cuda/kbit_cuda_tests
+             build/cuda/src/model/kbit_model_cuda_tests
+             build/cuda/src/generate/kbit_gpu_perplexity_tests
              build/cuda/bench/kbit_cuda_bench)
-carry_limit_mib=40  # leaves room for the working tree within the tool's 64 MiB
+carry_limit_mib=48  # with the working tree (~13 MiB) within the tool's 64 MiB
 
 cmake --preset cuda >/dev/null
 cmake --build --preset cuda
 
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage/build/cuda/carry-lib" "$stage/.carry/shared/golden"
+mkdir -p "$stage/build/cuda/carry-lib" "$stage/.carry/shared/golden/checkpoints" \
+         "$stage/.carry/shared/models" "$stage/.carry/shared/data"
 for exe in "${executables[@]}"; do
   mkdir -p "$stage/$(dirname "$exe")"
   cp "$exe" "$stage/$exe"
   # Everything but the C and C++ runtime, which every machine has.
   ldd "$exe" | awk '$3 ~ /^\// {print $3}' |
-    { grep -Ev '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*)\.so' || true; } |
+    { grep -Ev '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*|libcublas|libcublasLt)\.so' || true; } |
     while read -r lib; do cp -L -n "$lib" "$stage/build/cuda/carry-lib/"; done
 done
 (find build/cuda -name CTestTestfile.cmake -o -name '*_include.cmake' -o -name '*_tests.cmake';
@@ -39,7 +49,10 @@ done
   mkdir -p "$stage/$(dirname "$file")"
   cp "$file" "$stage/$file"
 done
-for file in "${golden_files[@]}"; do cp "$shared/golden/$file" "$stage/.carry/shared/golden/"; done
+for file in "${shared_files[@]}"; do cp -r "$shared/$file" "$stage/.carry/shared/$file"; done
+cmp -s models/shakespeare-llama2/model.safetensors "$shared/models/shakespeare-llama2/model.safetensors" ||
+  { echo "prepare-gpu-carry: models/shakespeare-llama2 differs from the shared one" >&2; exit 1; }
+ln -s ../../../models/shakespeare-llama2 "$stage/.carry/shared/models/shakespeare-llama2"
 
 grep -qx '/.carry/' .gitignore || { echo "prepare-gpu-carry: add /.carry/ to .gitignore first" >&2; exit 1; }
 rm -rf .carry && mkdir -p .carry

@@ -20,6 +20,7 @@ struct InfoFlags {
   std::filesystem::path model_dir;
   QuantFlags quant;
   std::optional<std::string> memory;
+  std::optional<std::string> device;
   std::optional<std::int64_t> context;
   bool json = false;
 };
@@ -75,8 +76,17 @@ Status run(const InfoFlags& flags) {
   KBIT_ASSIGN_OR_RETURN(const model::ModelSummary summary,
                         model::summarize_model(flags.model_dir, requested));
   std::optional<std::int64_t> memory;
+  std::string memory_name = flags.memory.value_or("");
   if (flags.memory) {
     KBIT_ASSIGN_OR_RETURN(memory, parse_memory_size(*flags.memory));
+  } else if (flags.device) {
+    // The GPU's own memory is what the model must fit.
+    KBIT_ASSIGN_OR_RETURN(const Device device, resolve_device(*flags.device));
+    if (device.is_cuda()) {
+      KBIT_ASSIGN_OR_RETURN(const DeviceMemory gpu, device_memory(device));
+      memory = static_cast<std::int64_t>(gpu.total);
+      memory_name = device.to_string();
+    }
   }
   const model::LlamaConfig& c = summary.config;
   const std::int64_t context = flags.context.value_or(c.max_position_embeddings);
@@ -123,7 +133,7 @@ Status run(const InfoFlags& flags) {
       "kbit = kbit's weights; + KV = with kbit's KV cache for {} tokens ({})\n",
       context, mib(kv_bytes));
   fmt::print("{:<36} {:>14} {:>14} {:>14}{}\n", "mode", "footprint", "kbit", "kbit + KV",
-             memory ? fmt::format(" {:>10}", "fits " + *flags.memory) : "");
+             memory ? fmt::format(" {:>10}", "fits " + memory_name) : "");
   for (const model::ModeFootprint& mode : summary.modes) {
     const std::int64_t total = mode.kbit_bytes + kv_bytes;
     fmt::print("{:<36} {:>14} {:>14} {:>14}{}\n", mode_description(mode), mib(mode.footprint_bytes),
@@ -142,6 +152,9 @@ Action add_info_command(CLI::App& app) {
   command->add_option("-m,--model", flags->model_dir, "model folder")->required();
   add_quant_flags(*command, flags->quant);
   command->add_option("--memory", flags->memory, "a memory size to check each mode against");
+  command->add_option("--device", flags->device,
+                      "check each mode against this device's memory (cuda, cuda:N) unless "
+                      "--memory is given");
   command->add_option("--context", flags->context,
                       "tokens of KV cache to count (default: max_position_embeddings)");
   command->add_flag("--json", flags->json, "print one JSON object");

@@ -78,24 +78,49 @@ Result<std::optional<model::QuantizeOptions>> quantize_options(const QuantFlags&
   return std::optional<model::QuantizeOptions>(options);
 }
 
+void add_device_flag(CLI::App& command, std::string& device) {
+  command
+      .add_option("--device", device,
+                  "cpu, cuda or cuda:N; auto: the first GPU where one is usable, else the CPU")
+      ->capture_default_str();
+}
+
+Result<Device> resolve_device(const std::string& device) {
+  if (device == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
+  Result<Device> parsed = parse_device(device);
+  if (!parsed.ok()) {
+    return invalid_argument("--device '" + device + "' is not a device; use cpu, cuda or cuda:N");
+  }
+  if (parsed->is_cuda() && !cuda_available()) {
+    return invalid_argument("--device " + device +
+                            ": no CUDA GPU is usable here (or this build of kbit has no CUDA "
+                            "support); use --device cpu");
+  }
+  return parsed;
+}
+
 void add_model_flags(CLI::App& command, ModelFlags& flags) {
   command
       .add_option("-m,--model", flags.model_dir,
                   "model folder (config.json, *.safetensors, tokenizer.json)")
       ->required();
+  add_device_flag(command, flags.device);
   command.add_option("--threads", flags.threads, "CPU threads (0: all)")->capture_default_str();
   command
       .add_option("--dtype", flags.dtype,
-                  "activation dtype: f32, or bf16 as transformers with torch.bfloat16")
-      ->check(CLI::IsMember({"f32", "bf16"}))
+                  "activation dtype: f32, or bf16 as transformers with torch.bfloat16; auto: f32 "
+                  "on the CPU, bf16 on a GPU")
+      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
       ->capture_default_str();
   add_quant_flags(command, flags.quant);
 }
 
 Result<model::LlamaLoadOptions> model_load_options(const ModelFlags& flags) {
   model::LlamaLoadOptions options;
+  KBIT_ASSIGN_OR_RETURN(options.device, resolve_device(flags.device));
   options.execution.threads = flags.threads;
-  options.activation_dtype = flags.dtype == "bf16" ? DType::kBF16 : DType::kF32;
+  const bool bf16 = flags.dtype == "bf16" || (flags.dtype == "auto" && options.device.is_cuda());
+  options.activation_dtype = bf16 ? DType::kBF16 : DType::kF32;
   KBIT_ASSIGN_OR_RETURN(options.quantize, quantize_options(flags.quant, options.activation_dtype));
   if (flags.quant.compute_dtype) options.compute_dtype = parse_dtype(*flags.quant.compute_dtype);
   return options;

@@ -38,17 +38,24 @@ void add_quant_flags(CLI::App& command, QuantFlags& flags);
 Result<std::optional<model::QuantizeOptions>> quantize_options(const QuantFlags& flags,
                                                                DType default_compute_dtype);
 
+// --device: "auto" (the default) is the first CUDA GPU where one is usable, else the CPU.
+void add_device_flag(CLI::App& command, std::string& device);
+// The device --device names; fails naming the flag for an unknown or unusable device.
+Result<Device> resolve_device(const std::string& device);
+
 struct ModelFlags {
   std::filesystem::path model_dir;
+  std::string device = "auto";
   int threads = 0;
-  std::string dtype = "f32";  // activation dtype: "f32" or "bf16"
+  // Activation dtype: "f32" or "bf16"; "auto": f32 on the CPU, bf16 on a GPU.
+  std::string dtype = "auto";
   QuantFlags quant;
 };
 
-// -m/--model (required), --threads, --dtype and the quantization flags.
+// -m/--model (required), --device, --threads, --dtype and the quantization flags.
 void add_model_flags(CLI::App& command, ModelFlags& flags);
 
-// The load options the flags ask for (threads, activation dtype, quantization).
+// The load options the flags ask for (device, threads, activation dtype, quantization).
 Result<model::LlamaLoadOptions> model_load_options(const ModelFlags& flags);
 
 struct LoadedModel {

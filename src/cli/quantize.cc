@@ -16,6 +16,7 @@ namespace {
 struct QuantizeFlags {
   std::filesystem::path model_dir;
   std::filesystem::path output_dir;
+  std::string device = "auto";
   int threads = 0;
   QuantFlags quant;
 };
@@ -29,11 +30,12 @@ Status run(const QuantizeFlags& flags) {
         "say how to quantize: --load-in-4bit (with --quant-type, "
         "--double-quant, --blocksize) or --load-in-8bit");
   }
+  KBIT_ASSIGN_OR_RETURN(const Device device, resolve_device(flags.device));
   ExecutionOptions execution;
   execution.threads = flags.threads;
   const auto start = std::chrono::steady_clock::now();
   KBIT_RETURN_IF_ERROR(
-      model::quantize_checkpoint(flags.model_dir, flags.output_dir, *options, execution));
+      model::quantize_checkpoint(flags.model_dir, flags.output_dir, *options, execution, device));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   KBIT_ASSIGN_OR_RETURN(const model::ModelSummary summary,
@@ -56,6 +58,7 @@ Action add_quantize_command(CLI::App& app) {
   command->add_option("-m,--model", flags->model_dir, "the float model folder")->required();
   command->add_option("-o,--output", flags->output_dir, "the new folder (must not exist)")
       ->required();
+  add_device_flag(*command, flags->device);
   command->add_option("--threads", flags->threads, "CPU threads (0: all)")->capture_default_str();
   add_quant_flags(*command, flags->quant);
   return [flags] { return run(*flags); };

@@ -103,6 +103,11 @@ class CudaCachingAllocator final : public Allocator {
     free_blocks_[block_size].push_back(ptr);
   }
 
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.peak_in_use = stats_.in_use;
+  }
+
   CachingAllocatorStats stats() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return stats_;
@@ -213,6 +218,11 @@ Result<Allocator*> cuda_allocator(int ordinal) {
 CachingAllocatorStats cuda_allocator_stats(int ordinal) {
   const CudaCachingAllocator* allocator = existing_allocator(ordinal);
   return allocator == nullptr ? CachingAllocatorStats{} : allocator->stats();
+}
+
+void cuda_allocator_reset_peak(int ordinal) {
+  CudaCachingAllocator* allocator = existing_allocator(ordinal);
+  if (allocator != nullptr) allocator->reset_peak();
 }
 
 void cuda_allocator_release_cache(int ordinal) {

@@ -15,6 +15,8 @@ Status cuda_copy(void* dst, const void* src, std::size_t bytes);
 // Queues the copy on `stream` (an opaque cudaStream_t; null = default) and waits for it, so
 // that work queued before it on that stream is finished too.
 Status cuda_copy_on_stream(void* dst, const void* src, std::size_t bytes, void* stream);
+// Free and total memory of CUDA device `ordinal` (cudaMemGetInfo).
+Status cuda_memory_info(int ordinal, std::size_t* free_bytes, std::size_t* total_bytes);
 // Waits for all work on CUDA device `ordinal`.
 Status cuda_synchronize(int ordinal);
 // kOk for cudaSuccess (0); otherwise kInternal (kOutOfMemory for allocation failures) with

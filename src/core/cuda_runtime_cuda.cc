@@ -53,6 +53,20 @@ Status cuda_copy_on_stream(void* dst, const void* src, std::size_t bytes, void* 
   return status_from_cuda_error(cudaStreamSynchronize(cuda_stream), "cudaStreamSynchronize");
 }
 
+Status cuda_memory_info(int ordinal, std::size_t* free_bytes, std::size_t* total_bytes) {
+  if (ordinal < 0 || ordinal >= cuda_device_count()) {
+    return invalid_argument("CUDA device " + std::to_string(ordinal) + " does not exist; " +
+                            std::to_string(cuda_device_count()) + " device(s) are visible");
+  }
+  int previous = 0;
+  KBIT_RETURN_IF_ERROR(status_from_cuda_error(cudaGetDevice(&previous), "cudaGetDevice"));
+  KBIT_RETURN_IF_ERROR(status_from_cuda_error(cudaSetDevice(ordinal), "cudaSetDevice"));
+  const Status status =
+      status_from_cuda_error(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+  KBIT_RETURN_IF_ERROR(status_from_cuda_error(cudaSetDevice(previous), "cudaSetDevice"));
+  return status;
+}
+
 Status cuda_synchronize(int ordinal) {
   if (ordinal < 0 || ordinal >= cuda_device_count()) {
     return invalid_argument("CUDA device " + std::to_string(ordinal) + " does not exist; " +

@@ -18,6 +18,10 @@ Status cuda_copy(void*, const void*, std::size_t) {
 Status cuda_copy_on_stream(void*, const void*, std::size_t, void*) {
   return unimplemented("this kbit was built without CUDA; rebuild with the `cuda` preset");
 }
+Status cuda_memory_info(int, std::size_t*, std::size_t*) {
+  return unimplemented("this build of kbit has no CUDA support");
+}
+
 Status cuda_synchronize(int) {
   return unimplemented("this kbit was built without CUDA; rebuild with the `cuda` preset");
 }
@@ -34,6 +38,8 @@ Result<Allocator*> cuda_allocator(int) {
 CachingAllocatorStats cuda_allocator_stats(int) {
   return {};
 }
+void cuda_allocator_reset_peak(int) {}
+
 void cuda_allocator_release_cache(int) {}
 
 }  // namespace kbit

@@ -30,6 +30,13 @@ bool cuda_available() {
   return detail::cuda_runtime_available();
 }
 
+Result<DeviceMemory> device_memory(const Device& device) {
+  if (device.is_cpu()) return invalid_argument("device_memory: the CPU is not a CUDA device");
+  DeviceMemory memory;
+  KBIT_RETURN_IF_ERROR(detail::cuda_memory_info(device.index, &memory.free, &memory.total));
+  return memory;
+}
+
 Status synchronize(const Device& device) {
   if (device.is_cpu()) return ok_status();
   return detail::cuda_synchronize(device.index);

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
+
+#include "kbit/generate/device_sampler.h"
 
 namespace kbit::generate {
 namespace {
@@ -61,6 +64,45 @@ class StopStringFilter {
   bool stopped_ = false;
 };
 
+// Chooses each next token: on the CPU from host logits, or on the model's GPU, where the logits
+// stay (only the chosen id comes back).
+class TokenChooser {
+ public:
+  static Result<TokenChooser> create(const model::LlamaModel& model, const model::KvCache& cache,
+                                     const SamplingParams& params) {
+    TokenChooser chooser(params);
+    const std::int64_t vocab = model.config().vocab_size;
+    const Device device = model.device();
+    KBIT_ASSIGN_OR_RETURN(chooser.logits_, Tensor::empty(Shape{1, vocab}, DType::kF32, device));
+    if (device.is_cuda()) {
+      KBIT_ASSIGN_OR_RETURN(chooser.device_sampler_,
+                            DeviceSampler::create(params, vocab, device, cache.stream()));
+    }
+    return chooser;
+  }
+
+  // Where forward() writes the logits of the last position.
+  TensorView logits() const { return logits_.view(); }
+
+  Status observe(std::span<const std::int32_t> tokens) {
+    return device_sampler_ ? device_sampler_->observe(tokens) : ok_status();
+  }
+
+  // The next token from logits(); `history` is every token so far.
+  Result<std::int32_t> choose(std::span<const std::int32_t> history) {
+    if (device_sampler_) return device_sampler_->sample(logits_.view());
+    const std::span<float> scores(logits_.data_as<float>(),
+                                  static_cast<std::size_t>(logits_.numel()));
+    return sampler_.sample(scores, history);
+  }
+
+ private:
+  explicit TokenChooser(const SamplingParams& params) : sampler_(params) {}
+  Tensor logits_;  // f32 [1, vocab] on the model's device
+  Sampler sampler_;
+  std::unique_ptr<DeviceSampler> device_sampler_;
+};
+
 std::vector<std::int32_t> end_of_sequence_ids(const model::LlamaModel& model,
                                               const tokenizer::Tokenizer& tokenizer) {
   std::vector<std::int32_t> ids;
@@ -98,11 +140,10 @@ Result<GenerationResult> generate(const model::LlamaModel& model,
         " tokens and the context already holds " + std::to_string(cache.size()) + " of " +
         std::to_string(cache.capacity()) + "; shorten the prompt or raise the context size");
   }
-  const std::int64_t vocab = model.config().vocab_size;
-  KBIT_ASSIGN_OR_RETURN(Tensor logits, Tensor::empty(Shape{1, vocab}, DType::kF32));
+  KBIT_ASSIGN_OR_RETURN(TokenChooser chooser, TokenChooser::create(model, cache, params.sampling));
   const std::vector<std::int32_t> eos_ids = end_of_sequence_ids(model, tokenizer);
   std::vector<std::int32_t> history(prompt.begin(), prompt.end());
-  Sampler sampler(params.sampling);
+  KBIT_RETURN_IF_ERROR(chooser.observe(history));
   // Special tokens are kept: Llama-2-style vocabularies mark their byte-fallback tokens special,
   // and skipping them would drop every character they spell. The end-of-sequence token itself
   // is never decoded: generation stops before it.
@@ -117,19 +158,20 @@ Result<GenerationResult> generate(const model::LlamaModel& model,
   };
 
   auto start = Clock::now();
-  KBIT_RETURN_IF_ERROR(model.forward(prompt, cache, logits.view(), /*all_positions=*/false));
+  KBIT_RETURN_IF_ERROR(model.forward(prompt, cache, chooser.logits(), /*all_positions=*/false));
+  KBIT_RETURN_IF_ERROR(synchronize(model.device()));
   result.prompt_seconds = seconds_since(start);
   start = Clock::now();
   while (true) {
     if (static_cast<std::int64_t>(result.tokens.size()) >= params.max_new_tokens) break;
-    const std::span<float> scores(logits.data_as<float>(), static_cast<std::size_t>(vocab));
-    const std::int32_t token = sampler.sample(scores, history);
+    KBIT_ASSIGN_OR_RETURN(const std::int32_t token, chooser.choose(history));
     if (params.stop_at_eos && std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end()) {
       result.stop_reason = StopReason::kEndOfSequence;
       break;
     }
     result.tokens.push_back(token);
     history.push_back(token);
+    KBIT_RETURN_IF_ERROR(chooser.observe({&token, 1}));
     KBIT_ASSIGN_OR_RETURN(const std::string piece, decoder.push(token));
     emit(filter.push(piece));
     if (filter.stopped()) {
@@ -141,7 +183,7 @@ Result<GenerationResult> generate(const model::LlamaModel& model,
       break;
     }
     const std::int32_t next[] = {token};
-    KBIT_RETURN_IF_ERROR(model.forward(next, cache, logits.view(), /*all_positions=*/false));
+    KBIT_RETURN_IF_ERROR(model.forward(next, cache, chooser.logits(), /*all_positions=*/false));
   }
   if (!filter.stopped()) emit(filter.push(decoder.finish()) + filter.finish());
   result.decode_seconds = seconds_since(start);

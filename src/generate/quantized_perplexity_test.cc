@@ -1,7 +1,10 @@
 // Perplexity of the shared models in each quantized mode against transformers + bitsandbytes in
-// the same mode (bf16 model, compute dtype bf16), on the CPU: within 0.5%. Label `slow`: eight
-// full scorings of the validation text (scripts/test.sh leaves it out; run it with
-// `ctest --preset release -L slow`).
+// the same mode (bf16 model, compute dtype bf16): within 0.5%.
+//
+// Compiled twice: for the CPU (label `slow`: eight full scorings of the validation text;
+// scripts/test.sh leaves it out, `ctest --preset release -L slow` runs it), and with
+// KBIT_TEST_ON_GPU for the GPU (label `cuda`), where the float model in f32 (against transformers
+// in f32) and in bf16 are scored too.
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -18,7 +21,19 @@ namespace {
 
 using ModelAndMode = std::tuple<std::string, std::string>;
 
-model::QuantizeOptions mode_options(const std::string& mode) {
+// The two builds' tests need distinct names for CTest (KBIT_PERPLEXITY_SUITE_PREFIX).
+#ifdef KBIT_TEST_ON_GPU
+#define KBIT_PERPLEXITY_SUITE_PREFIX Gpu
+constexpr bool kOnGpu = true;
+const std::vector<std::string> kModes = {"f32", "bf16", "nf4_dq", "nf4", "fp4", "int8"};
+#else
+#define KBIT_PERPLEXITY_SUITE_PREFIX Cpu
+constexpr bool kOnGpu = false;
+const std::vector<std::string> kModes = {"nf4_dq", "nf4", "fp4", "int8"};
+#endif
+
+std::optional<model::QuantizeOptions> mode_options(const std::string& mode) {
+  if (mode == "f32" || mode == "bf16") return std::nullopt;
   model::QuantizeOptions options;
   io::BnbQuantizationConfig& q = options.config;
   q.compute_dtype = DType::kBF16;
@@ -34,16 +49,22 @@ model::QuantizeOptions mode_options(const std::string& mode) {
 class QuantizedPerplexity : public ::testing::TestWithParam<ModelAndMode> {};
 
 TEST_P(QuantizedPerplexity, WithinHalfAPercentOfBitsandbytes) {
+  if (kOnGpu) KBIT_REQUIRE_CUDA();
   KBIT_REQUIRE_SHARED_DIR();
   const auto& [name, mode] = GetParam();
-  std::ifstream reference_file(std::string(KBIT_SOURCE_DIR) +
-                               "/src/generate/testdata/perplexity_reference_bnb.json");
+  // transformers in f32 (the float model's reference), or + bitsandbytes in bf16 and each mode.
+  const std::string reference_name =
+      mode == "f32" ? "perplexity_reference.json" : "perplexity_reference_bnb.json";
+  std::ifstream reference_file(std::string(KBIT_SOURCE_DIR) + "/src/generate/testdata/" +
+                               reference_name);
   const nlohmann::json reference = nlohmann::json::parse(reference_file);
-  const nlohmann::json& expected = reference["models"][name][mode];
+  const nlohmann::json& expected =
+      mode == "f32" ? reference["models"][name] : reference["models"][name][mode];
 
   const std::filesystem::path dir = testing::shared_file("models/" + name);
   model::LlamaLoadOptions options;
-  options.activation_dtype = DType::kBF16;
+  options.device = kOnGpu ? Device::cuda(0) : Device::cpu();
+  options.activation_dtype = mode == "f32" ? DType::kF32 : DType::kBF16;
   options.quantize = mode_options(mode);
   Result<model::LlamaModel> model = model::LlamaModel::load(dir, options);
   ASSERT_TRUE(model.ok()) << model.status().to_string();
@@ -57,15 +78,15 @@ TEST_P(QuantizedPerplexity, WithinHalfAPercentOfBitsandbytes) {
   EXPECT_EQ(result->tokens, expected["tokens"].get<std::int64_t>());
   const double want = expected["perplexity"].get<double>();
   EXPECT_NEAR(result->perplexity, want, 0.005 * want);
-  std::printf("  %s %s: perplexity %.4f (transformers + bitsandbytes %.4f, %+.3f%%)\n",
-              name.c_str(), mode.c_str(), result->perplexity, want,
-              100.0 * (result->perplexity / want - 1.0));
+  std::printf("  %s %s on %s: perplexity %.4f (transformers + bitsandbytes %.4f, %+.3f%%)\n",
+              name.c_str(), mode.c_str(), options.device.to_string().c_str(), result->perplexity,
+              want, 100.0 * (result->perplexity / want - 1.0));
 }
 
-INSTANTIATE_TEST_SUITE_P(SharedModels, QuantizedPerplexity,
+INSTANTIATE_TEST_SUITE_P(KBIT_PERPLEXITY_SUITE_PREFIX, QuantizedPerplexity,
                          ::testing::Combine(::testing::Values("shakespeare-llama2",
                                                               "shakespeare-llama3"),
-                                            ::testing::Values("nf4_dq", "nf4", "fp4", "int8")));
+                                            ::testing::ValuesIn(kModes)));
 
 }  // namespace
 }  // namespace kbit::generate

@@ -27,14 +27,17 @@ std::array<float, 16> stored_quant_map(quant::FourBitType type) {
 }
 
 Status check_float_weight(const TensorView& weight, const std::string& name) {
-  if (!is_floating(weight.dtype()) || weight.rank() != 2 || !weight.is_contiguous() ||
-      !weight.device().is_cpu()) {
+  if (!is_floating(weight.dtype()) || weight.rank() != 2 || !weight.is_contiguous()) {
     return invalid_argument("tensor '" + name +
                             "': a Linear weight to quantize must be a contiguous f32, f16 or "
-                            "bf16 [out, in] host tensor, got " +
+                            "bf16 [out, in] tensor, got " +
                             weight.describe());
   }
   return ok_status();
+}
+
+std::shared_ptr<Tensor> shared(Tensor tensor) {
+  return std::make_shared<Tensor>(std::move(tensor));
 }
 
 // An owned tensor holding a copy of `values`.
@@ -99,6 +102,7 @@ Status check_4bit_layout(std::int64_t in_features, std::int64_t block_size,
 LinearWeight LinearWeight::float_view(const TensorView& weight) {
   LinearWeight linear;
   linear.format_ = LinearFormat::kFloat;
+  linear.device_ = weight.device();
   linear.out_features_ = weight.shape()[0];
   linear.in_features_ = weight.shape()[1];
   linear.float_weight_ = weight;
@@ -109,7 +113,14 @@ Result<LinearWeight> LinearWeight::float_rounded_to_bf16(const TensorView& weigh
   KBIT_ASSIGN_OR_RETURN(Tensor rounded, Tensor::empty(weight.shape(), DType::kBF16));
   KBIT_RETURN_IF_ERROR(convert_tensor(weight, rounded.view()));
   LinearWeight linear = float_view(rounded.view());
-  linear.owned_.push_back(std::move(rounded));
+  linear.owned_.push_back(shared(std::move(rounded)));
+  return linear;
+}
+
+LinearWeight LinearWeight::float_owned(Tensor weight) {
+  LinearWeight linear = float_view(weight.view());
+  linear.device_ = weight.device();
+  linear.owned_.push_back(shared(std::move(weight)));
   return linear;
 }
 
@@ -129,13 +140,16 @@ Result<LinearWeight> LinearWeight::quantize_4bit(const TensorView& weight,
   KBIT_RETURN_IF_ERROR(check_float_weight(weight, name));
   LinearWeight linear;
   linear.format_ = LinearFormat::kFourBit;
+  linear.device_ = weight.device();
   linear.out_features_ = weight.shape()[0];
   linear.in_features_ = weight.shape()[1];
   KBIT_RETURN_IF_ERROR(check_4bit_layout(linear.in_features_, format.block_size, name));
   const std::int64_t n = weight.numel();
   const std::int64_t blocks = quant::block_count(n, format.block_size);
-  KBIT_ASSIGN_OR_RETURN(Tensor packed, Tensor::empty({quant::packed_4bit_bytes(n), 1}, DType::kU8));
-  KBIT_ASSIGN_OR_RETURN(Tensor absmax, Tensor::empty({blocks}, DType::kF32));
+  const Device device = weight.device();
+  KBIT_ASSIGN_OR_RETURN(Tensor packed,
+                        Tensor::empty({quant::packed_4bit_bytes(n), 1}, DType::kU8, device));
+  KBIT_ASSIGN_OR_RETURN(Tensor absmax, Tensor::empty({blocks}, DType::kF32, device));
   const Status quantized = quant::quantize_4bit(weight, format.type, format.block_size,
                                                 packed.view(), absmax.view(), execution);
   if (!quantized.ok()) return quantized.with_context("tensor '" + name + "'");
@@ -143,10 +157,10 @@ Result<LinearWeight> LinearWeight::quantize_4bit(const TensorView& weight,
   linear.quant_state_ =
       io::QuantState{format.type, format.block_size, weight.dtype(), weight.shape(), std::nullopt};
   if (format.double_quant) {
-    KBIT_ASSIGN_OR_RETURN(Tensor codes, Tensor::empty({blocks}, DType::kU8));
+    KBIT_ASSIGN_OR_RETURN(Tensor codes, Tensor::empty({blocks}, DType::kU8, device));
     KBIT_ASSIGN_OR_RETURN(
         Tensor nested,
-        Tensor::empty({quant::block_count(blocks, quant::kNestedBlockSize)}, DType::kF32));
+        Tensor::empty({quant::block_count(blocks, quant::kNestedBlockSize)}, DType::kF32, device));
     float offset = 0;
     KBIT_RETURN_IF_ERROR(quant::quantize_absmax_nested(absmax.view(), codes.view(), nested.view(),
                                                        &offset, execution));
@@ -156,8 +170,8 @@ Result<LinearWeight> LinearWeight::quantize_4bit(const TensorView& weight,
     linear.nested_absmax_ = nested.view();
     linear.nested_quant_map_ = nested_map.view();
     absmax = std::move(codes);
-    linear.owned_.push_back(std::move(nested));
-    linear.owned_.push_back(std::move(nested_map));
+    linear.owned_.push_back(shared(std::move(nested)));
+    linear.owned_.push_back(shared(std::move(nested_map)));
   }
   const std::array<float, 16> map = stored_quant_map(format.type);
   KBIT_ASSIGN_OR_RETURN(Tensor quant_map, tensor_of(map.data(), {16}, DType::kF32));
@@ -170,7 +184,7 @@ Result<LinearWeight> LinearWeight::quantize_4bit(const TensorView& weight,
   linear.quant_map_ = quant_map.view();
   linear.quant_state_blob_ = blob_tensor.view();
   for (Tensor* owned : {&packed, &absmax, &quant_map, &blob_tensor}) {
-    linear.owned_.push_back(std::move(*owned));
+    linear.owned_.push_back(shared(std::move(*owned)));
   }
   return linear;
 }
@@ -180,10 +194,12 @@ Result<LinearWeight> LinearWeight::quantize_int8(const TensorView& weight, const
   KBIT_RETURN_IF_ERROR(check_float_weight(weight, name));
   LinearWeight linear;
   linear.format_ = LinearFormat::kInt8;
+  linear.device_ = weight.device();
   linear.out_features_ = weight.shape()[0];
   linear.in_features_ = weight.shape()[1];
-  KBIT_ASSIGN_OR_RETURN(Tensor codes, Tensor::empty(weight.shape(), DType::kI8));
-  KBIT_ASSIGN_OR_RETURN(Tensor row_absmax, Tensor::empty({linear.out_features_}, DType::kF32));
+  KBIT_ASSIGN_OR_RETURN(Tensor codes, Tensor::empty(weight.shape(), DType::kI8, linear.device_));
+  KBIT_ASSIGN_OR_RETURN(Tensor row_absmax,
+                        Tensor::empty({linear.out_features_}, DType::kF32, linear.device_));
   const Status quantized = quant::quantize_int8_rowwise(weight, 0.0f, codes.view(),
                                                         row_absmax.view(), nullptr, execution);
   if (!quantized.ok()) return quantized.with_context("tensor '" + name + "'");
@@ -193,11 +209,13 @@ Result<LinearWeight> LinearWeight::quantize_int8(const TensorView& weight, const
   linear.row_absmax_ = row_absmax.view();
   linear.weight_format_ = weight_format.view();
   for (Tensor* owned : {&codes, &row_absmax, &weight_format}) {
-    linear.owned_.push_back(std::move(*owned));
+    linear.owned_.push_back(shared(std::move(*owned)));
   }
-  linear.code_row_sums_.resize(static_cast<std::size_t>(linear.out_features_));
-  k::int8_code_row_sums(linear.codes_.data_as<const std::int8_t>(), linear.out_features_,
-                        linear.in_features_, linear.code_row_sums_.data());
+  if (linear.device_.is_cpu()) {
+    linear.code_row_sums_.resize(static_cast<std::size_t>(linear.out_features_));
+    k::int8_code_row_sums(linear.codes_.data_as<const std::int8_t>(), linear.out_features_,
+                          linear.in_features_, linear.code_row_sums_.data());
+  }
   return linear;
 }
 
@@ -312,6 +330,63 @@ Result<LinearWeight> LinearWeight::read_int8(const io::Checkpoint& checkpoint,
   k::int8_code_row_sums(linear.codes_.data_as<const std::int8_t>(), out_features, in_features,
                         linear.code_row_sums_.data());
   return linear;
+}
+
+Result<TensorView> LinearWeight::copied_to(const TensorView& source, const Device& device,
+                                           const TensorCopier& copier) {
+  if (source.data() == nullptr || source.device() == device) return source;
+  Tensor copy;
+  if (copier) {
+    KBIT_ASSIGN_OR_RETURN(copy, copier(source));
+  } else {
+    KBIT_ASSIGN_OR_RETURN(copy, Tensor::empty(source.shape(), source.dtype(), device));
+    KBIT_RETURN_IF_ERROR(copy_tensor(source, copy.view()));
+  }
+  const TensorView view = copy.view();
+  owned_.push_back(shared(std::move(copy)));
+  return view;
+}
+
+Result<LinearWeight> LinearWeight::to_device(const Device& device,
+                                             const TensorCopier& copier) const {
+  LinearWeight copy;
+  copy.format_ = format_;
+  copy.device_ = device;
+  copy.out_features_ = out_features_;
+  copy.in_features_ = in_features_;
+  copy.quant_state_ = quant_state_;
+  copy.quant_map_ = quant_map_;
+  copy.nested_quant_map_ = nested_quant_map_;
+  copy.quant_state_blob_ = quant_state_blob_;
+  copy.weight_format_ = weight_format_;
+  // The host metadata may be views into tensors this weight owns: share those.
+  for (const std::shared_ptr<Tensor>& tensor : owned_) {
+    for (const TensorView* metadata :
+         {&quant_map_, &nested_quant_map_, &quant_state_blob_, &weight_format_}) {
+      if (tensor->view().data() == metadata->data()) copy.owned_.push_back(tensor);
+    }
+  }
+  for (auto [from, to] : {std::pair{&float_weight_, &copy.float_weight_},
+                          {&packed_, &copy.packed_},
+                          {&absmax_, &copy.absmax_},
+                          {&nested_absmax_, &copy.nested_absmax_},
+                          {&codes_, &copy.codes_},
+                          {&row_absmax_, &copy.row_absmax_}}) {
+    KBIT_ASSIGN_OR_RETURN(*to, copy.copied_to(*from, device, copier));
+    // A view already on `device` may be one of ours: share its storage.
+    for (const std::shared_ptr<Tensor>& tensor : owned_) {
+      if (from->data() != nullptr && tensor->view().data() == from->data() &&
+          from->device() == device) {
+        copy.owned_.push_back(tensor);
+      }
+    }
+  }
+  if (format_ == LinearFormat::kInt8 && device.is_cpu()) {
+    copy.code_row_sums_.resize(static_cast<std::size_t>(out_features_));
+    k::int8_code_row_sums(copy.codes_.data_as<const std::int8_t>(), out_features_, in_features_,
+                          copy.code_row_sums_.data());
+  }
+  return copy;
 }
 
 std::vector<io::NamedTensor> LinearWeight::state_dict(const std::string& prefix) const {

@@ -6,10 +6,16 @@
 // A weight is made by quantizing a float tensor (owning the result), or read from a
 // bitsandbytes state dict in a checkpoint (viewing the mapping, which must outlive it).
 //
+// Its data (the float weight, the codes and their scales) lives on one device: the host, or a
+// GPU when it was quantized from a device tensor or moved there with to_device(). The small
+// metadata (code tables, the QuantState JSON, the int8 weight_format) always stays on the host.
+//
 // Move-only; immutable once made, so forward() may run concurrently.
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -50,10 +56,13 @@ class LinearWeight {
 
   // A view of a float weight [out, in] (f32, f16 or bf16, contiguous, host).
   static LinearWeight float_view(const TensorView& weight);
+  // Takes ownership of a float weight [out, in] on any device.
+  static LinearWeight float_owned(Tensor weight);
   // An owned copy of a float weight rounded to bf16 (transformers' model.to(torch.bfloat16)).
   static Result<LinearWeight> float_rounded_to_bf16(const TensorView& weight);
   // Quantizes a float weight [out, in] as `options` say (4-bit or int8, below). `name` is for
-  // errors.
+  // errors. The weight may be on the host or a GPU; the result lives on the same device (a GPU
+  // quantizes with bitsandbytes' own kernels' bits, as the host does).
   static Result<LinearWeight> quantize(const TensorView& weight, const QuantizeOptions& options,
                                        const std::string& name, const ExecutionOptions& execution);
   // Quantizes a float weight [out, in] as bitsandbytes' Params4bit does on the GPU. `name` is
@@ -78,14 +87,32 @@ class LinearWeight {
   static Result<LinearWeight> read_int8(const io::Checkpoint& checkpoint, const std::string& prefix,
                                         std::int64_t out_features, std::int64_t in_features);
 
+  // Copies a tensor to some device (e.g. through pinned staging buffers) and returns the copy.
+  using TensorCopier = std::function<Result<Tensor>(const TensorView& source)>;
+  // A copy of the data on `device` (the metadata shared as it is): host -> GPU for a model on a
+  // GPU, GPU -> host to save a weight quantized there. `copier` makes the copies that need a
+  // transfer; without one, copy_tensor does (waiting for each).
+  Result<LinearWeight> to_device(const Device& device, const TensorCopier& copier = {}) const;
+
   LinearFormat format() const { return format_; }
+  Device device() const { return device_; }
   std::int64_t out_features() const { return out_features_; }
   std::int64_t in_features() const { return in_features_; }
   // For a float weight: its view.
   const TensorView& float_weight() const { return float_weight_; }
+  // For a 4-bit weight: the packed codes u8 [ceil(n/2)], the absmax (f32 [blocks], or u8 codes
+  // [blocks] when nested), the nested absmax f32 [ceil(blocks/256)] (empty view when not
+  // nested) and the QuantState (type, block size, dtype, nested offset).
+  const TensorView& packed() const { return packed_; }
+  const TensorView& absmax() const { return absmax_; }
+  const TensorView& nested_absmax() const { return nested_absmax_; }
+  const io::QuantState& quant_state() const { return quant_state_; }
+  // For an int8 weight: the codes i8 [out, in] and the row absmax f32 [out].
+  const TensorView& codes() const { return codes_; }
+  const TensorView& row_absmax() const { return row_absmax_; }
 
-  // The entries bitsandbytes' state_dict() has for this weight under module `prefix`, named
-  // prefix + ".weight" and so on: 4-bit: weight, weight.absmax, weight.quant_map,
+  // Requires a host weight. The entries bitsandbytes' state_dict() has for this weight under module
+  // `prefix`, named prefix + ".weight" and so on: 4-bit: weight, weight.absmax, weight.quant_map,
   // [weight.nested_absmax, weight.nested_quant_map,] weight.quant_state.bitsandbytes__<type>;
   // int8: weight, SCB, weight_format; float: weight. Views into this object (valid while it
   // lives).
@@ -99,13 +126,20 @@ class LinearWeight {
   // 4-bit, the int8 codes), not the quantization statistics.
   std::size_t parameter_bytes() const;
 
+  // Requires a host weight (a GPU model calls the CUDA kernels itself: model/cuda/).
   // y[rows, out] = x[rows, in] · Wᵀ (+ bias[out]), with the numerics of the format; y holds values
   // of numerics.activation_dtype.
   void forward(const float* x, std::int64_t rows, const float* bias, const LinearNumerics& numerics,
                float* y, const ExecutionOptions& execution) const;
 
  private:
+  // The view of `source`'s data on `device`, copied into owned_ (or source itself if it is
+  // already there, or empty).
+  Result<TensorView> copied_to(const TensorView& source, const Device& device,
+                               const TensorCopier& copier);
+
   LinearFormat format_ = LinearFormat::kFloat;
+  Device device_;
   std::int64_t out_features_ = 0;
   std::int64_t in_features_ = 0;
   TensorView float_weight_;  // kFloat
@@ -115,8 +149,10 @@ class LinearWeight {
   io::QuantState quant_state_;
   // kInt8: codes i8 [out, in], row absmax f32 [out], weight_format u8 [] (0 = "row").
   TensorView codes_, row_absmax_, weight_format_;
-  std::vector<std::int32_t> code_row_sums_;  // [out]
-  std::vector<Tensor> owned_;                // storage behind views this weight made itself
+  std::vector<std::int32_t> code_row_sums_;  // [out]; host weights only (the VNNI kernel's)
+  // Storage behind views this weight made itself; shared by copies that to_device() leaves
+  // where they are (the host metadata).
+  std::vector<std::shared_ptr<Tensor>> owned_;
 };
 
 }  // namespace kbit::model

@@ -12,7 +12,10 @@
 #include "kbit/model/rope.h"
 #include "kernels/cpu/element_access.h"
 #include "kernels/cpu/llama_ops.h"
+#include "model/cuda/llama_cuda.h"
+#include "model/device_weights.h"
 #include "model/linear_weight.h"
+#include "model/llama_checkpoint.h"
 
 namespace kbit::model {
 namespace {
@@ -31,115 +34,6 @@ struct Layer {
   Linear q, k, v, o;
   Linear gate, up, down;
 };
-
-std::string shape_text(std::initializer_list<std::int64_t> dims) {
-  std::string text = "[";
-  bool first = true;
-  for (std::int64_t d : dims) {
-    text += (first ? "" : ", ") + std::to_string(d);
-    first = false;
-  }
-  return text + "]";
-}
-
-// Fetches a float tensor of exactly this shape.
-Result<TensorView> expect(const io::Checkpoint& checkpoint, const std::filesystem::path& dir,
-                          const std::string& name, std::initializer_list<std::int64_t> dims) {
-  Result<TensorView> tensor = checkpoint.tensor(name);
-  if (!tensor.ok()) {
-    const bool quantized = checkpoint.contains(name + ".absmax") ||
-                           checkpoint.contains(name.substr(0, name.rfind('.')) + ".SCB");
-    if (quantized) {
-      return invalid_argument(dir.string() + ": tensor '" + name +
-                              "' is stored quantized by bitsandbytes, but config.json has no "
-                              "quantization_config, or its llm_int8_skip_modules names this "
-                              "module; the config and the weights do not match");
-    }
-    return not_found(dir.string() + ": tensor '" + name + "' is missing from the checkpoint; " +
-                     "config.json implies it (is the folder complete?)");
-  }
-  if (!is_floating(tensor->dtype())) {
-    return invalid_argument(dir.string() + ": tensor '" + name + "' has dtype " +
-                            std::string(dtype_name(tensor->dtype())) +
-                            " where a float weight (f32, f16 or bf16) belongs; is config.json's "
-                            "quantization_config missing or its skip list wrong?");
-  }
-  const Shape want(dims);
-  if (!(tensor->shape() == want)) {
-    return invalid_argument(dir.string() + ": tensor '" + name + "' has shape " +
-                            tensor->shape().to_string() + " but config.json implies " +
-                            shape_text(dims) + "; the config and the weights do not match");
-  }
-  return tensor;
-}
-
-std::vector<float> to_f32_vector(const TensorView& tensor) {
-  std::vector<float> out(static_cast<std::size_t>(tensor.numel()));
-  k::visit_float_dtype(tensor.dtype(), [&](auto type_tag) {
-    using T = decltype(type_tag);
-    const T* data = tensor.data_as<const T>();
-    for (std::size_t i = 0; i < out.size(); ++i) out[i] = k::to_f32(data[i]);
-  });
-  return out;
-}
-
-Result<std::vector<float>> load_vector(const io::Checkpoint& checkpoint,
-                                       const std::filesystem::path& dir, const std::string& name,
-                                       std::int64_t size) {
-  KBIT_ASSIGN_OR_RETURN(const TensorView tensor, expect(checkpoint, dir, name, {size}));
-  return to_f32_vector(tensor);
-}
-
-// How each Linear module of the checkpoint is to be loaded.
-struct LinearPlan {
-  const io::Checkpoint& checkpoint;
-  const std::filesystem::path& dir;
-  // The quantization in effect (the checkpoint's or the options'), nullopt for none.
-  const std::optional<QuantizeOptions>& quantization;
-  bool prequantized;  // the checkpoint stores the quantized layers
-  bool round_bf16;    // float weights to bf16 before quantizing (bf16 activations)
-  ExecutionOptions execution;
-};
-
-Result<bool> is_quantized_module(const LinearPlan& plan, const std::string& module) {
-  if (!plan.quantization) return false;
-  return quantizes_module(plan.quantization->config, module);
-}
-
-// Quantizes the float weight `source` (named `name`) as the plan says.
-Result<LinearWeight> quantize_weight(const LinearPlan& plan, const TensorView& source,
-                                     const std::string& name) {
-  if (!plan.round_bf16 || source.dtype() == DType::kBF16) {
-    return LinearWeight::quantize(source, *plan.quantization, name, plan.execution);
-  }
-  KBIT_ASSIGN_OR_RETURN(Tensor rounded, Tensor::empty(source.shape(), DType::kBF16));
-  KBIT_RETURN_IF_ERROR(convert_tensor(source, rounded.view()));
-  return LinearWeight::quantize(rounded.view(), *plan.quantization, name, plan.execution);
-}
-
-// The weight of Linear `module` [out, in]: as stored (float or bitsandbytes' format), or
-// quantized from the float tensor `source_name` (normally module + ".weight").
-Result<LinearWeight> load_linear_weight(const LinearPlan& plan, const std::string& module,
-                                        const std::string& source_name, std::int64_t out,
-                                        std::int64_t in) {
-  KBIT_ASSIGN_OR_RETURN(const bool quantized, is_quantized_module(plan, module));
-  if (quantized && plan.prequantized) {
-    const io::BnbQuantizationConfig& q = plan.quantization->config;
-    Result<LinearWeight> weight =
-        q.mode == io::BnbQuantMode::kInt8
-            ? LinearWeight::read_int8(plan.checkpoint, module, out, in)
-            : LinearWeight::read_4bit(plan.checkpoint, module, out, in,
-                                      FourBitFormat{q.four_bit_type, q.double_quant, 0});
-    if (!weight.ok()) return weight.status().with_context(plan.dir.string());
-    return weight;
-  }
-  KBIT_ASSIGN_OR_RETURN(const TensorView source,
-                        expect(plan.checkpoint, plan.dir, source_name, {out, in}));
-  if (!quantized) return LinearWeight::float_view(source);
-  Result<LinearWeight> weight = quantize_weight(plan, source, source_name);
-  if (!weight.ok()) return weight.status().with_context(plan.dir.string());
-  return weight;
-}
 
 Result<Linear> load_linear(const LinearPlan& plan, const LinearModule& module) {
   Linear linear;
@@ -167,7 +61,11 @@ struct Scratch {
 struct LlamaModel::Impl {
   LlamaConfig config;
   ExecutionOptions execution;
-  io::Checkpoint checkpoint;
+  std::optional<io::Checkpoint> checkpoint;  // none for random weights
+  Device device;
+  // On a GPU: the weights there and the forward pass; the host members below are then unused
+  // (but config, quantization and numerics).
+  std::unique_ptr<cuda::CudaLlama> gpu;
   std::optional<io::BnbQuantizationConfig> quantization;
   LinearNumerics numerics;
   TensorView embed;  // [vocab, hidden]
@@ -237,7 +135,15 @@ struct LlamaModel::Impl {
     return ok_status();
   }
 
-  Impl(LlamaConfig c, ExecutionOptions e, io::Checkpoint ck)
+  // The GPU side: the weights loaded onto `device` (from the checkpoint, or random ones made
+  // with random_seed when there is none) and the CudaLlama computing with them.
+  Status load_on_device(const std::filesystem::path& dir,
+                        const std::optional<QuantizeOptions>& quantize, bool prequantized,
+                        const LlamaLoadOptions& options, std::uint64_t random_seed);
+  void set_numerics(const std::optional<QuantizeOptions>& quantize,
+                    const LlamaLoadOptions& options);
+
+  Impl(LlamaConfig c, ExecutionOptions e, std::optional<io::Checkpoint> ck)
       : config(std::move(c)), execution(e), checkpoint(std::move(ck)) {}
 };
 
@@ -254,8 +160,13 @@ const std::optional<io::BnbQuantizationConfig>& LlamaModel::quantization() const
   return impl_->quantization;
 }
 
+Device LlamaModel::device() const {
+  return impl_->device;
+}
+
 std::size_t LlamaModel::weight_bytes() const {
   const Impl& m = *impl_;
+  if (m.gpu) return m.gpu->weight_bytes();
   const auto floats = [](const std::vector<float>& v) { return v.size() * sizeof(float); };
   const auto linear_bytes = [&](const Linear& linear) {
     return linear.weight.nbytes() + floats(linear.bias);
@@ -274,23 +185,99 @@ std::size_t LlamaModel::weight_bytes() const {
   return total;
 }
 
-Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
-                                    const LlamaLoadOptions& options) {
+namespace {
+
+Status check_load_options(const LlamaLoadOptions& options) {
   if (options.activation_dtype != DType::kF32 && options.activation_dtype != DType::kBF16) {
     return invalid_argument("LlamaModel::load: activation dtype " +
                             std::string(dtype_name(options.activation_dtype)) +
                             " is not supported; use f32 or bf16");
   }
-  const std::filesystem::path config_path = model_dir / "config.json";
-  KBIT_ASSIGN_OR_RETURN(LlamaConfig config, load_llama_config(config_path));
-  KBIT_ASSIGN_OR_RETURN(std::optional<io::BnbQuantizationConfig> stored,
-                        io::read_bnb_quantization_config(config_path));
   if (options.quantize) KBIT_RETURN_IF_ERROR(validate_quantize_options(*options.quantize));
   if (options.compute_dtype && !is_floating(*options.compute_dtype)) {
     return invalid_argument("LlamaModel::load: compute dtype " +
                             std::string(dtype_name(*options.compute_dtype)) +
                             " is not one of f32, f16, bf16");
   }
+  if (options.device.is_cuda() && !cuda_available()) {
+    return unimplemented("device " + options.device.to_string() +
+                         " is not usable: this build of kbit has no CUDA support or no CUDA GPU "
+                         "is visible; run on the CPU with --device cpu");
+  }
+  return ok_status();
+}
+
+}  // namespace
+
+Status LlamaModel::Impl::load_on_device(const std::filesystem::path& dir,
+                                        const std::optional<QuantizeOptions>& quantize,
+                                        bool prequantized, const LlamaLoadOptions& options,
+                                        std::uint64_t random_seed) {
+  KBIT_ASSIGN_OR_RETURN(std::unique_ptr<cuda::DeviceLoader> loader,
+                        cuda::DeviceLoader::create(device));
+  const DeviceLoadPlan plan{config,
+                            checkpoint ? &*checkpoint : nullptr,
+                            dir,
+                            quantize,
+                            prequantized,
+                            options.activation_dtype,
+                            options.execution,
+                            random_seed,
+                            config.dtype.value_or(DType::kBF16)};
+  Result<cuda::DeviceWeights> weights = load_device_weights(plan, *loader);
+  if (weights.status().code() == StatusCode::kOutOfMemory) {
+    return weights.status().with_context(
+        "loading " + dir.string() + " onto " + device.to_string() +
+        ": the weights do not fit (`kbit info -m DIR` shows each mode's size); try "
+        "--load-in-4bit (about a quarter of bf16), --load-in-8bit, or a GPU with more memory");
+  }
+  KBIT_RETURN_IF_ERROR(weights.status());
+  KBIT_ASSIGN_OR_RETURN(
+      gpu, cuda::CudaLlama::create(config, device, numerics, std::move(weights).value()));
+  return ok_status();
+}
+
+void LlamaModel::Impl::set_numerics(const std::optional<QuantizeOptions>& quantize,
+                                    const LlamaLoadOptions& options) {
+  numerics.activation_dtype = options.activation_dtype;
+  if (quantize) {
+    quantization = quantize->config;
+    numerics.compute_dtype = options.compute_dtype.value_or(quantize->config.compute_dtype);
+    numerics.int8_threshold = static_cast<float>(quantize->config.int8_threshold);
+  }
+}
+
+Result<LlamaModel> LlamaModel::random(const std::filesystem::path& config_path,
+                                      const LlamaLoadOptions& options, std::uint64_t seed) {
+  KBIT_RETURN_IF_ERROR(check_load_options(options));
+  if (!options.device.is_cuda()) {
+    return unimplemented(
+        "random weights are made on a GPU (--device cuda); for the CPU, write a random "
+        "checkpoint with scripts/bench/make_random_llama.py and load that");
+  }
+  KBIT_ASSIGN_OR_RETURN(LlamaConfig config, load_llama_config(config_path));
+  KBIT_ASSIGN_OR_RETURN(std::optional<io::BnbQuantizationConfig> stored,
+                        io::read_bnb_quantization_config(config_path));
+  if (stored) {
+    return invalid_argument(config_path.string() +
+                            " has a quantization_config; random weights take their "
+                            "quantization from the options (--load-in-4bit, --load-in-8bit)");
+  }
+  auto impl = std::make_unique<Impl>(std::move(config), options.execution, std::nullopt);
+  impl->device = options.device;
+  impl->set_numerics(options.quantize, options);
+  KBIT_RETURN_IF_ERROR(
+      impl->load_on_device(config_path.parent_path(), options.quantize, false, options, seed));
+  return LlamaModel(std::move(impl));
+}
+
+Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
+                                    const LlamaLoadOptions& options) {
+  KBIT_RETURN_IF_ERROR(check_load_options(options));
+  const std::filesystem::path config_path = model_dir / "config.json";
+  KBIT_ASSIGN_OR_RETURN(LlamaConfig config, load_llama_config(config_path));
+  KBIT_ASSIGN_OR_RETURN(std::optional<io::BnbQuantizationConfig> stored,
+                        io::read_bnb_quantization_config(config_path));
   if (stored && options.quantize) {
     return invalid_argument(model_dir.string() +
                             " is already quantized by bitsandbytes (config.json has a "
@@ -299,25 +286,25 @@ Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
   }
   KBIT_ASSIGN_OR_RETURN(io::Checkpoint checkpoint, io::Checkpoint::open(model_dir));
   auto impl = std::make_unique<Impl>(std::move(config), options.execution, std::move(checkpoint));
+  impl->device = options.device;
   // What quantizes the Linear layers: the checkpoint's config, or the options'.
   const std::optional<QuantizeOptions> quantization =
       stored ? std::optional<QuantizeOptions>(QuantizeOptions{*stored, 0}) : options.quantize;
-  impl->numerics.activation_dtype = options.activation_dtype;
-  if (quantization) {
-    impl->quantization = quantization->config;
-    impl->numerics.compute_dtype =
-        options.compute_dtype.value_or(quantization->config.compute_dtype);
-    impl->numerics.int8_threshold = static_cast<float>(quantization->config.int8_threshold);
+  impl->set_numerics(quantization, options);
+  if (options.device.is_cuda()) {
+    KBIT_RETURN_IF_ERROR(
+        impl->load_on_device(model_dir, quantization, stored.has_value(), options, 0));
+    return LlamaModel(std::move(impl));
   }
   const bool round_bf16 = options.activation_dtype == DType::kBF16;
-  const LinearPlan plan{impl->checkpoint,   model_dir,  quantization,
+  const LinearPlan plan{*impl->checkpoint,  model_dir,  quantization,
                         stored.has_value(), round_bf16, options.execution};
   const LlamaConfig& c = impl->config;
-  const io::Checkpoint& ck = impl->checkpoint;
+  const io::Checkpoint& ck = *impl->checkpoint;
   const std::int64_t e = c.hidden_size;
   const std::vector<LinearModule> modules = linear_modules(c);
-  KBIT_ASSIGN_OR_RETURN(impl->embed,
-                        expect(ck, model_dir, "model.embed_tokens.weight", {c.vocab_size, e}));
+  KBIT_ASSIGN_OR_RETURN(impl->embed, expect_float_tensor(ck, model_dir, "model.embed_tokens.weight",
+                                                         {c.vocab_size, e}));
   // Tied, transformers points lm_head at the embedding and ignores any lm_head.weight stored.
   const std::string lm_head_source =
       c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
@@ -349,17 +336,27 @@ Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
   return LlamaModel(std::move(impl));
 }
 
-Result<KvCache> LlamaModel::new_cache(std::int64_t max_tokens) const {
+Result<KvCache> LlamaModel::new_cache(std::int64_t max_tokens, std::int64_t batch) const {
   const LlamaConfig& c = impl_->config;
   if (max_tokens < 1) {
     return invalid_argument("new_cache: max_tokens must be at least 1, got " +
                             std::to_string(max_tokens));
+  }
+  if (batch < 1 || (batch > 1 && !impl_->gpu)) {
+    return invalid_argument("new_cache: batch " + std::to_string(batch) +
+                            " is not possible; batches of sequences run on a GPU only, and hold "
+                            "at least one sequence");
   }
   KvCache cache;
   cache.layers_ = c.num_hidden_layers;
   cache.kv_heads_ = c.num_key_value_heads;
   cache.head_dim_ = c.head_dim;
   cache.capacity_ = max_tokens;
+  cache.batch_ = batch;
+  if (impl_->gpu) {
+    KBIT_ASSIGN_OR_RETURN(cache.device_state_, impl_->gpu->new_cache_state(max_tokens, batch));
+    return cache;
+  }
   const auto per_layer = static_cast<std::size_t>(max_tokens * c.num_key_value_heads * c.head_dim);
   try {
     cache.keys_.assign(static_cast<std::size_t>(c.num_hidden_layers),
@@ -380,33 +377,45 @@ Status LlamaModel::forward(std::span<const std::int32_t> tokens, KvCache& cache,
                            bool all_positions) const {
   const Impl& m = *impl_;
   const LlamaConfig& c = m.config;
-  const auto t_count = static_cast<std::int64_t>(tokens.size());
-  if (t_count == 0) return invalid_argument("forward: no tokens given; pass at least one");
+  if (tokens.empty()) return invalid_argument("forward: no tokens given; pass at least one");
   if (cache.layers_ != c.num_hidden_layers || cache.kv_heads_ != c.num_key_value_heads ||
-      cache.head_dim_ != c.head_dim) {
+      cache.head_dim_ != c.head_dim || (cache.device_state_ != nullptr) != (m.gpu != nullptr)) {
     return invalid_argument(
-        "forward: the KV cache was made for a model of another shape; make "
+        "forward: the KV cache was made for a model of another shape or device; make "
         "it with this model's new_cache()");
   }
+  if (static_cast<std::int64_t>(tokens.size()) % cache.batch_ != 0) {
+    return invalid_argument("forward: " + std::to_string(tokens.size()) +
+                            " tokens do not split evenly over the cache's " +
+                            std::to_string(cache.batch_) + " sequences");
+  }
+  // Tokens per sequence from here on.
+  const auto t_count = static_cast<std::int64_t>(tokens.size()) / cache.batch_;
   if (cache.size_ + t_count > cache.capacity_) {
     return invalid_argument("forward: the KV cache holds " + std::to_string(cache.size_) + " of " +
                             std::to_string(cache.capacity_) + " positions; " +
                             std::to_string(t_count) + " more do not fit (make a larger cache)");
   }
-  for (std::int64_t t = 0; t < t_count; ++t) {
-    const std::int32_t id = tokens[static_cast<std::size_t>(t)];
+  for (std::size_t t = 0; t < tokens.size(); ++t) {
+    const std::int32_t id = tokens[t];
     if (id < 0 || id >= c.vocab_size) {
       return invalid_argument("forward: token id " + std::to_string(id) + " at index " +
                               std::to_string(t) + " is outside the vocabulary [0, " +
                               std::to_string(c.vocab_size) + ")");
     }
   }
-  const std::int64_t out_rows = all_positions ? t_count : 1;
+  const std::int64_t out_rows = cache.batch_ * (all_positions ? t_count : 1);
   const Shape want{out_rows, c.vocab_size};
   if (logits.dtype() != DType::kF32 || !(logits.shape() == want) || !logits.is_contiguous() ||
-      !logits.device().is_cpu()) {
-    return invalid_argument("forward: logits must be contiguous host f32 " + want.to_string() +
-                            ", got " + logits.describe());
+      !(logits.device().is_cpu() || logits.device() == m.device)) {
+    return invalid_argument("forward: logits must be contiguous f32 " + want.to_string() +
+                            " on the host or the model's device, got " + logits.describe());
+  }
+  if (m.gpu) {
+    KBIT_RETURN_IF_ERROR(m.gpu->forward(tokens, cache.batch_, *cache.device_state_, cache.size_,
+                                        logits, all_positions));
+    cache.size_ += t_count;
+    return ok_status();
   }
 
   const std::int64_t e = c.hidden_size;

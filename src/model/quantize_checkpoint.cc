@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,7 @@
 #include "kbit/io/checkpoint.h"
 #include "kbit/io/safetensors_writer.h"
 #include "kbit/model/llama_config.h"
+#include "model/cuda/device_loader.h"
 #include "model/linear_weight.h"
 
 namespace kbit::model {
@@ -27,9 +29,28 @@ bool is_weight_or_config_file(const fs::path& file) {
 // The quantized Linear weights of the checkpoint, keyed by their float tensor's name.
 using QuantizedWeights = std::map<std::string, LinearWeight>;
 
+// Quantizes `weight` on `device` (uploading it there first when that is a GPU); the result on the
+// host.
+Result<LinearWeight> quantize_on(const TensorView& weight, const QuantizeOptions& options,
+                                 const std::string& name, const ExecutionOptions& execution,
+                                 cuda::DeviceLoader* loader) {
+  if (loader == nullptr) return LinearWeight::quantize(weight, options, name, execution);
+  KBIT_ASSIGN_OR_RETURN(const Tensor on_device, loader->upload(weight));
+  ExecutionOptions on_stream = execution;
+  on_stream.stream = loader->stream();
+  KBIT_ASSIGN_OR_RETURN(const LinearWeight quantized,
+                        LinearWeight::quantize(on_device.view(), options, name, on_stream));
+  KBIT_RETURN_IF_ERROR(loader->finish());
+  return quantized.to_device(Device::cpu());
+}
+
 Result<QuantizedWeights> quantize_linears(const io::Checkpoint& checkpoint,
                                           const LlamaConfig& config, const QuantizeOptions& options,
-                                          const ExecutionOptions& execution) {
+                                          const ExecutionOptions& execution, const Device& device) {
+  std::unique_ptr<cuda::DeviceLoader> loader;
+  if (device.is_cuda()) {
+    KBIT_ASSIGN_OR_RETURN(loader, cuda::DeviceLoader::create(device));
+  }
   QuantizedWeights quantized;
   for (const LinearModule& module : linear_modules(config)) {
     KBIT_ASSIGN_OR_RETURN(const bool quantize, quantizes_module(options.config, module.name));
@@ -47,7 +68,7 @@ Result<QuantizedWeights> quantize_linears(const io::Checkpoint& checkpoint,
                               " but config.json implies " + expected.to_string());
     }
     KBIT_ASSIGN_OR_RETURN(LinearWeight linear,
-                          LinearWeight::quantize(weight, options, name, execution));
+                          quantize_on(weight, options, name, execution, loader.get()));
     checkpoint.release(name);
     quantized.emplace(name, std::move(linear));
   }
@@ -56,7 +77,8 @@ Result<QuantizedWeights> quantize_linears(const io::Checkpoint& checkpoint,
 
 // Writes the folder's contents into `staging` (an empty folder).
 Status write_quantized_folder(const fs::path& model_dir, const fs::path& staging,
-                              const QuantizeOptions& options, const ExecutionOptions& execution) {
+                              const QuantizeOptions& options, const ExecutionOptions& execution,
+                              const Device& device) {
   const fs::path config_path = model_dir / "config.json";
   KBIT_ASSIGN_OR_RETURN(const LlamaConfig config, load_llama_config(config_path));
   KBIT_ASSIGN_OR_RETURN(const std::optional<io::BnbQuantizationConfig> stored,
@@ -68,7 +90,7 @@ Status write_quantized_folder(const fs::path& model_dir, const fs::path& staging
   }
   KBIT_ASSIGN_OR_RETURN(const io::Checkpoint checkpoint, io::Checkpoint::open(model_dir));
   KBIT_ASSIGN_OR_RETURN(const QuantizedWeights quantized,
-                        quantize_linears(checkpoint, config, options, execution));
+                        quantize_linears(checkpoint, config, options, execution, device));
 
   std::vector<io::NamedTensor> tensors;
   for (const std::string& name : checkpoint.names()) {
@@ -106,7 +128,8 @@ Status write_quantized_folder(const fs::path& model_dir, const fs::path& staging
 }  // namespace
 
 Status quantize_checkpoint(const fs::path& model_dir, const fs::path& output_dir,
-                           const QuantizeOptions& options, const ExecutionOptions& execution) {
+                           const QuantizeOptions& options, const ExecutionOptions& execution,
+                           const Device& device) {
   KBIT_RETURN_IF_ERROR(validate_quantize_options(options));
   std::error_code error;
   if (fs::exists(output_dir, error)) {
@@ -125,7 +148,7 @@ Status quantize_checkpoint(const fs::path& model_dir, const fs::path& output_dir
   if (!fs::create_directory(staging, error)) {
     return internal_error("cannot create " + staging.string() + ": " + error.message());
   }
-  Status status = write_quantized_folder(model_dir, staging, options, execution);
+  Status status = write_quantized_folder(model_dir, staging, options, execution, device);
   if (status.ok()) {
     fs::rename(staging, output_dir, error);
     if (error) {

@@ -33,6 +33,8 @@ struct CachingAllocatorStats {
 Result<Allocator*> cuda_allocator(int ordinal);
 // Statistics of that allocator; all zeros where it does not exist.
 CachingAllocatorStats cuda_allocator_stats(int ordinal);
+// Starts the peak over: peak_in_use becomes the current in_use.
+void cuda_allocator_reset_peak(int ordinal);
 // Returns every cached block to the driver.
 void cuda_allocator_release_cache(int ordinal);
 

@@ -1,6 +1,7 @@
 // Where tensor memory lives and where work runs.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -29,6 +30,14 @@ Result<Device> parse_device(std::string_view text);
 
 // True when this build has the CUDA kernels and at least one CUDA device is usable.
 bool cuda_available();
+
+// Device memory as the driver reports it (cudaMemGetInfo), in bytes.
+struct DeviceMemory {
+  std::size_t free = 0;
+  std::size_t total = 0;
+};
+// kInvalidArgument for the CPU or a device that does not exist.
+Result<DeviceMemory> device_memory(const Device& device);
 
 // Waits until all work queued on `device` is finished; immediate for the CPU.
 Status synchronize(const Device& device);

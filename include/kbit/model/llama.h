@@ -1,10 +1,18 @@
-// A Llama-family causal LM (LlamaForCausalLM, MistralForCausalLM) run on the CPU, with the
-// numerics of transformers' modeling_llama.py (spec 11.3): in f32, or with bf16 activations as
-// transformers computes with the model in torch.bfloat16 (LlamaLoadOptions::activation_dtype).
+// A Llama-family causal LM (LlamaForCausalLM, MistralForCausalLM) run on the CPU or on a CUDA
+// GPU, with the numerics of transformers' modeling_llama.py (spec 11.3): in f32, or with bf16
+// activations as transformers computes with the model in torch.bfloat16
+// (LlamaLoadOptions::activation_dtype).
 //
-// The weights stay in the memory-mapped checkpoint in their stored dtype (bf16, f16 or f32) and
-// are widened to f32 a panel or a row at a time inside the matmuls, so the resident memory is
-// about the size of the files plus the KV cache and a few activations.
+// On the CPU the weights stay in the memory-mapped checkpoint in their stored dtype (bf16, f16 or
+// f32) and are widened to f32 a panel or a row at a time inside the matmuls, so the resident
+// memory is about the size of the files plus the KV cache and a few activations.
+//
+// On a GPU (LlamaLoadOptions::device) every weight is read from the mapping once and uploaded
+// through pinned staging buffers: float weights in the activation dtype, quantized ones quantized
+// on the GPU as they arrive (or uploaded as stored, for a bitsandbytes checkpoint), so the
+// full-precision model never sits whole in host or device memory. The KV cache, the activations
+// and the per-sequence scratch live on the device, with the cache (see KvCache); a one-token
+// forward() replays a CUDA graph captured at its first call.
 //
 // Usage:
 //   KBIT_ASSIGN_OR_RETURN(LlamaModel model, LlamaModel::load(dir, {}));
@@ -38,6 +46,8 @@
 namespace kbit::model {
 
 struct LlamaLoadOptions {
+  // Where the model runs: the CPU, or a CUDA device (the weights and caches then live there).
+  Device device = Device::cpu();
   // Which CPU kernels forward() uses and how many threads; kReference runs the plain scalar
   // kernels on one thread (slow; for checking the fast ones).
   ExecutionOptions execution;
@@ -61,22 +71,38 @@ struct LlamaLoadOptions {
   std::optional<DType> compute_dtype;
 };
 
-// The keys and values of every layer for the positions seen so far, in f32:
-// per layer [capacity, num_key_value_heads, head_dim]. Made by LlamaModel::new_cache; belongs to
-// the model that made it (or one of the same shape). Move-only.
+// The keys and values of every layer for the positions seen so far: per layer
+// [capacity, num_key_value_heads, head_dim], in f32 on the CPU; on a GPU in the activation dtype,
+// in device memory, together with everything one sequence needs there (a stream, activations,
+// the Linear layers' scratch, the captured decode graph). Made by LlamaModel::new_cache; belongs
+// to the model that made it. Move-only.
 class KvCache {
  public:
   KvCache(KvCache&&) noexcept = default;
   KvCache& operator=(KvCache&&) noexcept = default;
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
+  ~KvCache();
 
-  // Positions held: the next token forward() sees gets position size().
+  // Positions held (by each sequence): the next token forward() sees gets position size().
   std::int64_t size() const { return size_; }
   std::int64_t capacity() const { return capacity_; }
+  // Sequences advancing together (on a GPU; 1 on the CPU).
+  std::int64_t batch() const { return batch_; }
   // Forgets positions >= new_size (e.g. to start over, or to drop a rejected draft).
   // kInvalidArgument if new_size is negative or above size().
   Status truncate(std::int64_t new_size);
+
+  // The device of the cache (its model's) and, on a GPU, the stream on which forward() queues
+  // this sequence's work: work that reads forward()'s device outputs goes on the same stream.
+  Device device() const;
+  Stream stream() const;
+  // Bytes of device memory the cache holds (keys, values and per-sequence scratch); 0 on the
+  // CPU.
+  std::size_t device_bytes() const;
+
+  // The GPU side of a cache; defined by the CUDA model (model/cuda/).
+  struct DeviceState;
 
  private:
   friend class LlamaModel;
@@ -86,8 +112,10 @@ class KvCache {
   std::int64_t head_dim_ = 0;
   std::int64_t capacity_ = 0;
   std::int64_t size_ = 0;
-  std::vector<std::vector<float>> keys_;    // [layers][capacity * kv_heads * head_dim]
-  std::vector<std::vector<float>> values_;  // likewise
+  std::int64_t batch_ = 1;
+  std::vector<std::vector<float>> keys_;       // [layers][capacity * kv_heads * head_dim]
+  std::vector<std::vector<float>> values_;     // likewise
+  std::shared_ptr<DeviceState> device_state_;  // set on a GPU, where keys_ and values_ are empty
 };
 
 class LlamaModel {
@@ -98,6 +126,12 @@ class LlamaModel {
   // its format (spec 4.1, 6.2); errors name the folder, the tensor, what was expected and found.
   static Result<LlamaModel> load(const std::filesystem::path& model_dir,
                                  const LlamaLoadOptions& options);
+  // A model of the shape config_path (a config.json) describes, with random weights made on the
+  // GPU options.device (normal, std 0.02; norm weights around 1; from `seed`), then converted or
+  // quantized as options say: for measuring shapes whose weights one does not have.
+  // kUnimplemented for the CPU.
+  static Result<LlamaModel> random(const std::filesystem::path& config_path,
+                                   const LlamaLoadOptions& options, std::uint64_t seed);
 
   LlamaModel(LlamaModel&&) noexcept;
   LlamaModel& operator=(LlamaModel&&) noexcept;
@@ -109,16 +143,25 @@ class LlamaModel {
   // Bytes of the weights as this model holds them (quantized data and statistics included).
   std::size_t weight_bytes() const;
 
-  // An empty cache for up to max_tokens positions (prompt and generated tokens together).
+  // Where the model runs.
+  Device device() const;
+
+  // An empty cache for `batch` sequences (more than one on a GPU only) of up to max_tokens
+  // positions each (prompt and generated tokens together).
   // kInvalidArgument if max_tokens < 1; kOutOfMemory if it cannot be allocated
-  // (2 · layers · max_tokens · kv_heads · head_dim floats).
-  Result<KvCache> new_cache(std::int64_t max_tokens) const;
+  // (2 · layers · max_tokens · kv_heads · head_dim values, and on a GPU the scratch of one
+  // prompt chunk); on a GPU the message says how much was needed and free, and what to try.
+  Result<KvCache> new_cache(std::int64_t max_tokens, std::int64_t batch = 1) const;
 
   // Runs `tokens` (non-empty, each in [0, vocab_size)) at positions cache.size() onward, appends
-  // their keys and values to `cache`, and writes f32 logits into `logits`: contiguous host f32
+  // their keys and values to `cache`, and writes f32 logits into `logits`: contiguous f32
   // [tokens.size(), vocab_size] when all_positions, else [1, vocab_size] for the last token only.
+  // With a cache of batch B, tokens are [B, T] (sequence-major, the same count T for each
+  // sequence) and the logits [B · T or B, vocab_size].
+  // The logits may be host memory or, for a model on a GPU, memory of its device: then the call
+  // returns with the work queued on cache.stream(), not waited for (host logits are waited for).
   // Fails with kInvalidArgument, leaving the cache unchanged, for a bad token id, a cache that is
-  // full or from a model of another shape, or logits of the wrong dtype or shape.
+  // full or from a model of another shape, or logits of the wrong dtype, shape or device.
   Status forward(std::span<const std::int32_t> tokens, KvCache& cache, TensorView logits,
                  bool all_positions) const;
 

@@ -23,8 +23,11 @@ namespace kbit::model {
 // Peak memory: the quantized tensors plus one float tensor.
 // A tied lm_head (tie_word_embeddings) that the skip list does not exclude is refused
 // (kUnimplemented): the saved format has no quantized tied head.
+// `device`: where the weights are quantized (a GPU: uploaded one at a time, quantized there and
+// brought back); the bytes written are the same either way.
 Status quantize_checkpoint(const std::filesystem::path& model_dir,
                            const std::filesystem::path& output_dir, const QuantizeOptions& options,
-                           const ExecutionOptions& execution = {});
+                           const ExecutionOptions& execution = {},
+                           const Device& device = Device::cpu());
 
 }  // namespace kbit::model

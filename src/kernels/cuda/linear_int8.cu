@@ -1,0 +1,720 @@
+// The LLM.int8 Linear layer on the GPU (contract: linear_launchers.h; arithmetic: spec 6.3, as
+// kernels/cpu/quantized_linear_reference.cc's linear_int8_reference defines it).
+//
+// Steps 1-4 reuse the row-wise quantizer of int8_rowwise.cu, which reads x in its own dtype and
+// rounds each value to f16 first, as the reference does. With a threshold, one block then turns
+// the outlier-column mask into an ascending list and its length, both left in device memory:
+// the later kernels read the count there, so the host never waits for the GPU.
+//
+// Step 5 (the int32 products), fused with steps 6-7 for a few rows:
+//   rows <= kInt8GemvMaxRows  int8_gemv_kernel: a block of 256 threads takes 4 output features;
+//                             its threads split the in dimension, read 16-byte vectors of the
+//                             4 weight rows and of every activation row, multiply them with
+//                             __dp4a, and meet in shared memory. One pass over the weight serves
+//                             every row.
+//   more rows                 cuBLASLt's int8 GEMM into int32 ("TN": row-major y = x · Wᵀ is the
+//                             column-major yᵀ = W · xᵀ with W transposed), then
+//                             int8_epilogue_kernel on tiles of 32 rows × 32 output features.
+//                             Where cuBLASLt has no algorithm for the shape (it wants in and out
+//                             multiples of 4), int8_products_kernel, a tiled __dp4a GEMM, writes
+//                             the same products.
+// Integer sums are exact, so everything but the outlier columns' f32 sum is bit for bit the
+// reference's; that sum runs in another order.
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "core/cuda_runtime.h"
+#include "kbit/quant/codebooks.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/linear_launchers.h"
+#include "kernels/cuda/linear_workspace.h"
+#include "kernels/cuda/quant_launchers.h"
+
+namespace kbit::kernels::cuda {
+namespace {
+
+constexpr std::int64_t kInt8GemvMaxRows = 8;
+constexpr int kGemvThreads = 256;
+constexpr int kGemvOutputs = 4;  // output features per GEMV block
+constexpr int kCompactThreads = 1024;
+constexpr int kTile = 32;           // rows and output features of an epilogue or products tile
+constexpr int kTileThreadRows = 8;  // blockDim (kTile, kTileThreadRows)
+constexpr int kTileThreads = kTile * kTileThreadRows;
+constexpr int kTileRowsPerThread = kTile / kTileThreadRows;
+constexpr int kChunkWords = 8;  // products kernel: 32 bytes of each row per step
+constexpr std::int64_t kMaxTileRows = std::int64_t{65535} * kTile;  // gridDim.y limit
+
+// Steps 1-4's results in the workspace, and the layer's tensors, as the output kernels read them.
+template <typename T>
+struct Int8OutputArgs {
+  const T* x;                           // [rows, in]
+  const std::int8_t* codes;             // CA [rows, in]
+  const float* row_absmax;              // SCA [rows]
+  const std::int32_t* outlier_columns;  // [*outlier_count], ascending
+  const std::int32_t* outlier_count;    // [1], or nullptr without a threshold
+  const std::int8_t* weight;            // CB [out, in]
+  const float* weight_absmax;           // SCB [out]
+  const T* bias;                        // [out] or nullptr
+  std::int64_t rows;
+  std::int64_t in;
+  std::int64_t out;
+  T* y;  // [rows, out]
+};
+
+__device__ __forceinline__ float rounded_to_f16(float value) {
+  return __half2float(__float2half_rn(value));
+}
+
+template <typename T>
+__device__ __forceinline__ float rounded_to(float value) {
+  return to_float(from_float<T>(value));
+}
+
+// round_X(W'[o][j]) with W' = fl32(fl32(CB · SCB) · 1/127), the weight as the outlier part uses it.
+template <typename T>
+__device__ __forceinline__ float dequantized_weight(std::int8_t code, float weight_absmax) {
+  const float scaled = __fmul_rn(static_cast<float>(code), weight_absmax);
+  return rounded_to<T>(__fmul_rn(scaled, quant::kInt8DequantScale));
+}
+
+__device__ __forceinline__ int outlier_count_of(const std::int32_t* outlier_count) {
+  return outlier_count != nullptr ? *outlier_count : 0;
+}
+
+// Steps 6-7 for element (row, o): `product` is C[row][o], `outlier_sum` the f32 sum
+// Σ_j x[row][j] · round_X(W'[o][j]) over the outlier columns (read only when there are some).
+// The bias has the activation dtype, never f16, so it is added after the f16 rounding.
+template <typename T>
+__device__ __forceinline__ T int8_output(const Int8OutputArgs<T>& args, std::int64_t row,
+                                         std::int64_t o, std::int32_t product, float outlier_sum,
+                                         bool has_outliers) {
+  const float scaled =
+      __fmul_rn(__fmul_rn(__int2float_rn(product), args.row_absmax[row]), args.weight_absmax[o]);
+  float y = rounded_to_f16(__fmaf_rn(scaled, quant::kInt8MatmulDequantScale, 0.0f));
+  if (args.bias != nullptr) y = rounded_to_f16(__fadd_rn(y, to_float(args.bias[o])));
+  y = rounded_to<T>(y);
+  if (has_outliers) y = rounded_to<T>(__fadd_rn(y, outlier_sum));
+  return from_float<T>(y);
+}
+
+// is_outlier_column [cols] -> outlier_columns [count] ascending, outlier_count [1]. One block;
+// each pass over blockDim.x columns places its outliers after those of earlier passes.
+__global__ void __launch_bounds__(kCompactThreads)
+    compact_outlier_columns_kernel(const std::uint8_t* __restrict__ is_outlier_column,
+                                   std::int64_t cols, std::int32_t* __restrict__ outlier_columns,
+                                   std::int32_t* __restrict__ outlier_count) {
+  __shared__ int warp_counts[kCompactThreads / 32];
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  int found = 0;
+  for (std::int64_t first = 0; first < cols; first += kCompactThreads) {
+    const std::int64_t j = first + threadIdx.x;
+    const bool outlier = j < cols && is_outlier_column[j] != 0;
+    const unsigned ballot = __ballot_sync(0xffffffffu, outlier);
+    if (lane == 0) warp_counts[warp] = __popc(ballot);
+    __syncthreads();
+    int position = found + __popc(ballot & ((1u << lane) - 1u));
+    for (int w = 0; w < warp; ++w) position += warp_counts[w];
+    if (outlier) outlier_columns[position] = static_cast<std::int32_t>(j);
+    for (int w = 0; w < kCompactThreads / 32; ++w) found += warp_counts[w];
+    __syncthreads();  // warp_counts is rewritten by the next pass
+  }
+  if (threadIdx.x == 0) *outlier_count = found;
+}
+
+__device__ __forceinline__ int dot_16_codes(int4 a, int4 w, int sum) {
+  sum = __dp4a(a.x, w.x, sum);
+  sum = __dp4a(a.y, w.y, sum);
+  sum = __dp4a(a.z, w.z, sum);
+  return __dp4a(a.w, w.w, sum);
+}
+
+template <typename Value>
+__device__ __forceinline__ Value warp_sum(Value value) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  }
+  return value;
+}
+
+// Steps 5-7 for rows [0, kRows) and output features [blockIdx.x · 4, +4). `vector_ok` promises
+// in % 16 == 0 and 16-byte aligned codes and weight. A block's last features may lie beyond
+// out: they read the last weight row and write nothing.
+template <typename T, int kRows>
+__global__ void __launch_bounds__(kGemvThreads)
+    int8_gemv_kernel(const Int8OutputArgs<T> args, bool vector_ok) {
+  constexpr int kSums = kGemvOutputs * kRows;  // (feature k, row r) at k · kRows + r
+  __shared__ std::int32_t warp_products[kGemvThreads / 32][kSums];
+  __shared__ float warp_outlier_sums[kGemvThreads / 32][kSums];
+  const std::int64_t first_out = static_cast<std::int64_t>(blockIdx.x) * kGemvOutputs;
+  const std::int64_t in = args.in;
+  std::int64_t features[kGemvOutputs];
+#pragma unroll
+  for (int k = 0; k < kGemvOutputs; ++k) features[k] = min(first_out + k, args.out - 1);
+
+  std::int32_t products[kGemvOutputs][kRows] = {};
+  if (vector_ok) {
+    const auto* codes = reinterpret_cast<const int4*>(args.codes);
+    const auto* weight = reinterpret_cast<const int4*>(args.weight);
+    const std::int64_t vectors = in / 16;
+    for (std::int64_t v = threadIdx.x; v < vectors; v += kGemvThreads) {
+      int4 w[kGemvOutputs];
+#pragma unroll
+      for (int k = 0; k < kGemvOutputs; ++k) w[k] = __ldg(weight + features[k] * vectors + v);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const int4 a = __ldg(codes + r * vectors + v);
+#pragma unroll
+        for (int k = 0; k < kGemvOutputs; ++k)
+          products[k][r] = dot_16_codes(a, w[k], products[k][r]);
+      }
+    }
+  } else {
+    for (std::int64_t j = threadIdx.x; j < in; j += kGemvThreads) {
+#pragma unroll
+      for (int k = 0; k < kGemvOutputs; ++k) {
+        const int w = args.weight[features[k] * in + j];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) products[k][r] += args.codes[r * in + j] * w;
+      }
+    }
+  }
+
+  const int outliers = outlier_count_of(args.outlier_count);
+  float outlier_sums[kGemvOutputs][kRows] = {};
+  for (int c = static_cast<int>(threadIdx.x); c < outliers; c += kGemvThreads) {
+    const std::int64_t j = args.outlier_columns[c];
+#pragma unroll
+    for (int k = 0; k < kGemvOutputs; ++k) {
+      const float w =
+          dequantized_weight<T>(args.weight[features[k] * in + j], args.weight_absmax[features[k]]);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        outlier_sums[k][r] += __fmul_rn(to_float(args.x[r * in + j]), w);
+      }
+    }
+  }
+
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+#pragma unroll
+  for (int k = 0; k < kGemvOutputs; ++k) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const std::int32_t product = warp_sum(products[k][r]);
+      const float outlier_sum = outliers > 0 ? warp_sum(outlier_sums[k][r]) : 0.0f;
+      if (lane == 0) {
+        warp_products[warp][k * kRows + r] = product;
+        warp_outlier_sums[warp][k * kRows + r] = outlier_sum;
+      }
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x >= kSums) return;
+  const std::int64_t o = first_out + threadIdx.x / kRows;
+  const std::int64_t row = threadIdx.x % kRows;
+  if (o >= args.out) return;
+  std::int32_t product = 0;
+  float outlier_sum = 0.0f;
+  for (int w = 0; w < kGemvThreads / 32; ++w) {
+    product += warp_products[w][threadIdx.x];
+    outlier_sum += warp_outlier_sums[w][threadIdx.x];
+  }
+  args.y[row * args.out + o] = int8_output(args, row, o, product, outlier_sum, outliers > 0);
+}
+
+// Steps 6-7 for a tile of kTile rows × kTile output features, given the products [rows, out].
+// Each thread takes one feature (threadIdx.x) and kTileRowsPerThread rows. The outlier part is a
+// small GEMM over kTile columns at a time, staged in shared memory.
+template <typename T>
+__global__ void __launch_bounds__(kTileThreads)
+    int8_epilogue_kernel(const Int8OutputArgs<T> args, const std::int32_t* __restrict__ products,
+                         const float* __restrict__ precomputed_sums) {
+  __shared__ float tile_x[kTile][kTile];      // [tile row][column]
+  __shared__ float tile_w[kTile][kTile + 1];  // [tile feature][column]; +1: no bank conflicts
+  const std::int64_t first_row = static_cast<std::int64_t>(blockIdx.y) * kTile;
+  const std::int64_t first_out = static_cast<std::int64_t>(blockIdx.x) * kTile;
+  const int outliers = outlier_count_of(args.outlier_count);
+  // The outlier sums here, unless a GEMM made them already (precomputed_sums [rows, out]).
+  const int columns_here = precomputed_sums == nullptr ? outliers : 0;
+  float outlier_sums[kTileRowsPerThread] = {};
+  for (int first_column = 0; first_column < columns_here; first_column += kTile) {
+    const int c = first_column + static_cast<int>(threadIdx.x);
+    const bool column_ok = c < outliers;
+    const std::int64_t j = column_ok ? args.outlier_columns[c] : 0;
+#pragma unroll
+    for (int i = 0; i < kTileRowsPerThread; ++i) {
+      const int tile_row = static_cast<int>(threadIdx.y) + kTileThreadRows * i;
+      const std::int64_t row = first_row + tile_row;
+      const std::int64_t o = first_out + tile_row;
+      tile_x[tile_row][threadIdx.x] =
+          column_ok && row < args.rows ? to_float(args.x[row * args.in + j]) : 0.0f;
+      tile_w[tile_row][threadIdx.x] =
+          column_ok && o < args.out
+              ? dequantized_weight<T>(args.weight[o * args.in + j], args.weight_absmax[o])
+              : 0.0f;
+    }
+    __syncthreads();
+    for (int k = 0; k < kTile; ++k) {
+      const float w = tile_w[threadIdx.x][k];
+#pragma unroll
+      for (int i = 0; i < kTileRowsPerThread; ++i) {
+        outlier_sums[i] += __fmul_rn(tile_x[threadIdx.y + kTileThreadRows * i][k], w);
+      }
+    }
+    __syncthreads();  // the tiles are rewritten by the next pass
+  }
+
+  const std::int64_t o = first_out + threadIdx.x;
+  if (o >= args.out) return;
+#pragma unroll
+  for (int i = 0; i < kTileRowsPerThread; ++i) {
+    const std::int64_t row = first_row + threadIdx.y + kTileThreadRows * i;
+    if (row >= args.rows) continue;
+    const float sum =
+        precomputed_sums != nullptr ? precomputed_sums[row * args.out + o] : outlier_sums[i];
+    args.y[row * args.out + o] =
+        int8_output(args, row, o, products[row * args.out + o], sum, outliers > 0);
+  }
+}
+
+// x's outlier columns: gathered [rows, count] = x[:, columns[j]], j < count.
+template <typename T>
+__global__ void gather_outlier_x_kernel(const T* __restrict__ x, std::int64_t rows, std::int64_t in,
+                                        const std::int32_t* __restrict__ columns, int count,
+                                        T* __restrict__ gathered) {
+  const std::int64_t n = rows * count;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    gathered[i] = x[(i / count) * in + columns[i % count]];
+  }
+}
+
+// The weight's outlier columns for features [first_out, first_out + features), dequantized as
+// the outlier part uses them: gathered [features, count] = round_X(W'[o][columns[j]]).
+template <typename T>
+__global__ void gather_outlier_weight_kernel(const std::int8_t* __restrict__ weight,
+                                             const float* __restrict__ weight_absmax,
+                                             std::int64_t in,
+                                             const std::int32_t* __restrict__ columns, int count,
+                                             std::int64_t first_out, std::int64_t features,
+                                             T* __restrict__ gathered) {
+  const std::int64_t n = features * count;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t o = first_out + i / count;
+    gathered[i] =
+        from_float<T>(dequantized_weight<T>(weight[o * in + columns[i % count]], weight_absmax[o]));
+  }
+}
+
+// Four codes of row[k0, k0 + 4) packed into a word for __dp4a, 0 beyond `end`.
+__device__ __forceinline__ int packed_codes(const std::int8_t* __restrict__ row, std::int64_t k0,
+                                            std::int64_t end) {
+  unsigned word = 0;
+#pragma unroll
+  for (int b = 0; b < 4; ++b) {
+    const unsigned code = k0 + b < end ? static_cast<std::uint8_t>(row[k0 + b]) : 0u;
+    word |= code << (8 * b);
+  }
+  return static_cast<int>(word);
+}
+
+// products [rows, out] = codes [rows, in] · weight [out, in]ᵀ in int32, for shapes cuBLASLt does
+// not take: tiles of kTile rows × kTile features, kChunkWords words of in at a time.
+__global__ void __launch_bounds__(kTileThreads)
+    int8_products_kernel(const std::int8_t* __restrict__ codes,
+                         const std::int8_t* __restrict__ weight, std::int64_t rows, std::int64_t in,
+                         std::int64_t out, std::int32_t* __restrict__ products) {
+  __shared__ int tile_codes[kTile][kChunkWords + 1];  // +1: no bank conflicts
+  __shared__ int tile_weight[kTile][kChunkWords + 1];
+  const std::int64_t first_row = static_cast<std::int64_t>(blockIdx.y) * kTile;
+  const std::int64_t first_out = static_cast<std::int64_t>(blockIdx.x) * kTile;
+  const int thread = static_cast<int>(threadIdx.y) * kTile + static_cast<int>(threadIdx.x);
+  const int load_row = thread / kChunkWords;  // each thread loads one word of each tile
+  const int load_word = thread % kChunkWords;
+  const std::int64_t code_row = min(first_row + load_row, rows - 1);
+  const std::int64_t weight_row = min(first_out + load_row, out - 1);
+  std::int32_t sums[kTileRowsPerThread] = {};
+  for (std::int64_t k0 = 0; k0 < in; k0 += 4 * kChunkWords) {
+    const std::int64_t k = k0 + 4 * load_word;
+    tile_codes[load_row][load_word] = packed_codes(codes + code_row * in, k, in);
+    tile_weight[load_row][load_word] = packed_codes(weight + weight_row * in, k, in);
+    __syncthreads();
+#pragma unroll
+    for (int word = 0; word < kChunkWords; ++word) {
+      const int w = tile_weight[threadIdx.x][word];
+#pragma unroll
+      for (int i = 0; i < kTileRowsPerThread; ++i) {
+        sums[i] = __dp4a(tile_codes[threadIdx.y + kTileThreadRows * i][word], w, sums[i]);
+      }
+    }
+    __syncthreads();  // the tiles are rewritten by the next step
+  }
+  const std::int64_t o = first_out + threadIdx.x;
+  if (o >= out) return;
+#pragma unroll
+  for (int i = 0; i < kTileRowsPerThread; ++i) {
+    const std::int64_t row = first_row + threadIdx.y + kTileThreadRows * i;
+    if (row < rows) products[row * out + o] = sums[i];
+  }
+}
+
+static_assert(kTile * kChunkWords == kTileThreads, "int8_products_kernel loads a word per thread");
+
+// ---- Host side.
+
+Status cuda_status(cudaError_t error, const char* what) {
+  return detail::status_from_cuda_error(error, what);
+}
+
+Status cublas_lt_status(cublasStatus_t status, const char* what) {
+  if (status == CUBLAS_STATUS_SUCCESS) return ok_status();
+  return internal_error(std::string("linear_int8: ") + what + ": " +
+                        cublasLtGetStatusString(status));
+}
+
+// The largest power of two up to 256 that divides the address: what cuBLASLt may assume.
+std::uint32_t alignment_of(const void* pointer) {
+  const auto address = reinterpret_cast<std::uintptr_t>(pointer);
+  std::uint32_t alignment = 256;
+  while (alignment > 1 && address % alignment != 0) alignment /= 2;
+  return alignment;
+}
+
+// Where steps 1-4 and the products live in the context's workspace.
+struct Int8Scratch {
+  std::int8_t* codes;               // [rows, in]
+  float* row_absmax;                // [rows]
+  std::uint8_t* is_outlier_column;  // [in]
+  std::int32_t* outlier_columns;    // [in]
+  std::int32_t* outlier_count;      // [1]
+  std::int32_t* products;           // [rows, out]
+  void* cublas_workspace;           // [kLinearCublasWorkspaceBytes]
+  void* outlier_x;                  // [rows, count] of the activation dtype
+  void* outlier_weight;             // [chunk, count] of the activation dtype
+  float* outlier_sums;              // [rows, out]
+  std::int64_t outlier_weight_elements;
+};
+
+Int8Scratch int8_scratch(const LinearContext& context, const LinearWorkspaceLayout& layout) {
+  auto* base = static_cast<std::byte*>(context.workspace());
+  return Int8Scratch{
+      reinterpret_cast<std::int8_t*>(base + layout.int8_codes),
+      reinterpret_cast<float*>(base + layout.int8_row_absmax),
+      reinterpret_cast<std::uint8_t*>(base + layout.int8_outlier_mask),
+      reinterpret_cast<std::int32_t*>(base + layout.int8_outlier_columns),
+      reinterpret_cast<std::int32_t*>(base + layout.int8_outlier_count),
+      reinterpret_cast<std::int32_t*>(base + layout.int32_output),
+      base + layout.cublas_workspace,
+      base + layout.int8_outlier_x,
+      base + layout.int8_outlier_weight,
+      reinterpret_cast<float*>(base + layout.int8_outlier_sums),
+      static_cast<std::int64_t>((layout.int8_outlier_sums - layout.int8_outlier_weight) / 4)};
+}
+
+// Steps 1-4: codes, row_absmax and, with a threshold, the outlier columns and their count.
+Status quantize_activations(const void* x, DType dtype, std::int64_t rows, std::int64_t in,
+                            float threshold, const Int8Scratch& scratch, cudaStream_t stream) {
+  const bool has_threshold = threshold > 0.0f;
+  if (has_threshold) {
+    KBIT_RETURN_IF_ERROR(cuda_status(
+        cudaMemsetAsync(scratch.is_outlier_column, 0, static_cast<std::size_t>(in), stream),
+        "linear_int8: cudaMemsetAsync (outlier mask)"));
+  }
+  KBIT_RETURN_IF_ERROR(
+      cuda_status(quantize_int8_rowwise(x, dtype, rows, in, threshold, scratch.codes,
+                                        scratch.row_absmax, scratch.is_outlier_column, stream),
+                  "linear_int8: quantize_int8_rowwise"));
+  if (!has_threshold) return ok_status();
+  // With more than one row, whole outlier columns go to the floating-point part.
+  if (rows > 1) {
+    KBIT_RETURN_IF_ERROR(cuda_status(
+        zero_outlier_columns(scratch.codes, rows, in, scratch.is_outlier_column, stream),
+        "linear_int8: zero_outlier_columns"));
+  }
+  compact_outlier_columns_kernel<<<1, kCompactThreads, 0, stream>>>(
+      scratch.is_outlier_column, in, scratch.outlier_columns, scratch.outlier_count);
+  return cuda_status(cudaGetLastError(), "linear_int8: compact_outlier_columns_kernel");
+}
+
+// Launches the GEMV instance for exactly args.rows rows (1 ..= kInt8GemvMaxRows).
+template <typename T, int kRows = 1>
+void launch_int8_gemv(const Int8OutputArgs<T>& args, bool vector_ok, cudaStream_t stream) {
+  if constexpr (kRows < kInt8GemvMaxRows) {
+    if (args.rows > kRows) return launch_int8_gemv<T, kRows + 1>(args, vector_ok, stream);
+  }
+  const auto blocks = static_cast<unsigned>((args.out + kGemvOutputs - 1) / kGemvOutputs);
+  int8_gemv_kernel<T, kRows><<<blocks, kGemvThreads, 0, stream>>>(args, vector_ok);
+}
+
+// The first failure of a sequence of cuBLASLt calls, and the call that failed.
+struct CublasLtCalls {
+  cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
+  const char* failed_call = "";
+
+  bool ok() const { return status == CUBLAS_STATUS_SUCCESS; }
+  void check(cublasStatus_t result, const char* call) {
+    if (ok() && result != CUBLAS_STATUS_SUCCESS) {
+      status = result;
+      failed_call = call;
+    }
+  }
+};
+
+// cuBLASLt's description of products [rows, out] = codes [rows, in] · weight [out, in]ᵀ in
+// column-major terms: products [out, rows] = weightᵀ · codes, weight stored as [in, out] and
+// transposed, codes as [in, rows] (the "TN" layout of its int8 kernels). The descriptors live
+// in this struct's storage, so cuBLASLt allocates nothing for them.
+struct Int8GemmDescriptors {
+  cublasLtMatmulDescOpaque_t desc;
+  cublasLtMatrixLayoutOpaque_t weight;
+  cublasLtMatrixLayoutOpaque_t codes;
+  cublasLtMatrixLayoutOpaque_t products;
+  cublasLtMatmulPreferenceOpaque_t preference;
+};
+
+void init_int8_gemm(Int8GemmDescriptors& d, const std::int8_t* codes, const std::int8_t* weight,
+                    std::int64_t rows, std::int64_t in, std::int64_t out,
+                    const std::int32_t* products, CublasLtCalls& calls) {
+  const auto u64 = [](std::int64_t n) { return static_cast<std::uint64_t>(n); };
+  const cublasOperation_t transpose = CUBLAS_OP_T;
+  calls.check(cublasLtMatmulDescInit(&d.desc, CUBLAS_COMPUTE_32I, CUDA_R_32I),
+              "cublasLtMatmulDescInit");
+  calls.check(cublasLtMatmulDescSetAttribute(&d.desc, CUBLASLT_MATMUL_DESC_TRANSA, &transpose,
+                                             sizeof(transpose)),
+              "cublasLtMatmulDescSetAttribute (TRANSA)");
+  calls.check(cublasLtMatrixLayoutInit(&d.weight, CUDA_R_8I, u64(in), u64(out), in),
+              "cublasLtMatrixLayoutInit (weight)");
+  calls.check(cublasLtMatrixLayoutInit(&d.codes, CUDA_R_8I, u64(in), u64(rows), in),
+              "cublasLtMatrixLayoutInit (codes)");
+  calls.check(cublasLtMatrixLayoutInit(&d.products, CUDA_R_32I, u64(out), u64(rows), out),
+              "cublasLtMatrixLayoutInit (products)");
+
+  // The heuristic may pick kernels needing more alignment than the pointers have unless told.
+  const std::uint64_t workspace_bytes = kLinearCublasWorkspaceBytes;
+  const std::uint32_t alignments[4] = {alignment_of(weight), alignment_of(codes),
+                                       alignment_of(products), alignment_of(products)};
+  const cublasLtMatmulPreferenceAttributes_t alignment_attributes[4] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  calls.check(cublasLtMatmulPreferenceInit(&d.preference), "cublasLtMatmulPreferenceInit");
+  calls.check(
+      cublasLtMatmulPreferenceSetAttribute(&d.preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                           &workspace_bytes, sizeof(workspace_bytes)),
+      "cublasLtMatmulPreferenceSetAttribute (workspace)");
+  for (int i = 0; i < 4; ++i) {
+    calls.check(cublasLtMatmulPreferenceSetAttribute(&d.preference, alignment_attributes[i],
+                                                     &alignments[i], sizeof(alignments[i])),
+                "cublasLtMatmulPreferenceSetAttribute (alignment)");
+  }
+}
+
+// scratch.products = codes · weightᵀ by cuBLASLt. Leaves CUBLAS_STATUS_NOT_SUPPORTED in `calls`
+// when it has no algorithm for the shape (nothing is queued then). The algorithm of each shape
+// and alignment is chosen once per context.
+void int8_products_cublas_lt(LinearContext& context, const std::int8_t* weight, std::int64_t rows,
+                             std::int64_t in, std::int64_t out, const Int8Scratch& scratch,
+                             CublasLtCalls& calls) {
+  Int8GemmDescriptors d;
+  init_int8_gemm(d, scratch.codes, weight, rows, in, out, scratch.products, calls);
+  if (!calls.ok()) return;
+  const LinearContext::GemmKey key = {
+      rows, in, out, alignment_of(weight),
+      std::min(alignment_of(scratch.codes), alignment_of(scratch.products))};
+  auto [entry, inserted] = context.lt_algorithms().try_emplace(key);
+  if (inserted) {
+    cublasLtMatmulHeuristicResult_t heuristic{};
+    int algorithms = 0;
+    calls.check(cublasLtMatmulAlgoGetHeuristic(context.cublas_lt(), &d.desc, &d.weight, &d.codes,
+                                               &d.products, &d.products, &d.preference, 1,
+                                               &heuristic, &algorithms),
+                "cublasLtMatmulAlgoGetHeuristic");
+    if (!calls.ok()) {
+      context.lt_algorithms().erase(entry);
+      return;
+    }
+    if (algorithms > 0) entry->second = heuristic.algo;
+  }
+  if (!entry->second) {
+    calls.check(CUBLAS_STATUS_NOT_SUPPORTED, "cublasLtMatmulAlgoGetHeuristic");
+    return;
+  }
+  const std::int32_t alpha = 1;
+  const std::int32_t beta = 0;
+  calls.check(cublasLtMatmul(context.cublas_lt(), &d.desc, &alpha, weight, &d.weight, scratch.codes,
+                             &d.codes, &beta, scratch.products, &d.products, scratch.products,
+                             &d.products, &*entry->second, scratch.cublas_workspace,
+                             kLinearCublasWorkspaceBytes, context.stream()),
+              "cublasLtMatmul");
+}
+
+// Step 5 for more than kInt8GemvMaxRows rows: scratch.products [rows, out].
+Status int8_products(LinearContext& context, const std::int8_t* weight, std::int64_t rows,
+                     std::int64_t in, std::int64_t out, const Int8Scratch& scratch) {
+  CublasLtCalls calls;
+  int8_products_cublas_lt(context, weight, rows, in, out, scratch, calls);
+  if (calls.status != CUBLAS_STATUS_NOT_SUPPORTED) {
+    return cublas_lt_status(calls.status, calls.failed_call);
+  }
+  const dim3 grid(static_cast<unsigned>((out + kTile - 1) / kTile),
+                  static_cast<unsigned>((rows + kTile - 1) / kTile));
+  int8_products_kernel<<<grid, dim3(kTile, kTileThreadRows), 0, context.stream()>>>(
+      scratch.codes, weight, rows, in, out, scratch.products);
+  return cuda_status(cudaGetLastError(), "linear_int8: int8_products_kernel");
+}
+
+// Step 7's sums Σ_j x[row][j] · round_X(W'[o][j]) over the outlier columns, as a GEMM on the
+// tensor cores into scratch.outlier_sums, where there are outlier columns: true if it made them.
+// A prompt can have thousands (a column counts once any row reaches the threshold), which the
+// epilogue's own loop would take milliseconds over. Needs the count on the host, so it waits for
+// the stream; inside a CUDA graph capture, where it cannot, the epilogue sums instead (false).
+template <typename T>
+Result<bool> outlier_sums_by_gemm(LinearContext& context, const Int8OutputArgs<T>& args,
+                                  const Int8Scratch& scratch) {
+  if (args.outlier_count == nullptr) return false;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  KBIT_RETURN_IF_ERROR(cuda_status(cudaStreamIsCapturing(context.stream(), &capture),
+                                   "linear_int8: cudaStreamIsCapturing"));
+  if (capture != cudaStreamCaptureStatusNone) return false;
+  std::int32_t count = 0;
+  KBIT_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(&count, args.outlier_count, sizeof(count),
+                                                   cudaMemcpyDeviceToHost, context.stream()),
+                                   "linear_int8: outlier count"));
+  KBIT_RETURN_IF_ERROR(
+      cuda_status(cudaStreamSynchronize(context.stream()), "linear_int8: outlier count"));
+  if (count == 0) return false;
+  const cudaStream_t stream = context.stream();
+  const int threads = 256;
+  const auto blocks = [&](std::int64_t n) {
+    return static_cast<unsigned>(std::min<std::int64_t>((n + threads - 1) / threads, 65535));
+  };
+  T* x = static_cast<T*>(scratch.outlier_x);
+  T* weight = static_cast<T*>(scratch.outlier_weight);
+  gather_outlier_x_kernel<T><<<blocks(args.rows * count), threads, 0, stream>>>(
+      args.x, args.rows, args.in, args.outlier_columns, count, x);
+  KBIT_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "linear_int8: gather_outlier_x_kernel"));
+  constexpr bool kF32 = std::is_same_v<T, float>;
+  const cudaDataType_t type = kF32 ? CUDA_R_32F : CUDA_R_16BF;
+  // As linear_float: never TF32 for f32 data; bf16 products are exact in f32.
+  const cublasComputeType_t compute = kF32 ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F;
+  const std::int64_t chunk =
+      std::max<std::int64_t>(1, std::min(args.out, scratch.outlier_weight_elements / count));
+  const float alpha = 1.0f;
+  const float beta = 0.0f;
+  for (std::int64_t first_out = 0; first_out < args.out; first_out += chunk) {
+    const std::int64_t features = std::min(chunk, args.out - first_out);
+    gather_outlier_weight_kernel<T><<<blocks(features * count), threads, 0, stream>>>(
+        args.weight, args.weight_absmax, args.in, args.outlier_columns, count, first_out, features,
+        weight);
+    KBIT_RETURN_IF_ERROR(
+        cuda_status(cudaGetLastError(), "linear_int8: gather_outlier_weight_kernel"));
+    // Column-major sums[features, rows] = weight[count, features]ᵀ · x[count, rows], into
+    // columns [first_out, first_out + features) of the row-major [rows, out] sums.
+    KBIT_RETURN_IF_ERROR(linear_cublas_status(
+        cublasGemmEx(context.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(features),
+                     static_cast<int>(args.rows), count, &alpha, weight, type, count, x, type,
+                     count, &beta, scratch.outlier_sums + first_out, CUDA_R_32F,
+                     static_cast<int>(args.out), compute, CUBLAS_GEMM_DEFAULT),
+        "linear_int8: outlier columns' cublasGemmEx"));
+  }
+  return true;
+}
+
+// Steps 5-7 once steps 1-4 have run.
+template <typename T>
+Status int8_outputs(LinearContext& context, const Int8OutputArgs<T>& args,
+                    const Int8Scratch& scratch) {
+  if (args.rows <= kInt8GemvMaxRows) {
+    const bool vector_ok =
+        args.in % 16 == 0 && is_aligned_16(args.codes) && is_aligned_16(args.weight);
+    launch_int8_gemv(args, vector_ok, context.stream());
+    return cuda_status(cudaGetLastError(), "linear_int8: int8_gemv_kernel");
+  }
+  KBIT_RETURN_IF_ERROR(int8_products(context, args.weight, args.rows, args.in, args.out, scratch));
+  KBIT_ASSIGN_OR_RETURN(const bool precomputed, outlier_sums_by_gemm(context, args, scratch));
+  const dim3 grid(static_cast<unsigned>((args.out + kTile - 1) / kTile),
+                  static_cast<unsigned>((args.rows + kTile - 1) / kTile));
+  int8_epilogue_kernel<T><<<grid, dim3(kTile, kTileThreadRows), 0, context.stream()>>>(
+      args, scratch.products, precomputed ? scratch.outlier_sums : nullptr);
+  return cuda_status(cudaGetLastError(), "linear_int8: int8_epilogue_kernel");
+}
+
+template <typename T>
+Int8OutputArgs<T> output_args(const void* x, const Int8WeightDevice& weight, const void* bias,
+                              std::int64_t rows, std::int64_t in, std::int64_t out,
+                              bool has_threshold, const Int8Scratch& scratch, void* y) {
+  return Int8OutputArgs<T>{static_cast<const T*>(x),
+                           scratch.codes,
+                           scratch.row_absmax,
+                           scratch.outlier_columns,
+                           has_threshold ? scratch.outlier_count : nullptr,
+                           weight.codes,
+                           weight.row_absmax,
+                           static_cast<const T*>(bias),
+                           rows,
+                           in,
+                           out,
+                           static_cast<T*>(y)};
+}
+
+Status check_int8_arguments(const LinearContext& context, const void* x,
+                            const Int8WeightDevice& weight, std::int64_t rows, std::int64_t in,
+                            std::int64_t out, float threshold, const void* y, DType dtype) {
+  if (dtype != DType::kF32 && dtype != DType::kBF16) {
+    return invalid_argument("linear_int8: the activation dtype must be f32 or bf16, not " +
+                            std::string(dtype_name(dtype)));
+  }
+  if (rows < 1 || in < 1 || out < 1) {
+    return invalid_argument("linear_int8: rows, in and out must be positive");
+  }
+  // Outlier columns are int32; the tiled kernels' grids have at most 65535 rows of tiles.
+  if (in > INT32_MAX || rows > kMaxTileRows) {
+    return invalid_argument("linear_int8: more than " + std::to_string(INT32_MAX) +
+                            " in features or " + std::to_string(kMaxTileRows) + " rows");
+  }
+  if (!(threshold >= 0.0f) || !std::isfinite(threshold)) {
+    return invalid_argument("linear_int8: the threshold must be finite and >= 0");
+  }
+  if (x == nullptr || weight.codes == nullptr || weight.row_absmax == nullptr || y == nullptr) {
+    return invalid_argument("linear_int8: x, the weight's codes and absmax, and y are required");
+  }
+  if (linear_workspace_layout(rows, in, out).total_bytes > context.workspace_bytes()) {
+    return invalid_argument("linear_int8: [" + std::to_string(rows) + ", " + std::to_string(in) +
+                            "] -> " + std::to_string(out) +
+                            " features exceeds the sizes the LinearContext was created for");
+  }
+  return ok_status();
+}
+
+}  // namespace
+
+Status linear_int8(LinearContext& context, const void* x, const Int8WeightDevice& weight,
+                   const void* bias, std::int64_t rows, std::int64_t in, std::int64_t out,
+                   float threshold, void* y, DType dtype) {
+  KBIT_RETURN_IF_ERROR(
+      check_int8_arguments(context, x, weight, rows, in, out, threshold, y, dtype));
+  const Int8Scratch scratch = int8_scratch(context, linear_workspace_layout(rows, in, out));
+  KBIT_RETURN_IF_ERROR(
+      quantize_activations(x, dtype, rows, in, threshold, scratch, context.stream()));
+  const bool has_threshold = threshold > 0.0f;
+  if (dtype == DType::kF32) {
+    return int8_outputs(
+        context, output_args<float>(x, weight, bias, rows, in, out, has_threshold, scratch, y),
+        scratch);
+  }
+  return int8_outputs(
+      context,
+      output_args<__nv_bfloat16>(x, weight, bias, rows, in, out, has_threshold, scratch, y),
+      scratch);
+}
+
+}  // namespace kbit::kernels::cuda

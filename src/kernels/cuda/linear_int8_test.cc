@@ -1,0 +1,415 @@
+// GPU tests of linear_int8 (kernels/cuda/linear_launchers.h) against its definition on the CPU,
+// linear_int8_reference (kernels/cpu/quantized_linear.h), on fresh random data:
+//   - without outlier columns (threshold 0, or no value reaching it) every output equals the
+//     reference bit for bit: the int32 products are exact and steps 6-7 are the same float
+//     operations;
+//   - with outlier columns, every output lies within the bound that the order of the outlier
+//     columns' f32 sum allows (outlier_tolerance derives it).
+// Weights are the CPU's int8 row-wise quantization of N(0, 0.02) values; activations are N(0, 1)
+// with planted outlier features. The output and the context's workspace are poisoned (0xAB bytes)
+// before each call, so an output left unwritten, or scratch read before it is written, shows.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <iostream>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kbit/core/dtype.h"
+#include "kbit/core/random.h"
+#include "kbit/core/tensor.h"
+#include "kbit/quant/codebooks.h"
+#include "kbit/quant/int8_rowwise.h"
+#include "kernels/cpu/quantized_linear.h"
+#include "kernels/cuda/linear_launchers.h"
+#include "testing/shared_data.h"
+
+namespace kbit {
+namespace {
+
+namespace cpu = kernels::cpu;
+namespace kc = kernels::cuda;
+
+// ---- Helpers. Failures of the plumbing throw; GoogleTest reports them as test failures.
+
+void check(const Status& status) {
+  if (!status.ok()) throw std::runtime_error(status.to_string());
+}
+
+template <typename T>
+T must(Result<T> result) {
+  check(result.status());
+  return std::move(result).value();
+}
+
+void check_cuda(cudaError_t error, const char* what) {
+  if (error != cudaSuccess) {
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(error));
+  }
+}
+
+Tensor host_tensor(Shape shape, DType dtype) {
+  return must(Tensor::empty(shape, dtype));
+}
+
+Tensor to_device(const TensorView& host) {
+  Tensor tensor = must(Tensor::empty(host.shape(), host.dtype(), Device::cuda(0)));
+  check(copy_tensor(host, tensor.view()));
+  return tensor;
+}
+
+Tensor to_host(const TensorView& device) {
+  Tensor tensor = host_tensor(device.shape(), device.dtype());
+  check(copy_tensor(device, tensor.view()));
+  return tensor;
+}
+
+// A device tensor whose bytes are all 0xAB.
+Tensor poisoned_device_tensor(Shape shape, DType dtype) {
+  Tensor tensor = must(Tensor::empty(shape, dtype, Device::cuda(0)));
+  check_cuda(cudaMemset(tensor.view().data(), 0xAB, tensor.nbytes()), "cudaMemset");
+  return tensor;
+}
+
+// The elements of an f32 or bf16 host tensor as floats (exact).
+std::vector<float> values_of(const TensorView& tensor) {
+  std::vector<float> values(static_cast<std::size_t>(tensor.numel()));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    values[i] = tensor.dtype() == DType::kF32 ? tensor.data_as<float>()[i]
+                                              : bf16_to_f32(tensor.data_as<bf16>()[i]);
+  }
+  return values;
+}
+
+void set_value(const TensorView& tensor, std::int64_t i, float value) {
+  if (tensor.dtype() == DType::kF32) {
+    tensor.data_as<float>()[i] = value;
+  } else {
+    tensor.data_as<bf16>()[i] = f32_to_bf16(value);
+  }
+}
+
+float rounded_to(DType dtype, float value) {
+  return dtype == DType::kF32 ? value : bf16_to_f32(f32_to_bf16(value));
+}
+
+// A CUDA stream and a LinearContext on it, released in that order's reverse.
+class LinearSetup {
+ public:
+  LinearSetup(std::int64_t max_rows, std::int64_t max_in, std::int64_t max_out) {
+    check_cuda(cudaStreamCreate(&stream_.stream), "cudaStreamCreate");
+    context_ = must(kc::LinearContext::create(stream_.stream, max_rows, max_in, max_out));
+  }
+  kc::LinearContext& context() { return *context_; }
+  cudaStream_t stream() const { return stream_.stream; }
+
+ private:
+  struct OwnedStream {
+    cudaStream_t stream = nullptr;
+    ~OwnedStream() {
+      if (stream != nullptr) cudaStreamDestroy(stream);
+    }
+  };
+  OwnedStream stream_;  // a blocking stream: ordered after the legacy stream's memsets and copies
+  std::unique_ptr<kc::LinearContext> context_;
+};
+
+// A weight [out, in] as Linear8bitLt holds it, on both sides: the int8 row-wise quantization
+// of N(0, 0.02) values.
+struct TestWeight {
+  std::int64_t out;
+  std::int64_t in;
+  Tensor codes;       // i8 [out, in]
+  Tensor row_absmax;  // f32 [out]
+  Tensor device_codes;
+  Tensor device_row_absmax;
+};
+
+TestWeight make_weight(std::int64_t out, std::int64_t in, std::uint64_t seed) {
+  Tensor values = host_tensor(Shape{out, in}, DType::kF32);
+  check(fill_normal(values.view(), seed, 0.0f, 0.02f));
+  TestWeight weight{out,
+                    in,
+                    host_tensor(Shape{out, in}, DType::kI8),
+                    host_tensor(Shape{out}, DType::kF32),
+                    Tensor(),
+                    Tensor()};
+  check(quant::quantize_int8_rowwise(values, 0.0f, weight.codes.view(), weight.row_absmax.view(),
+                                     nullptr));
+  weight.device_codes = to_device(weight.codes);
+  weight.device_row_absmax = to_device(weight.row_absmax);
+  return weight;
+}
+
+struct Int8Case {
+  std::int64_t rows;
+  DType dtype;  // of x, bias and y
+  float threshold;
+  bool bias;
+  bool plant_outliers;
+};
+
+std::string describe(const TestWeight& weight, const Int8Case& c) {
+  return std::to_string(c.rows) + " rows, in " + std::to_string(weight.in) + ", out " +
+         std::to_string(weight.out) + ", " + std::string(dtype_name(c.dtype)) + ", threshold " +
+         std::to_string(c.threshold) + (c.bias ? ", bias" : ", no bias") +
+         (c.plant_outliers ? ", outliers planted" : "");
+}
+
+// x [rows, in]: N(0, 1) and, when planted, LLM.int8's outlier features: three columns holding
+// magnitudes 8..20 in every third row (the other rows' values in them stay small), and one value
+// exactly 6 in the last row (|x| >= threshold counts).
+Tensor make_activations(const Int8Case& c, std::int64_t in, std::uint64_t seed) {
+  Tensor x = host_tensor(Shape{c.rows, in}, c.dtype);
+  check(fill_normal(x.view(), seed));
+  if (!c.plant_outliers) return x;
+  const std::int64_t columns[3] = {in / 7, in / 2, in - 1};
+  for (std::int64_t row = 0; row < c.rows; row += 3) {
+    for (int k = 0; k < 3; ++k) {
+      const float magnitude = static_cast<float>(8 + (row * 5 + k * 7) % 13);
+      set_value(x.view(), row * in + columns[k], (row + k) % 2 == 0 ? magnitude : -magnitude);
+    }
+  }
+  set_value(x.view(), (c.rows - 1) * in + (in * 3) / 4, 6.0f);
+  return x;
+}
+
+// The columns holding a value with |f16(x)| >= threshold (none for threshold 0).
+std::vector<std::int64_t> outlier_columns(const std::vector<float>& x, std::int64_t in,
+                                          float threshold) {
+  std::vector<std::int64_t> columns;
+  if (threshold <= 0.0f) return columns;
+  std::vector<bool> is_outlier(static_cast<std::size_t>(in), false);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    if (std::fabs(f16_to_f32(f32_to_f16(x[i]))) >= threshold) {
+      is_outlier[i % static_cast<std::size_t>(in)] = true;
+    }
+  }
+  for (std::int64_t j = 0; j < in; ++j) {
+    if (is_outlier[static_cast<std::size_t>(j)]) columns.push_back(j);
+  }
+  return columns;
+}
+
+// The largest |y_gpu - y_cpu| that the order of the outlier columns' sum allows at (row, o).
+// Both sides compute y = round_X(fl32(y16 + S)) from the same y16 (the int8 part, exact), where
+// S = Σ_j x[row][j] · w_j over the n outlier columns, w_j = round_X(W'[o][j]), is summed in f32
+// in some order. Each of the n terms passes through at most n roundings (its product and the
+// additions above it), so each side's S lies within γ_n · Σ_j |x_j · w_j| of the exact sum,
+// γ_n = n·u / (1 - n·u) with u = 2^-24 (Higham, Accuracy and Stability of Numerical Algorithms,
+// 3.1), and the two within twice that. The last roundings move each result by at most rel_X
+// times its magnitude: rel = 2^-23 for f32 (2u), 2^-7 for bf16 (covering the f32 rounding first).
+double outlier_tolerance(const std::vector<float>& x, const TestWeight& weight, DType dtype,
+                         const std::vector<std::int64_t>& columns, std::int64_t row, std::int64_t o,
+                         float y_cpu, float y_gpu) {
+  const std::int8_t* codes = weight.codes.data_as<std::int8_t>() + o * weight.in;
+  const float absmax = weight.row_absmax.data_as<float>()[o];
+  double magnitude_sum = 0.0;
+  for (const std::int64_t j : columns) {
+    const float w =
+        rounded_to(dtype, static_cast<float>(codes[j]) * absmax * quant::kInt8DequantScale);
+    magnitude_sum +=
+        std::fabs(static_cast<double>(x[static_cast<std::size_t>(row * weight.in + j)]) *
+                  static_cast<double>(w));
+  }
+  const double n_u = static_cast<double>(columns.size()) * std::ldexp(1.0, -24);
+  const double gamma = n_u / (1.0 - n_u);
+  const double rel = dtype == DType::kF32 ? std::ldexp(1.0, -23) : std::ldexp(1.0, -7);
+  return 2.0 * gamma * magnitude_sum + rel * (std::fabs(y_cpu) + std::fabs(y_gpu));
+}
+
+// Counts of compared outputs over a test, printed at its end.
+struct Tally {
+  std::int64_t bit_equal_required = 0;
+  std::int64_t within_tolerance_required = 0;
+  std::int64_t failures = 0;
+
+  void report() const {
+    std::cout << "[ info     ] " << bit_equal_required << " outputs required bit-equal, "
+              << within_tolerance_required << " within the outlier-sum tolerance, " << failures
+              << " failed\n";
+  }
+};
+
+// Runs one case on both sides and compares every output.
+void run_case(LinearSetup& setup, const TestWeight& weight, const Int8Case& c, std::uint64_t seed,
+              Tally& tally) {
+  SCOPED_TRACE(describe(weight, c) + ", seed " + std::to_string(seed));
+  const std::int64_t in = weight.in;
+  const std::int64_t out = weight.out;
+  const Tensor x = make_activations(c, in, seed);
+  Tensor bias = host_tensor(Shape{out}, c.dtype);
+  check(fill_normal(bias.view(), seed + 1, 0.0f, 0.5f));
+  const std::vector<float> x_values = values_of(x);
+  const std::vector<float> bias_values = values_of(bias);
+
+  std::vector<float> expected(static_cast<std::size_t>(c.rows * out));
+  const cpu::LinearInt8Job job{x_values.data(),
+                               cpu::Int8Weight{weight.codes.data_as<const std::int8_t>(),
+                                               weight.row_absmax.data_as<const float>(), nullptr},
+                               c.bias ? bias_values.data() : nullptr,
+                               c.dtype,
+                               c.rows,
+                               in,
+                               out,
+                               c.threshold,
+                               c.dtype,
+                               expected.data()};
+  cpu::linear_int8_reference(job);
+
+  const Tensor device_x = to_device(x);
+  const Tensor device_bias = to_device(bias);
+  const Tensor device_y = poisoned_device_tensor(Shape{c.rows, out}, c.dtype);
+  kc::LinearContext& context = setup.context();
+  check_cuda(cudaMemsetAsync(context.workspace(), 0xAB, context.workspace_bytes(), setup.stream()),
+             "cudaMemsetAsync (workspace)");
+  check(kc::linear_int8(context, device_x.view().data(),
+                        kc::Int8WeightDevice{weight.device_codes.data_as<const std::int8_t>(),
+                                             weight.device_row_absmax.data_as<const float>()},
+                        c.bias ? device_bias.view().data() : nullptr, c.rows, in, out, c.threshold,
+                        device_y.view().data(), c.dtype));
+  check_cuda(cudaStreamSynchronize(setup.stream()), "cudaStreamSynchronize");
+  const std::vector<float> actual = values_of(to_host(device_y));
+
+  const std::vector<std::int64_t> columns = outlier_columns(x_values, in, c.threshold);
+  for (std::int64_t i = 0; i < c.rows * out; ++i) {
+    const float y_cpu = expected[static_cast<std::size_t>(i)];
+    const float y_gpu = actual[static_cast<std::size_t>(i)];
+    bool ok = false;
+    double tolerance = 0.0;
+    if (columns.empty()) {
+      ++tally.bit_equal_required;
+      ok = std::bit_cast<std::uint32_t>(y_cpu) == std::bit_cast<std::uint32_t>(y_gpu);
+    } else {
+      ++tally.within_tolerance_required;
+      tolerance =
+          outlier_tolerance(x_values, weight, c.dtype, columns, i / out, i % out, y_cpu, y_gpu);
+      ok = std::fabs(static_cast<double>(y_gpu) - static_cast<double>(y_cpu)) <= tolerance;
+    }
+    if (!ok && ++tally.failures <= 10) {
+      ADD_FAILURE() << "y[" << i / out << "][" << i % out << "]: CPU " << y_cpu << ", GPU " << y_gpu
+                    << (columns.empty() ? " (bits differ)"
+                                        : ", tolerance " + std::to_string(tolerance));
+    }
+  }
+}
+
+// Every combination of rows, dtype, threshold and bias on the weight [out, in]; the outliers are
+// planted except where rows == 3, so that a threshold with no value reaching it is covered too.
+void run_all_cases(LinearSetup& setup, const TestWeight& weight,
+                   const std::vector<std::int64_t>& row_counts, float threshold,
+                   std::uint64_t& seed, Tally& tally) {
+  for (const std::int64_t rows : row_counts) {
+    for (const DType dtype : {DType::kF32, DType::kBF16}) {
+      for (const float t : {0.0f, threshold}) {
+        for (const bool bias : {false, true}) {
+          run_case(setup, weight, Int8Case{rows, dtype, t, bias, rows != 3}, seed, tally);
+          seed += 2;
+        }
+      }
+    }
+  }
+}
+
+const std::vector<std::int64_t> kRowCounts = {1, 3, 8, 9, 64, 300};
+
+// rows <= 8 take the fused GEMV (16-byte vectors here: in is a multiple of 16), more rows
+// cuBLASLt and the epilogue kernel.
+TEST(CudaLinearInt8, MatchesReferenceOnSmallShapes) {
+  KBIT_REQUIRE_CUDA();
+  LinearSetup setup(300, 160, 96);
+  Tally tally;
+  std::uint64_t seed = 1000;
+  for (const auto& [out, in] : {std::pair<std::int64_t, std::int64_t>{64, 64}, {96, 160}}) {
+    const TestWeight weight = make_weight(out, in, seed++);
+    run_all_cases(setup, weight, kRowCounts, 6.0f, seed, tally);
+  }
+  tally.report();
+  EXPECT_EQ(tally.failures, 0);
+}
+
+// Llama's shapes. To bound the CPU reference's time, each (rows, dtype, threshold) runs once:
+// with a bias for f32 at threshold 6 and for bf16 at threshold 0, so each dtype meets both.
+TEST(CudaLinearInt8, MatchesReferenceOnLlamaShapes) {
+  KBIT_REQUIRE_CUDA();
+  LinearSetup setup(300, 14336, 4096);
+  Tally tally;
+  std::uint64_t seed = 2000;
+  for (const auto& [out, in] : {std::pair<std::int64_t, std::int64_t>{4096, 4096}, {1024, 14336}}) {
+    const TestWeight weight = make_weight(out, in, seed++);
+    for (const std::int64_t rows : kRowCounts) {
+      for (const DType dtype : {DType::kF32, DType::kBF16}) {
+        for (const float threshold : {0.0f, 6.0f}) {
+          const bool bias = (dtype == DType::kF32) == (threshold > 0.0f);
+          run_case(setup, weight, Int8Case{rows, dtype, threshold, bias, rows != 3}, seed, tally);
+          seed += 2;
+        }
+      }
+    }
+  }
+  tally.report();
+  EXPECT_EQ(tally.failures, 0);
+}
+
+// in not a multiple of 16 (the GEMV's byte loop) or of 4, out not a multiple of 4 (where
+// cuBLASLt's int8 GEMM declines and the tiled __dp4a kernel takes over), tiles cut by the edges.
+TEST(CudaLinearInt8, MatchesReferenceOnOddShapes) {
+  KBIT_REQUIRE_CUDA();
+  LinearSetup setup(65, 200, 100);
+  Tally tally;
+  std::uint64_t seed = 3000;
+  const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {{1, 1},    {5, 3},    {37, 45},
+                                                                     {33, 200}, {100, 68}, {4, 36}};
+  for (const auto& [out, in] : shapes) {
+    const TestWeight weight = make_weight(out, in, seed++);
+    run_all_cases(setup, weight, {1, 2, 3, 7, 8, 9, 33, 65}, 6.0f, seed, tally);
+  }
+  tally.report();
+  EXPECT_EQ(tally.failures, 0);
+}
+
+// A low threshold makes most columns outliers: more than one pass of every loop over them (the
+// GEMV's 256 threads, the epilogue's 32-column tiles, the compaction's 1024-column passes).
+TEST(CudaLinearInt8, ManyOutlierColumns) {
+  KBIT_REQUIRE_CUDA();
+  LinearSetup setup(64, 2080, 64);
+  Tally tally;
+  std::uint64_t seed = 4000;
+  for (const auto& [out, in] : {std::pair<std::int64_t, std::int64_t>{64, 2080}, {40, 1000}}) {
+    const TestWeight weight = make_weight(out, in, seed++);
+    run_all_cases(setup, weight, {1, 8, 9, 64}, 0.5f, seed, tally);
+  }
+  tally.report();
+  EXPECT_EQ(tally.failures, 0);
+}
+
+TEST(CudaLinearInt8, RejectsWhatTheContractExcludes) {
+  KBIT_REQUIRE_CUDA();
+  LinearSetup setup(8, 64, 64);
+  const TestWeight weight = make_weight(64, 64, 5000);
+  const Tensor x = poisoned_device_tensor(Shape{8, 64}, DType::kF32);
+  const Tensor y = poisoned_device_tensor(Shape{8, 64}, DType::kF32);
+  const kc::Int8WeightDevice device_weight{weight.device_codes.data_as<const std::int8_t>(),
+                                           weight.device_row_absmax.data_as<const float>()};
+  const auto run = [&](std::int64_t rows, std::int64_t in, float threshold, DType dtype) {
+    return kc::linear_int8(setup.context(), x.view().data(), device_weight, nullptr, rows, in, 64,
+                           threshold, y.view().data(), dtype)
+        .code();
+  };
+  EXPECT_EQ(run(8, 64, 6.0f, DType::kF16), StatusCode::kInvalidArgument);
+  EXPECT_EQ(run(0, 64, 6.0f, DType::kF32), StatusCode::kInvalidArgument);
+  EXPECT_EQ(run(8, 64, -1.0f, DType::kF32), StatusCode::kInvalidArgument);
+  EXPECT_EQ(run(8, 64, std::nanf(""), DType::kF32), StatusCode::kInvalidArgument);
+  // Far beyond the sizes the context was made for (nothing is launched: it fails first).
+  EXPECT_EQ(run(1000000, 64, 6.0f, DType::kF32), StatusCode::kInvalidArgument);
+  check_cuda(cudaStreamSynchronize(setup.stream()), "cudaStreamSynchronize");
+}
+
+}  // namespace
+}  // namespace kbit

@@ -1,0 +1,127 @@
+// Host-side launchers of the CUDA Linear layers, with the numerics of the CPU kernels they are
+// tested against (kernels/cpu/llama_ops.h linear, kernels/cpu/quantized_linear.h):
+//   linear_float  y = x · Wᵀ (+ bias), W in the activation dtype (f32 or bf16), through cuBLAS
+//                 with f32 accumulation (never TF32)
+//   linear_4bit   bitsandbytes' Linear4bit: the weight dequantized inside the matmul
+//   linear_int8   LLM.int8 (spec 6.3): activations quantized row-wise, outlier columns in
+//                 floating point, int8 × int8 → int32 for the rest
+//
+// x, bias and y hold values of the activation dtype `dtype` (kF32 or kBF16), stored in it.
+// Every pointer is device memory. Launchers queue work on the stream of `blas` and return the
+// first error; none synchronises or allocates, so they can be captured in a CUDA graph
+// (cuBLAS is given its workspace by LinearContext).
+#pragma once
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "kbit/core/dtype.h"
+#include "kbit/core/status.h"
+#include "kbit/quant/blockwise_4bit.h"
+
+namespace kbit::kernels::cuda {
+
+// The handles, stream and scratch memory the Linear launchers share. One per stream; not
+// thread safe. Owns its handles and its device workspace.
+class LinearContext {
+ public:
+  // The shape of a Linear call: x [rows, in] times W [out, in]ᵀ.
+  struct CallShape {
+    std::int64_t rows = 1;
+    std::int64_t in = 1;
+    std::int64_t out = 1;
+  };
+  // A context for calls of the shapes `calls` or smaller in every dimension (the workspace is
+  // sized for the largest need among them, laid out as linear_workspace.h says, and taken from
+  // kbit's caching allocator of the current device, so that its statistics count it). Fails with
+  // kOutOfMemory, saying how much was needed and is free, when the workspace does not fit. The
+  // cuBLAS handle runs on `stream`, never uses TF32 and reduces split-K partial sums in f32.
+  static Result<std::unique_ptr<LinearContext>> create(cudaStream_t stream,
+                                                       std::span<const CallShape> calls);
+  // For calls up to max_rows × max_in × max_out.
+  static Result<std::unique_ptr<LinearContext>> create(cudaStream_t stream, std::int64_t max_rows,
+                                                       std::int64_t max_in, std::int64_t max_out);
+  ~LinearContext();
+  LinearContext(const LinearContext&) = delete;
+  LinearContext& operator=(const LinearContext&) = delete;
+
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  cublasLtHandle_t cublas_lt() const { return cublas_lt_; }
+  // Scratch for the launchers: at least workspace_bytes() bytes, 256-byte aligned.
+  void* workspace() const { return workspace_; }
+  std::size_t workspace_bytes() const { return workspace_bytes_; }
+  // What a context for these sizes holds in device memory (to plan memory before loading).
+  static std::size_t workspace_bytes_for(std::int64_t max_rows, std::int64_t max_in,
+                                         std::int64_t max_out);
+
+  // The cuBLASLt algorithm chosen for a GEMM, by the launcher's own key (shape, alignments):
+  // cuBLASLt's heuristic costs far more host time than a prompt chunk's GEMM takes on the GPU,
+  // so each shape asks it once. nullopt: it has no algorithm for that shape.
+  using GemmKey = std::array<std::int64_t, 5>;
+  std::map<GemmKey, std::optional<cublasLtMatmulAlgo_t>>& lt_algorithms() { return lt_algorithms_; }
+
+ private:
+  LinearContext() = default;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  cublasLtHandle_t cublas_lt_ = nullptr;
+  void* workspace_ = nullptr;
+  std::size_t workspace_bytes_ = 0;
+  int device_ = 0;  // whose caching allocator holds the workspace
+  std::map<GemmKey, std::optional<cublasLtMatmulAlgo_t>> lt_algorithms_;
+};
+
+// ---- float --------------------------------------------------------------------------------------
+// y[rows, out] = x[rows, in] · W[out, in]ᵀ (+ bias[out]), all of `dtype` (f32 or bf16), f32
+// accumulation; with bf16 the sum (bias included) is rounded once, as linear_reference.
+Status linear_float(LinearContext& context, const void* x, const void* weight, const void* bias,
+                    std::int64_t rows, std::int64_t in, std::int64_t out, void* y, DType dtype);
+
+// ---- 4-bit --------------------------------------------------------------------------------------
+// A 4-bit weight in device memory, as kernels/cpu/quantized_linear.h's FourBitWeight describes.
+struct FourBitWeightDevice {
+  const std::uint8_t* packed;  // [ceil(out · in / 2)]
+  quant::FourBitType type;
+  std::int64_t block_size;
+  const float* absmax;               // [blocks], or nullptr when nested
+  const std::uint8_t* absmax_codes;  // [blocks] or nullptr
+  const float* nested_absmax;        // [ceil(blocks / 256)] or nullptr
+  float nested_offset;
+  DType weight_dtype;  // the dtype W had when quantized
+};
+
+// As Linear4bitJob (kernels/cpu/quantized_linear.h) with compute dtype `compute_dtype` (f32,
+// f16 or bf16), then the result rounded to `dtype` (Linear4bit casts back to the input's dtype).
+// Layouts: those of is_supported_4bit_layout, and in a multiple of 32. No pointer needs any
+// alignment beyond its element's (16-byte aligned x and packed take vector loads). Rows up to
+// kLinear4bitGemvMaxRows take a fused GEMV kernel that reads each packed byte once for all rows;
+// more rows take the many-token path.
+inline constexpr std::int64_t kLinear4bitGemvMaxRows = 8;
+Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDevice& weight,
+                   const void* bias, std::int64_t rows, std::int64_t in, std::int64_t out,
+                   DType compute_dtype, void* y, DType dtype);
+
+// ---- int8 ---------------------------------------------------------------------------------------
+struct Int8WeightDevice {
+  const std::int8_t* codes;  // CB [out, in]
+  const float* row_absmax;   // SCB [out]
+};
+// As LinearInt8Job (kernels/cpu/quantized_linear.h) with activation dtype `dtype` and the bias
+// of `dtype`: the same bits as linear_int8_reference except the order of the outlier columns'
+// f32 sum.
+Status linear_int8(LinearContext& context, const void* x, const Int8WeightDevice& weight,
+                   const void* bias, std::int64_t rows, std::int64_t in, std::int64_t out,
+                   float threshold, void* y, DType dtype);
+
+}  // namespace kbit::kernels::cuda

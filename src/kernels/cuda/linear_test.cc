@@ -1,0 +1,625 @@
+// GPU tests of the float and 4-bit Linear launchers (linear_launchers.h) against the CPU
+// reference kernels (linear_reference, linear_4bit_reference) on fresh random data.
+//
+// The GPU sums in another order than the reference, so results agree within a bound, not bit
+// for bit. For one output, with K terms t_i = x_i · w_i (the bias counted as one more):
+//   - each f32 sum is within γ_{K+1} · Σ|t_i| of the exact one (γ_n = n·u / (1 - n·u), u = 2^-24;
+//     a rounded product costs one more u, which the K + 1 covers);
+//   - cuBLAS on tensor cores may truncate inside an MMA instead of rounding, which at most
+//     doubles u, so the GPU's sum is within 2·γ_{K+1} · Σ|t_i|;
+//   so the two f32 sums differ by at most 3·γ_{K+1} · Σ|t_i|. Each later rounding (to the compute
+//   dtype, then to the activation dtype) can put two such sums on either side of a rounding
+//   boundary: one ulp of that dtype each. ulp(v) <= 2·u_dtype·|v| + the dtype's smallest spacing.
+// Every output is poisoned (0xAB bytes) first, so an element left unwritten shows up.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kbit/core/device.h"
+#include "kbit/core/random.h"
+#include "kbit/core/tensor.h"
+#include "kbit/quant/blockwise_4bit.h"
+#include "kbit/quant/nested_absmax.h"
+#include "kernels/cpu/llama_ops.h"
+#include "kernels/cpu/quantized_linear.h"
+#include "kernels/cuda/linear_launchers.h"
+#include "kernels/cuda/linear_workspace.h"
+#include "testing/shared_data.h"
+
+namespace kbit::kernels::cuda {
+namespace {
+
+using quant::FourBitType;
+
+// ---- Plumbing. Failures throw; GoogleTest reports them as test failures.
+
+void check(const Status& status) {
+  if (!status.ok()) throw std::runtime_error(status.to_string());
+}
+
+void check_cuda(cudaError_t error, const char* what) {
+  if (error != cudaSuccess) {
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(error));
+  }
+}
+
+template <typename T>
+T must(Result<T> result) {
+  check(result.status());
+  return std::move(result).value();
+}
+
+// A non-blocking stream: work the launchers wrongly put on the legacy stream would race with it.
+class TestStream {
+ public:
+  TestStream() { check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream"); }
+  ~TestStream() { cudaStreamDestroy(stream_); }
+  TestStream(const TestStream&) = delete;
+  TestStream& operator=(const TestStream&) = delete;
+  cudaStream_t get() const { return stream_; }
+  void synchronize() const { check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+std::unique_ptr<LinearContext> make_context(const TestStream& stream, std::int64_t rows,
+                                            std::int64_t in, std::int64_t out) {
+  return must(LinearContext::create(stream.get(), rows, in, out));
+}
+
+float value_at(const TensorView& tensor, std::int64_t i) {
+  switch (tensor.dtype()) {
+    case DType::kF32:
+      return tensor.data_as<float>()[i];
+    case DType::kF16:
+      return f16_to_f32(tensor.data_as<f16>()[i]);
+    case DType::kBF16:
+      return bf16_to_f32(tensor.data_as<bf16>()[i]);
+    default:
+      throw std::runtime_error("value_at needs a float tensor");
+  }
+}
+
+std::vector<float> values_of(const TensorView& host) {
+  std::vector<float> values(static_cast<std::size_t>(host.numel()));
+  for (std::int64_t i = 0; i < host.numel(); ++i) {
+    values[static_cast<std::size_t>(i)] = value_at(host, i);
+  }
+  return values;
+}
+
+float rounded_to(DType dtype, float value) {
+  switch (dtype) {
+    case DType::kF16:
+      return f16_to_f32(f32_to_f16(value));
+    case DType::kBF16:
+      return bf16_to_f32(f32_to_bf16(value));
+    default:
+      return value;
+  }
+}
+
+Tensor random_host(Shape shape, DType dtype, std::uint64_t seed, float stddev) {
+  Tensor tensor = must(Tensor::empty(shape, dtype));
+  check(fill_normal(tensor.view(), seed, 0.0f, stddev));
+  return tensor;
+}
+
+// A device copy of `host`, starting `offset_bytes` into its allocation (to test misaligned
+// pointers). The returned pointer stays valid while `storage` lives.
+const void* upload(const TensorView& host, std::size_t offset_bytes, Tensor& storage) {
+  const auto bytes = static_cast<std::int64_t>(host.nbytes() + offset_bytes);
+  storage = must(Tensor::empty({bytes}, DType::kU8, Device::cuda(0)));
+  char* data = storage.data_as<char>() + offset_bytes;
+  check_cuda(cudaMemcpy(data, host.data(), host.nbytes(), cudaMemcpyHostToDevice), "upload");
+  return data;
+}
+
+Tensor poisoned_device(Shape shape, DType dtype) {
+  Tensor tensor = must(Tensor::empty(shape, dtype, Device::cuda(0)));
+  check_cuda(cudaMemset(tensor.view().data(), 0xAB, tensor.nbytes()), "cudaMemset");
+  // The poison is queued on the legacy stream; the launchers use a non-blocking one.
+  check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  return tensor;
+}
+
+std::vector<float> download(const Tensor& device) {
+  Tensor host = must(Tensor::empty(device.shape(), device.dtype()));
+  check(copy_tensor(device.view(), host.view()));
+  return values_of(host.view());
+}
+
+// Runs body(first, end) over [0, n) split across the CPU's threads (the references are scalar).
+void parallel_ranges(std::int64_t n, const std::function<void(std::int64_t, std::int64_t)>& body) {
+  const std::int64_t parts = std::clamp<std::int64_t>(std::thread::hardware_concurrency(), 1,
+                                                      std::max<std::int64_t>(n, 1));
+  std::vector<std::thread> threads;
+  for (std::int64_t p = 0; p < parts; ++p) {
+    threads.emplace_back(body, n * p / parts, n * (p + 1) / parts);
+  }
+  for (std::thread& thread : threads) thread.join();
+}
+
+// ---- The tolerance of the header comment.
+
+double unit_roundoff(DType dtype) {
+  return dtype == DType::kBF16 ? 0x1p-8 : dtype == DType::kF16 ? 0x1p-11 : 0x1p-24;
+}
+
+double smallest_spacing(DType dtype) {
+  return dtype == DType::kBF16 ? 0x1p-133 : dtype == DType::kF16 ? 0x1p-24 : 0x1p-149;
+}
+
+double ulp_bound(DType dtype, double magnitude) {
+  return 2.0 * unit_roundoff(dtype) * magnitude + smallest_spacing(dtype);
+}
+
+// abs_sum = Σ|t_i| including the bias; roundings = the dtypes the sum is rounded to after it.
+double tolerance(std::int64_t terms, double abs_sum, double reference,
+                 const std::vector<DType>& roundings) {
+  const double nu = static_cast<double>(terms) * unit_roundoff(DType::kF32);
+  const double sums = 3.0 * nu / (1.0 - nu) * abs_sum;
+  double bound = sums;
+  for (DType dtype : roundings) bound += ulp_bound(dtype, std::fabs(reference) + sums);
+  return bound;
+}
+
+// Σ_i |x[r, i]| · |w[o, i]| + |bias[o]| for every (r, o), through the CPU linear kernel.
+std::vector<float> abs_sums(const std::vector<float>& x, const std::vector<float>& w,
+                            const std::vector<float>& bias, std::int64_t rows, std::int64_t in,
+                            std::int64_t out) {
+  std::vector<float> abs_x(x.size());
+  std::vector<float> abs_w(w.size());
+  std::vector<float> abs_bias(bias.size());
+  std::transform(x.begin(), x.end(), abs_x.begin(), [](float v) { return std::fabs(v); });
+  std::transform(w.begin(), w.end(), abs_w.begin(), [](float v) { return std::fabs(v); });
+  std::transform(bias.begin(), bias.end(), abs_bias.begin(), [](float v) { return std::fabs(v); });
+  std::vector<float> sums(static_cast<std::size_t>(rows * out));
+  cpu::LinearJob job{
+      abs_x.data(), abs_w.data(), DType::kF32, abs_bias.empty() ? nullptr : abs_bias.data(),
+      rows,         in,           out,         sums.data()};
+  cpu::linear_op(job, ExecutionOptions{});
+  return sums;
+}
+
+struct Comparison {
+  std::int64_t rows;
+  std::int64_t in;  // K: terms per sum, before the bias
+  std::int64_t out;
+  std::vector<DType> roundings;
+};
+
+// The number of outputs outside the tolerance; prints the first few.
+std::int64_t count_mismatches(const Comparison& shape, const std::vector<float>& expected,
+                              const std::vector<float>& actual, const std::vector<float>& sums,
+                              const std::string& label) {
+  std::int64_t mismatches = 0;
+  for (std::int64_t i = 0; i < shape.rows * shape.out; ++i) {
+    const auto k = static_cast<std::size_t>(i);
+    const double bound = tolerance(shape.in + 1, sums[k], expected[k], shape.roundings);
+    const double difference = std::fabs(static_cast<double>(actual[k]) - expected[k]);
+    if (difference <= bound) continue;  // also false for NaN
+    if (++mismatches <= 5) {
+      ADD_FAILURE() << label << ": y[" << i / shape.out << ", " << i % shape.out
+                    << "] = " << actual[k] << ", reference " << expected[k] << ", |difference| "
+                    << difference << " > tolerance " << bound;
+    }
+  }
+  return mismatches;
+}
+
+// ---- linear_float.
+
+struct FloatCase {
+  std::int64_t rows;
+  std::int64_t out;
+  std::int64_t in;
+  DType dtype;
+  bool bias;
+};
+
+std::string describe(const FloatCase& c) {
+  std::ostringstream text;
+  text << "linear_float rows " << c.rows << ", out " << c.out << ", in " << c.in << ", "
+       << dtype_name(c.dtype) << (c.bias ? ", bias" : "");
+  return text.str();
+}
+
+void check_float_case(const FloatCase& c, std::uint64_t seed) {
+  const Tensor x_host = random_host({c.rows, c.in}, c.dtype, seed, 1.0f);
+  const Tensor w_host = random_host({c.out, c.in}, c.dtype, seed + 1, 0.05f);
+  const Tensor bias_host = random_host({c.out}, c.dtype, seed + 2, 0.5f);
+  const std::vector<float> x = values_of(x_host.view());
+  const std::vector<float> w = values_of(w_host.view());
+  const std::vector<float> bias = c.bias ? values_of(bias_host.view()) : std::vector<float>{};
+
+  std::vector<float> expected(static_cast<std::size_t>(c.rows * c.out));
+  const cpu::LinearJob job{x.data(),
+                           w_host.view().data(),
+                           c.dtype,
+                           c.bias ? bias.data() : nullptr,
+                           c.rows,
+                           c.in,
+                           c.out,
+                           expected.data(),
+                           c.dtype == DType::kBF16};
+  parallel_ranges(
+      c.out, [&](std::int64_t first, std::int64_t end) { cpu::linear_reference(job, first, end); });
+
+  TestStream stream;
+  const auto context = make_context(stream, c.rows, c.in, c.out);
+  Tensor x_storage;
+  Tensor w_storage;
+  Tensor bias_storage;
+  const void* x_device = upload(x_host.view(), 0, x_storage);
+  const void* w_device = upload(w_host.view(), 0, w_storage);
+  const void* bias_device = c.bias ? upload(bias_host.view(), 0, bias_storage) : nullptr;
+  Tensor y = poisoned_device({c.rows, c.out}, c.dtype);
+  check(linear_float(*context, x_device, w_device, bias_device, c.rows, c.in, c.out,
+                     y.view().data(), c.dtype));
+  stream.synchronize();
+
+  const Comparison shape{
+      c.rows, c.in, c.out,
+      c.dtype == DType::kBF16 ? std::vector<DType>{DType::kBF16} : std::vector<DType>{}};
+  EXPECT_EQ(count_mismatches(shape, expected, download(y),
+                             abs_sums(x, w, bias, c.rows, c.in, c.out), describe(c)),
+            0);
+}
+
+TEST(CudaLinearFloat, MatchesCpuReference) {
+  KBIT_REQUIRE_CUDA();
+  const FloatCase cases[] = {
+      {1, 7, 33, DType::kF32, true},        {3, 64, 32, DType::kBF16, true},
+      {64, 96, 160, DType::kF32, false},    {300, 96, 160, DType::kBF16, true},
+      {9, 1000, 777, DType::kF32, true},    {5, 4096, 512, DType::kBF16, false},
+      {300, 512, 1024, DType::kBF16, true}, {2, 32000, 64, DType::kF32, true},
+  };
+  std::uint64_t seed = 100;
+  for (const FloatCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    check_float_case(c, seed);
+    seed += 10;
+  }
+}
+
+TEST(CudaLinearFloat, RejectsBadCalls) {
+  KBIT_REQUIRE_CUDA();
+  TestStream stream;
+  const auto context = make_context(stream, 4, 32, 32);
+  Tensor y = poisoned_device({4, 32}, DType::kF32);
+  const Status f16 = linear_float(*context, y.view().data(), y.view().data(), nullptr, 1, 32, 32,
+                                  y.view().data(), DType::kF16);
+  EXPECT_EQ(f16.code(), StatusCode::kInvalidArgument) << f16.to_string();
+  const Status empty_in = linear_float(*context, y.view().data(), y.view().data(), nullptr, 1, 0,
+                                       32, y.view().data(), DType::kF32);
+  EXPECT_EQ(empty_in.code(), StatusCode::kInvalidArgument) << empty_in.to_string();
+  // No rows: nothing to do, nothing written.
+  check(linear_float(*context, nullptr, nullptr, nullptr, 0, 32, 32, nullptr, DType::kF32));
+}
+
+// ---- linear_4bit.
+
+struct FourBitCase {
+  std::int64_t rows;
+  std::int64_t out;
+  std::int64_t in;
+  FourBitType type;
+  std::int64_t block_size;
+  bool nested;
+  DType compute_dtype;
+  DType dtype;  // activations
+  DType weight_dtype;
+  bool bias;
+  float weight_stddev;
+  bool misaligned = false;  // x and the packed weight one element past a 16-byte boundary
+};
+
+std::string describe(const FourBitCase& c) {
+  std::ostringstream text;
+  text << "linear_4bit rows " << c.rows << ", out " << c.out << ", in " << c.in << ", "
+       << quant::four_bit_type_name(c.type) << " block " << c.block_size
+       << (c.nested ? " nested" : "") << ", compute " << dtype_name(c.compute_dtype)
+       << ", activations " << dtype_name(c.dtype) << ", weight " << dtype_name(c.weight_dtype)
+       << (c.bias ? ", bias" : "") << ", weight stddev " << c.weight_stddev
+       << (c.misaligned ? ", misaligned" : "");
+  return text.str();
+}
+
+// A quantized random weight on the host, in both the reference's and the device's form.
+struct HostFourBitWeight {
+  Tensor packed;
+  Tensor absmax;        // f32 [blocks], as quantized
+  Tensor absmax_codes;  // nested: u8 [blocks]
+  Tensor nested_absmax;
+  float nested_offset = 0.0f;
+  std::vector<float> matmul_values;  // [out, in]: the weight as the matmul sees it
+};
+
+HostFourBitWeight quantize_weight(const FourBitCase& c, std::uint64_t seed) {
+  const std::int64_t n = c.out * c.in;
+  const std::int64_t blocks = quant::block_count(n, c.block_size);
+  const Tensor weight = random_host({c.out, c.in}, c.weight_dtype, seed, c.weight_stddev);
+  HostFourBitWeight result;
+  result.packed = must(Tensor::empty({quant::packed_4bit_bytes(n)}, DType::kU8));
+  result.absmax = must(Tensor::empty({blocks}, DType::kF32));
+  check(quant::quantize_4bit(weight.view(), c.type, c.block_size, result.packed.view(),
+                             result.absmax.view()));
+  Tensor decoded_absmax = must(Tensor::empty({blocks}, DType::kF32));
+  check(copy_tensor(result.absmax.view(), decoded_absmax.view()));
+  if (c.nested) {
+    result.absmax_codes = must(Tensor::empty({blocks}, DType::kU8));
+    result.nested_absmax = must(Tensor::empty(
+        {(blocks + quant::kNestedBlockSize - 1) / quant::kNestedBlockSize}, DType::kF32));
+    check(quant::quantize_absmax_nested(result.absmax.view(), result.absmax_codes.view(),
+                                        result.nested_absmax.view(), &result.nested_offset));
+    check(quant::dequantize_absmax_nested(result.absmax_codes.view(), result.nested_absmax.view(),
+                                          result.nested_offset, decoded_absmax.view()));
+  }
+  Tensor dequantized = must(Tensor::empty({c.out, c.in}, DType::kF32));
+  check(quant::dequantize_4bit(result.packed.view(), decoded_absmax.view(), c.type, c.block_size,
+                               dequantized.view()));
+  result.matmul_values = values_of(dequantized.view());
+  for (float& v : result.matmul_values) {
+    v = rounded_to(c.compute_dtype, rounded_to(c.weight_dtype, v));
+  }
+  return result;
+}
+
+cpu::FourBitWeight reference_weight(const FourBitCase& c, const HostFourBitWeight& weight) {
+  return {weight.packed.data_as<const std::uint8_t>(),
+          c.type,
+          c.block_size,
+          c.nested ? nullptr : weight.absmax.data_as<const float>(),
+          c.nested ? weight.absmax_codes.data_as<const std::uint8_t>() : nullptr,
+          c.nested ? weight.nested_absmax.data_as<const float>() : nullptr,
+          weight.nested_offset,
+          c.weight_dtype};
+}
+
+// The device copies of a HostFourBitWeight.
+struct DeviceFourBitWeight {
+  Tensor packed;
+  Tensor absmax;  // f32 absmax, or the nested form's codes
+  Tensor nested_absmax;
+  FourBitWeightDevice view{};
+};
+
+void upload_weight(const FourBitCase& c, const HostFourBitWeight& host,
+                   DeviceFourBitWeight& device) {
+  const auto* packed = static_cast<const std::uint8_t*>(
+      upload(host.packed.view(), c.misaligned ? 1 : 0, device.packed));
+  const TensorView& absmax = c.nested ? host.absmax_codes.view() : host.absmax.view();
+  const void* absmax_device = upload(absmax, 0, device.absmax);
+  device.view = {packed,
+                 c.type,
+                 c.block_size,
+                 c.nested ? nullptr : static_cast<const float*>(absmax_device),
+                 c.nested ? static_cast<const std::uint8_t*>(absmax_device) : nullptr,
+                 c.nested ? static_cast<const float*>(
+                                upload(host.nested_absmax.view(), 0, device.nested_absmax))
+                          : nullptr,
+                 host.nested_offset,
+                 c.weight_dtype};
+}
+
+std::vector<float> rounded_all(DType dtype, std::vector<float> values) {
+  for (float& v : values) v = rounded_to(dtype, v);
+  return values;
+}
+
+std::vector<float> row_of(const std::vector<float>& matrix, std::int64_t row, std::int64_t cols) {
+  const auto first = matrix.begin() + row * cols;
+  return std::vector<float>(first, first + cols);
+}
+
+void check_4bit_case(const FourBitCase& c, std::uint64_t seed) {
+  const HostFourBitWeight weight = quantize_weight(c, seed);
+  const Tensor x_host = random_host({c.rows, c.in}, c.dtype, seed + 1, 1.0f);
+  const Tensor bias_host = random_host({c.out}, c.dtype, seed + 2, 0.5f);
+  const std::vector<float> x = values_of(x_host.view());
+  const std::vector<float> bias = c.bias ? values_of(bias_host.view()) : std::vector<float>{};
+
+  // The reference, then the cast back to the activation dtype that Linear4bit does.
+  std::vector<float> expected(static_cast<std::size_t>(c.rows * c.out));
+  const cpu::Linear4bitJob job{x.data(),
+                               reference_weight(c, weight),
+                               c.bias ? bias.data() : nullptr,
+                               c.rows,
+                               c.in,
+                               c.out,
+                               c.compute_dtype,
+                               expected.data()};
+  parallel_ranges(c.out, [&](std::int64_t first, std::int64_t end) {
+    cpu::linear_4bit_reference(job, first, end);
+  });
+  expected = rounded_all(c.dtype, std::move(expected));
+  const std::vector<float> sums = abs_sums(rounded_all(c.compute_dtype, x), weight.matmul_values,
+                                           rounded_all(c.compute_dtype, bias), c.rows, c.in, c.out);
+
+  TestStream stream;
+  const auto context = make_context(stream, c.rows, c.in, c.out);
+  DeviceFourBitWeight device;
+  upload_weight(c, weight, device);
+  Tensor x_storage;
+  Tensor bias_storage;
+  const std::size_t element = dtype_size(c.dtype);
+  const auto* x_device =
+      static_cast<const char*>(upload(x_host.view(), c.misaligned ? element : 0, x_storage));
+  const void* bias_device = c.bias ? upload(bias_host.view(), 0, bias_storage) : nullptr;
+  Tensor y = poisoned_device({c.rows, c.out}, c.dtype);
+  check(linear_4bit(*context, x_device, device.view, bias_device, c.rows, c.in, c.out,
+                    c.compute_dtype, y.view().data(), c.dtype));
+  stream.synchronize();
+  const std::vector<float> actual = download(y);
+  const std::vector<DType> roundings{c.compute_dtype, c.dtype};
+  EXPECT_EQ(count_mismatches({c.rows, c.in, c.out, roundings}, expected, actual, sums, describe(c)),
+            0);
+  if (c.rows <= kLinear4bitGemvMaxRows) return;
+
+  // A row alone takes the GEMV kernel: it must agree with its row of the many-row path.
+  for (const std::int64_t r : {std::int64_t{0}, c.rows - 1}) {
+    Tensor single = poisoned_device({1, c.out}, c.dtype);
+    check(linear_4bit(*context, x_device + r * c.in * element, device.view, bias_device, 1, c.in,
+                      c.out, c.compute_dtype, single.view().data(), c.dtype));
+    stream.synchronize();
+    EXPECT_EQ(count_mismatches({1, c.in, c.out, roundings}, row_of(actual, r, c.out),
+                               download(single), row_of(sums, r, c.out),
+                               describe(c) + ": row " + std::to_string(r) + " alone"),
+              0);
+  }
+}
+
+TEST(CudaLinear4bit, MatchesCpuReference) {
+  KBIT_REQUIRE_CUDA();
+  constexpr auto kNf4 = FourBitType::kNf4;
+  constexpr auto kFp4 = FourBitType::kFp4;
+  constexpr DType kF32 = DType::kF32;
+  constexpr DType kF16 = DType::kF16;
+  constexpr DType kBF16 = DType::kBF16;
+  // rows, out, in, type, block, nested, compute, activations, weight, bias, weight stddev
+  const FourBitCase cases[] = {
+      {1, 64, 32, kNf4, 32, false, kF32, kF32, kF32, true, 0.02f},
+      {2, 64, 32, kFp4, 4096, false, kBF16, kBF16, kBF16, false, 0.02f},
+      {5, 96, 160, kNf4, 32, true, kF16, kBF16, kBF16, true, 1.0f},
+      {8, 96, 160, kFp4, 32, false, kBF16, kF32, kF16, true, 0.02f, true},
+      {9, 96, 160, kNf4, 32, true, kF16, kF32, kBF16, true, 0.02f, true},
+      {64, 64, 32, kFp4, 64, false, kF32, kBF16, kF32, true, 0.001f},
+      {300, 96, 160, kNf4, 32, false, kBF16, kBF16, kBF16, true, 0.02f},
+      {300, 128, 2048, kFp4, 4096, true, kF32, kF32, kBF16, true, 0.02f},
+      {1, 256, 2048, kNf4, 4096, false, kBF16, kBF16, kF32, false, 0.02f},
+      {1, 4096, 4096, kNf4, 64, true, kBF16, kBF16, kBF16, false, 0.02f},
+      {8, 4096, 4096, kFp4, 128, false, kF16, kBF16, kF16, true, 0.02f},
+      // More than one chunk of dequantized weight (kFourBitChunkElements).
+      {9, 4200, 4096, kNf4, 64, true, kBF16, kF32, kBF16, true, 0.02f},
+      {5, 1024, 14336, kNf4, 64, true, kBF16, kBF16, kBF16, true, 0.02f},
+      {2, 32000, 512, kNf4, 64, false, kF32, kF32, kF32, false, 0.02f},
+      {9, 32000, 512, kFp4, 128, true, kBF16, kBF16, kBF16, true, 0.02f},
+  };
+  std::uint64_t seed = 1000;
+  for (const FourBitCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    check_4bit_case(c, seed);
+    seed += 10;
+  }
+}
+
+TEST(CudaLinear4bit, RejectsBadCalls) {
+  KBIT_REQUIRE_CUDA();
+  TestStream stream;
+  const auto context = make_context(stream, 16, 64, 64);
+  Tensor buffer = poisoned_device({64 * 64}, DType::kF32);
+  float* data = buffer.data_as<float>();
+  const auto* bytes = buffer.data_as<const std::uint8_t>();
+  const FourBitWeightDevice plain{bytes,   FourBitType::kNf4, 64,   data,
+                                  nullptr, nullptr,           0.0f, DType::kBF16};
+  const auto call = [&](const FourBitWeightDevice& weight, std::int64_t rows, std::int64_t in,
+                        DType dtype) {
+    return linear_4bit(*context, data, weight, nullptr, rows, in, 64, DType::kBF16, data, dtype)
+        .code();
+  };
+  EXPECT_EQ(call(plain, 1, 64, DType::kF16), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call(plain, 1, 48, DType::kF32), StatusCode::kInvalidArgument);  // in % 32 != 0
+  FourBitWeightDevice straddling = plain;
+  straddling.block_size = 128;
+  EXPECT_EQ(call(straddling, 1, 96, DType::kF32), StatusCode::kInvalidArgument);
+  FourBitWeightDevice both_forms = plain;
+  both_forms.absmax_codes = bytes;
+  both_forms.nested_absmax = data;
+  EXPECT_EQ(call(both_forms, 1, 64, DType::kF32), StatusCode::kInvalidArgument);
+  // More rows than the context's workspace was made for.
+  EXPECT_EQ(call(plain, 4096, 64, DType::kF32), StatusCode::kInvalidArgument);
+  // No rows: nothing to do.
+  EXPECT_EQ(call(plain, 0, 64, DType::kF32), StatusCode::kOk);
+}
+
+// ---- LinearContext and the workspace layout.
+
+TEST(CudaLinearContext, WorkspaceLayoutKeepsRegionsApart) {
+  KBIT_REQUIRE_CUDA();
+  struct Sizes {
+    std::int64_t rows, in, out;
+  };
+  const Sizes sizes[] = {{1, 32, 1},         {9, 160, 96},      {512, 4096, 14336},
+                         {512, 14336, 4096}, {512, 4160, 4096}, {1, 1 << 25, 2}};
+  for (const Sizes& s : sizes) {
+    SCOPED_TRACE(std::to_string(s.rows) + " rows, " + std::to_string(s.in) + " in, " +
+                 std::to_string(s.out) + " out");
+    const LinearWorkspaceLayout l = linear_workspace_layout(s.rows, s.in, s.out);
+    const auto bytes = [](std::int64_t n) { return static_cast<std::size_t>(n); };
+    // Each region holds its contents before the next begins; both families end within total.
+    const std::size_t four_bit[] = {
+        kLinearCublasWorkspaceBytes,
+        l.four_bit_weight_chunk,
+        l.four_bit_weight_chunk + bytes(l.four_bit_chunk_out * s.in) * 4,
+        l.four_bit_x,
+        l.four_bit_x + bytes(s.rows * s.in) * 4,
+        l.gemm_output,
+        l.gemm_output + bytes(s.rows * s.out) * 4,
+        l.total_bytes};
+    const std::size_t int8[] = {kLinearCublasWorkspaceBytes,
+                                l.int8_codes,
+                                l.int8_codes + bytes(s.rows * s.in),
+                                l.int8_row_absmax,
+                                l.int8_row_absmax + bytes(s.rows) * 4,
+                                l.int8_outlier_mask,
+                                l.int8_outlier_mask + bytes(s.in),
+                                l.int8_outlier_columns,
+                                l.int8_outlier_columns + bytes(s.in) * 4,
+                                l.int8_outlier_count,
+                                l.int8_outlier_count + 4,
+                                l.int32_output,
+                                l.int32_output + bytes(s.rows * s.out) * 4,
+                                l.total_bytes};
+    EXPECT_TRUE(std::is_sorted(std::begin(four_bit), std::end(four_bit)));
+    EXPECT_TRUE(std::is_sorted(std::begin(int8), std::end(int8)));
+    for (const std::size_t offset :
+         {l.four_bit_weight_chunk, l.four_bit_x, l.gemm_output, l.int8_codes, l.int8_row_absmax,
+          l.int8_outlier_mask, l.int8_outlier_columns, l.int8_outlier_count, l.int32_output}) {
+      EXPECT_EQ(offset % 256, 0u);
+    }
+    EXPECT_EQ(l.cublas_workspace, 0u);
+    EXPECT_GE(l.four_bit_chunk_out, 1);
+    EXPECT_LE(l.four_bit_chunk_out, s.out);
+    // A call no larger in any size fits in the same bytes at offsets no larger.
+    const LinearWorkspaceLayout smaller = linear_workspace_layout(
+        std::max<std::int64_t>(s.rows / 2, 1), std::max<std::int64_t>(s.in - 32, 32),
+        std::max<std::int64_t>(s.out - 1, 1));
+    EXPECT_LE(smaller.total_bytes, l.total_bytes);
+    EXPECT_LE(smaller.gemm_output, l.gemm_output);
+    EXPECT_LE(smaller.int32_output, l.int32_output);
+    EXPECT_EQ(LinearContext::workspace_bytes_for(s.rows, s.in, s.out), l.total_bytes);
+  }
+}
+
+TEST(CudaLinearContext, OutOfMemorySaysHowMuch) {
+  KBIT_REQUIRE_CUDA();
+  TestStream stream;
+  // 2^20 rows × 2^16 outputs × 4 bytes alone is 256 GiB.
+  const Result<std::unique_ptr<LinearContext>> context = LinearContext::create(
+      stream.get(), std::int64_t{1} << 20, std::int64_t{1} << 14, std::int64_t{1} << 16);
+  ASSERT_FALSE(context.ok());
+  EXPECT_EQ(context.status().code(), StatusCode::kOutOfMemory);
+  const std::string message = context.status().message();
+  EXPECT_NE(message.find("MiB"), std::string::npos) << message;
+  EXPECT_NE(message.find("free"), std::string::npos) << message;
+  EXPECT_NE(message.find("shorter prompt chunk"), std::string::npos) << message;
+  // The failed allocation must not linger as the last CUDA error.
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  const auto usable = make_context(stream, 1, 32, 32);
+  EXPECT_GE(usable->workspace_bytes(), LinearContext::workspace_bytes_for(1, 32, 32));
+}
+
+}  // namespace
+}  // namespace kbit::kernels::cuda

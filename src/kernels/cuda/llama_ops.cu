@@ -1,0 +1,799 @@
+// The CUDA kernels of the Llama forward (contract: llama_launchers.h; numerics: the CPU reference
+// kernels of kernels/cpu/llama_ops.h).
+//
+// Activations are float (kF32) or __nv_bfloat16 (kBF16): T below. Arithmetic is f32; where the
+// CPU rounds an intermediate to bf16, round_as<T> does the same (a no-op for float), and a store
+// to T rounds the result. Products and sums that the CPU computes as separate roundings use
+// __fmul_rn / __fadd_rn, which nvcc never contracts into an FMA, so that these elementwise ops
+// give the CPU's bits whenever their inputs agree (the CPU kernels are built with
+// -ffp-contract=off).
+//
+// Shapes of work:
+//   - Elementwise ops (add_residual, silu_mul, convert_floats): a grid-stride loop over chunks of
+//     8 values (16-byte vectors) when every pointer is 16-byte aligned, else of single values;
+//     the last count % 8 values one per thread.
+//   - Row ops (embedding_lookup, add_rms_norm): one block per row, the row in chunks of 8 when
+//     the row length is a multiple of 8 and the pointers aligned, else single values. The norm
+//     reads the row twice (sum of squares, then the scaling), each thread the same elements both
+//     times, so the residual it wrote back needs no barrier.
+//   - rope_append_kv: one block per token; cos and sin of the token's angles once in shared
+//     memory, then one thread per (head, pair).
+//   - attention, decode (one query): flash-decoding. The keys [0, capacity) fall into chunks of
+//     kDecodeChunk; block (chunk, head) computes the partial softmax of the chunk's keys in the
+//     valid range (max m, sum l of exp(s − m), acc = Σ exp(s − m)·v) into the workspace, and a
+//     second kernel combines a head's partials, each rescaled by exp(m − M). The grid depends
+//     only on capacity; blocks whose chunk misses the valid range return at once, and the
+//     combine reads only the chunks in the range (both derive it from the same device position).
+//   - attention, prefill: block (query tile of kQueryTile tokens, head); key tiles of kKeyTile
+//     keys, K and then V staged in shared memory as f32, from the first key the tile's first
+//     query sees to the last key its last query sees. Each warp owns kRowsPerWarp queries: lane c
+//     computes the scores of key c against them, the warp runs the online softmax with shuffles,
+//     then each lane accumulates kDimsPerLane output dimensions of each query in registers.
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/llama_launchers.h"
+
+namespace kbit::kernels::cuda {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kChunk = 8;  // values per 16-byte vector of bf16, two vectors of f32
+
+constexpr int kElementwiseThreads = 256;
+constexpr std::int64_t kElementwiseMaxBlocks = 4096;  // grid-stride beyond this
+constexpr int kEmbeddingThreads = 256;
+constexpr int kNormMaxThreads = 1024;
+constexpr int kRopeThreads = 128;
+constexpr int kMaxHeadDim = 256;
+
+constexpr int kDecodeChunk = 256;  // keys per decode block
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeThreads = kDecodeWarps * kWarpSize;
+constexpr int kCombineThreads = 128;
+
+constexpr int kKeyTile = kWarpSize;  // lane c owns key c of a tile
+constexpr int kRowsPerWarp = 4;
+constexpr int kPrefillWarps = 8;
+constexpr int kPrefillThreads = kPrefillWarps * kWarpSize;
+constexpr int kQueryTile = kPrefillWarps * kRowsPerWarp;
+
+// ---- Values and vectors.
+
+// f32(T(value)): the CPU's round_to_bf16 for bf16, nothing for float.
+template <typename T>
+__device__ __forceinline__ float round_as(float value) {
+  return to_float(from_float<T>(value));
+}
+
+// Loads kWidth consecutive values as floats; kWidth == kChunk needs a 16-byte aligned source.
+template <int kWidth, typename T>
+__device__ __forceinline__ void load_values(const T* source, float (&values)[kWidth]) {
+  if constexpr (kWidth == kChunk) {
+    constexpr int kPerVector = kValuesPerVector<T>;
+#pragma unroll
+    for (int v = 0; v < kChunk / kPerVector; ++v) {
+      const uint4 raw = reinterpret_cast<const uint4*>(source)[v];
+      T elements[kPerVector];
+      std::memcpy(elements, &raw, sizeof(raw));
+#pragma unroll
+      for (int k = 0; k < kPerVector; ++k) values[v * kPerVector + k] = to_float(elements[k]);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kWidth; ++k) values[k] = to_float(source[k]);
+  }
+}
+
+// Stores kWidth floats converted to T; kWidth == kChunk needs a 16-byte aligned target.
+template <int kWidth, typename T>
+__device__ __forceinline__ void store_values(T* target, const float (&values)[kWidth]) {
+  if constexpr (kWidth == kChunk) {
+    store_8_values(target, values);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kWidth; ++k) target[k] = from_float<T>(values[k]);
+  }
+}
+
+// Eight consecutive values, as a vector where `aligned` says the source allows it.
+template <typename T>
+__device__ __forceinline__ void load_chunk(const T* source, bool aligned, float (&values)[kChunk]) {
+  if (aligned) {
+    load_values<kChunk>(source, values);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < kChunk; ++k) values[k] = to_float(source[k]);
+}
+
+// ---- Reductions. Every lane (warp_reduce) or thread (block_reduce) gets the same value: the
+// butterfly pairs the same operands on every lane, and + and max are commutative.
+
+struct Sum {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct Max {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename Op>
+__device__ __forceinline__ float warp_reduce(float value, Op op) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    value = op(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  }
+  return value;
+}
+
+// Every thread of the block must call it. scratch [blockDim.x / 32] may be reused by the next
+// call: the leading barrier keeps its writes behind the previous call's reads.
+template <typename Op>
+__device__ float block_reduce(float value, Op op, float* scratch) {
+  value = warp_reduce(value, op);
+  const int warps = static_cast<int>(blockDim.x) / kWarpSize;
+  __syncthreads();
+  if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = value;
+  __syncthreads();
+  value = scratch[0];
+  for (int w = 1; w < warps; ++w) value = op(value, scratch[w]);
+  return value;
+}
+
+// ---- Elementwise kernels.
+
+// a[i] = op(a[i], b[i]) for i in [0, count).
+template <int kWidth, typename T, typename Op>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    update_kernel(T* __restrict__ a, const T* __restrict__ b, std::int64_t count, Op op) {
+  const std::int64_t thread = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  const std::int64_t chunks = count / kWidth;
+  for (std::int64_t chunk = thread; chunk < chunks; chunk += stride) {
+    float x[kWidth];
+    float y[kWidth];
+    load_values<kWidth>(a + chunk * kWidth, x);
+    load_values<kWidth>(b + chunk * kWidth, y);
+#pragma unroll
+    for (int k = 0; k < kWidth; ++k) x[k] = op(x[k], y[k]);
+    store_values<kWidth>(a + chunk * kWidth, x);
+  }
+  const std::int64_t tail = chunks * kWidth + thread;
+  if (tail < count) a[tail] = from_float<T>(op(to_float(a[tail]), to_float(b[tail])));
+}
+
+struct AddOp {
+  __device__ float operator()(float hidden, float delta) const { return __fadd_rn(hidden, delta); }
+};
+
+// silu_mul_reference: g / (1 + exp(−g)) · up, with silu's result rounded in bf16 (the store
+// rounds the product).
+template <typename T>
+struct SiluMulOp {
+  __device__ float operator()(float gate, float up) const {
+    const float silu = round_as<T>(__fdiv_rn(gate, __fadd_rn(1.0f, expf(-gate))));
+    return __fmul_rn(silu, up);
+  }
+};
+
+// out[i] = In → Out (in[i]) for i in [0, count).
+template <int kWidth, typename In, typename Out>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    convert_kernel(const In* __restrict__ in, Out* __restrict__ out, std::int64_t count) {
+  const std::int64_t thread = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  const std::int64_t chunks = count / kWidth;
+  for (std::int64_t chunk = thread; chunk < chunks; chunk += stride) {
+    float values[kWidth];
+    load_values<kWidth>(in + chunk * kWidth, values);
+    store_values<kWidth>(out + chunk * kWidth, values);
+  }
+  const std::int64_t tail = chunks * kWidth + thread;
+  if (tail < count) out[tail] = from_float<Out>(to_float(in[tail]));
+}
+
+// Blocks of kElementwiseThreads for `count` values in chunks of `width`: at least one, for the
+// tail.
+unsigned elementwise_blocks(std::int64_t count, int width) {
+  const std::int64_t chunks = count / width;
+  const std::int64_t needed = (chunks + kElementwiseThreads - 1) / kElementwiseThreads;
+  return static_cast<unsigned>(
+      needed < 1 ? 1 : (needed < kElementwiseMaxBlocks ? needed : kElementwiseMaxBlocks));
+}
+
+// ---- Row kernels.
+
+// out [count, hidden] row t = table [vocab, hidden] row tokens[t]; block t.
+template <int kWidth, typename Table, typename T>
+__global__ void __launch_bounds__(kEmbeddingThreads)
+    embedding_kernel(const std::int32_t* __restrict__ tokens, const Table* __restrict__ table,
+                     std::int64_t hidden, T* __restrict__ out) {
+  const Table* source = table + static_cast<std::int64_t>(tokens[blockIdx.x]) * hidden;
+  T* target = out + static_cast<std::int64_t>(blockIdx.x) * hidden;
+  for (std::int64_t first = threadIdx.x * kWidth; first < hidden;
+       first += static_cast<std::int64_t>(blockDim.x) * kWidth) {
+    float values[kWidth];
+    load_values<kWidth>(source + first, values);
+    store_values<kWidth>(target + first, values);
+  }
+}
+
+// hidden, delta, y [rows, cols], weight [cols]; block r takes row r (see add_rms_norm).
+template <int kWidth, typename T>
+__global__ void __launch_bounds__(kNormMaxThreads)
+    add_rms_norm_kernel(T* __restrict__ hidden, const T* __restrict__ delta,
+                        const float* __restrict__ weight, std::int64_t cols, float eps,
+                        T* __restrict__ y) {
+  __shared__ float warp_partials[kNormMaxThreads / kWarpSize];
+  const std::int64_t row_offset = static_cast<std::int64_t>(blockIdx.x) * cols;
+  T* x = hidden + row_offset;
+  const std::int64_t step = static_cast<std::int64_t>(blockDim.x) * kWidth;
+
+  float sum_of_squares = 0.0f;
+  for (std::int64_t first = threadIdx.x * kWidth; first < cols; first += step) {
+    float values[kWidth];
+    load_values<kWidth>(x + first, values);
+    if (delta != nullptr) {
+      float deltas[kWidth];
+      load_values<kWidth>(delta + row_offset + first, deltas);
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) values[k] = round_as<T>(__fadd_rn(values[k], deltas[k]));
+      store_values<kWidth>(x + first, values);
+    }
+#pragma unroll
+    for (int k = 0; k < kWidth; ++k) sum_of_squares += values[k] * values[k];
+  }
+  const float total = block_reduce(sum_of_squares, Sum{}, warp_partials);
+  const float inv_rms = 1.0f / sqrtf(total / static_cast<float>(cols) + eps);
+
+  for (std::int64_t first = threadIdx.x * kWidth; first < cols; first += step) {
+    float values[kWidth];
+    float weights[kWidth];
+    load_values<kWidth>(x + first, values);
+    load_values<kWidth>(weight + first, weights);
+#pragma unroll
+    for (int k = 0; k < kWidth; ++k) {
+      values[k] = __fmul_rn(weights[k], round_as<T>(__fmul_rn(values[k], inv_rms)));
+    }
+    store_values<kWidth>(y + row_offset + first, values);
+  }
+}
+
+// Threads for a row of `units` loads (chunks or single values): one per load, in whole warps,
+// within [32, max_threads]; longer rows loop.
+int row_threads(std::int64_t units, int max_threads) {
+  const std::int64_t rounded = (units + kWarpSize - 1) / kWarpSize * kWarpSize;
+  return static_cast<int>(rounded < kWarpSize ? kWarpSize
+                                              : (rounded < max_threads ? rounded : max_threads));
+}
+
+// ---- RoPE and the cache append.
+
+// Block t takes token t (see rope_append_kv).
+template <typename T>
+__global__ void __launch_bounds__(kRopeThreads) rope_append_kv_kernel(const RopeAppendJob job) {
+  __shared__ float cos_of[kMaxHeadDim / 2];
+  __shared__ float sin_of[kMaxHeadDim / 2];
+  const std::int64_t t = blockIdx.x;
+  const std::int64_t position = static_cast<std::int64_t>(*job.first_position) + t;
+  if (position < 0 || position >= job.capacity) return;  // the whole block: no barrier is skipped
+  const int head_dim = static_cast<int>(job.head_dim);
+  const int half = head_dim / 2;
+  const int heads = static_cast<int>(job.heads);
+  const int kv_heads = static_cast<int>(job.kv_heads);
+
+  // rope_reference: angle = f32(position) · inv_freq[i], cos and sin in f32 (cosf and sinf, as
+  // std::cos(float) and std::sin(float)), rounded to bf16 in a bf16 model.
+  const float angle_scale = static_cast<float>(position);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float angle = __fmul_rn(angle_scale, job.inv_freq[i]);
+    cos_of[i] = round_as<T>(cosf(angle));
+    sin_of[i] = round_as<T>(sinf(angle));
+  }
+  __syncthreads();
+
+  T* q = static_cast<T*>(job.q) + t * heads * head_dim;
+  const T* k = static_cast<const T*>(job.k) + t * kv_heads * head_dim;
+  T* k_row = static_cast<T*>(job.k_cache) + position * kv_heads * head_dim;
+  for (int pair = threadIdx.x; pair < (heads + kv_heads) * half; pair += blockDim.x) {
+    const int head = pair / half;
+    const int i = pair % half;
+    const bool is_query = head < heads;
+    const T* source = is_query ? q + head * head_dim : k + (head - heads) * head_dim;
+    T* target = is_query ? q + head * head_dim : k_row + (head - heads) * head_dim;
+    const float a = to_float(source[i]);
+    const float b = to_float(source[i + half]);
+    const float c = cos_of[i];
+    const float s = sin_of[i];
+    target[i] =
+        from_float<T>(__fsub_rn(round_as<T>(__fmul_rn(a, c)), round_as<T>(__fmul_rn(b, s))));
+    target[i + half] =
+        from_float<T>(__fadd_rn(round_as<T>(__fmul_rn(b, c)), round_as<T>(__fmul_rn(a, s))));
+  }
+
+  const T* v = static_cast<const T*>(job.v) + t * kv_heads * head_dim;
+  T* v_row = static_cast<T*>(job.v_cache) + position * kv_heads * head_dim;
+  for (int i = threadIdx.x; i < kv_heads * head_dim; i += blockDim.x) v_row[i] = v[i];
+}
+
+// ---- Attention.
+
+// The keys a query at `position` sees, [first, last] (empty when last < first), clamped to the
+// cache: a position outside it, which the contract excludes, reads no memory outside it.
+struct KeyRange {
+  std::int64_t first;
+  std::int64_t last;
+};
+
+__device__ __forceinline__ KeyRange key_range(std::int64_t position, std::int64_t window,
+                                              std::int64_t capacity) {
+  const std::int64_t first = window > 0 ? max(std::int64_t{0}, position - window + 1) : 0;
+  return {first, min(position, capacity - 1)};
+}
+
+// The decode partial of chunk blockIdx.x of head blockIdx.y: workspace [heads, chunks,
+// 2 + head_dim] holds m, l, acc[head_dim]. With bf16, exp(s − m) is rounded before it
+// multiplies V (the chunk max stands in for the global max of attention_reference).
+template <typename T>
+__global__ void __launch_bounds__(kDecodeThreads)
+    attention_decode_chunk_kernel(const AttentionJob job, bool aligned) {
+  __shared__ float probabilities[kDecodeChunk];
+  __shared__ float warp_partials[kDecodeWarps];
+  const std::int64_t chunk = blockIdx.x;
+  const std::int64_t head = blockIdx.y;
+  const KeyRange range = key_range(*job.first_position, job.window, job.capacity);
+  const std::int64_t first = max(range.first, chunk * kDecodeChunk);
+  const std::int64_t last = min(range.last, chunk * kDecodeChunk + kDecodeChunk - 1);
+  if (first > last) return;  // the same for every thread of the block
+
+  const int head_dim = static_cast<int>(job.head_dim);
+  const std::int64_t kv_head = head / (job.heads / job.kv_heads);
+  const std::int64_t key_stride = job.kv_heads * head_dim;
+  const T* k_cache = static_cast<const T*>(job.k_cache) + kv_head * head_dim;
+  const T* v_cache = static_cast<const T*>(job.v_cache) + kv_head * head_dim;
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+
+  // A warp per key: lane l holds dimensions [8l, 8l + 8) of q and of the key (head_dim <= 256).
+  const bool lane_has_slice = lane * kChunk < head_dim;
+  float q[kChunk] = {};
+  if (lane_has_slice) {
+    load_chunk(static_cast<const T*>(job.q) + head * head_dim + lane * kChunk, aligned, q);
+  }
+  float local_max = -INFINITY;
+  for (std::int64_t j = first + warp; j <= last; j += kDecodeWarps) {
+    float key[kChunk] = {};
+    if (lane_has_slice) load_chunk(k_cache + j * key_stride + lane * kChunk, aligned, key);
+    float dot = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kChunk; ++k) dot += q[k] * key[k];
+    const float score = warp_reduce(dot, Sum{}) * job.scale;
+    if (lane == 0) probabilities[j - first] = score;
+    local_max = fmaxf(local_max, score);
+  }
+  const float max_score = block_reduce(local_max, Max{}, warp_partials);
+
+  const int count = static_cast<int>(last - first + 1);
+  float local_sum = 0.0f;
+  for (int index = threadIdx.x; index < count; index += blockDim.x) {
+    const float p = expf(probabilities[index] - max_score);
+    local_sum += p;
+    probabilities[index] = round_as<T>(p);
+  }
+  const float sum = block_reduce(local_sum, Sum{}, warp_partials);
+
+  float* partial = job.workspace + (head * gridDim.x + chunk) * (2 + head_dim);
+  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+    const T* v = v_cache + first * key_stride + i;
+    float acc = 0.0f;
+    for (int index = 0; index < count; ++index) {
+      acc += probabilities[index] * to_float(v[index * key_stride]);
+    }
+    partial[2 + i] = acc;
+  }
+  if (threadIdx.x == 0) {
+    partial[0] = max_score;
+    partial[1] = sum;
+  }
+}
+
+// out row of head blockIdx.x = Σ acc·exp(m − M) / Σ l·exp(m − M) over the chunks in the valid
+// range, M their largest m; the division as attention_reference: times 1 / total.
+template <typename T>
+__global__ void __launch_bounds__(kCombineThreads)
+    attention_decode_combine_kernel(const AttentionJob job, std::int64_t chunks) {
+  __shared__ float warp_partials[kCombineThreads / kWarpSize];
+  const std::int64_t head = blockIdx.x;
+  const int head_dim = static_cast<int>(job.head_dim);
+  T* out = static_cast<T*>(job.out) + head * head_dim;
+  const KeyRange range = key_range(*job.first_position, job.window, job.capacity);
+  if (range.last < range.first) {
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) out[i] = from_float<T>(0.0f);
+    return;
+  }
+  const std::int64_t first_chunk = range.first / kDecodeChunk;
+  const std::int64_t last_chunk = range.last / kDecodeChunk;
+  const std::int64_t partial_size = 2 + head_dim;
+  const float* partials = job.workspace + head * chunks * partial_size;
+
+  float local_max = -INFINITY;
+  for (std::int64_t c = first_chunk + threadIdx.x; c <= last_chunk; c += blockDim.x) {
+    local_max = fmaxf(local_max, partials[c * partial_size]);
+  }
+  const float max_score = block_reduce(local_max, Max{}, warp_partials);
+  float local_sum = 0.0f;
+  for (std::int64_t c = first_chunk + threadIdx.x; c <= last_chunk; c += blockDim.x) {
+    const float* partial = partials + c * partial_size;
+    local_sum += partial[1] * expf(partial[0] - max_score);
+  }
+  const float inv_total = 1.0f / block_reduce(local_sum, Sum{}, warp_partials);
+
+  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+    float acc = 0.0f;
+    for (std::int64_t c = first_chunk; c <= last_chunk; ++c) {
+      const float* partial = partials + c * partial_size;
+      acc += partial[2 + i] * expf(partial[0] - max_score);
+    }
+    out[i] = from_float<T>(acc * inv_total);
+  }
+}
+
+// tile [kKeyTile, head_dim + 1] (the odd stride keeps lane c's reads of row c conflict-free) =
+// cache rows [tile_start, tile_start + kKeyTile) of one kv head; rows outside [span.first,
+// span.last] are zero, so that masked keys multiply nothing non-finite.
+template <typename T>
+__device__ void load_key_tile(const T* cache /* rows of stride key_stride */,
+                              std::int64_t key_stride, std::int64_t tile_start, KeyRange span,
+                              int head_dim, bool aligned, float* tile) {
+  const int chunks_per_row = head_dim / kChunk;
+  for (int index = threadIdx.x; index < kKeyTile * chunks_per_row; index += blockDim.x) {
+    const int c = index / chunks_per_row;
+    const int i = index % chunks_per_row * kChunk;
+    const std::int64_t j = tile_start + c;
+    float values[kChunk] = {};
+    if (j >= span.first && j <= span.last) load_chunk(cache + j * key_stride + i, aligned, values);
+#pragma unroll
+    for (int k = 0; k < kChunk; ++k) tile[c * (head_dim + 1) + i + k] = values[k];
+  }
+}
+
+// One online-softmax step of a warp's query rows over a key tile: the scores (lane c: key c,
+// -inf where masked) update the running max m and sum l, rescale acc, and give the
+// probabilities exp(score − m) that multiply V, rounded in bf16 (l sums them unrounded, as
+// attention_reference does). A row that has seen no key yet keeps m = -inf, l = 0 and gets
+// probabilities 0: exp is taken relative to 0 rather than to -inf, which would give NaN.
+template <typename T, int kDimsPerLane>
+__device__ __forceinline__ void online_softmax_step(const float (&scores)[kRowsPerWarp],
+                                                    float (&m)[kRowsPerWarp],
+                                                    float (&l)[kRowsPerWarp],
+                                                    float (&acc)[kRowsPerWarp][kDimsPerLane],
+                                                    float (&probabilities)[kRowsPerWarp]) {
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const float new_max = fmaxf(m[r], warp_reduce(scores[r], Max{}));
+    const float reference = new_max == -INFINITY ? 0.0f : new_max;
+    const float rescale = expf(m[r] - reference);
+    const float p = expf(scores[r] - reference);
+    l[r] = l[r] * rescale + warp_reduce(p, Sum{});
+    m[r] = new_max;
+#pragma unroll
+    for (int d = 0; d < kDimsPerLane; ++d) acc[r][d] *= rescale;
+    probabilities[r] = round_as<T>(p);
+  }
+}
+
+// Block (query tile blockIdx.x, head blockIdx.y); see the file comment. Dynamic shared memory:
+// prefill_shared_bytes(head_dim).
+template <typename T, int kDimsPerLane>
+__global__ void __launch_bounds__(kPrefillThreads)
+    attention_prefill_kernel(const AttentionJob job, bool aligned) {
+  extern __shared__ float shared[];
+  const int head_dim = static_cast<int>(job.head_dim);
+  float* q_tile = shared;                           // [kQueryTile, head_dim]
+  float* kv_tile = shared + kQueryTile * head_dim;  // [kKeyTile, head_dim + 1]
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const std::int64_t first_token = static_cast<std::int64_t>(blockIdx.x) * kQueryTile;
+  const std::int64_t last_token = min(first_token + kQueryTile, job.tokens) - 1;
+  const std::int64_t head = blockIdx.y;
+  const std::int64_t kv_head = head / (job.heads / job.kv_heads);
+  const std::int64_t key_stride = job.kv_heads * head_dim;
+  const std::int64_t first_position = *job.first_position;
+  const T* q = static_cast<const T*>(job.q);
+
+  const int chunks_per_row = head_dim / kChunk;
+  for (int index = threadIdx.x; index < kQueryTile * chunks_per_row; index += blockDim.x) {
+    const int r = index / chunks_per_row;
+    const int i = index % chunks_per_row * kChunk;
+    const std::int64_t t = first_token + r;
+    float values[kChunk] = {};
+    if (t <= last_token) load_chunk(q + (t * job.heads + head) * head_dim + i, aligned, values);
+#pragma unroll
+    for (int k = 0; k < kChunk; ++k) q_tile[r * head_dim + i + k] = values[k];
+  }
+
+  KeyRange rows[kRowsPerWarp];
+  float m[kRowsPerWarp];
+  float l[kRowsPerWarp];
+  float acc[kRowsPerWarp][kDimsPerLane] = {};
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const std::int64_t t = first_token + warp * kRowsPerWarp + r;
+    rows[r] =
+        t <= last_token ? key_range(first_position + t, job.window, job.capacity) : KeyRange{0, -1};
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+  }
+  // Key ranges grow with the position: the first query's starts first, the last's ends last.
+  const KeyRange span{key_range(first_position + first_token, job.window, job.capacity).first,
+                      key_range(first_position + last_token, job.window, job.capacity).last};
+
+  const float* q_rows = q_tile + warp * kRowsPerWarp * head_dim;
+  for (std::int64_t tile_start = span.first / kKeyTile * kKeyTile; tile_start <= span.last;
+       tile_start += kKeyTile) {
+    __syncthreads();  // the q tile is written; the previous V tile is read
+    load_key_tile(static_cast<const T*>(job.k_cache) + kv_head * head_dim, key_stride, tile_start,
+                  span, head_dim, aligned, kv_tile);
+    __syncthreads();
+    float scores[kRowsPerWarp] = {};
+    const float* key = kv_tile + lane * (head_dim + 1);
+    for (int i = 0; i < head_dim; ++i) {
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) scores[r] += q_rows[r * head_dim + i] * key[i];
+    }
+    const std::int64_t j = tile_start + lane;
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const bool visible = j >= rows[r].first && j <= rows[r].last;
+      scores[r] = visible ? scores[r] * job.scale : -INFINITY;
+    }
+    float probabilities[kRowsPerWarp];
+    online_softmax_step<T>(scores, m, l, acc, probabilities);
+
+    __syncthreads();  // the K tile is read
+    load_key_tile(static_cast<const T*>(job.v_cache) + kv_head * head_dim, key_stride, tile_start,
+                  span, head_dim, aligned, kv_tile);
+    __syncthreads();
+    for (int c = 0; c < kKeyTile; ++c) {
+      float p[kRowsPerWarp];
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) p[r] = __shfl_sync(0xffffffffu, probabilities[r], c);
+      const float* value = kv_tile + c * (head_dim + 1);
+#pragma unroll
+      for (int d = 0; d < kDimsPerLane; ++d) {
+        const int i = lane + d * kWarpSize;
+        const float v = i < head_dim ? value[i] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) acc[r][d] += p[r] * v;
+      }
+    }
+  }
+
+  T* out = static_cast<T*>(job.out);
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const std::int64_t t = first_token + warp * kRowsPerWarp + r;
+    if (t > last_token) continue;
+    const float inv_total = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+#pragma unroll
+    for (int d = 0; d < kDimsPerLane; ++d) {
+      const int i = lane + d * kWarpSize;
+      if (i < head_dim) {
+        out[(t * job.heads + head) * head_dim + i] = from_float<T>(acc[r][d] * inv_total);
+      }
+    }
+  }
+}
+
+std::size_t prefill_shared_bytes(std::int64_t head_dim) {
+  return static_cast<std::size_t>(kQueryTile * head_dim + kKeyTile * (head_dim + 1)) *
+         sizeof(float);
+}
+
+std::int64_t decode_chunks(std::int64_t capacity) {
+  return (capacity + kDecodeChunk - 1) / kDecodeChunk;
+}
+
+// ---- Host side.
+
+// Calls body(T{}) with T the CUDA type of an activation dtype; cudaErrorInvalidValue for others.
+template <typename Body>
+cudaError_t visit_activation_dtype(DType dtype, Body&& body) {
+  switch (dtype) {
+    case DType::kF32:
+      return body(std::type_identity<float>{});
+    case DType::kBF16:
+      return body(std::type_identity<__nv_bfloat16>{});
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T, typename Op>
+cudaError_t launch_update(void* a, const void* b, std::int64_t count, Op op, cudaStream_t stream) {
+  T* typed_a = static_cast<T*>(a);
+  const T* typed_b = static_cast<const T*>(b);
+  if (is_aligned_16(a) && is_aligned_16(b)) {
+    update_kernel<kChunk><<<elementwise_blocks(count, kChunk), kElementwiseThreads, 0, stream>>>(
+        typed_a, typed_b, count, op);
+  } else {
+    update_kernel<1><<<elementwise_blocks(count, 1), kElementwiseThreads, 0, stream>>>(
+        typed_a, typed_b, count, op);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_decode(const AttentionJob& job, bool aligned, cudaStream_t stream) {
+  const std::int64_t chunks = decode_chunks(job.capacity);
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(job.heads));
+  attention_decode_chunk_kernel<T><<<grid, kDecodeThreads, 0, stream>>>(job, aligned);
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) return error;
+  attention_decode_combine_kernel<T>
+      <<<static_cast<unsigned>(job.heads), kCombineThreads, 0, stream>>>(job, chunks);
+  return cudaGetLastError();
+}
+
+template <typename T, int kDimsPerLane>
+cudaError_t launch_prefill(const AttentionJob& job, bool aligned, cudaStream_t stream) {
+  const auto kernel = attention_prefill_kernel<T, kDimsPerLane>;
+  const std::size_t bytes = prefill_shared_bytes(job.head_dim);
+  // Beyond 48 KiB (head_dim > 188) a kernel must opt in to more dynamic shared memory.
+  const cudaError_t error = cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (error != cudaSuccess) return error;
+  const dim3 grid(static_cast<unsigned>((job.tokens + kQueryTile - 1) / kQueryTile),
+                  static_cast<unsigned>(job.heads));
+  kernel<<<grid, kPrefillThreads, bytes, stream>>>(job, aligned);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_attention(const AttentionJob& job, cudaStream_t stream) {
+  const bool aligned =
+      is_aligned_16(job.q) && is_aligned_16(job.k_cache) && is_aligned_16(job.v_cache);
+  if (job.tokens == 1) return launch_decode<T>(job, aligned, stream);
+  if (job.head_dim <= 2 * kWarpSize) return launch_prefill<T, 2>(job, aligned, stream);
+  if (job.head_dim <= 4 * kWarpSize) return launch_prefill<T, 4>(job, aligned, stream);
+  return launch_prefill<T, 8>(job, aligned, stream);
+}
+
+bool valid_attention_job(const AttentionJob& job) {
+  return job.tokens >= 0 && job.heads > 0 && job.kv_heads > 0 && job.heads % job.kv_heads == 0 &&
+         job.heads <= 65535 && job.head_dim > 0 && job.head_dim <= kMaxHeadDim &&
+         job.head_dim % kChunk == 0 && job.capacity > 0 && job.window >= 0 &&
+         (job.tokens != 1 || job.workspace != nullptr);
+}
+
+}  // namespace
+
+cudaError_t embedding_lookup(const std::int32_t* tokens, std::int64_t count, const void* table,
+                             DType table_dtype, std::int64_t hidden, void* out, DType dtype,
+                             cudaStream_t stream) {
+  if (count < 0 || hidden < 0 || count > INT32_MAX) return cudaErrorInvalidValue;
+  if (count == 0 || hidden == 0) return cudaSuccess;
+  const bool vectors = hidden % kChunk == 0 && is_aligned_16(table) && is_aligned_16(out);
+  return visit_activation_dtype(dtype, [&](auto out_type) {
+    using T = typename decltype(out_type)::type;
+    return visit_float_dtype(table_dtype, [&](auto table_type) {
+      using Table = typename decltype(table_type)::type;
+      const Table* typed_table = static_cast<const Table*>(table);
+      T* typed_out = static_cast<T*>(out);
+      const auto blocks = static_cast<unsigned>(count);
+      if (vectors) {
+        embedding_kernel<kChunk>
+            <<<blocks, kEmbeddingThreads, 0, stream>>>(tokens, typed_table, hidden, typed_out);
+      } else {
+        embedding_kernel<1>
+            <<<blocks, kEmbeddingThreads, 0, stream>>>(tokens, typed_table, hidden, typed_out);
+      }
+      return cudaGetLastError();
+    });
+  });
+}
+
+cudaError_t add_rms_norm(void* hidden, const void* delta, const float* weight, std::int64_t rows,
+                         std::int64_t cols, float eps, void* y, DType dtype, cudaStream_t stream) {
+  if (rows < 0 || cols < 0 || rows > INT32_MAX) return cudaErrorInvalidValue;
+  if (rows == 0 || cols == 0) return cudaSuccess;
+  const bool vectors = cols % kChunk == 0 && is_aligned_16(hidden) && is_aligned_16(weight) &&
+                       is_aligned_16(y) && (delta == nullptr || is_aligned_16(delta));
+  return visit_activation_dtype(dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    T* typed_hidden = static_cast<T*>(hidden);
+    const T* typed_delta = static_cast<const T*>(delta);
+    T* typed_y = static_cast<T*>(y);
+    const auto blocks = static_cast<unsigned>(rows);
+    if (vectors) {
+      add_rms_norm_kernel<kChunk>
+          <<<blocks, row_threads(cols / kChunk, kNormMaxThreads), 0, stream>>>(
+              typed_hidden, typed_delta, weight, cols, eps, typed_y);
+    } else {
+      add_rms_norm_kernel<1><<<blocks, row_threads(cols, kNormMaxThreads), 0, stream>>>(
+          typed_hidden, typed_delta, weight, cols, eps, typed_y);
+    }
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t add_residual(void* hidden, const void* delta, std::int64_t count, DType dtype,
+                         cudaStream_t stream) {
+  if (count < 0) return cudaErrorInvalidValue;
+  if (count == 0) return cudaSuccess;
+  return visit_activation_dtype(dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    return launch_update<T>(hidden, delta, count, AddOp{}, stream);
+  });
+}
+
+cudaError_t rope_append_kv(const RopeAppendJob& job, cudaStream_t stream) {
+  if (job.tokens < 0 || job.heads <= 0 || job.kv_heads <= 0 || job.head_dim <= 0 ||
+      job.head_dim % 2 != 0 || job.head_dim > kMaxHeadDim || job.tokens > INT32_MAX ||
+      (job.heads + job.kv_heads) * job.head_dim > INT32_MAX) {
+    return cudaErrorInvalidValue;
+  }
+  if (job.tokens == 0) return cudaSuccess;
+  return visit_activation_dtype(job.dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    rope_append_kv_kernel<T><<<static_cast<unsigned>(job.tokens), kRopeThreads, 0, stream>>>(job);
+    return cudaGetLastError();
+  });
+}
+
+std::size_t attention_workspace_floats(std::int64_t /*tokens*/, std::int64_t heads,
+                                       std::int64_t head_dim, std::int64_t capacity) {
+  if (heads <= 0 || head_dim <= 0 || capacity <= 0) return 0;
+  return static_cast<std::size_t>(heads * decode_chunks(capacity) * (2 + head_dim));
+}
+
+cudaError_t attention(const AttentionJob& job, cudaStream_t stream) {
+  if (!valid_attention_job(job)) return cudaErrorInvalidValue;
+  if (job.tokens == 0) return cudaSuccess;
+  return visit_activation_dtype(job.dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    return launch_attention<T>(job, stream);
+  });
+}
+
+cudaError_t silu_mul(void* gate, const void* up, std::int64_t count, DType dtype,
+                     cudaStream_t stream) {
+  if (count < 0) return cudaErrorInvalidValue;
+  if (count == 0) return cudaSuccess;
+  return visit_activation_dtype(dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    return launch_update<T>(gate, up, count, SiluMulOp<T>{}, stream);
+  });
+}
+
+cudaError_t convert_floats(const void* in, DType in_dtype, void* out, DType out_dtype,
+                           std::int64_t count, cudaStream_t stream) {
+  if (count < 0) return cudaErrorInvalidValue;
+  if (count == 0) return cudaSuccess;
+  const bool vectors = is_aligned_16(in) && is_aligned_16(out);
+  return visit_float_dtype(in_dtype, [&](auto in_type) {
+    using In = typename decltype(in_type)::type;
+    return visit_float_dtype(out_dtype, [&](auto out_type) {
+      using Out = typename decltype(out_type)::type;
+      const In* typed_in = static_cast<const In*>(in);
+      Out* typed_out = static_cast<Out*>(out);
+      if (vectors) {
+        convert_kernel<kChunk>
+            <<<elementwise_blocks(count, kChunk), kElementwiseThreads, 0, stream>>>(
+                typed_in, typed_out, count);
+      } else {
+        convert_kernel<1><<<elementwise_blocks(count, 1), kElementwiseThreads, 0, stream>>>(
+            typed_in, typed_out, count);
+      }
+      return cudaGetLastError();
+    });
+  });
+}
+
+}  // namespace kbit::kernels::cuda

@@ -1,0 +1,468 @@
+#include "model/cuda/llama_cuda.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "core/cuda_runtime.h"
+#include "kbit/core/allocator.h"
+#include "kbit/model/rope.h"
+#include "kernels/cuda/linear_launchers.h"
+#include "kernels/cuda/llama_launchers.h"
+
+namespace kbit::model {
+
+namespace kc = kbit::kernels::cuda;
+
+// Everything one batch of sequences needs on the device. Buffers of activations hold
+// kPrefillChunkTokens rows (a prompt chunk of one sequence, or one token of each sequence).
+struct KvCache::DeviceState {
+  Device device;
+  cudaStream_t stream = nullptr;
+  std::unique_ptr<kc::LinearContext> linear;
+  std::int64_t batch = 1;
+  std::int64_t capacity = 0;
+  std::int64_t rows = 0;  // rows of the activation buffers
+  DType dtype = DType::kF32;
+  Tensor keys, values;                   // [layers, batch, capacity, kv_heads, head_dim]
+  Tensor hidden, normed, proj;           // [rows, hidden]
+  Tensor q, attn;                        // [rows, heads · head_dim]
+  Tensor k, v;                           // [rows, kv_heads · head_dim]
+  Tensor gate, up;                       // [rows, intermediate]
+  Tensor logits_act;                     // [kLogitChunkRows, vocab] in the activation dtype
+  Tensor logits;                         // [kLogitChunkRows, vocab] f32
+  Tensor token_ids;                      // i32 [rows]
+  Tensor position;                       // i32 [1]: the position of the step's first token
+  Tensor inv_freq;                       // f32 [head_dim / 2]
+  Tensor attention_workspace;            // f32
+  std::vector<float> uploaded_inv_freq;  // what inv_freq holds
+  // The captured one-token step of `graph_batch` sequences.
+  cudaGraphExec_t graph = nullptr;
+  std::int64_t graph_batch = 0;
+
+  ~DeviceState() {
+    if (stream != nullptr) cudaStreamSynchronize(stream);
+    if (graph != nullptr) cudaGraphExecDestroy(graph);
+    linear.reset();
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+};
+
+namespace cuda {
+namespace {
+
+Status cuda_status(cudaError_t error, const char* what) {
+  return detail::status_from_cuda_error(error, what);
+}
+
+std::string gib_text(std::size_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.2f GiB", static_cast<double>(bytes) / (1 << 30));
+  return text;
+}
+
+void* row_pointer(const Tensor& tensor, std::int64_t row, std::int64_t row_elements) {
+  return static_cast<std::byte*>(tensor.view().data()) +
+         static_cast<std::size_t>(row * row_elements) * dtype_size(tensor.dtype());
+}
+
+}  // namespace
+
+struct CudaLlama::Impl {
+  LlamaConfig config;
+  Device device;
+  LinearNumerics numerics;
+  DeviceWeights weights;
+  std::int64_t window = 0;
+  float attention_scale = 1.0f;
+
+  DType dtype() const { return numerics.activation_dtype; }
+
+  Status linear(KvCache::DeviceState& s, const DeviceLinear& layer, const void* x,
+                std::int64_t rows, void* y) const {
+    const LinearWeight& w = layer.weight;
+    const void* bias = layer.bias.numel() > 0 ? layer.bias.view().data() : nullptr;
+    switch (w.format()) {
+      case LinearFormat::kFloat:
+        return kc::linear_float(*s.linear, x, w.float_weight().data(), bias, rows, w.in_features(),
+                                w.out_features(), y, dtype());
+      case LinearFormat::kFourBit: {
+        const io::QuantState& state = w.quant_state();
+        const bool nested = state.nested.has_value();
+        const kc::FourBitWeightDevice weight{
+            w.packed().data_as<const std::uint8_t>(),
+            state.type,
+            state.blocksize,
+            nested ? nullptr : w.absmax().data_as<const float>(),
+            nested ? w.absmax().data_as<const std::uint8_t>() : nullptr,
+            nested ? w.nested_absmax().data_as<const float>() : nullptr,
+            nested ? state.nested->offset : 0.0f,
+            state.dtype};
+        return kc::linear_4bit(*s.linear, x, weight, bias, rows, w.in_features(), w.out_features(),
+                               numerics.compute_dtype, y, dtype());
+      }
+      case LinearFormat::kInt8: {
+        const kc::Int8WeightDevice weight{w.codes().data_as<const std::int8_t>(),
+                                          w.row_absmax().data_as<const float>()};
+        return kc::linear_int8(*s.linear, x, weight, bias, rows, w.in_features(), w.out_features(),
+                               numerics.int8_threshold, y, dtype());
+      }
+    }
+    return internal_error("unknown Linear format");
+  }
+
+  // hidden (+= delta) and normed = rms_norm(hidden) · weight over `rows` rows.
+  Status add_norm(KvCache::DeviceState& s, bool add_delta, const Tensor& weight,
+                  std::int64_t rows) const {
+    return cuda_status(
+        kc::add_rms_norm(s.hidden.view().data(), add_delta ? s.proj.view().data() : nullptr,
+                         weight.data_as<const float>(), rows, config.hidden_size,
+                         static_cast<float>(config.rms_norm_eps), s.normed.view().data(), dtype(),
+                         s.stream),
+        "add_rms_norm");
+  }
+
+  // The attention block of layer l for `sequences` sequences of `per_sequence` rows each, the
+  // first being sequence `first_sequence` of the cache.
+  Status attention(KvCache::DeviceState& s, std::size_t l, std::int64_t first_sequence,
+                   std::int64_t sequences, std::int64_t per_sequence) const {
+    const LlamaConfig& c = config;
+    const std::int64_t q_width = c.num_attention_heads * c.head_dim;
+    const std::int64_t kv_width = c.num_key_value_heads * c.head_dim;
+    for (std::int64_t b = 0; b < sequences; ++b) {
+      const std::int64_t row = b * per_sequence;
+      const std::int64_t cache_row =
+          (static_cast<std::int64_t>(l) * s.batch + first_sequence + b) * s.capacity;
+      void* k_cache = row_pointer(s.keys, cache_row, kv_width);
+      void* v_cache = row_pointer(s.values, cache_row, kv_width);
+      const kc::RopeAppendJob rope{row_pointer(s.q, row, q_width),
+                                   row_pointer(s.k, row, kv_width),
+                                   row_pointer(s.v, row, kv_width),
+                                   per_sequence,
+                                   c.num_attention_heads,
+                                   c.num_key_value_heads,
+                                   c.head_dim,
+                                   s.position.data_as<const std::int32_t>(),
+                                   s.inv_freq.data_as<const float>(),
+                                   k_cache,
+                                   v_cache,
+                                   dtype(),
+                                   s.capacity};
+      KBIT_RETURN_IF_ERROR(cuda_status(kc::rope_append_kv(rope, s.stream), "rope_append_kv"));
+      const kc::AttentionJob job{row_pointer(s.q, row, q_width),
+                                 k_cache,
+                                 v_cache,
+                                 per_sequence,
+                                 c.num_attention_heads,
+                                 c.num_key_value_heads,
+                                 c.head_dim,
+                                 s.position.data_as<const std::int32_t>(),
+                                 s.capacity,
+                                 window,
+                                 attention_scale,
+                                 row_pointer(s.attn, row, q_width),
+                                 dtype(),
+                                 s.attention_workspace.data_as<float>()};
+      KBIT_RETURN_IF_ERROR(cuda_status(kc::attention(job, s.stream), "attention"));
+    }
+    return ok_status();
+  }
+
+  // One pass of every layer over the token ids in s.token_ids: `sequences` sequences of
+  // `per_sequence` tokens each (rows = their product), at position *s.position; leaves the
+  // final-normed hidden states in s.normed.
+  Status layers(KvCache::DeviceState& s, std::int64_t first_sequence, std::int64_t sequences,
+                std::int64_t per_sequence) const {
+    const LlamaConfig& c = config;
+    const std::int64_t rows = sequences * per_sequence;
+    const Tensor& embed = weights.embed;
+    KBIT_RETURN_IF_ERROR(
+        cuda_status(kc::embedding_lookup(s.token_ids.data_as<const std::int32_t>(), rows,
+                                         embed.view().data(), embed.dtype(), c.hidden_size,
+                                         s.hidden.view().data(), dtype(), s.stream),
+                    "embedding_lookup"));
+    bool pending_delta = false;  // s.proj holds the MLP output of the previous layer
+    for (std::size_t l = 0; l < weights.layers.size(); ++l) {
+      const DeviceLayer& layer = weights.layers[l];
+      KBIT_RETURN_IF_ERROR(add_norm(s, pending_delta, layer.input_norm, rows));
+      KBIT_RETURN_IF_ERROR(linear(s, layer.q, s.normed.view().data(), rows, s.q.view().data()));
+      KBIT_RETURN_IF_ERROR(linear(s, layer.k, s.normed.view().data(), rows, s.k.view().data()));
+      KBIT_RETURN_IF_ERROR(linear(s, layer.v, s.normed.view().data(), rows, s.v.view().data()));
+      KBIT_RETURN_IF_ERROR(attention(s, l, first_sequence, sequences, per_sequence));
+      KBIT_RETURN_IF_ERROR(linear(s, layer.o, s.attn.view().data(), rows, s.proj.view().data()));
+      KBIT_RETURN_IF_ERROR(add_norm(s, true, layer.post_attention_norm, rows));
+      KBIT_RETURN_IF_ERROR(
+          linear(s, layer.gate, s.normed.view().data(), rows, s.gate.view().data()));
+      KBIT_RETURN_IF_ERROR(linear(s, layer.up, s.normed.view().data(), rows, s.up.view().data()));
+      KBIT_RETURN_IF_ERROR(cuda_status(kc::silu_mul(s.gate.view().data(), s.up.view().data(),
+                                                    rows * c.intermediate_size, dtype(), s.stream),
+                                       "silu_mul"));
+      KBIT_RETURN_IF_ERROR(linear(s, layer.down, s.gate.view().data(), rows, s.proj.view().data()));
+      pending_delta = true;
+    }
+    return add_norm(s, pending_delta, weights.final_norm, rows);
+  }
+
+  // logits f32 of the normed rows [first_row, first_row + count) into s.logits (count at most
+  // kLogitChunkRows).
+  Status logits_of_rows(KvCache::DeviceState& s, std::int64_t first_row, std::int64_t count) const {
+    const std::int64_t vocab = config.vocab_size;
+    KBIT_RETURN_IF_ERROR(linear(s, weights.lm_head,
+                                row_pointer(s.normed, first_row, config.hidden_size), count,
+                                s.logits_act.view().data()));
+    return cuda_status(
+        kc::convert_floats(s.logits_act.view().data(), dtype(), s.logits.view().data(), DType::kF32,
+                           count * vocab, s.stream),
+        "convert_floats (logits)");
+  }
+
+  // Queues a copy of `count` rows of s.logits to rows [first_row, ...) of `out`.
+  Status copy_logits(KvCache::DeviceState& s, std::int64_t count, TensorView out,
+                     std::int64_t first_row) const {
+    const std::size_t row_bytes = static_cast<std::size_t>(config.vocab_size) * sizeof(float);
+    return cuda_status(
+        cudaMemcpyAsync(static_cast<std::byte*>(out.data()) + first_row * row_bytes,
+                        s.logits.view().data(), static_cast<std::size_t>(count) * row_bytes,
+                        cudaMemcpyDefault, s.stream),
+        "cudaMemcpyAsync (logits)");
+  }
+
+  // Writes the step's token ids and first position to the device (the host values are staged
+  // by the runtime at the call, so they need not outlive it).
+  Status upload_step(KvCache::DeviceState& s, std::span<const std::int32_t> ids,
+                     std::int32_t position) const {
+    KBIT_RETURN_IF_ERROR(
+        cuda_status(cudaMemcpyAsync(s.token_ids.view().data(), ids.data(), ids.size_bytes(),
+                                    cudaMemcpyHostToDevice, s.stream),
+                    "cudaMemcpyAsync (token ids)"));
+    return cuda_status(cudaMemcpyAsync(s.position.view().data(), &position, sizeof(position),
+                                       cudaMemcpyHostToDevice, s.stream),
+                       "cudaMemcpyAsync (position)");
+  }
+
+  // Dynamic RoPE's frequencies depend on the sequence length; the others were uploaded once.
+  Status update_inv_freq(KvCache::DeviceState& s, std::int64_t seq_len) const {
+    if (config.rope.type != RopeType::kDynamic) return ok_status();
+    std::vector<float> inv_freq =
+        rope_inv_freq(config.rope, config.head_dim, config.max_position_embeddings, seq_len);
+    if (inv_freq == s.uploaded_inv_freq) return ok_status();
+    s.uploaded_inv_freq = std::move(inv_freq);
+    return cuda_status(cudaMemcpyAsync(s.inv_freq.view().data(), s.uploaded_inv_freq.data(),
+                                       s.uploaded_inv_freq.size() * sizeof(float),
+                                       cudaMemcpyHostToDevice, s.stream),
+                       "cudaMemcpyAsync (inv_freq)");
+  }
+
+  // One token of each of `batch` sequences, through the captured graph (captured now if this
+  // is the first such step): logits of each into s.logits rows [0, batch).
+  Status decode_step(KvCache::DeviceState& s, std::int64_t batch) const {
+    if (s.graph == nullptr || s.graph_batch != batch) {
+      if (s.graph != nullptr) cudaGraphExecDestroy(s.graph);
+      s.graph = nullptr;
+      KBIT_RETURN_IF_ERROR(
+          cuda_status(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal),
+                      "cudaStreamBeginCapture"));
+      Status recorded = layers(s, 0, batch, 1);
+      if (recorded.ok()) recorded = logits_of_rows(s, 0, batch);
+      cudaGraph_t graph = nullptr;
+      const cudaError_t ended = cudaStreamEndCapture(s.stream, &graph);
+      KBIT_RETURN_IF_ERROR(recorded);
+      KBIT_RETURN_IF_ERROR(cuda_status(ended, "cudaStreamEndCapture"));
+      const cudaError_t made = cudaGraphInstantiate(&s.graph, graph, 0);
+      cudaGraphDestroy(graph);
+      KBIT_RETURN_IF_ERROR(cuda_status(made, "cudaGraphInstantiate (decode step)"));
+      s.graph_batch = batch;
+    }
+    return cuda_status(cudaGraphLaunch(s.graph, s.stream), "cudaGraphLaunch (decode step)");
+  }
+
+  // The tokens of one sequence in chunks; logits of every position or only of the last.
+  Status prefill(KvCache::DeviceState& s, std::int64_t sequence, std::span<const std::int32_t> ids,
+                 std::int64_t start, TensorView logits, std::int64_t logits_row,
+                 bool all_positions) const {
+    const auto count = static_cast<std::int64_t>(ids.size());
+    for (std::int64_t first = 0; first < count; first += s.rows) {
+      const std::int64_t rows = std::min(s.rows, count - first);
+      KBIT_RETURN_IF_ERROR(upload_step(
+          s, ids.subspan(static_cast<std::size_t>(first), static_cast<std::size_t>(rows)),
+          static_cast<std::int32_t>(start + first)));
+      KBIT_RETURN_IF_ERROR(layers(s, sequence, 1, rows));
+      if (all_positions) {
+        for (std::int64_t r = 0; r < rows; r += kLogitChunkRows) {
+          const std::int64_t n = std::min(kLogitChunkRows, rows - r);
+          KBIT_RETURN_IF_ERROR(logits_of_rows(s, r, n));
+          KBIT_RETURN_IF_ERROR(copy_logits(s, n, logits, logits_row + first + r));
+        }
+      } else if (first + rows == count) {
+        KBIT_RETURN_IF_ERROR(logits_of_rows(s, rows - 1, 1));
+        KBIT_RETURN_IF_ERROR(copy_logits(s, 1, logits, logits_row));
+      }
+      // The next chunk's upload overwrites the ids and position this one reads: the stream
+      // orders them, and the host values were staged at the call.
+    }
+    return ok_status();
+  }
+};
+
+CudaLlama::CudaLlama(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaLlama::~CudaLlama() = default;
+
+Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const LlamaConfig& config, Device device,
+                                                     const LinearNumerics& numerics,
+                                                     DeviceWeights weights) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  impl->device = device;
+  impl->numerics = numerics;
+  impl->weights = std::move(weights);
+  impl->window = config.sliding_window.value_or(0);
+  impl->attention_scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
+  return std::unique_ptr<CudaLlama>(new CudaLlama(std::move(impl)));
+}
+
+std::size_t CudaLlama::weight_bytes() const {
+  const DeviceWeights& w = impl_->weights;
+  const auto linear_bytes = [](const DeviceLinear& linear) {
+    return linear.weight.nbytes() + linear.bias.nbytes();
+  };
+  std::size_t total = w.embed.nbytes() + w.final_norm.nbytes();
+  const bool tied = w.lm_head.weight.format() == LinearFormat::kFloat &&
+                    w.lm_head.weight.float_weight().data() == w.embed.view().data();
+  if (!tied) total += linear_bytes(w.lm_head);
+  for (const DeviceLayer& layer : w.layers) {
+    total += layer.input_norm.nbytes() + layer.post_attention_norm.nbytes();
+    for (const DeviceLinear* linear :
+         {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down}) {
+      total += linear_bytes(*linear);
+    }
+  }
+  return total;
+}
+
+Result<std::shared_ptr<KvCache::DeviceState>> CudaLlama::new_cache_state(std::int64_t max_tokens,
+                                                                         std::int64_t batch) const {
+  const LlamaConfig& c = impl_->config;
+  const DType dtype = impl_->dtype();
+  auto s = std::make_shared<KvCache::DeviceState>();
+  s->device = impl_->device;
+  s->batch = batch;
+  s->capacity = max_tokens;
+  s->rows = std::max(std::min(kPrefillChunkTokens, max_tokens), batch);
+  s->dtype = dtype;
+  KBIT_RETURN_IF_ERROR(cuda_status(cudaSetDevice(impl_->device.index), "cudaSetDevice"));
+  KBIT_RETURN_IF_ERROR(cuda_status(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking),
+                                   "cudaStreamCreate"));
+  const std::int64_t kv_width = c.num_key_value_heads * c.head_dim;
+  const std::int64_t q_width = c.num_attention_heads * c.head_dim;
+  const std::int64_t cache_elements = c.num_hidden_layers * batch * max_tokens * kv_width;
+  const std::size_t cache_bytes = 2 * static_cast<std::size_t>(cache_elements) * dtype_size(dtype);
+  const auto attempt = [&]() -> Status {
+    const Device d = impl_->device;
+    KBIT_ASSIGN_OR_RETURN(s->keys, Tensor::empty({cache_elements}, dtype, d));
+    KBIT_ASSIGN_OR_RETURN(s->values, Tensor::empty({cache_elements}, dtype, d));
+    const std::int64_t r = s->rows;
+    for (auto [tensor, width] : {std::pair{&s->hidden, c.hidden_size},
+                                 {&s->normed, c.hidden_size},
+                                 {&s->proj, c.hidden_size},
+                                 {&s->q, q_width},
+                                 {&s->attn, q_width},
+                                 {&s->k, kv_width},
+                                 {&s->v, kv_width},
+                                 {&s->gate, c.intermediate_size},
+                                 {&s->up, c.intermediate_size}}) {
+      KBIT_ASSIGN_OR_RETURN(*tensor, Tensor::empty({r, width}, dtype, d));
+    }
+    const std::int64_t logit_rows = std::max(kLogitChunkRows, batch);
+    KBIT_ASSIGN_OR_RETURN(s->logits_act, Tensor::empty({logit_rows, c.vocab_size}, dtype, d));
+    KBIT_ASSIGN_OR_RETURN(s->logits, Tensor::empty({logit_rows, c.vocab_size}, DType::kF32, d));
+    KBIT_ASSIGN_OR_RETURN(s->token_ids, Tensor::empty({r}, DType::kI32, d));
+    KBIT_ASSIGN_OR_RETURN(s->position, Tensor::empty({1}, DType::kI32, d));
+    KBIT_ASSIGN_OR_RETURN(s->inv_freq, Tensor::empty({c.head_dim / 2}, DType::kF32, d));
+    const std::size_t attention_floats =
+        kc::attention_workspace_floats(r, c.num_attention_heads, c.head_dim, max_tokens);
+    KBIT_ASSIGN_OR_RETURN(
+        s->attention_workspace,
+        Tensor::empty({static_cast<std::int64_t>(std::max<std::size_t>(attention_floats, 1))},
+                      DType::kF32, d));
+    // Every layer's Linear on a chunk of rows, and lm_head on a chunk of logit rows.
+    const kc::LinearContext::CallShape calls[] = {
+        {r, std::max({c.hidden_size, c.intermediate_size, q_width}),
+         std::max({c.intermediate_size, q_width, c.hidden_size})},
+        {logit_rows, c.hidden_size, c.vocab_size}};
+    KBIT_ASSIGN_OR_RETURN(s->linear, kc::LinearContext::create(s->stream, calls));
+    return ok_status();
+  };
+  const Status made = attempt();
+  if (made.code() == StatusCode::kOutOfMemory) {
+    std::size_t free_bytes = 0;
+    std::size_t total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    return out_of_memory(
+        "not enough GPU memory for a context of " + std::to_string(max_tokens) + " tokens × " +
+        std::to_string(batch) + " sequence(s): its KV cache needs " + gib_text(cache_bytes) +
+        " and the activations of a " + std::to_string(s->rows) + "-token chunk more, while " +
+        gib_text(free_bytes) + " of " + gib_text(total_bytes) +
+        " are free with the weights loaded. Try a shorter context (--context), fewer sequences, "
+        "or a smaller weight format (--load-in-4bit). (" +
+        made.message() + ")");
+  }
+  KBIT_RETURN_IF_ERROR(made);
+  if (c.rope.type != RopeType::kDynamic) {
+    s->uploaded_inv_freq = rope_inv_freq(c.rope, c.head_dim, c.max_position_embeddings, max_tokens);
+    KBIT_RETURN_IF_ERROR(
+        cuda_status(cudaMemcpyAsync(s->inv_freq.view().data(), s->uploaded_inv_freq.data(),
+                                    s->uploaded_inv_freq.size() * sizeof(float),
+                                    cudaMemcpyHostToDevice, s->stream),
+                    "cudaMemcpyAsync (inv_freq)"));
+  }
+  return s;
+}
+
+Status CudaLlama::forward(std::span<const std::int32_t> tokens, std::int64_t batch,
+                          KvCache::DeviceState& s, std::int64_t start, TensorView logits,
+                          bool all_positions) const {
+  const Impl& m = *impl_;
+  KBIT_RETURN_IF_ERROR(cuda_status(cudaSetDevice(m.device.index), "cudaSetDevice"));
+  const auto per_sequence = static_cast<std::int64_t>(tokens.size()) / batch;
+  KBIT_RETURN_IF_ERROR(m.update_inv_freq(s, start + per_sequence));
+  if (per_sequence == 1 && batch <= s.rows) {
+    KBIT_RETURN_IF_ERROR(m.upload_step(s, tokens, static_cast<std::int32_t>(start)));
+    KBIT_RETURN_IF_ERROR(m.decode_step(s, batch));
+    KBIT_RETURN_IF_ERROR(m.copy_logits(s, batch, logits, 0));
+  } else {
+    for (std::int64_t b = 0; b < batch; ++b) {
+      const std::span<const std::int32_t> ids = tokens.subspan(
+          static_cast<std::size_t>(b * per_sequence), static_cast<std::size_t>(per_sequence));
+      const std::int64_t logits_row = all_positions ? b * per_sequence : b;
+      KBIT_RETURN_IF_ERROR(m.prefill(s, b, ids, start, logits, logits_row, all_positions));
+    }
+  }
+  if (logits.device().is_cpu()) {
+    return cuda_status(cudaStreamSynchronize(s.stream), "forward on the GPU");
+  }
+  return ok_status();
+}
+
+Device CudaLlama::device(const KvCache::DeviceState& state) {
+  return state.device;
+}
+
+Stream CudaLlama::stream(const KvCache::DeviceState& state) {
+  return Stream{state.stream};
+}
+
+std::size_t CudaLlama::device_bytes(const KvCache::DeviceState& state) {
+  std::size_t total = state.linear ? state.linear->workspace_bytes() : 0;
+  for (const Tensor* t :
+       {&state.keys, &state.values, &state.hidden, &state.normed, &state.proj, &state.q,
+        &state.attn, &state.k, &state.v, &state.gate, &state.up, &state.logits_act, &state.logits,
+        &state.token_ids, &state.position, &state.inv_freq, &state.attention_workspace}) {
+    total += t->nbytes();
+  }
+  return total;
+}
+
+}  // namespace cuda
+}  // namespace kbit::model

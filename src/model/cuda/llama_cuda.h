@@ -1,0 +1,86 @@
+// The GPU side of LlamaModel (contract: kbit/model/llama.h): the weights in device memory and the
+// forward pass as a sequence of kbit's CUDA kernels (kernels/cuda/), queued on the stream of the
+// sequence's KvCache with no host synchronisation; a one-token step is captured in a CUDA graph
+// at its first call and replayed after.
+//
+// Activations and the KV cache are stored in the activation dtype (f32 or bf16). Prompts run in
+// chunks of at most kPrefillChunkTokens tokens per sequence, so the scratch a cache holds is
+// bounded whatever the prompt length.
+//
+// This header is free of CUDA types, so that llama.cc compiles in builds without CUDA; there
+// (llama_cuda_none.cc) create() fails with kUnimplemented.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "kbit/core/status.h"
+#include "kbit/core/tensor.h"
+#include "kbit/model/llama.h"
+#include "kbit/model/llama_config.h"
+#include "model/linear_weight.h"
+
+namespace kbit::model::cuda {
+
+inline constexpr std::int64_t kPrefillChunkTokens = 512;
+// Logit rows computed at once when every position's logits are asked for.
+inline constexpr std::int64_t kLogitChunkRows = 64;
+
+struct DeviceLinear {
+  LinearWeight weight;  // on the device (a float weight in the activation dtype)
+  Tensor bias;          // [out] in the activation dtype; empty: none
+};
+
+struct DeviceLayer {
+  Tensor input_norm;           // f32 [hidden] (bf16 values in a bf16 model)
+  Tensor post_attention_norm;  // f32 [hidden]
+  DeviceLinear q, k, v, o, gate, up, down;
+};
+
+struct DeviceWeights {
+  Tensor embed;  // [vocab, hidden] in the activation dtype
+  // When tied and not quantized, lm_head's float weight views `embed`.
+  DeviceLinear lm_head;
+  Tensor final_norm;  // f32 [hidden]
+  std::vector<DeviceLayer> layers;
+};
+
+class CudaLlama {
+ public:
+  // Takes the weights, all on `device`. numerics: the activation dtype (f32 or bf16), the
+  // compute dtype of 4-bit layers and the int8 threshold.
+  static Result<std::unique_ptr<CudaLlama>> create(const LlamaConfig& config, Device device,
+                                                   const LinearNumerics& numerics,
+                                                   DeviceWeights weights);
+  ~CudaLlama();
+  CudaLlama(const CudaLlama&) = delete;
+  CudaLlama& operator=(const CudaLlama&) = delete;
+
+  // Bytes of the weights in device memory.
+  std::size_t weight_bytes() const;
+
+  // A cache for `batch` sequences of up to max_tokens positions each, with its stream and
+  // scratch. On out-of-memory the error says what was needed and free, and what to try.
+  Result<std::shared_ptr<KvCache::DeviceState>> new_cache_state(std::int64_t max_tokens,
+                                                                std::int64_t batch) const;
+
+  // Runs tokens [batch, per_sequence] (sequence-major) at positions start onward (the caller,
+  // LlamaModel::forward, has checked ids, sizes and the logits' shape): logits f32
+  // [batch · per_sequence or batch, vocab] on the host (waited for) or on this device (queued).
+  Status forward(std::span<const std::int32_t> tokens, std::int64_t batch,
+                 KvCache::DeviceState& state, std::int64_t start, TensorView logits,
+                 bool all_positions) const;
+
+  static Device device(const KvCache::DeviceState& state);
+  static Stream stream(const KvCache::DeviceState& state);
+  static std::size_t device_bytes(const KvCache::DeviceState& state);
+
+ private:
+  struct Impl;
+  explicit CudaLlama(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kbit::model::cuda
