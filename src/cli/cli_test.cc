@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "kbit/core/device.h"
 #include "testing/golden.h"
 
 namespace kbit::cli {
@@ -74,8 +75,8 @@ TEST_F(CliTest, VersionAndHelp) {
   EXPECT_EQ(run("--version").exit_status, 0);
   const CommandResult help = run("--help");
   EXPECT_EQ(help.exit_status, 0);
-  for (const char* command :
-       {"generate", "chat", "perplexity", "logits", "tokenize", "roundtrip", "quantize", "info"}) {
+  for (const char* command : {"generate", "chat", "perplexity", "logits", "tokenize", "roundtrip",
+                              "quantize", "info", "bench"}) {
     EXPECT_NE(help.out.find(command), std::string::npos) << command;
   }
   EXPECT_NE(run("no-such-command").exit_status, 0);
@@ -148,6 +149,36 @@ TEST_F(CliTest, BadQuantizationFlags) {
   expect_failure(run("info -m " + model + " --memory 24XB"), {"--memory", "24XB"});
   expect_failure(run("quantize -m " + model + " -o " + (directory_ / "q").string()),
                  {"--load-in-4bit"});
+}
+
+// --device: an unknown name or an unusable GPU is refused naming the flag; bench's own flags.
+TEST_F(CliTest, BadDeviceAndBenchFlags) {
+  const std::string model = copy_of_demo_model().string();
+  expect_failure(run("generate -m " + model + " -p x --device tpu"), {"--device 'tpu'"});
+  if (!cuda_available()) {
+    expect_failure(run("generate -m " + model + " -p x --device cuda"), {"--device cuda", "cpu"});
+    expect_failure(run("info -m " + model + " --device cuda:1"), {"--device cuda:1"});
+    expect_failure(run("bench --random-weights " + model + "/config.json"), {"GPU"});
+  }
+  expect_failure(run("bench -m " + model + " --random-weights " + model + "/config.json"),
+                 {"-m DIR", "--random-weights"});
+  expect_failure(run("bench -m " + model + " -n 0"), {"-n"});
+}
+
+// kbit bench on the CPU: the JSON report of prompt and generation throughput.
+TEST_F(CliTest, BenchReportsThroughput) {
+  const std::string model = copy_of_demo_model().string();
+  const CommandResult bench = run("bench -m " + model + " --device cpu -p 16 -n 4 -r 2 --json");
+  ASSERT_EQ(bench.exit_status, 0) << bench.err;
+  const nlohmann::json report = nlohmann::json::parse(bench.out);
+  EXPECT_EQ(report["device"], "cpu");
+  EXPECT_EQ(report["mode"], "f32");
+  ASSERT_EQ(report["results"].size(), 1u);
+  const nlohmann::json& result = report["results"][0];
+  EXPECT_EQ(result["batch"], 1);
+  EXPECT_GT(result["prompt_tokens_per_second"].get<double>(), 0.0);
+  EXPECT_GT(result["decode_tokens_per_second"].get<double>(), 0.0);
+  EXPECT_EQ(result["prompt_seconds"].size(), 2u);
 }
 
 // quantize, then info and generate on the result; the output folder exists only when complete.

@@ -78,9 +78,9 @@ TEST_P(QuantizedPerplexity, WithinHalfAPercentOfBitsandbytes) {
   EXPECT_EQ(result->tokens, expected["tokens"].get<std::int64_t>());
   const double want = expected["perplexity"].get<double>();
   EXPECT_NEAR(result->perplexity, want, 0.005 * want);
-  std::printf("  %s %s on %s: perplexity %.4f (transformers + bitsandbytes %.4f, %+.3f%%)\n",
-              name.c_str(), mode.c_str(), options.device.to_string().c_str(), result->perplexity,
-              want, 100.0 * (result->perplexity / want - 1.0));
+  std::printf("  %s %s on %s: perplexity %.4f (reference %.4f, %+.3f%%)\n", name.c_str(),
+              mode.c_str(), options.device.to_string().c_str(), result->perplexity, want,
+              100.0 * (result->perplexity / want - 1.0));
 }
 
 INSTANTIATE_TEST_SUITE_P(KBIT_PERPLEXITY_SUITE_PREFIX, QuantizedPerplexity,

@@ -1,0 +1,117 @@
+// AdamW's hyperparameter and argument checks, and the 32-bit step (bitsandbytes'
+// kOptimizer32bit2State with OPTIMIZER = ADAM).
+#include "kbit/optim/adamw.h"
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+
+#include "optim/adamw_common.h"
+#include "quant/checks.h"
+
+namespace kbit::optim {
+namespace {
+
+std::string describe_value(float value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%g", static_cast<double>(value));
+  return buffer;
+}
+
+Status out_of_range(const char* name, float value, const char* range) {
+  return invalid_argument(std::string("AdamW hyperparameter ") + name + " = " +
+                          describe_value(value) + " is out of range; it must be " + range);
+}
+
+}  // namespace
+
+Status check_adamw_hyperparameters(const AdamWHyperparameters& hyperparameters) {
+  const float max = std::numeric_limits<float>::max();
+  if (!(hyperparameters.lr >= 0.0f && hyperparameters.lr <= max)) {
+    return out_of_range("lr", hyperparameters.lr, "finite and >= 0");
+  }
+  if (!(hyperparameters.beta1 >= 0.0f && hyperparameters.beta1 < 1.0f)) {
+    return out_of_range("beta1", hyperparameters.beta1, "in [0, 1)");
+  }
+  if (!(hyperparameters.beta2 >= 0.0f && hyperparameters.beta2 < 1.0f)) {
+    return out_of_range("beta2", hyperparameters.beta2, "in [0, 1)");
+  }
+  if (!(hyperparameters.eps >= 0.0f && hyperparameters.eps <= max)) {
+    return out_of_range("eps", hyperparameters.eps, "finite and >= 0");
+  }
+  if (!(hyperparameters.weight_decay >= 0.0f && hyperparameters.weight_decay <= max)) {
+    return out_of_range("weight_decay", hyperparameters.weight_decay, "finite and >= 0");
+  }
+  return ok_status();
+}
+
+std::int64_t adamw8bit_block_count(std::int64_t n) {
+  return (n + kAdamW8bitBlockSize - 1) / kAdamW8bitBlockSize;
+}
+
+namespace detail {
+
+Status check_step_arguments(const AdamWHyperparameters& hyperparameters, const TensorView& param,
+                            const TensorView& grad, std::int64_t completed_steps) {
+  KBIT_RETURN_IF_ERROR(check_adamw_hyperparameters(hyperparameters));
+  // bitsandbytes' kernels take the step as an int.
+  if (completed_steps < 0 || completed_steps >= std::numeric_limits<std::int32_t>::max()) {
+    return invalid_argument("AdamW state step = " + std::to_string(completed_steps) +
+                            " is out of range; it counts completed steps, from 0 to 2^31 - 2");
+  }
+  if (param.numel() == 0) {
+    return invalid_argument("param (" + param.describe() +
+                            ") is empty; AdamW needs at least "
+                            "one element");
+  }
+  KBIT_RETURN_IF_ERROR(quant::check_tensor(param, "param", {DType::kF32}, param.numel()));
+  KBIT_RETURN_IF_ERROR(quant::check_tensor(grad, "grad", {DType::kF32}, param.numel()));
+  for (const TensorView* tensor : {&param, &grad}) {
+    if (!tensor->device().is_cpu()) {
+      return unimplemented("AdamW steps run on the CPU only for now; " + tensor->describe() +
+                           " is not a host tensor");
+    }
+  }
+  return ok_status();
+}
+
+}  // namespace detail
+
+Status adamw32bit_step(const AdamWHyperparameters& hyperparameters, TensorView param,
+                       const TensorView& grad, AdamW32bitState* state) {
+  if (state == nullptr) return invalid_argument("adamw32bit_step: state is null");
+  KBIT_RETURN_IF_ERROR(detail::check_step_arguments(hyperparameters, param, grad, state->step));
+  const std::int64_t n = param.numel();
+  KBIT_RETURN_IF_ERROR(quant::check_tensor(state->state1, "state1 (m)", {DType::kF32}, n));
+  KBIT_RETURN_IF_ERROR(quant::check_tensor(state->state2, "state2 (v)", {DType::kF32}, n));
+  for (const TensorView* tensor : {&state->state1, &state->state2}) {
+    if (!tensor->device().is_cpu()) {
+      return unimplemented("AdamW steps run on the CPU only for now; state " + tensor->describe() +
+                           " is not a host tensor");
+    }
+  }
+
+  const std::int64_t step = state->step + 1;
+  const detail::StepFactors factors = detail::step_factors(hyperparameters, step);
+  const float beta1 = hyperparameters.beta1;
+  const float beta2 = hyperparameters.beta2;
+  const float one_minus_beta1 = 1.0f - beta1;
+  const float one_minus_beta2 = 1.0f - beta2;
+  float* p = param.data_as<float>();
+  const float* g = grad.data_as<const float>();
+  float* m = state->state1.data_as<float>();
+  float* v = state->state2.data_as<float>();
+  for (std::int64_t i = 0; i < n; ++i) {
+    // bitsandbytes writes `m·beta1 + (1 − beta1)·g` and `v·beta2 + (1 − beta2)·(g·g)`; here nvcc
+    // fuses the first product into the sum (unlike in the 8-bit kernel, adamw8bit.cc): with these
+    // forms every golden m and v is bitsandbytes' (adamw_test.cc).
+    m[i] = std::fma(m[i], beta1, one_minus_beta1 * g[i]);
+    v[i] = std::fma(v[i], beta2, one_minus_beta2 * (g[i] * g[i]));
+    p[i] = detail::updated_parameter(p[i], m[i], v[i], factors, hyperparameters);
+  }
+  state->step = step;
+  return ok_status();
+}
+
+}  // namespace kbit::optim
