@@ -256,5 +256,29 @@ TEST_F(CliTest, GenerateReproducesGreedyOutput) {
   }
 }
 
+// --adapter applies a PEFT LoRA adapter: generate runs with it, logits change with it, and a
+// missing adapter folder is one error line naming it.
+TEST_F(CliTest, GenerateAndLogitsWithAnAdapter) {
+  KBIT_REQUIRE_SHARED_DIR();
+  const std::string model = testing::shared_file("models/shakespeare-llama3").string();
+  const std::string adapter =
+      testing::shared_file("golden/checkpoints/shakespeare-llama3-qlora-adapter").string();
+  const std::string quantized = " --load-in-4bit --double-quant --dtype bf16";
+  const CommandResult generated =
+      run("generate -m " + model + " -p ROMEO: -n 8 --adapter " + adapter + quantized);
+  EXPECT_EQ(generated.exit_status, 0) << generated.err;
+  EXPECT_GT(generated.out.size(), std::string("ROMEO:").size());
+
+  const std::string with = (directory_ / "with.safetensors").string();
+  const std::string without = (directory_ / "without.safetensors").string();
+  const std::string logits = "logits -m " + model + " --ids 0,17,300" + quantized;
+  ASSERT_EQ(run(logits + " --adapter " + adapter + " -o " + with).exit_status, 0);
+  ASSERT_EQ(run(logits + " -o " + without).exit_status, 0);
+  EXPECT_NE(read_file(with), read_file(without));
+
+  const std::string missing = (directory_ / "no-adapter").string();
+  expect_failure(run("generate -m " + model + " -p x --adapter " + missing), {missing});
+}
+
 }  // namespace
 }  // namespace kbit::cli

@@ -112,17 +112,22 @@ void add_model_flags(CLI::App& command, ModelFlags& flags) {
                   "on the CPU, bf16 on a GPU")
       ->check(CLI::IsMember({"auto", "f32", "bf16"}))
       ->capture_default_str();
+  command.add_option("--adapter", flags.adapters,
+                     "PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors); "
+                     "repeat to sum several; CPU only for now");
   add_quant_flags(command, flags.quant);
 }
 
 Result<model::LlamaLoadOptions> model_load_options(const ModelFlags& flags) {
   model::LlamaLoadOptions options;
-  KBIT_ASSIGN_OR_RETURN(options.device, resolve_device(flags.device));
+  const bool adapters_on_cpu = flags.device == "auto" && !flags.adapters.empty();
+  KBIT_ASSIGN_OR_RETURN(options.device, resolve_device(adapters_on_cpu ? "cpu" : flags.device));
   options.execution.threads = flags.threads;
   const bool bf16 = flags.dtype == "bf16" || (flags.dtype == "auto" && options.device.is_cuda());
   options.activation_dtype = bf16 ? DType::kBF16 : DType::kF32;
   KBIT_ASSIGN_OR_RETURN(options.quantize, quantize_options(flags.quant, options.activation_dtype));
   if (flags.quant.compute_dtype) options.compute_dtype = parse_dtype(*flags.quant.compute_dtype);
+  options.adapters = flags.adapters;
   return options;
 }
 

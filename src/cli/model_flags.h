@@ -50,12 +50,15 @@ struct ModelFlags {
   // Activation dtype: "f32" or "bf16"; "auto": f32 on the CPU, bf16 on a GPU.
   std::string dtype = "auto";
   QuantFlags quant;
+  // --adapter DIR (repeatable): PEFT LoRA adapter folders, summed (CPU only for now).
+  std::vector<std::filesystem::path> adapters;
 };
 
-// -m/--model (required), --device, --threads, --dtype and the quantization flags.
+// -m/--model (required), --device, --threads, --dtype, --adapter and the quantization flags.
 void add_model_flags(CLI::App& command, ModelFlags& flags);
 
-// The load options the flags ask for (device, threads, activation dtype, quantization).
+// The load options the flags ask for (device, threads, activation dtype, quantization,
+// adapters). With adapters, --device auto is the CPU, where adapters run.
 Result<model::LlamaLoadOptions> model_load_options(const ModelFlags& flags);
 
 struct LoadedModel {

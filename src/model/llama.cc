@@ -16,16 +16,19 @@
 #include "model/device_weights.h"
 #include "model/linear_weight.h"
 #include "model/llama_checkpoint.h"
+#include "model/lora.h"
 
 namespace kbit::model {
 namespace {
 
 namespace k = kbit::kernels::cpu;
 
-// A Linear layer: its weight [out, in] in any format and an optional f32 bias.
+// A Linear layer: its weight [out, in] in any format, an optional f32 bias and the LoRA terms
+// of the adapters that target it.
 struct Linear {
   LinearWeight weight;
-  std::vector<float> bias;  // empty: none
+  std::vector<float> bias;     // empty: none
+  std::vector<LoraTerm> lora;  // empty: none
 };
 
 struct Layer {
@@ -62,6 +65,7 @@ struct LlamaModel::Impl {
   LlamaConfig config;
   ExecutionOptions execution;
   std::optional<io::Checkpoint> checkpoint;  // none for random weights
+  std::vector<io::PeftAdapter> adapters;     // the mappings behind the Linear layers' LoRA terms
   Device device;
   // On a GPU: the weights there and the forward pass; the host members below are then unused
   // (but config, quantization and numerics).
@@ -80,6 +84,8 @@ struct LlamaModel::Impl {
   void linear(const Linear& layer, const float* x, std::int64_t rows, float* y) const {
     layer.weight.forward(x, rows, layer.bias.empty() ? nullptr : layer.bias.data(), numerics, y,
                          execution);
+    add_lora_terms(layer.lora, x, rows, round_bf16, layer.weight.format() != LinearFormat::kFloat,
+                   y, execution);
   }
 
   void rms_norm(const float* x, const std::vector<float>& weight, std::int64_t rows,
@@ -199,6 +205,9 @@ Status check_load_options(const LlamaLoadOptions& options) {
                             std::string(dtype_name(*options.compute_dtype)) +
                             " is not one of f32, f16, bf16");
   }
+  if (options.device.is_cuda() && !options.adapters.empty()) {
+    return unimplemented("LoRA adapters run on the CPU for now; use --device cpu");
+  }
   if (options.device.is_cuda() && !cuda_available()) {
     return unimplemented("device " + options.device.to_string() +
                          " is not usable: this build of kbit has no CUDA support or no CUDA GPU "
@@ -303,6 +312,8 @@ Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
   const io::Checkpoint& ck = *impl->checkpoint;
   const std::int64_t e = c.hidden_size;
   const std::vector<LinearModule> modules = linear_modules(c);
+  KBIT_ASSIGN_OR_RETURN(impl->adapters, open_adapters(options.adapters));
+  KBIT_RETURN_IF_ERROR(check_adapters_fit(impl->adapters, modules));
   KBIT_ASSIGN_OR_RETURN(impl->embed, expect_float_tensor(ck, model_dir, "model.embed_tokens.weight",
                                                          {c.vocab_size, e}));
   // Tied, transformers points lm_head at the embedding and ignores any lm_head.weight stored.
@@ -310,6 +321,7 @@ Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
       c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   KBIT_ASSIGN_OR_RETURN(impl->lm_head.weight,
                         load_linear_weight(plan, "lm_head", lm_head_source, c.vocab_size, e));
+  KBIT_ASSIGN_OR_RETURN(impl->lm_head.lora, lora_terms(impl->adapters, modules.back()));
   KBIT_ASSIGN_OR_RETURN(impl->final_norm, load_vector(ck, model_dir, "model.norm.weight", e));
   for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -323,6 +335,7 @@ Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
     for (int j = 0; j < kLinearsPerLayer; ++j) {
       const LinearModule& module = modules[static_cast<std::size_t>(l * kLinearsPerLayer + j)];
       KBIT_ASSIGN_OR_RETURN(*linears[j], load_linear(plan, module));
+      KBIT_ASSIGN_OR_RETURN(linears[j]->lora, lora_terms(impl->adapters, module));
     }
     impl->layers.push_back(std::move(layer));
   }

@@ -207,7 +207,7 @@ TEST_F(BrokenCheckpoint, QuantizingOnLoadWhatIsAlreadyQuantized) {
   KBIT_REQUIRE_SHARED_DIR();
   copy("nf4");
   LlamaLoadOptions options;
-  options.quantize = QuantizeOptions{};
+  options.quantize.emplace();
   expect_load_fails({"already quantized"}, options);
 }
 

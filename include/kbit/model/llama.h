@@ -69,6 +69,12 @@ struct LlamaLoadOptions {
   // The compute dtype of 4-bit Linear layers (bnb_4bit_compute_dtype: f32, f16 or bf16);
   // nullopt: the one of the quantization config (the options', or the checkpoint's).
   std::optional<DType> compute_dtype;
+  // PEFT LoRA adapter folders (kbit/io/peft_adapter.h) applied to the Linear layers their configs
+  // target, as PeftModel runs them unmerged (spec 9.5); several are summed, as PEFT sums its
+  // active adapters. Each must fit the model (every targeted Linear has LoRA weights of its
+  // shape), or load() fails naming the adapter, the tensor and both shapes. CPU only for now:
+  // with a CUDA device, load() fails with kUnimplemented.
+  std::vector<std::filesystem::path> adapters;
 };
 
 // The keys and values of every layer for the positions seen so far: per layer
