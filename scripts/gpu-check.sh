@@ -9,8 +9,8 @@
 #
 # Writes into OUT: gpu-check.log (everything), results.json (summary: tests passed / failed /
 # skipped, the kernel benchmark medians, kbit bench's throughput and memory per mode),
-# cuda_bench.json (Google Benchmark's JSON), bench-<mode>.json (kbit bench --json of the
-# Llama-3.1-8B shape) and the tests' JUnit XML. Exits non-zero if any test failed or a step could
+# cuda_bench.json (Google Benchmark's JSON), workbench.json (the kernel workbench),
+# bench-<mode>.json (kbit bench --json of the Llama-3.1-8B shape) and the tests' JUnit XML. Exits non-zero if any test failed or a step could
 # not run. KBIT_GPU_CHECK_STEPS chooses the steps (default all: "tests sanitize-kernels
 # racecheck-kernels sanitize-model bench": memcheck of the kernel tests, racecheck of them, both
 # on the model tests); the device tool's 10-minute limit per command may need them run a few at a
@@ -186,6 +186,14 @@ else
   say "no $bench in the build"; status=1
 fi
 
+# ---- The kernel workbench: the decode step's kernels checked and timed against the copy.
+workbench="$build/bench/kbit_kernel_workbench"
+if want bench; then
+  say "$workbench --json $out/workbench.json"
+  run_logged timeout 300 "$workbench" --json "$out/workbench.json" ||
+    { say "the kernel workbench failed (a check, or the run)"; status=1; }
+fi
+
 # ---- kbit bench on the Llama-3.1-8B shape (random weights), as BENCHMARKS.md reports it.
 if want bench; then
   for mode in bf16 nf4 nf4_dq int8; do
@@ -252,6 +260,10 @@ for mode in ("bf16", "nf4", "nf4_dq", "int8"):
                                        "decode_tokens_per_second", "peak_device_bytes",
                                        "kv_cache_and_scratch_bytes")}
                     for r in bench["results"]]}
+path = os.path.join(out, "workbench.json")
+if os.path.exists(path):
+    with open(path) as f:
+        results["workbench"] = json.load(f)
 with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
 print(json.dumps(results, indent=2))

@@ -26,7 +26,7 @@ shared_files=(golden/quant4bit.safetensors golden/quant8bit_blockwise.safetensor
 executables=(build/cuda/kbit build/cuda/src/kernels/cuda/kbit_cuda_tests
              build/cuda/src/model/kbit_model_cuda_tests
              build/cuda/src/generate/kbit_gpu_perplexity_tests
-             build/cuda/bench/kbit_cuda_bench)
+             build/cuda/bench/kbit_cuda_bench build/cuda/bench/kbit_kernel_workbench)
 carry_limit_mib=48  # with the working tree (~13 MiB) within the tool's 64 MiB
 
 cmake --preset cuda >/dev/null

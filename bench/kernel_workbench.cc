@@ -1,0 +1,362 @@
+// The kernel workbench: each hot kernel of the GPU forward, run through the library's own
+// launchers at the shapes of a Llama-3.1-8B decode step, checked against its CPU reference on
+// fresh random data, then timed against the device's copy bandwidth.
+//
+//   kbit_kernel_workbench [--json FILE]
+//
+// For each case: the largest |GPU − CPU reference| relative to its tolerance (the case fails
+// above 1), the median time of kRuns launches between CUDA events (each launch reading another
+// of kCopies copies of the weights, which together exceed the 60 MB L2), and GB/s counting the
+// bytes the kernel must read (weights, scales, activations, KV cache). The ceiling is a
+// device-to-device cudaMemcpy of 1 GiB, counting bytes read and written. Exit status 1 if a
+// check fails.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kbit/core/convert.h"
+#include "kbit/core/random.h"
+#include "kbit/core/tensor.h"
+#include "kbit/quant/blockwise_4bit.h"
+#include "kbit/quant/nested_absmax.h"
+#include "kernels/cpu/llama_ops.h"
+#include "kernels/cpu/quantized_linear.h"
+#include "kernels/cuda/linear_launchers.h"
+#include "kernels/cuda/llama_launchers.h"
+
+namespace {
+
+namespace kc = kbit::kernels::cuda;
+namespace cpu = kbit::kernels::cpu;
+using kbit::DType;
+using kbit::Tensor;
+
+constexpr int kRuns = 50;
+constexpr int kCopies = 4;
+
+// Plumbing failures end the program with the message: the workbench has no partial results.
+template <typename T>
+T must(kbit::Result<T> result) {
+  if (!result.ok()) {
+    std::fprintf(stderr, "kernel_workbench: %s\n", result.status().to_string().c_str());
+    std::exit(2);
+  }
+  return std::move(result).value();
+}
+void must(const kbit::Status& status) {
+  if (!status.ok()) {
+    std::fprintf(stderr, "kernel_workbench: %s\n", status.to_string().c_str());
+    std::exit(2);
+  }
+}
+void must(cudaError_t error) {
+  if (error != cudaSuccess) {
+    std::fprintf(stderr, "kernel_workbench: %s\n", cudaGetErrorString(error));
+    std::exit(2);
+  }
+}
+
+// f32 values of a normal(0, stddev) random vector rounded to bf16 (what a bf16 model holds).
+std::vector<float> random_bf16_values(std::int64_t n, std::uint64_t seed, float stddev) {
+  Tensor bf16 = must(Tensor::empty({n}, DType::kBF16));
+  must(kbit::fill_normal(bf16.view(), seed, 0.0f, stddev));
+  std::vector<float> values(static_cast<std::size_t>(n));
+  must(kbit::convert_tensor(bf16.view(), kbit::TensorView(values.data(), DType::kF32, {n})));
+  return values;
+}
+
+Tensor to_device(const std::vector<float>& values, DType dtype) {
+  const auto n = static_cast<std::int64_t>(values.size());
+  Tensor host = must(Tensor::empty({n}, dtype));
+  must(kbit::convert_tensor(kbit::TensorView(const_cast<float*>(values.data()), DType::kF32, {n}),
+                            host.view()));
+  Tensor device = must(Tensor::empty({n}, dtype, kbit::Device::cuda(0)));
+  must(kbit::copy_tensor(host.view(), device.view()));
+  return device;
+}
+
+std::vector<float> to_host_f32(const kbit::TensorView& device) {
+  Tensor host = must(Tensor::empty(device.shape(), device.dtype()));
+  must(kbit::copy_tensor(device, host.view()));
+  std::vector<float> values(static_cast<std::size_t>(device.numel()));
+  must(kbit::convert_tensor(host.view(),
+                            kbit::TensorView(values.data(), DType::kF32, {device.numel()})));
+  return values;
+}
+
+// Median milliseconds of kRuns calls of launch(run), each between two events on `stream`.
+template <typename Launch>
+double median_ms(cudaStream_t stream, Launch launch) {
+  cudaEvent_t start = nullptr;
+  cudaEvent_t stop = nullptr;
+  must(cudaEventCreate(&start));
+  must(cudaEventCreate(&stop));
+  for (int run = 0; run < 3; ++run) launch(run);  // warm-up
+  std::vector<double> times;
+  for (int run = 0; run < kRuns; ++run) {
+    must(cudaEventRecord(start, stream));
+    launch(run);
+    must(cudaEventRecord(stop, stream));
+    must(cudaEventSynchronize(stop));
+    float ms = 0;
+    must(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+struct Report {
+  nlohmann::json cases = nlohmann::json::array();
+  double copy_gb_per_s = 0;
+  bool failed = false;
+
+  void add(const std::string& name, double ratio, double ms, double bytes) {
+    const double gb_per_s = bytes / (ms * 1e-3) / 1e9;
+    const bool ok = ratio <= 1.0;
+    failed = failed || !ok;
+    std::printf("%-44s %s  error/tolerance %.3f  %9.2f us  %8.1f GB/s  %.2f of copy\n",
+                name.c_str(), ok ? "ok  " : "FAIL", ratio, ms * 1e3, gb_per_s,
+                gb_per_s / copy_gb_per_s);
+    cases.push_back({{"case", name},
+                     {"ok", ok},
+                     {"error_over_tolerance", ratio},
+                     {"median_us", ms * 1e3},
+                     {"gb_per_s", gb_per_s},
+                     {"copy_fraction", gb_per_s / copy_gb_per_s}});
+  }
+};
+
+void measure_copy(Report& report, cudaStream_t stream) {
+  const std::int64_t bytes = std::int64_t{1} << 30;
+  Tensor a = must(Tensor::empty({bytes}, DType::kU8, kbit::Device::cuda(0)));
+  Tensor b = must(Tensor::empty({bytes}, DType::kU8, kbit::Device::cuda(0)));
+  must(cudaMemsetAsync(a.view().data(), 1, static_cast<std::size_t>(bytes), stream));
+  const double ms = median_ms(stream, [&](int) {
+    must(cudaMemcpyAsync(b.view().data(), a.view().data(), static_cast<std::size_t>(bytes),
+                         cudaMemcpyDeviceToDevice, stream));
+  });
+  report.copy_gb_per_s = 2.0 * static_cast<double>(bytes) / (ms * 1e-3) / 1e9;
+  std::printf("%-44s %9.2f us  %8.1f GB/s (read + written: the ceiling)\n", "copy 1 GiB", ms * 1e3,
+              report.copy_gb_per_s);
+}
+
+// max over outputs of |got − want| / (2^-7·|want| + 2·in·2^-24·Σ|x·w| + 1e-30): one bf16 rounding
+// of the output and f32 accumulation in any order.
+double error_over_tolerance(const std::vector<float>& got, const std::vector<float>& want,
+                            const std::vector<double>& magnitudes, std::int64_t in) {
+  double worst = 0;
+  for (std::size_t o = 0; o < want.size(); ++o) {
+    const double tolerance = std::ldexp(std::fabs(want[o]), -7) +
+                             2.0 * static_cast<double>(in) * std::ldexp(magnitudes[o], -24) + 1e-30;
+    worst = std::max(worst, std::fabs(static_cast<double>(got[o]) - want[o]) / tolerance);
+  }
+  return worst;
+}
+
+// One token through a 4-bit (NF4, optionally double-quantized) or bf16 Linear [out, in].
+void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::int64_t in,
+                    bool four_bit, bool nested) {
+  const std::int64_t n = out * in;
+  const std::vector<float> w = random_bf16_values(n, 11, 0.02f);
+  const std::vector<float> x = random_bf16_values(in, 12, 1.0f);
+  std::unique_ptr<kc::LinearContext> context = must(kc::LinearContext::create(stream, 1, in, out));
+  Tensor x_device = to_device(x, DType::kBF16);
+  Tensor y_device = must(Tensor::empty({out}, DType::kBF16, kbit::Device::cuda(0)));
+  std::vector<float> dequantized = w;  // the weight the reference multiplies with
+  std::vector<Tensor> weights;         // kCopies copies, each the tensors of one weight
+  double bytes = static_cast<double>(in) * 2;
+  std::vector<kc::FourBitWeightDevice> four_bit_weights;
+  if (!four_bit) {
+    for (int c = 0; c < kCopies; ++c) weights.push_back(to_device(w, DType::kBF16));
+    bytes += static_cast<double>(n) * 2;
+  } else {
+    Tensor w_device = to_device(w, DType::kBF16);
+    const std::int64_t blocks = kbit::quant::block_count(n, 64);
+    for (int c = 0; c < kCopies; ++c) {
+      Tensor packed = must(Tensor::empty({n / 2}, DType::kU8, kbit::Device::cuda(0)));
+      Tensor absmax = must(Tensor::empty({blocks}, DType::kF32, kbit::Device::cuda(0)));
+      must(kbit::quant::quantize_4bit(w_device.view(), kbit::quant::FourBitType::kNf4, 64,
+                                      packed.view(), absmax.view()));
+      kc::FourBitWeightDevice weight{packed.data_as<const std::uint8_t>(),
+                                     kbit::quant::FourBitType::kNf4,
+                                     64,
+                                     absmax.data_as<const float>(),
+                                     nullptr,
+                                     nullptr,
+                                     0.0f,
+                                     DType::kBF16};
+      if (nested) {
+        Tensor codes = must(Tensor::empty({blocks}, DType::kU8, kbit::Device::cuda(0)));
+        Tensor nested_absmax =
+            must(Tensor::empty({kbit::quant::block_count(blocks, kbit::quant::kNestedBlockSize)},
+                               DType::kF32, kbit::Device::cuda(0)));
+        must(kbit::quant::quantize_absmax_nested(absmax.view(), codes.view(), nested_absmax.view(),
+                                                 &weight.nested_offset));
+        // The reference's absmax: what the kernel decodes from the 8-bit codes.
+        must(kbit::quant::dequantize_absmax_nested(codes.view(), nested_absmax.view(),
+                                                   weight.nested_offset, absmax.view()));
+        weight.absmax = nullptr;
+        weight.absmax_codes = codes.data_as<const std::uint8_t>();
+        weight.nested_absmax = nested_absmax.data_as<const float>();
+        weights.push_back(std::move(codes));
+        weights.push_back(std::move(nested_absmax));
+      }
+      if (c == 0) {
+        // The reference multiplies with this copy's dequantized weight, rounded to bf16.
+        Tensor values = must(Tensor::empty({n}, DType::kF32, kbit::Device::cuda(0)));
+        must(kbit::quant::dequantize_4bit(packed.view(), absmax.view(),
+                                          kbit::quant::FourBitType::kNf4, 64, values.view()));
+        dequantized = to_host_f32(values.view());
+        for (float& value : dequantized) value = cpu::round_to_bf16(value);
+      }
+      four_bit_weights.push_back(weight);
+      weights.push_back(std::move(packed));
+      weights.push_back(std::move(absmax));
+    }
+    bytes += static_cast<double>(n) / 2 + static_cast<double>(blocks) * (nested ? 1 : 4);
+  }
+  const auto launch = [&](int run) {
+    const int c = run % kCopies;
+    if (four_bit) {
+      must(kc::linear_4bit(*context, x_device.view().data(), four_bit_weights[c], nullptr, 1, in,
+                           out, DType::kBF16, y_device.view().data(), DType::kBF16));
+    } else {
+      must(kc::linear_float(*context, x_device.view().data(), weights[c].view().data(), nullptr, 1,
+                            in, out, y_device.view().data(), DType::kBF16));
+    }
+  };
+  launch(0);
+  must(cudaStreamSynchronize(stream));
+  const std::vector<float> got = to_host_f32(y_device.view());
+  std::vector<float> want(static_cast<std::size_t>(out));
+  std::vector<double> magnitudes(static_cast<std::size_t>(out));
+  for (std::int64_t o = 0; o < out; ++o) {
+    double sum = 0;
+    double magnitude = 0;
+    for (std::int64_t i = 0; i < in; ++i) {
+      const double product = static_cast<double>(x[static_cast<std::size_t>(i)]) *
+                             dequantized[static_cast<std::size_t>(o * in + i)];
+      sum += product;
+      magnitude += std::fabs(product);
+    }
+    want[static_cast<std::size_t>(o)] = static_cast<float>(sum);
+    magnitudes[static_cast<std::size_t>(o)] = magnitude;
+  }
+  const double error = error_over_tolerance(got, want, magnitudes, in);
+  const double ms = median_ms(stream, launch);
+  const std::string name = std::string(four_bit ? (nested ? "nf4_dq" : "nf4") : "bf16") +
+                           " linear, 1 token, " + std::to_string(out) + "x" + std::to_string(in);
+  report.add(name, error, ms, bytes);
+}
+
+// Decode attention of one token at position `position` (GQA 32/8 heads, head_dim 128, bf16).
+void measure_decode_attention(Report& report, cudaStream_t stream, std::int64_t position) {
+  constexpr std::int64_t kHeads = 32;
+  constexpr std::int64_t kKvHeads = 8;
+  constexpr std::int64_t kHeadDim = 128;
+  const std::int64_t capacity = position + 1;
+  const std::int64_t cache = capacity * kKvHeads * kHeadDim;
+  const std::vector<float> q = random_bf16_values(kHeads * kHeadDim, 21, 1.0f);
+  const std::vector<float> k = random_bf16_values(cache, 22, 1.0f);
+  const std::vector<float> v = random_bf16_values(cache, 23, 1.0f);
+  Tensor q_device = to_device(q, DType::kBF16);
+  std::vector<Tensor> keys;
+  std::vector<Tensor> values;
+  for (int c = 0; c < kCopies; ++c) {
+    keys.push_back(to_device(k, DType::kBF16));
+    values.push_back(to_device(v, DType::kBF16));
+  }
+  Tensor out = must(Tensor::empty({kHeads * kHeadDim}, DType::kBF16, kbit::Device::cuda(0)));
+  const auto position32 = static_cast<std::int32_t>(position);
+  Tensor position_device = must(Tensor::empty({1}, DType::kI32, kbit::Device::cuda(0)));
+  must(kbit::copy_tensor(kbit::TensorView(const_cast<std::int32_t*>(&position32), DType::kI32, {1}),
+                         position_device.view()));
+  Tensor workspace = must(Tensor::empty(
+      {static_cast<std::int64_t>(kc::attention_workspace_floats(1, kHeads, kHeadDim, capacity))},
+      DType::kF32, kbit::Device::cuda(0)));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  const auto launch = [&](int run) {
+    const int c = run % kCopies;
+    const kc::AttentionJob job{q_device.view().data(),
+                               keys[c].view().data(),
+                               values[c].view().data(),
+                               1,
+                               kHeads,
+                               kKvHeads,
+                               kHeadDim,
+                               position_device.data_as<const std::int32_t>(),
+                               capacity,
+                               0,
+                               scale,
+                               out.view().data(),
+                               DType::kBF16,
+                               workspace.data_as<float>()};
+    must(kc::attention(job, stream));
+  };
+  launch(0);
+  must(cudaStreamSynchronize(stream));
+  const std::vector<float> got = to_host_f32(out.view());
+  std::vector<float> want(got.size());
+  const cpu::AttentionJob reference{q.data(), k.data(), v.data(), 1,     kHeads,      kKvHeads,
+                                    kHeadDim, position, 0,        scale, want.data(), true};
+  cpu::attention_reference(reference, 0, kHeads);
+  // The bf16 output and the block-relative rounding of the probabilities: a few bf16 ulps of the
+  // values' scale (|v| ~ 1).
+  double worst = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - want[i]) / (4 * 0x1p-7));
+  }
+  const double bytes = 2.0 * static_cast<double>(cache) * 2 + static_cast<double>(q.size()) * 2;
+  report.add("decode attention, 32/8 heads x 128, " + std::to_string(capacity) + " keys", worst,
+             median_ms(stream, launch), bytes);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  for (int i = 1; i < argc; ++i) {
+    const std::string argument = argv[i];
+    if (argument == "--json" && i + 1 < argc) {
+      json_path = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: kbit_kernel_workbench [--json FILE]\n");
+      return 2;
+    }
+  }
+  if (!kbit::cuda_available()) {
+    std::fprintf(stderr, "kernel_workbench: no CUDA device is usable here\n");
+    return 2;
+  }
+  cudaStream_t stream = nullptr;
+  must(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  Report report;
+  measure_copy(report, stream);
+  for (const auto& [out, in] :
+       {std::pair<std::int64_t, std::int64_t>{14336, 4096}, {4096, 14336}}) {
+    measure_linear(report, stream, out, in, /*four_bit=*/true, /*nested=*/false);
+    measure_linear(report, stream, out, in, /*four_bit=*/true, /*nested=*/true);
+    measure_linear(report, stream, out, in, /*four_bit=*/false, /*nested=*/false);
+  }
+  measure_decode_attention(report, stream, 4095);
+  if (!json_path.empty()) {
+    std::ofstream(json_path)
+        << nlohmann::json{{"copy_gb_per_s", report.copy_gb_per_s}, {"cases", report.cases}}.dump(2)
+        << "\n";
+  }
+  cudaStreamDestroy(stream);
+  return report.failed ? 1 : 0;
+}
