@@ -14,6 +14,7 @@
 #include "kbit/generate/perplexity.h"
 #include "kbit/model/llama.h"
 #include "kbit/tokenizer/tokenizer.h"
+#include "model/llama_test_support.h"
 #include "testing/shared_data.h"
 
 namespace kbit::generate {
@@ -31,20 +32,6 @@ const std::vector<std::string> kModes = {"f32", "bf16", "nf4_dq", "nf4", "fp4", 
 constexpr bool kOnGpu = false;
 const std::vector<std::string> kModes = {"nf4_dq", "nf4", "fp4", "int8"};
 #endif
-
-std::optional<model::QuantizeOptions> mode_options(const std::string& mode) {
-  if (mode == "f32" || mode == "bf16") return std::nullopt;
-  model::QuantizeOptions options;
-  io::BnbQuantizationConfig& q = options.config;
-  q.compute_dtype = DType::kBF16;
-  if (mode == "int8") {
-    q.mode = io::BnbQuantMode::kInt8;
-  } else {
-    q.four_bit_type = mode == "fp4" ? quant::FourBitType::kFp4 : quant::FourBitType::kNf4;
-    q.double_quant = mode == "nf4_dq";
-  }
-  return options;
-}
 
 class QuantizedPerplexity : public ::testing::TestWithParam<ModelAndMode> {};
 
@@ -65,7 +52,7 @@ TEST_P(QuantizedPerplexity, WithinHalfAPercentOfBitsandbytes) {
   model::LlamaLoadOptions options;
   options.device = kOnGpu ? Device::cuda(0) : Device::cpu();
   options.activation_dtype = mode == "f32" ? DType::kF32 : DType::kBF16;
-  options.quantize = mode_options(mode);
+  options.quantize = model::golden_mode_options(mode, DType::kBF16);
   Result<model::LlamaModel> model = model::LlamaModel::load(dir, options);
   ASSERT_TRUE(model.ok()) << model.status().to_string();
   Result<tokenizer::Tokenizer> tokenizer = tokenizer::Tokenizer::load(dir / "tokenizer.json");

@@ -1,20 +1,14 @@
 #include "kbit/io/bnb_quantization_config.h"
 
-#include <unistd.h>
-
-#include <cerrno>
 #include <cmath>
-#include <cstdio>
-#include <cstring>
 #include <fstream>
 #include <memory>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
+#include "io/atomic_file.h"
+#include "io/python_pattern.h"
 #include "kbit/io/bnb_quant_state.h"
 
 namespace kbit::io {
@@ -244,44 +238,24 @@ std::string accepted_keys() {
   return list;
 }
 
-struct CodeDeleter {
-  void operator()(pcre2_code* code) const { pcre2_code_free(code); }
-};
-using Code = std::unique_ptr<pcre2_code, CodeDeleter>;
-
 // `pattern` compiled as Python's re would use it on a str (Unicode classes).
-Result<Code> compile_pattern(const std::string& pattern) {
-  int error_code = 0;
-  PCRE2_SIZE error_offset = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                   PCRE2_UTF | PCRE2_UCP, &error_code, &error_offset, nullptr);
-  if (code == nullptr) {
-    PCRE2_UCHAR message[256];
-    pcre2_get_error_message(error_code, message, sizeof(message));
-    std::string quoted;
-    append_python_string(quoted, pattern);
-    return invalid_argument("skip pattern " + quoted + " is not a valid regex (at offset " +
-                            std::to_string(error_offset) + ": " +
-                            reinterpret_cast<const char*>(message) + ")");
-  }
-  return Code(code);
+Result<PythonPattern> compile_pattern(const std::string& pattern) {
+  Result<PythonPattern> compiled = PythonPattern::compile(pattern);
+  if (compiled.ok()) return compiled;
+  std::string quoted;
+  append_python_string(quoted, pattern);
+  return invalid_argument("skip pattern " + quoted + " is not a valid regex (" +
+                          compiled.status().message() + ")");
 }
 
-// Python's re.match(code, subject): a match that starts at offset 0.
-Result<bool> match_at_start(const Code& code, std::string_view subject,
+// Python's re.match(pattern, subject): a match that starts at offset 0.
+Result<bool> match_at_start(const PythonPattern& code, std::string_view subject,
                             const std::string& pattern) {
-  pcre2_match_data* data = pcre2_match_data_create_from_pattern(code.get(), nullptr);
-  if (data == nullptr) return out_of_memory("cannot allocate PCRE2 match data");
-  const int rc = pcre2_match(code.get(), reinterpret_cast<PCRE2_SPTR>(subject.data()),
-                             subject.size(), 0, PCRE2_ANCHORED, data, nullptr);
-  pcre2_match_data_free(data);
-  if (rc >= 0) return true;
-  if (rc == PCRE2_ERROR_NOMATCH) return false;
-  PCRE2_UCHAR message[256];
-  pcre2_get_error_message(rc, message, sizeof(message));
+  Result<bool> matched = code.matches(subject, PythonPattern::Anchor::kStart);
+  if (matched.ok()) return matched;
   return invalid_argument("matching module name \"" + std::string(subject) +
                           "\" against skip pattern \"" + pattern +
-                          "\" failed: " + reinterpret_cast<const char*>(message));
+                          "\" failed: " + matched.status().message());
 }
 
 // Reads the fields of one quantization_config object; every error names the source and field.
@@ -408,7 +382,7 @@ Result<std::optional<std::vector<std::string>>> parse_skip_modules(const Fields&
   for (const Json& item : *value) {
     if (!item.is_string()) return fields.error(key, expected);
     patterns.push_back(item.get<std::string>());
-    Result<Code> code = compile_pattern(patterns.back());
+    Result<PythonPattern> code = compile_pattern(patterns.back());
     if (!code.ok()) {
       return invalid_argument(fields.source() + ": " + fields.field(key) + ": " +
                               code.status().message() +
@@ -551,40 +525,6 @@ std::string python_dumps(const Json& value) {
   return out;
 }
 
-// Writes `text` to `path` through a temporary file beside it, renamed into place.
-Status write_text_atomically(const std::filesystem::path& path, const std::string& text) {
-  std::filesystem::path temporary = path;
-  temporary += ".tmp-" + std::to_string(::getpid());
-  std::FILE* file = std::fopen(temporary.c_str(), "wb");
-  if (file == nullptr) {
-    return invalid_argument(temporary.string() + ": cannot create: " + std::strerror(errno) +
-                            " (is the folder writable?)");
-  }
-  Status status;
-  if (std::fwrite(text.data(), 1, text.size(), file) != text.size()) {
-    status = internal_error(temporary.string() + ": write failed: " + std::strerror(errno) +
-                            " (is the disk full?)");
-  }
-  if (status.ok() && (std::fflush(file) != 0 || ::fsync(fileno(file)) != 0)) {
-    status = internal_error(temporary.string() + ": flush failed: " + std::strerror(errno));
-  }
-  if (std::fclose(file) != 0 && status.ok()) {
-    status = internal_error(temporary.string() + ": close failed: " + std::strerror(errno));
-  }
-  std::error_code error;
-  if (!status.ok()) {
-    std::filesystem::remove(temporary, error);
-    return status;
-  }
-  std::filesystem::rename(temporary, path, error);
-  if (error) {
-    std::filesystem::remove(temporary, error);
-    return internal_error(path.string() +
-                          ": cannot move the finished file into place: " + error.message());
-  }
-  return ok_status();
-}
-
 }  // namespace
 
 Result<std::optional<BnbQuantizationConfig>> read_bnb_quantization_config(
@@ -633,7 +573,9 @@ Status write_config_with_quantization(const std::filesystem::path& source,
   KBIT_RETURN_IF_ERROR(
       parse_object(object, "the quantization_config to write to " + dest.string()).status());
   root["quantization_config"] = std::move(object);
-  return write_text_atomically(dest, python_dumps(root) + "\n");
+  const std::string written = python_dumps(root) + "\n";
+  return write_file_atomically(
+      dest, [&](FileSink& sink) { return sink.write(written.data(), written.size()); });
 }
 
 Result<std::string> python_json_dumps(std::string_view json_text) {
@@ -644,10 +586,10 @@ Result<std::string> python_json_dumps(std::string_view json_text) {
 Result<bool> module_matches_skip_patterns(std::string_view module_name,
                                           const std::vector<std::string>& patterns) {
   // Compile every pattern first, so that a bad one is reported whatever the name.
-  std::vector<std::pair<Code, Code>> compiled;
+  std::vector<std::pair<PythonPattern, PythonPattern>> compiled;
   for (const std::string& pattern : patterns) {
-    KBIT_ASSIGN_OR_RETURN(Code plain, compile_pattern(pattern));
-    KBIT_ASSIGN_OR_RETURN(Code with_dot, compile_pattern(pattern + "\\."));
+    KBIT_ASSIGN_OR_RETURN(PythonPattern plain, compile_pattern(pattern));
+    KBIT_ASSIGN_OR_RETURN(PythonPattern with_dot, compile_pattern(pattern + "\\."));
     compiled.emplace_back(std::move(with_dot), std::move(plain));
   }
   for (std::size_t i = 0; i < patterns.size(); ++i) {

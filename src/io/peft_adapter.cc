@@ -8,9 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
+#include "io/python_pattern.h"
 #include "kbit/io/safetensors.h"
 
 namespace kbit::io {
@@ -82,39 +80,19 @@ std::string dump(const Json& value) {
 
 // ---- regexes: Python's re.fullmatch, as PEFT matches module names ----------------------------
 
-struct CodeDeleter {
-  void operator()(pcre2_code* code) const { pcre2_code_free(code); }
-};
-using Code = std::unique_ptr<pcre2_code, CodeDeleter>;
-
-Result<Code> compile_regex(const std::string& pattern) {
-  int error_code = 0;
-  PCRE2_SIZE error_offset = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                   PCRE2_UTF | PCRE2_UCP, &error_code, &error_offset, nullptr);
-  if (code == nullptr) {
-    PCRE2_UCHAR message[256];
-    pcre2_get_error_message(error_code, message, sizeof(message));
-    return invalid_argument("\"" + pattern + "\" is not a valid regex (at offset " +
-                            std::to_string(error_offset) + ": " +
-                            reinterpret_cast<const char*>(message) + ")");
-  }
-  return Code(code);
+Result<PythonPattern> compile_regex(const std::string& pattern) {
+  Result<PythonPattern> compiled = PythonPattern::compile(pattern);
+  if (compiled.ok()) return compiled;
+  return invalid_argument("\"" + pattern + "\" is not a valid regex (" +
+                          compiled.status().message() + ")");
 }
 
 Result<bool> full_match(const std::string& pattern, const std::string& subject) {
-  KBIT_ASSIGN_OR_RETURN(Code code, compile_regex(pattern));
-  pcre2_match_data* data = pcre2_match_data_create_from_pattern(code.get(), nullptr);
-  if (data == nullptr) return out_of_memory("cannot allocate PCRE2 match data");
-  const int rc = pcre2_match(code.get(), reinterpret_cast<PCRE2_SPTR>(subject.data()),
-                             subject.size(), 0, PCRE2_ANCHORED | PCRE2_ENDANCHORED, data, nullptr);
-  pcre2_match_data_free(data);
-  if (rc >= 0) return true;
-  if (rc == PCRE2_ERROR_NOMATCH) return false;
-  PCRE2_UCHAR message[256];
-  pcre2_get_error_message(rc, message, sizeof(message));
+  KBIT_ASSIGN_OR_RETURN(const PythonPattern code, compile_regex(pattern));
+  Result<bool> matched = code.matches(subject, PythonPattern::Anchor::kWhole);
+  if (matched.ok()) return matched;
   return invalid_argument("matching module \"" + subject + "\" against \"" + pattern +
-                          "\" failed: " + reinterpret_cast<const char*>(message));
+                          "\" failed: " + matched.status().message());
 }
 
 // PEFT's check_target_module_exists for a list: the name, or a suffix after a '.'.
@@ -164,7 +142,7 @@ class Fields {
     if (value == nullptr || value->is_null()) return ok_status();
     if (value->is_string()) {
       regex = value->get<std::string>();
-      Result<Code> code = compile_regex(*regex);
+      Result<PythonPattern> code = compile_regex(*regex);
       if (!code.ok()) {
         return error(key, "is a string, which PEFT takes as a Python regex, but " +
                               code.status().message() +

@@ -1,14 +1,13 @@
 #include "kbit/io/safetensors_writer.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
+#include <cctype>
+#include <cstdint>
 #include <set>
 
 #include <nlohmann/json.hpp>
+
+#include "io/atomic_file.h"
 
 namespace kbit::io {
 namespace {
@@ -59,37 +58,17 @@ std::string build_header(const std::vector<NamedTensor>& tensors,
   return text;
 }
 
-// Writes all of `bytes` or fails with the OS error.
-Status write_all(std::FILE* file, const void* bytes, std::size_t size,
-                 const std::filesystem::path& path) {
-  if (size > 0 && std::fwrite(bytes, 1, size, file) != size) {
-    return internal_error(path.string() + ": write failed: " + std::strerror(errno) +
-                          " (is the disk full?)");
-  }
-  return ok_status();
-}
-
-Status write_file(const std::filesystem::path& path, const std::string& header,
-                  const std::vector<NamedTensor>& tensors) {
-  std::FILE* file = std::fopen(path.c_str(), "wb");
-  if (file == nullptr) {
-    return invalid_argument(path.string() + ": cannot create: " + std::strerror(errno));
-  }
+// The file's bytes: the header's length (u64 little-endian), the header, the tensors' data.
+Status write_contents(FileSink& sink, const std::string& header,
+                      const std::vector<NamedTensor>& tensors) {
   std::uint8_t length[8];
   for (int i = 0; i < 8; ++i) length[i] = static_cast<std::uint8_t>(header.size() >> (8 * i));
-  Status status = write_all(file, length, 8, path);
-  if (status.ok()) status = write_all(file, header.data(), header.size(), path);
+  KBIT_RETURN_IF_ERROR(sink.write(length, 8));
+  KBIT_RETURN_IF_ERROR(sink.write(header.data(), header.size()));
   for (const NamedTensor& named : tensors) {
-    if (!status.ok()) break;
-    status = write_all(file, named.tensor.data(), named.tensor.nbytes(), path);
+    KBIT_RETURN_IF_ERROR(sink.write(named.tensor.data(), named.tensor.nbytes()));
   }
-  if (status.ok() && (std::fflush(file) != 0 || ::fsync(fileno(file)) != 0)) {
-    status = internal_error(path.string() + ": flush failed: " + std::strerror(errno));
-  }
-  if (std::fclose(file) != 0 && status.ok()) {
-    status = internal_error(path.string() + ": close failed: " + std::strerror(errno));
-  }
-  return status;
+  return ok_status();
 }
 
 // Position of each dtype in the reference's order (its Dtype enum, read backwards).
@@ -127,21 +106,8 @@ Status write_safetensors(const std::filesystem::path& path, const std::vector<Na
                          const std::map<std::string, std::string>& metadata) {
   KBIT_RETURN_IF_ERROR(check_tensors(tensors));
   const std::string header = build_header(tensors, metadata);
-  std::filesystem::path temporary = path;
-  temporary += ".tmp-" + std::to_string(::getpid());
-  const Status written = write_file(temporary, header, tensors);
-  std::error_code error;
-  if (!written.ok()) {
-    std::filesystem::remove(temporary, error);
-    return written;
-  }
-  std::filesystem::rename(temporary, path, error);
-  if (error) {
-    std::filesystem::remove(temporary, error);
-    return internal_error(path.string() +
-                          ": cannot move the finished file into place: " + error.message());
-  }
-  return ok_status();
+  return write_file_atomically(
+      path, [&](FileSink& sink) { return write_contents(sink, header, tensors); });
 }
 
 }  // namespace kbit::io

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -10,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "kbit/model/llama.h"
+#include "kbit/model/quantize_options.h"
 #include "testing/golden.h"
 #include "testing/shared_data.h"
 
@@ -19,6 +21,24 @@ struct Golden {
   std::vector<std::int32_t> ids;
   std::vector<float> logits;  // [ids.size(), vocab]
 };
+
+// The golden data's modes (golden/README.md): "f32" and "bf16" are the float model (nullopt);
+// "nf4_dq", "nf4" and "fp4" bitsandbytes' 4-bit defaults, "int8" LLM.int8 (threshold 6.0); each
+// with `compute_dtype` (the golden data use bf16).
+inline std::optional<QuantizeOptions> golden_mode_options(const std::string& mode,
+                                                          DType compute_dtype) {
+  if (mode == "f32" || mode == "bf16") return std::nullopt;
+  QuantizeOptions options;
+  io::BnbQuantizationConfig& q = options.config;
+  q.compute_dtype = compute_dtype;
+  if (mode == "int8") {
+    q.mode = io::BnbQuantMode::kInt8;
+  } else {
+    q.four_bit_type = mode == "fp4" ? quant::FourBitType::kFp4 : quant::FourBitType::kNf4;
+    q.double_quant = mode == "nf4_dq";
+  }
+  return options;
+}
 
 inline std::vector<std::int32_t> to_ids(const std::vector<std::int64_t>& ids) {
   return std::vector<std::int32_t>(ids.begin(), ids.end());

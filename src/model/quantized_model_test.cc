@@ -18,21 +18,6 @@ namespace {
 
 const std::vector<std::string> kModes = {"nf4_dq", "nf4", "fp4", "int8"};
 
-// The golden modes (README.md of the golden data): bitsandbytes' defaults, compute dtype as
-// given (the golden data use bf16).
-QuantizeOptions mode_options(const std::string& mode, DType compute_dtype) {
-  QuantizeOptions options;
-  io::BnbQuantizationConfig& q = options.config;
-  q.compute_dtype = compute_dtype;
-  if (mode == "int8") {
-    q.mode = io::BnbQuantMode::kInt8;
-  } else {
-    q.four_bit_type = mode == "fp4" ? quant::FourBitType::kFp4 : quant::FourBitType::kNf4;
-    q.double_quant = mode == "nf4_dq";
-  }
-  return options;
-}
-
 LlamaModel load_quantized(const std::filesystem::path& dir,
                           const std::optional<QuantizeOptions>& quantize, DType activation_dtype,
                           CpuKernel kernel = CpuKernel::kFast) {
@@ -91,7 +76,7 @@ class QuantizedGolden : public ::testing::TestWithParam<ModelAndMode> {
 TEST_P(QuantizedGolden, Bf16ComputeMatchesTransformersAndIsAsCloseToTheFloatModel) {
   KBIT_REQUIRE_SHARED_DIR();
   const LlamaModel model =
-      load_quantized(model_dir(), mode_options(mode(), DType::kBF16), DType::kBF16);
+      load_quantized(model_dir(), golden_mode_options(mode(), DType::kBF16), DType::kBF16);
   const std::int64_t vocab = model.config().vocab_size;
   for (int prompt = 0; prompt < 2; ++prompt) {
     const std::string name = model_name() + " " + mode() + " prompt" + std::to_string(prompt);
@@ -119,7 +104,7 @@ TEST_P(QuantizedGolden, Bf16ComputeMatchesTransformersAndIsAsCloseToTheFloatMode
 TEST_P(QuantizedGolden, F32ComputeIsAsCloseToTheFloatModelAsTransformers) {
   KBIT_REQUIRE_SHARED_DIR();
   const LlamaModel model =
-      load_quantized(model_dir(), mode_options(mode(), DType::kF32), DType::kF32);
+      load_quantized(model_dir(), golden_mode_options(mode(), DType::kF32), DType::kF32);
   const std::int64_t vocab = model.config().vocab_size;
   for (int prompt = 0; prompt < 2; ++prompt) {
     const std::string name = model_name() + " " + mode() + " prompt" + std::to_string(prompt);
@@ -137,7 +122,7 @@ TEST_P(QuantizedGolden, F32ComputeIsAsCloseToTheFloatModelAsTransformers) {
 // same 40 tokens, and they begin as transformers' continuation in the mode does.
 TEST_P(QuantizedGolden, F32ComputeGreedyIsStableAndSensible) {
   KBIT_REQUIRE_SHARED_DIR();
-  const std::optional<QuantizeOptions> options = mode_options(mode(), DType::kF32);
+  const std::optional<QuantizeOptions> options = golden_mode_options(mode(), DType::kF32);
   const LlamaModel fast = load_quantized(model_dir(), options, DType::kF32);
   const LlamaModel reference =
       load_quantized(model_dir(), options, DType::kF32, CpuKernel::kReference);
@@ -177,7 +162,7 @@ TEST_P(GoldenCheckpoint, GivesTheLogitsOfQuantizingOnLoad) {
       DType::kBF16);
   ASSERT_TRUE(saved.quantization().has_value());
   const LlamaModel on_load = load_quantized(kbit::testing::shared_file("models/shakespeare-llama2"),
-                                            mode_options(mode, DType::kBF16), DType::kBF16);
+                                            golden_mode_options(mode, DType::kBF16), DType::kBF16);
   EXPECT_EQ(saved.weight_bytes(), on_load.weight_bytes());
   for (int prompt = 0; prompt < 2; ++prompt) {
     const GoldenPrompt golden = read_golden_prompt("shakespeare-llama2", mode, prompt);

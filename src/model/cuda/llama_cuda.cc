@@ -24,8 +24,7 @@ struct KvCache::DeviceState {
   std::unique_ptr<kc::LinearContext> linear;
   std::int64_t batch = 1;
   std::int64_t capacity = 0;
-  std::int64_t rows = 0;  // rows of the activation buffers
-  DType dtype = DType::kF32;
+  std::int64_t rows = 0;                 // rows of the activation buffers
   Tensor keys, values;                   // [layers, batch, capacity, kv_heads, head_dim]
   Tensor hidden, normed, proj;           // [rows, hidden]
   Tensor q, attn;                        // [rows, heads · head_dim]
@@ -350,7 +349,6 @@ Result<std::shared_ptr<KvCache::DeviceState>> CudaLlama::new_cache_state(std::in
   s->batch = batch;
   s->capacity = max_tokens;
   s->rows = std::max(std::min(kPrefillChunkTokens, max_tokens), batch);
-  s->dtype = dtype;
   KBIT_RETURN_IF_ERROR(cuda_status(cudaSetDevice(impl_->device.index), "cudaSetDevice"));
   KBIT_RETURN_IF_ERROR(cuda_status(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking),
                                    "cudaStreamCreate"));

@@ -23,22 +23,8 @@ namespace kbit::model {
 namespace {
 
 // "f32" and "bf16": the float model with those activations; the quantized modes as in
-// golden/README.md (bitsandbytes' defaults, compute dtype bf16 there).
+// golden/README.md (golden_mode_options).
 const std::vector<std::string> kModes = {"f32", "bf16", "nf4_dq", "nf4", "fp4", "int8"};
-
-std::optional<QuantizeOptions> mode_options(const std::string& mode, DType compute_dtype) {
-  if (mode == "f32" || mode == "bf16") return std::nullopt;
-  QuantizeOptions options;
-  io::BnbQuantizationConfig& q = options.config;
-  q.compute_dtype = compute_dtype;
-  if (mode == "int8") {
-    q.mode = io::BnbQuantMode::kInt8;
-  } else {
-    q.four_bit_type = mode == "fp4" ? quant::FourBitType::kFp4 : quant::FourBitType::kNf4;
-    q.double_quant = mode == "nf4_dq";
-  }
-  return options;
-}
 
 LlamaModel load_on(const std::filesystem::path& dir, Device device,
                    const std::optional<QuantizeOptions>& quantize, DType activation_dtype) {
@@ -84,12 +70,13 @@ class GpuModel : public ::testing::TestWithParam<ModelAndMode> {
   // As transformers made the golden logits: f32 for "f32", else bf16 activations and compute.
   DType golden_dtype() const { return mode() == "f32" ? DType::kF32 : DType::kBF16; }
   LlamaModel load_golden_mode(Device device) const {
-    return load_on(model_dir(model_name()), device, mode_options(mode(), golden_dtype()),
+    return load_on(model_dir(model_name()), device, golden_mode_options(mode(), golden_dtype()),
                    golden_dtype());
   }
   // kbit's f32 mode of this format: f32 activations (and f32 compute for 4-bit).
   LlamaModel load_f32(Device device) const {
-    return load_on(model_dir(model_name()), device, mode_options(mode(), DType::kF32), DType::kF32);
+    return load_on(model_dir(model_name()), device, golden_mode_options(mode(), DType::kF32),
+                   DType::kF32);
   }
 };
 
@@ -146,7 +133,7 @@ TEST_P(GpuModel, CpuAndGpuAgree) {
   KBIT_REQUIRE_SHARED_DIR();
   for (const DType dtype : {DType::kF32, DType::kBF16}) {
     if (float_mode() && dtype != golden_dtype()) continue;
-    const auto quantize = mode_options(mode(), dtype);
+    const auto quantize = golden_mode_options(mode(), dtype);
     const LlamaModel cpu = load_on(model_dir(model_name()), Device::cpu(), quantize, dtype);
     const LlamaModel gpu = load_on(model_dir(model_name()), Device::cuda(0), quantize, dtype);
     const std::int64_t vocab = cpu.config().vocab_size;
@@ -239,14 +226,15 @@ TEST_P(GpuCheckpoint, QuantizeWritesTheGoldenBytesAndLoadsAsOnLoad) {
       kbit::testing::shared_file("golden/checkpoints/shakespeare-llama2-bnb-" + mode);
   kbit::testing::TempDir dir;
   const std::filesystem::path output = dir.path() / "out";
-  const Status status = quantize_checkpoint(model_dir("shakespeare-llama2"), output,
-                                            *mode_options(mode, DType::kF32), {}, Device::cuda(0));
+  const Status status =
+      quantize_checkpoint(model_dir("shakespeare-llama2"), output,
+                          *golden_mode_options(mode, DType::kF32), {}, Device::cuda(0));
   ASSERT_TRUE(status.ok()) << status.to_string();
   EXPECT_TRUE(read_bytes(output / "model.safetensors") == read_bytes(golden / "model.safetensors"))
       << mode;
   const LlamaModel saved = load_on(golden, Device::cuda(0), std::nullopt, DType::kBF16);
   const LlamaModel on_load = load_on(model_dir("shakespeare-llama2"), Device::cuda(0),
-                                     mode_options(mode, DType::kBF16), DType::kBF16);
+                                     golden_mode_options(mode, DType::kBF16), DType::kBF16);
   const std::vector<std::int32_t> ids = read_golden_prompt("shakespeare-llama2", mode, 0).ids;
   EXPECT_EQ(forward_all(saved, ids), forward_all(on_load, ids)) << mode;
 }
@@ -259,7 +247,7 @@ TEST(GpuBatch, EachSequenceAsAlone) {
   KBIT_REQUIRE_SHARED_DIR();
   for (const std::string mode : {"f32", "nf4"}) {
     const LlamaModel gpu = load_on(model_dir("shakespeare-llama3"), Device::cuda(0),
-                                   mode_options(mode, DType::kF32), DType::kF32);
+                                   golden_mode_options(mode, DType::kF32), DType::kF32);
     const std::int64_t vocab = gpu.config().vocab_size;
     const std::vector<std::int32_t> a = read_golden_prompt("shakespeare-llama3", "bf16", 0).ids;
     std::vector<std::int32_t> b = read_golden_prompt("shakespeare-llama3", "bf16", 1).ids;
@@ -337,7 +325,7 @@ TEST(GpuModelApi, RandomWeightsAreDeterministicAndFinite) {
   LlamaLoadOptions options;
   options.device = Device::cuda(0);
   options.activation_dtype = DType::kBF16;
-  options.quantize = mode_options("nf4_dq", DType::kBF16);
+  options.quantize = golden_mode_options("nf4_dq", DType::kBF16);
   const std::filesystem::path config = model_dir("shakespeare-llama3") / "config.json";
   const LlamaModel one = LlamaModel::random(config, options, 7).value();
   const LlamaModel two = LlamaModel::random(config, options, 7).value();
