@@ -1,6 +1,7 @@
 // The kernel workbench: each hot kernel of the GPU forward, run through the library's own
-// launchers at the shapes of a Llama-3.1-8B decode step, checked against its CPU reference on
-// fresh random data, then timed against the device's copy bandwidth.
+// launchers at the shapes of a Llama-3.1-8B decode step (every numbered variant of a kernel that
+// has several), checked against its CPU reference on fresh random data, then timed against the
+// device's copy bandwidth.
 //
 //   kbit_kernel_workbench [--json FILE]
 //
@@ -166,18 +167,31 @@ double error_over_tolerance(const std::vector<float>& got, const std::vector<flo
   return worst;
 }
 
-// One token through a 4-bit (NF4, optionally double-quantized) or bf16 Linear [out, in].
+// The 4-bit GEMV variants: kernel, its number and what it is.
+struct FourBitVariant {
+  kc::Linear4bitKernel kernel;
+  const char* name;
+};
+constexpr FourBitVariant kFourBitVariants[] = {
+    {kc::Linear4bitKernel::kGemv, "v1 CUDA-core GEMV"},
+    {kc::Linear4bitKernel::kTensorCoreGemv, "v2 tensor-core GEMV"},
+};
+
+// `rows` tokens through a 4-bit (NF4, optionally double-quantized) Linear [out, in] with the
+// given kernel, or through a bf16 one (variant nullptr).
 void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::int64_t in,
-                    bool four_bit, bool nested) {
+                    std::int64_t rows, bool nested, const FourBitVariant* variant) {
+  const bool four_bit = variant != nullptr;
   const std::int64_t n = out * in;
   const std::vector<float> w = random_bf16_values(n, 11, 0.02f);
-  const std::vector<float> x = random_bf16_values(in, 12, 1.0f);
-  std::unique_ptr<kc::LinearContext> context = must(kc::LinearContext::create(stream, 1, in, out));
+  const std::vector<float> x = random_bf16_values(rows * in, 12, 1.0f);
+  std::unique_ptr<kc::LinearContext> context =
+      must(kc::LinearContext::create(stream, rows, in, out));
   Tensor x_device = to_device(x, DType::kBF16);
-  Tensor y_device = must(Tensor::empty({out}, DType::kBF16, kbit::Device::cuda(0)));
+  Tensor y_device = must(Tensor::empty({rows * out}, DType::kBF16, kbit::Device::cuda(0)));
   std::vector<float> dequantized = w;  // the weight the reference multiplies with
   std::vector<Tensor> weights;         // kCopies copies, each the tensors of one weight
-  double bytes = static_cast<double>(in) * 2;
+  double bytes = static_cast<double>(rows * in) * 2;
   std::vector<kc::FourBitWeightDevice> four_bit_weights;
   if (!four_bit) {
     for (int c = 0; c < kCopies; ++c) weights.push_back(to_device(w, DType::kBF16));
@@ -231,34 +245,39 @@ void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::
   const auto launch = [&](int run) {
     const int c = run % kCopies;
     if (four_bit) {
-      must(kc::linear_4bit(*context, x_device.view().data(), four_bit_weights[c], nullptr, 1, in,
-                           out, DType::kBF16, y_device.view().data(), DType::kBF16));
+      must(kc::linear_4bit(*context, x_device.view().data(), four_bit_weights[c], nullptr, rows, in,
+                           out, DType::kBF16, y_device.view().data(), DType::kBF16,
+                           variant->kernel));
     } else {
-      must(kc::linear_float(*context, x_device.view().data(), weights[c].view().data(), nullptr, 1,
-                            in, out, y_device.view().data(), DType::kBF16));
+      must(kc::linear_float(*context, x_device.view().data(), weights[c].view().data(), nullptr,
+                            rows, in, out, y_device.view().data(), DType::kBF16));
     }
   };
   launch(0);
   must(cudaStreamSynchronize(stream));
   const std::vector<float> got = to_host_f32(y_device.view());
-  std::vector<float> want(static_cast<std::size_t>(out));
-  std::vector<double> magnitudes(static_cast<std::size_t>(out));
-  for (std::int64_t o = 0; o < out; ++o) {
-    double sum = 0;
-    double magnitude = 0;
-    for (std::int64_t i = 0; i < in; ++i) {
-      const double product = static_cast<double>(x[static_cast<std::size_t>(i)]) *
-                             dequantized[static_cast<std::size_t>(o * in + i)];
-      sum += product;
-      magnitude += std::fabs(product);
+  std::vector<float> want(static_cast<std::size_t>(rows * out));
+  std::vector<double> magnitudes(want.size());
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t o = 0; o < out; ++o) {
+      double sum = 0;
+      double magnitude = 0;
+      for (std::int64_t i = 0; i < in; ++i) {
+        const double product = static_cast<double>(x[static_cast<std::size_t>(r * in + i)]) *
+                               dequantized[static_cast<std::size_t>(o * in + i)];
+        sum += product;
+        magnitude += std::fabs(product);
+      }
+      want[static_cast<std::size_t>(r * out + o)] = static_cast<float>(sum);
+      magnitudes[static_cast<std::size_t>(r * out + o)] = magnitude;
     }
-    want[static_cast<std::size_t>(o)] = static_cast<float>(sum);
-    magnitudes[static_cast<std::size_t>(o)] = magnitude;
   }
   const double error = error_over_tolerance(got, want, magnitudes, in);
   const double ms = median_ms(stream, launch);
-  const std::string name = std::string(four_bit ? (nested ? "nf4_dq" : "nf4") : "bf16") +
-                           " linear, 1 token, " + std::to_string(out) + "x" + std::to_string(in);
+  const std::string name = std::string(four_bit ? (nested ? "nf4_dq " : "nf4 ") : "bf16 ") +
+                           (four_bit ? variant->name : "cuBLAS") + ", " + std::to_string(rows) +
+                           (rows == 1 ? " token, " : " tokens, ") + std::to_string(out) + "x" +
+                           std::to_string(in);
   report.add(name, error, ms, bytes);
 }
 
@@ -346,10 +365,14 @@ int main(int argc, char** argv) {
   Report report;
   measure_copy(report, stream);
   for (const auto& [out, in] :
-       {std::pair<std::int64_t, std::int64_t>{14336, 4096}, {4096, 14336}}) {
-    measure_linear(report, stream, out, in, /*four_bit=*/true, /*nested=*/false);
-    measure_linear(report, stream, out, in, /*four_bit=*/true, /*nested=*/true);
-    measure_linear(report, stream, out, in, /*four_bit=*/false, /*nested=*/false);
+       {std::pair<std::int64_t, std::int64_t>{14336, 4096}, {4096, 14336}, {4096, 4096}}) {
+    for (const std::int64_t rows : {1, 8}) {
+      for (const FourBitVariant& variant : kFourBitVariants) {
+        measure_linear(report, stream, out, in, rows, /*nested=*/false, &variant);
+        measure_linear(report, stream, out, in, rows, /*nested=*/true, &variant);
+      }
+      measure_linear(report, stream, out, in, rows, /*nested=*/false, nullptr);
+    }
   }
   measure_decode_attention(report, stream, 4095);
   if (!json_path.empty()) {

@@ -12,9 +12,9 @@
 # cuda_bench.json (Google Benchmark's JSON), workbench.json (the kernel workbench),
 # bench-<mode>.json (kbit bench --json of the Llama-3.1-8B shape) and the tests' JUnit XML. Exits non-zero if any test failed or a step could
 # not run. KBIT_GPU_CHECK_STEPS chooses the steps (default all: "tests sanitize-kernels
-# racecheck-kernels sanitize-model bench": memcheck of the kernel tests, racecheck of them, both
-# on the model tests); the device tool's 10-minute limit per command may need them run a few at a
-# time.
+# racecheck-kernels racecheck-linear sanitize-model bench": memcheck of the kernel tests, racecheck
+# of them (the linear kernels', which run beside cuBLAS, apart), both on the model tests); the
+# device tool's 10-minute limit per command may need them run a few at a time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd -P)"
@@ -26,7 +26,7 @@ log="$out/gpu-check.log"
 status=0
 
 say() { echo "gpu-check: $*" | tee -a "$log"; }
-steps=" ${KBIT_GPU_CHECK_STEPS:-tests sanitize-kernels racecheck-kernels sanitize-model bench} "
+steps=" ${KBIT_GPU_CHECK_STEPS:-tests sanitize-kernels racecheck-kernels racecheck-linear sanitize-model bench} "
 want() { [[ "$steps" == *" $1 "* ]]; }
 # Runs a command with its output in the log (and on the console).
 run_logged() { "$@" 2>&1 | tee -a "$log"; return "${PIPESTATUS[0]}"; }
@@ -112,7 +112,7 @@ sanitize() {  # tool, time limit, test binary, gtest filter
   # API errors are not reported: the out-of-memory tests fail allocations on purpose.
   say "compute-sanitizer --tool $1 $3 --gtest_filter=$4"
   run_logged timeout "$2" compute-sanitizer --tool "$1" --report-api-errors no \
-    --error-exitcode 3 "$3" --gtest_brief=1 --gtest_filter="$4" ||
+    --error-exitcode 3 "$3" --gtest_filter="$4" ||
     { say "compute-sanitizer $1 reported errors (or timed out) on $3"; status=1; }
 }
 # racecheck of tests that also run cuBLAS: it reports hazards inside cuBLAS's own Hopper kernels
@@ -144,8 +144,14 @@ else
   # shapes, whose kernels the smaller cases run too.
   if want sanitize-kernels; then sanitize memcheck 240 "$kernel_tests" '*'; fi
   if want racecheck-kernels; then
-    sanitize racecheck 240 "$kernel_tests" \
-      'CudaQuant*:CudaNestedAbsmax.*:CudaInt8Rowwise.*:CudaLlamaOps.*:SampleToken.*:MarkSeen.*-*ManyDraws*:*LargeVocabularies*'
+    # The sampling cases left out run the kernels of CombinedFiltersMatchSampler again, at
+    # 50-60 s each under racecheck.
+    sanitize racecheck 130 "$kernel_tests" 'CudaLlamaOps.*'
+    sanitize racecheck 170 "$kernel_tests" \
+      'SampleToken.*:MarkSeen.*:SamplerUniform.*-*ManyDraws*:*LargeVocabularies*:*TopK*:*TopP*'
+    sanitize racecheck 150 "$kernel_tests" 'CudaQuant*:CudaNestedAbsmax.*:CudaInt8Rowwise.*'
+  fi
+  if want racecheck-linear; then
     # The int8 tests run cuBLAS too (the outlier columns' GEMM).
     racecheck_beside_cublas 300 "$kernel_tests" \
       'CudaLinearFloat.*:CudaLinear4bit.*:CudaLinearInt8.*-*LlamaShapes*'

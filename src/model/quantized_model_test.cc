@@ -67,9 +67,11 @@ class QuantizedGolden : public ::testing::TestWithParam<ModelAndMode> {
 //   llama2 int8    0.0227 / 0.1343 | 0.0242 / 0.1451 | 0.0227 / 0.1343   (prompt 0)
 //   llama2 int8    0.0262 / 0.1563 | 0.0247 / 0.2294 | 0.0262 / 0.1563   (prompt 1)
 //   llama3 nf4     0.0547 / 0.5394 | 0.0535 / 0.5256 | 0.0538 / 0.5144   (prompt 0)
+//   llama3 fp4     0.0828 / 0.5528 |        —        | 0.0801 / 0.5216   (prompt 1, AVX2)
 // The distance is the quantization error, the same in all three (the bytes are bitsandbytes'),
-// plus compute noise that moves it either way by a few percent. The bounds below allow that
-// noise and no more: a wrong code, scale or outlier column would cost far more.
+// plus compute noise that moves it either way by a few percent (the AVX2 and AVX-512 kernels sum
+// in different orders: the llama3 fp4 line is +3.4% on an AVX2-only CPU). The bounds below allow
+// that noise, 5%, and no more: a wrong code, scale or outlier column would cost far more.
 
 // The same options as transformers' golden run (bf16 activations, compute dtype bf16): kbit's
 // logits are the mode's up to the summation order, and as close to the float model's.
@@ -93,7 +95,7 @@ TEST_P(QuantizedGolden, Bf16ComputeMatchesTransformersAndIsAsCloseToTheFloatMode
     EXPECT_LE(to_mode.mean_abs_diff, 0.015) << name;
     EXPECT_LE(to_mode.max_abs_diff, 2 * bf16_ulp(max_abs(golden.mode_logits))) << name;
     EXPECT_GE(to_mode.argmax_agreement, 0.9) << name;
-    EXPECT_LE(ours.mean_abs_diff, 1.03 * theirs.mean_abs_diff) << name;
+    EXPECT_LE(ours.mean_abs_diff, 1.05 * theirs.mean_abs_diff) << name;
     EXPECT_LE(ours.max_abs_diff, theirs.max_abs_diff + bf16_ulp(max_abs(golden.f32_logits)))
         << name;
   }

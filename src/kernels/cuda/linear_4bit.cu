@@ -4,10 +4,12 @@
 // for the weight's dtype W and the compute dtype C, multiplied by x rounded to C, summed in f32;
 // then y = round_A(round_C(sum + round_C(bias))) for the activation dtype A.
 //
-// A few rows (decode): a fused GEMV. Each warp owns kGemvOutputsPerWarp output features; each lane
-// takes 16-byte loads of packed codes (32 values, always inside one quantization block since
-// blocks are multiples of 32 values) strided by the warp, decodes them once and multiplies them
-// with every row of x, which stays in L1/L2. A butterfly of shuffles sums the lanes' partials.
+// A few rows (decode): a fused GEMV, on the tensor cores where the compute dtype is f16 or bf16
+// and the layout allows (linear_4bit_mma_gemv_kernel), else on the CUDA cores: each warp owns
+// kGemvOutputsPerWarp output features; each lane takes 16-byte loads of packed codes (32 values,
+// always inside one quantization block since blocks are multiples of 32 values) strided by the
+// warp, decodes them once and multiplies them with every row of x, which stays in L1/L2. A
+// butterfly of shuffles sums the lanes' partials.
 //
 // More rows (prompt): chunks of whole output features are dequantized into the workspace in C
 // (linear_workspace.h) and multiplied by cublasGemmEx with f32 accumulation into a C-typed
@@ -20,7 +22,9 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "core/cuda_runtime.h"
 #include "kbit/quant/codebooks.h"
@@ -151,6 +155,13 @@ __device__ __forceinline__ float warp_sum(float value) {
   return value;
 }
 
+// The output of a fused kernel from its f32 sum: A(C(sum + C(bias[o]))), as the reference.
+template <typename A, typename C>
+__device__ __forceinline__ A finish_output(float sum, const A* __restrict__ bias, std::int64_t o) {
+  const float rounded_bias = bias != nullptr ? to_float(from_float<C>(to_float(bias[o]))) : 0.0f;
+  return from_float<A>(to_float(from_float<C>(sum + rounded_bias)));
+}
+
 // y[rows, out] = x[rows, in] · Wᵀ (+ bias[out]) for rows <= kMaxRows and in a multiple of 32.
 // Warp w computes outputs [w · kGemvOutputsPerWarp, (w + 1) · kGemvOutputsPerWarp) ∩ [0, out).
 template <typename A, typename C, typename W>
@@ -220,12 +231,213 @@ __global__ void __launch_bounds__(kGemvThreads)
   for (int f = 0; f < kGemvOutputsPerWarp; ++f) {
     const std::int64_t o = first_out + f;
     if (o >= out) break;
-    const float rounded_bias = bias != nullptr ? to_float(from_float<C>(to_float(bias[o]))) : 0.0f;
 #pragma unroll
     for (int r = 0; r < kMaxRows; ++r) {
       if (r >= rows) break;
-      y[r * out + o] = from_float<A>(to_float(from_float<C>(sums[f][r] + rounded_bias)));
+      y[r * out + o] = finish_output<A, C>(sums[f][r], bias, o);
     }
+  }
+}
+
+// ---- The tensor-core GEMV (rows <= 8, compute dtype f16 or bf16).
+//
+// Each block owns kMmaOutputs = 16 output features (the M of mma.m16n8k16) and its kMmaWarps
+// warps split K: warp w takes steps w, w + kMmaWarps, … of kMmaStepValues = 128 inputs. In a step
+// lane (g, t) (g = lane / 4, t = lane % 4) reads 16 packed bytes, 32 values, of features g and
+// g + 8 at inputs [128·step + 32t, +32), decodes them in registers with the exact rounding of
+// weight_value, and feeds them to eight MMAs; the same lane supplies x[row g] at those inputs as
+// the B operand (rows >= `rows` are zeros). The MMA's k order is a permutation of the inputs, the
+// same for A and B, so the products are those of the reference; the tensor core sums them in f32.
+// The warps' partial sums meet in shared memory, in a fixed order, for the epilogue. The exact
+// decode's instructions per weight, not memory, bound it (BENCHMARKS.md, the kernel workbench).
+constexpr int kMmaWarps = 8;
+constexpr int kMmaOutputs = 16;
+constexpr int kMmaColumns = 8;
+constexpr int kMmaStepValues = 128;
+constexpr int kMmaLaneValues = 32;
+
+// What one lane reads for one step.
+struct MmaStepInputs {
+  uint4 codes_low;   // feature g
+  uint4 codes_high;  // feature g + 8
+  float absmax_low;
+  float absmax_high;
+  std::uint32_t x_pairs[kMmaLaneValues / 2];  // x[row g] as pairs of C
+};
+
+// Two floats as a pair of C (low half first), each rounded to nearest even.
+template <typename C>
+__device__ __forceinline__ std::uint32_t pack_pair(float low, float high) {
+  std::uint32_t bits;
+  if constexpr (std::is_same_v<C, __half>) {
+    const __half2 pair = __floats2half2_rn(low, high);
+    std::memcpy(&bits, &pair, sizeof(bits));
+  } else {
+    const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
+    std::memcpy(&bits, &pair, sizeof(bits));
+  }
+  return bits;
+}
+
+// code value · absmax rounded to the weight's dtype W, as a float ready to be rounded to C; the
+// rounding to W is skipped where rounding to C alone gives the same value.
+template <typename C, typename W>
+__device__ __forceinline__ float scaled_code(float code_value, float absmax) {
+  const float product = __fmul_rn(code_value, absmax);
+  if constexpr (std::is_same_v<W, C> || std::is_same_v<W, float>) return product;
+  return to_float(from_float<W>(product));
+}
+
+// Values (2j, 2j + 1) of packed byte j of `word`, as the matmul sees them, paired in C. Value 2j
+// is the high nibble.
+template <typename C, typename W>
+__device__ __forceinline__ std::uint32_t decode_byte_pair(std::uint32_t word, int byte,
+                                                          float absmax, const float* code_values) {
+  const float first = code_values[(word >> (8 * byte + 4)) & 0xfu];
+  const float second = code_values[(word >> (8 * byte)) & 0xfu];
+  return pack_pair<C>(scaled_code<C, W>(first, absmax), scaled_code<C, W>(second, absmax));
+}
+
+// x[0..32) of one row as pairs of C (16-byte aligned), or zeros for a row past the last.
+template <typename A, typename C>
+__device__ __forceinline__ void load_x_pairs(const A* x, bool present,
+                                             std::uint32_t (&pairs)[kMmaLaneValues / 2]) {
+  if (!present) {
+#pragma unroll
+    for (int p = 0; p < kMmaLaneValues / 2; ++p) pairs[p] = 0;
+    return;
+  }
+  if constexpr (std::is_same_v<A, C>) {
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(x) + v);
+      pairs[4 * v] = raw.x;
+      pairs[4 * v + 1] = raw.y;
+      pairs[4 * v + 2] = raw.z;
+      pairs[4 * v + 3] = raw.w;
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < kMmaLaneValues / 8; ++v) {
+      float values[8];
+      load_8_activations<C>(x + 8 * v, true, values);
+#pragma unroll
+      for (int p = 0; p < 4; ++p) pairs[4 * v + p] = pack_pair<C>(values[2 * p], values[2 * p + 1]);
+    }
+  }
+}
+
+// d[4] += a (16×16 of C, row-major fragments) · b (16×8 of C, column-major fragments), in f32.
+template <typename C>
+__device__ __forceinline__ void mma_16x8x16(float (&d)[4], const std::uint32_t (&a)[4],
+                                            std::uint32_t b0, std::uint32_t b1) {
+  if constexpr (std::is_same_v<C, __half>) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// The inputs of step `step` for lane (group, quad): see MmaStepInputs.
+template <typename A, typename C>
+__device__ __forceinline__ MmaStepInputs load_mma_step(const FourBitSource& weight,
+                                                       const float* absmax_map, const A* x_row,
+                                                       bool x_present, std::int64_t feature_low,
+                                                       std::int64_t feature_high, std::int64_t in,
+                                                       std::int64_t first_in) {
+  MmaStepInputs inputs;
+  const std::int64_t low = feature_low * in + first_in;
+  const std::int64_t high = feature_high * in + first_in;
+  inputs.codes_low = __ldcs(reinterpret_cast<const uint4*>(weight.packed + low / 2));
+  inputs.codes_high = __ldcs(reinterpret_cast<const uint4*>(weight.packed + high / 2));
+  inputs.absmax_low = block_absmax(weight, low >> weight.log2_block_size, absmax_map);
+  inputs.absmax_high = block_absmax(weight, high >> weight.log2_block_size, absmax_map);
+  load_x_pairs<A, C>(x_row + first_in, x_present, inputs.x_pairs);
+  return inputs;
+}
+
+// sums += the products of one step: eight MMAs, each over 4 values of each feature per lane.
+template <typename C, typename W>
+__device__ __forceinline__ void multiply_mma_step(const MmaStepInputs& inputs,
+                                                  const float* code_values, float (&sums)[4]) {
+#pragma unroll
+  for (int j = 0; j < kMmaLaneValues / 4; ++j) {
+    // Values [4j, 4j + 4): bytes 2j and 2j + 1 of the 16, in word j / 2.
+    const std::uint32_t low = word_of(inputs.codes_low, j / 2);
+    const std::uint32_t high = word_of(inputs.codes_high, j / 2);
+    const int byte = 2 * (j % 2);
+    // Fragment order: (g, k 2t..2t+1), (g + 8, k 2t..), (g, k 2t+8..), (g + 8, k 2t+8..).
+    const std::uint32_t a[4] = {
+        decode_byte_pair<C, W>(low, byte, inputs.absmax_low, code_values),
+        decode_byte_pair<C, W>(high, byte, inputs.absmax_high, code_values),
+        decode_byte_pair<C, W>(low, byte + 1, inputs.absmax_low, code_values),
+        decode_byte_pair<C, W>(high, byte + 1, inputs.absmax_high, code_values)};
+    mma_16x8x16<C>(sums, a, inputs.x_pairs[2 * j], inputs.x_pairs[2 * j + 1]);
+  }
+}
+
+// y[rows, out] = x[rows, in] · Wᵀ (+ bias[out]) for rows <= kMmaColumns, in a multiple of
+// kMmaStepValues, x and the packed weight 16-byte aligned. Block b computes features
+// [16b, 16b + 16) ∩ [0, out).
+template <typename A, typename C, typename W>
+__global__ void __launch_bounds__(kMmaWarps* kWarpSize)
+    linear_4bit_mma_gemv_kernel(const A* __restrict__ x,
+                                const __grid_constant__ FourBitSource weight,
+                                const __grid_constant__ FourBitTables tables,
+                                const A* __restrict__ bias, int rows, std::int64_t in,
+                                std::int64_t out, A* __restrict__ y) {
+  __shared__ float code_values[16];
+  __shared__ float absmax_map[256];
+  __shared__ float partial_sums[kMmaWarps][kMmaOutputs][kMmaColumns];
+  load_tables(tables, code_values, absmax_map);
+
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int group = lane / 4;
+  const int quad = lane % 4;
+  const std::int64_t first_out = static_cast<std::int64_t>(blockIdx.x) * kMmaOutputs;
+  // Features past the last re-read the last one (in bounds); their sums are never stored.
+  const std::int64_t feature_low = std::min(first_out + group, out - 1);
+  const std::int64_t feature_high = std::min(first_out + group + 8, out - 1);
+  const bool x_present = group < rows;
+  const A* x_row = x + (x_present ? group : 0) * in;
+  const std::int64_t steps = in / kMmaStepValues;
+  const auto load = [&](std::int64_t step) {
+    return load_mma_step<A, C>(weight, absmax_map, x_row, x_present, feature_low, feature_high, in,
+                               step * kMmaStepValues + quad * kMmaLaneValues);
+  };
+
+  float sums[4] = {};
+  if (warp < steps) {
+    MmaStepInputs current = load(warp);
+    for (std::int64_t step = warp; step < steps; step += kMmaWarps) {
+      // The next step's loads go out before this step's arithmetic, so memory stays busy.
+      const MmaStepInputs next = step + kMmaWarps < steps ? load(step + kMmaWarps) : current;
+      multiply_mma_step<C, W>(current, code_values, sums);
+      current = next;
+    }
+  }
+  // D fragment: (g, columns 2t, 2t + 1) and (g + 8, the same columns).
+  partial_sums[warp][group][2 * quad] = sums[0];
+  partial_sums[warp][group][2 * quad + 1] = sums[1];
+  partial_sums[warp][group + 8][2 * quad] = sums[2];
+  partial_sums[warp][group + 8][2 * quad + 1] = sums[3];
+  __syncthreads();
+  for (int i = static_cast<int>(threadIdx.x); i < kMmaOutputs * kMmaColumns;
+       i += static_cast<int>(blockDim.x)) {
+    const int feature = i % kMmaOutputs;
+    const int row = i / kMmaOutputs;
+    const std::int64_t o = first_out + feature;
+    if (row >= rows || o >= out) continue;
+    float sum = 0.0f;
+    for (int w = 0; w < kMmaWarps; ++w) sum += partial_sums[w][feature][row];
+    y[row * out + o] = finish_output<A, C>(sum, bias, o);
   }
 }
 
@@ -324,6 +536,31 @@ cudaError_t visit_4bit_types(const FourBitCall& call, Body&& body) {
       using W = typename decltype(weight_tag)::type;
       return call.dtype == DType::kF32 ? body(float{}, C{}, W{}) : body(__nv_bfloat16{}, C{}, W{});
     });
+  });
+}
+
+bool tensor_core_gemv_applies(const FourBitCall& call) {
+  return call.rows <= kLinear4bitGemvMaxRows &&
+         (call.compute_dtype == DType::kBF16 || call.compute_dtype == DType::kF16) &&
+         call.in % kMmaStepValues == 0 && call.weight.packed_aligned && is_aligned_16(call.x);
+}
+
+cudaError_t launch_tensor_core_gemv(const FourBitCall& call) {
+  const std::int64_t blocks = (call.out + kMmaOutputs - 1) / kMmaOutputs;
+  if (blocks > INT_MAX) return cudaErrorInvalidValue;
+  return visit_4bit_types(call, [&](auto a, auto c, auto w) {
+    using A = decltype(a);
+    using C = decltype(c);
+    if constexpr (std::is_same_v<C, float>) {
+      return cudaErrorInvalidValue;  // excluded by tensor_core_gemv_applies
+    } else {
+      linear_4bit_mma_gemv_kernel<A, C, decltype(w)>
+          <<<static_cast<unsigned>(blocks), kMmaWarps * kWarpSize, 0, call.stream>>>(
+              static_cast<const A*>(call.x), call.weight, call.tables,
+              static_cast<const A*>(call.bias), static_cast<int>(call.rows), call.in, call.out,
+              static_cast<A*>(call.y));
+      return cudaGetLastError();
+    }
   });
 }
 
@@ -488,7 +725,7 @@ cudaError_t finish_linear_rows(const float* sums, std::int64_t rows, std::int64_
 
 Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDevice& weight,
                    const void* bias, std::int64_t rows, std::int64_t in, std::int64_t out,
-                   DType compute_dtype, void* y, DType dtype) {
+                   DType compute_dtype, void* y, DType dtype, Linear4bitKernel kernel) {
   KBIT_RETURN_IF_ERROR(check_4bit_call(x, weight, rows, in, out, compute_dtype, y, dtype));
   if (rows == 0) return ok_status();
   const FourBitSource source{weight.packed,
@@ -501,8 +738,28 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
   const FourBitCall call{
       x, source, make_tables(weight.type), weight.weight_dtype, bias, rows, in, out, compute_dtype,
       y, dtype,  context.stream()};
-  if (rows <= kLinear4bitGemvMaxRows) {
-    return cuda_status(launch_gemv(call), "linear_4bit: GEMV kernel");
+  if (kernel == Linear4bitKernel::kAuto) {
+    kernel = tensor_core_gemv_applies(call)   ? Linear4bitKernel::kTensorCoreGemv
+             : rows <= kLinear4bitGemvMaxRows ? Linear4bitKernel::kGemv
+                                              : Linear4bitKernel::kManyRows;
+  }
+  switch (kernel) {
+    case Linear4bitKernel::kTensorCoreGemv:
+      if (!tensor_core_gemv_applies(call)) {
+        return invalid_argument(
+            "linear_4bit: the tensor-core GEMV needs at most 8 rows, an f16 or bf16 compute "
+            "dtype, inputs a multiple of 128 and 16-byte aligned x and packed weight");
+      }
+      return cuda_status(launch_tensor_core_gemv(call), "linear_4bit: tensor-core GEMV kernel");
+    case Linear4bitKernel::kGemv:
+      if (rows > kLinear4bitGemvMaxRows) {
+        return invalid_argument("linear_4bit: the GEMV kernel takes at most 8 rows, not " +
+                                std::to_string(rows));
+      }
+      return cuda_status(launch_gemv(call), "linear_4bit: GEMV kernel");
+    case Linear4bitKernel::kManyRows:
+    case Linear4bitKernel::kAuto:  // resolved above
+      break;
   }
   return linear_4bit_many_rows(context, call);
 }

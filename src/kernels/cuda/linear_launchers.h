@@ -104,13 +104,21 @@ struct FourBitWeightDevice {
 // As Linear4bitJob (kernels/cpu/quantized_linear.h) with compute dtype `compute_dtype` (f32,
 // f16 or bf16), then the result rounded to `dtype` (Linear4bit casts back to the input's dtype).
 // Layouts: those of is_supported_4bit_layout, and in a multiple of 32. No pointer needs any
-// alignment beyond its element's (16-byte aligned x and packed take vector loads). Rows up to
-// kLinear4bitGemvMaxRows take a fused GEMV kernel that reads each packed byte once for all rows;
-// more rows take the many-token path.
+// alignment beyond its element's (16-byte aligned x and packed take vector loads).
+//
+// The kernels, each reading every packed byte once (kAuto picks the first that applies):
+//   kTensorCoreGemv  rows <= kLinear4bitGemvMaxRows, compute dtype f16 or bf16, in a multiple of
+//                    128, x and packed 16-byte aligned: weights decoded in registers into MMAs.
+//   kGemv            rows <= kLinear4bitGemvMaxRows: decoded on the CUDA cores, any layout.
+//   kManyRows        any rows: chunks of weight dequantized into cuBLAS GEMMs.
+// The tests and the kernel workbench name one to check and time it; a named kernel that does not
+// apply to the call is an invalid argument.
 inline constexpr std::int64_t kLinear4bitGemvMaxRows = 8;
+enum class Linear4bitKernel { kAuto, kTensorCoreGemv, kGemv, kManyRows };
 Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDevice& weight,
                    const void* bias, std::int64_t rows, std::int64_t in, std::int64_t out,
-                   DType compute_dtype, void* y, DType dtype);
+                   DType compute_dtype, void* y, DType dtype,
+                   Linear4bitKernel kernel = Linear4bitKernel::kAuto);
 
 // ---- int8 ---------------------------------------------------------------------------------------
 struct Int8WeightDevice {

@@ -424,6 +424,40 @@ std::vector<float> row_of(const std::vector<float>& matrix, std::int64_t row, st
   return std::vector<float>(first, first + cols);
 }
 
+// kAuto last: `actual` below is what the library picks.
+constexpr Linear4bitKernel kFourBitKernels[] = {
+    Linear4bitKernel::kTensorCoreGemv, Linear4bitKernel::kGemv, Linear4bitKernel::kManyRows,
+    Linear4bitKernel::kAuto};
+
+const char* kernel_name(Linear4bitKernel kernel) {
+  switch (kernel) {
+    case Linear4bitKernel::kTensorCoreGemv:
+      return "tensor-core GEMV";
+    case Linear4bitKernel::kGemv:
+      return "GEMV";
+    case Linear4bitKernel::kManyRows:
+      return "many rows";
+    case Linear4bitKernel::kAuto:
+      break;
+  }
+  return "auto";
+}
+
+// The contract of linear_launchers.h.
+bool kernel_applies(const FourBitCase& c, Linear4bitKernel kernel) {
+  const bool gemv = c.rows <= kLinear4bitGemvMaxRows;
+  switch (kernel) {
+    case Linear4bitKernel::kTensorCoreGemv:
+      return gemv && c.compute_dtype != DType::kF32 && c.in % 128 == 0 && !c.misaligned;
+    case Linear4bitKernel::kGemv:
+      return gemv;
+    case Linear4bitKernel::kManyRows:
+    case Linear4bitKernel::kAuto:
+      break;
+  }
+  return true;
+}
+
 void check_4bit_case(const FourBitCase& c, std::uint64_t seed) {
   const HostFourBitWeight weight = quantize_weight(c, seed);
   const Tensor x_host = random_host({c.rows, c.in}, c.dtype, seed + 1, 1.0f);
@@ -458,14 +492,22 @@ void check_4bit_case(const FourBitCase& c, std::uint64_t seed) {
   const auto* x_device =
       static_cast<const char*>(upload(x_host.view(), c.misaligned ? element : 0, x_storage));
   const void* bias_device = c.bias ? upload(bias_host.view(), 0, bias_storage) : nullptr;
-  Tensor y = poisoned_device({c.rows, c.out}, c.dtype);
-  check(linear_4bit(*context, x_device, device.view, bias_device, c.rows, c.in, c.out,
-                    c.compute_dtype, y.view().data(), c.dtype));
-  stream.synchronize();
-  const std::vector<float> actual = download(y);
   const std::vector<DType> roundings{c.compute_dtype, c.dtype};
-  EXPECT_EQ(count_mismatches({c.rows, c.in, c.out, roundings}, expected, actual, sums, describe(c)),
-            0);
+  std::vector<float> actual;
+  for (const Linear4bitKernel kernel : kFourBitKernels) {
+    const std::string what = describe(c) + ", kernel " + kernel_name(kernel);
+    Tensor y = poisoned_device({c.rows, c.out}, c.dtype);
+    const Status status = linear_4bit(*context, x_device, device.view, bias_device, c.rows, c.in,
+                                      c.out, c.compute_dtype, y.view().data(), c.dtype, kernel);
+    if (!kernel_applies(c, kernel)) {
+      EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << what;
+      continue;
+    }
+    check(status);
+    stream.synchronize();
+    actual = download(y);
+    EXPECT_EQ(count_mismatches({c.rows, c.in, c.out, roundings}, expected, actual, sums, what), 0);
+  }
   if (c.rows <= kLinear4bitGemvMaxRows) return;
 
   // A row alone takes the GEMV kernel: it must agree with its row of the many-row path.
@@ -506,6 +548,12 @@ TEST(CudaLinear4bit, MatchesCpuReference) {
       {5, 1024, 14336, kNf4, 64, true, kBF16, kBF16, kBF16, true, 0.02f},
       {2, 32000, 512, kNf4, 64, false, kF32, kF32, kF32, false, 0.02f},
       {9, 32000, 512, kFp4, 128, true, kBF16, kBF16, kBF16, true, 0.02f},
+      // The tensor-core GEMV: features not a multiple of its 16, f32 activations, f16 weights
+      // under bf16 compute, blocks spanning rows, misaligned (which it declines).
+      {3, 100, 256, kNf4, 64, false, kBF16, kF32, kBF16, true, 0.02f},
+      {7, 4100, 1024, kFp4, 64, true, kBF16, kBF16, kF16, true, 1.0f},
+      {1, 40, 128, kNf4, 256, true, kF16, kF32, kF32, false, 0.02f},
+      {4, 48, 256, kNf4, 64, false, kBF16, kBF16, kBF16, false, 0.02f, true},
   };
   std::uint64_t seed = 1000;
   for (const FourBitCase& c : cases) {
