@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -29,6 +30,7 @@
 #include "kbit/core/random.h"
 #include "kbit/core/tensor.h"
 #include "kbit/quant/blockwise_4bit.h"
+#include "kbit/quant/codebooks.h"
 #include "kbit/quant/nested_absmax.h"
 #include "kernels/cpu/llama_ops.h"
 #include "kernels/cpu/quantized_linear.h"
@@ -167,15 +169,33 @@ double error_over_tolerance(const std::vector<float>& got, const std::vector<flo
   return worst;
 }
 
-// The 4-bit GEMV variants: kernel, its number and what it is.
+// The 4-bit GEMV variants: kernel and weight decode, its number and what it is.
 struct FourBitVariant {
   kc::Linear4bitKernel kernel;
+  cpu::FourBitDecode decode;
   const char* name;
 };
 constexpr FourBitVariant kFourBitVariants[] = {
-    {kc::Linear4bitKernel::kGemv, "v1 CUDA-core GEMV"},
-    {kc::Linear4bitKernel::kTensorCoreGemv, "v2 tensor-core GEMV"},
+    {kc::Linear4bitKernel::kGemv, cpu::FourBitDecode::kExact, "v1 CUDA-core GEMV"},
+    {kc::Linear4bitKernel::kTensorCoreGemv, cpu::FourBitDecode::kExact, "v2 tensor-core GEMV"},
+    {kc::Linear4bitKernel::kTensorCoreGemv, cpu::FourBitDecode::kBitsandbytes,
+     "v3 tensor-core GEMV, bitsandbytes' batch-1 decode"},
 };
+
+// The weight values as the product decode takes them: bf16(bf16(code) · bf16(absmax)).
+std::vector<float> product_decoded(const Tensor& packed, const Tensor& absmax, std::int64_t n) {
+  const std::vector<float> block_absmax = to_host_f32(absmax.view());
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(n / 2));
+  must(cudaMemcpy(bytes.data(), packed.view().data(), bytes.size(), cudaMemcpyDeviceToHost));
+  std::vector<float> values(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::uint8_t byte = bytes[static_cast<std::size_t>(i / 2)];
+    const float code = kbit::quant::kNf4Values[i % 2 == 0 ? byte >> 4 : byte & 0xf];
+    const float scale = cpu::round_to_bf16(block_absmax[static_cast<std::size_t>(i / 64)]);
+    values[static_cast<std::size_t>(i)] = cpu::round_to_bf16(cpu::round_to_bf16(code) * scale);
+  }
+  return values;
+}
 
 // `rows` tokens through a 4-bit (NF4, optionally double-quantized) Linear [out, in] with the
 // given kernel, or through a bf16 one (variant nullptr).
@@ -228,7 +248,9 @@ void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::
         weights.push_back(std::move(codes));
         weights.push_back(std::move(nested_absmax));
       }
-      if (c == 0) {
+      if (c == 0 && variant->decode == cpu::FourBitDecode::kBitsandbytes) {
+        dequantized = product_decoded(packed, absmax, n);
+      } else if (c == 0) {
         // The reference multiplies with this copy's dequantized weight, rounded to bf16.
         Tensor values = must(Tensor::empty({n}, DType::kF32, kbit::Device::cuda(0)));
         must(kbit::quant::dequantize_4bit(packed.view(), absmax.view(),
@@ -246,7 +268,7 @@ void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::
     const int c = run % kCopies;
     if (four_bit) {
       must(kc::linear_4bit(*context, x_device.view().data(), four_bit_weights[c], nullptr, rows, in,
-                           out, DType::kBF16, y_device.view().data(), DType::kBF16,
+                           out, DType::kBF16, y_device.view().data(), DType::kBF16, variant->decode,
                            variant->kernel));
     } else {
       must(kc::linear_float(*context, x_device.view().data(), weights[c].view().data(), nullptr,

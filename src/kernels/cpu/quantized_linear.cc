@@ -92,7 +92,8 @@ void linear_4bit_op(const Linear4bitJob& job, const ExecutionOptions& options) {
   }
   if (job.rows == 0) return;
   const CpuIsa isa = active_cpu_isa();
-  if (isa == CpuIsa::kScalar || job.in_features % kLinear4bitAvx512Chunk != 0) {
+  if (isa == CpuIsa::kScalar || job.in_features % kLinear4bitAvx512Chunk != 0 ||
+      takes_4bit_product_decode(job.decode, job.rows, job.compute_dtype)) {
     run_4bit_reference_in_parallel(job, options);
     return;
   }

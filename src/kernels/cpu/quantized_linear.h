@@ -46,6 +46,19 @@ struct FourBitWeight {
 // block_size (a block never straddles a row boundary except by covering whole rows).
 bool is_supported_4bit_layout(std::int64_t in_features, std::int64_t block_size);
 
+// How a call decodes its weight values (compute dtype C, the weight's dtype W):
+//   kExact         round_C(round_W(value(code) · absmax)), the product in f32: dequantize_4bit's
+//                  values, which bitsandbytes' Linear4bit multiplies for more than one token.
+//   kBitsandbytes  as bitsandbytes decides by the call: where takes_4bit_product_decode holds (a
+//                  few rows, C f16 or bf16), its batch-1 kernel's (kgemm_4bit_inference_naive)
+//                  round_C(round_C(value(code)) · round_C(absmax)), the product taken in C, which
+//                  lets a GPU kernel multiply two values in one instruction; kExact otherwise.
+//                  bitsandbytes takes that kernel for one row, kbit for up to
+//                  kFourBitProductDecodeMaxRows.
+enum class FourBitDecode { kExact, kBitsandbytes };
+inline constexpr std::int64_t kFourBitProductDecodeMaxRows = 8;
+bool takes_4bit_product_decode(FourBitDecode decode, std::int64_t rows, DType compute_dtype);
+
 struct Linear4bitJob {
   const float* x;  // [rows, in_features]
   FourBitWeight weight;
@@ -60,6 +73,7 @@ struct Linear4bitJob {
   // product to the compute dtype as well; kbit does not, and its tests state the tolerance.)
   DType compute_dtype;
   float* y;  // [rows, out_features]
+  FourBitDecode decode = FourBitDecode::kExact;
 };
 
 // Items are output features: computes y[:, first_out:end_out).
@@ -82,7 +96,8 @@ void linear_4bit_avx2(const Linear4bitJob& job, const float* prepared, std::int6
                       std::int64_t end_out);
 
 // The reference on one thread, or the fast kernel of the active instruction set on the thread
-// pool (the reference there where in_features is not a multiple of 32 or the CPU lacks AVX2).
+// pool (the reference there where in_features is not a multiple of 32, the CPU lacks AVX2 or the
+// call takes the product decode).
 void linear_4bit_op(const Linear4bitJob& job, const ExecutionOptions& options);
 
 // ---- linear_int8 -------------------------------------------------------------------------------

@@ -55,8 +55,15 @@ void finish_4bit_outputs(const Linear4bitJob& job, std::int64_t first_out, std::
   }
 }
 
+bool takes_4bit_product_decode(FourBitDecode decode, std::int64_t rows, DType compute_dtype) {
+  return decode == FourBitDecode::kBitsandbytes && rows <= kFourBitProductDecodeMaxRows &&
+         (compute_dtype == DType::kF16 || compute_dtype == DType::kBF16);
+}
+
 void linear_4bit_reference(const Linear4bitJob& job, std::int64_t first_out, std::int64_t end_out) {
   const FourBitWeight& weight = job.weight;
+  const DType compute = job.compute_dtype;
+  const bool product = takes_4bit_product_decode(job.decode, job.rows, compute);
   const std::int64_t in = job.in_features;
   const float* code_values = four_bit_code_values(weight.type);
   std::vector<float> x(static_cast<std::size_t>(job.rows * in));
@@ -70,8 +77,11 @@ void linear_4bit_reference(const Linear4bitJob& job, std::int64_t first_out, std
       const int code = index % 2 == 0 ? byte >> 4 : byte & 0x0f;
       float absmax;
       decode_4bit_absmax(weight, index / weight.block_size, index / weight.block_size + 1, &absmax);
-      const float value = rounded_to(weight.weight_dtype, code_values[code] * absmax);
-      w[static_cast<std::size_t>(i)] = rounded_to(job.compute_dtype, value);
+      // A product of two values of C is exact in f32: one rounding, as C's own multiply.
+      const float value = product
+                              ? rounded_to(compute, code_values[code]) * rounded_to(compute, absmax)
+                              : rounded_to(weight.weight_dtype, code_values[code] * absmax);
+      w[static_cast<std::size_t>(i)] = rounded_to(compute, value);
     }
     for (std::int64_t r = 0; r < job.rows; ++r) {
       float sum = 0.0f;

@@ -1,8 +1,10 @@
 // linear_4bit (linear_launchers.h): bitsandbytes' Linear4bit on the GPU, with the numerics of
 // linear_4bit_reference (kernels/cpu/quantized_linear.h). Every weight value is decoded as
 //   w = round_C(round_W(code_value · absmax))      (absmax decoded from its nested form if need be)
-// for the weight's dtype W and the compute dtype C, multiplied by x rounded to C, summed in f32;
-// then y = round_A(round_C(sum + round_C(bias))) for the activation dtype A.
+// for the weight's dtype W and the compute dtype C, or, where the call takes the product decode
+// (takes_4bit_product_decode), as w = round_C(round_C(code_value) · round_C(absmax)); multiplied
+// by x rounded to C, summed in f32; then y = round_A(round_C(sum + round_C(bias))) for the
+// activation dtype A.
 //
 // A few rows (decode): a fused GEMV, on the tensor cores where the compute dtype is f16 or bf16
 // and the layout allows (linear_4bit_mma_gemv_kernel), else on the CUDA cores: each warp owns
@@ -72,12 +74,16 @@ FourBitTables make_tables(quant::FourBitType type) {
   return tables;
 }
 
-// Every thread of the block must call it (it synchronises).
-__device__ __forceinline__ void load_tables(const FourBitTables& tables, float* code_values,
-                                            float* absmax_map) {
+__device__ __forceinline__ void load_absmax_map(const FourBitTables& tables, float* absmax_map) {
   for (int i = static_cast<int>(threadIdx.x); i < 256; i += static_cast<int>(blockDim.x)) {
     absmax_map[i] = tables.absmax_map[i];
   }
+}
+
+// Every thread of the block must call it (it synchronises).
+__device__ __forceinline__ void load_tables(const FourBitTables& tables, float* code_values,
+                                            float* absmax_map) {
+  load_absmax_map(tables, absmax_map);
   if (threadIdx.x < 16) code_values[threadIdx.x] = tables.code_values[threadIdx.x];
   __syncthreads();
 }
@@ -109,21 +115,26 @@ __device__ __forceinline__ std::uint32_t word_of(const uint4& codes, int word) {
 }
 
 // The weight value as the matmul sees it: code value · absmax in f32, rounded to the weight's
-// dtype W (dequantize_4bit's output), then to the compute dtype C.
-template <typename C, typename W>
+// dtype W (dequantize_4bit's output), then to the compute dtype C; with the product decode the
+// product of code value and absmax each rounded to C, rounded to C (exact in f32 before that).
+template <typename C, typename W, bool kProduct>
 __device__ __forceinline__ float weight_value(float code_value, float absmax) {
+  if constexpr (kProduct) {
+    return to_float(from_float<C>(
+        __fmul_rn(to_float(from_float<C>(code_value)), to_float(from_float<C>(absmax)))));
+  }
   const float dequantized = to_float(from_float<W>(__fmul_rn(code_value, absmax)));
   return to_float(from_float<C>(dequantized));
 }
 
 // The 8 values of one word of packed bytes; value 2j is the high nibble of byte j.
-template <typename C, typename W>
+template <typename C, typename W, bool kProduct>
 __device__ __forceinline__ void decode_word(std::uint32_t word, float absmax,
                                             const float* code_values, float (&values)[8]) {
 #pragma unroll
   for (int k = 0; k < kValuesPerWord; ++k) {
     const std::uint32_t code = (word >> (8 * (k / 2) + (k % 2 == 0 ? 4 : 0))) & 0xfu;
-    values[k] = weight_value<C, W>(code_values[code], absmax);
+    values[k] = weight_value<C, W, kProduct>(code_values[code], absmax);
   }
 }
 
@@ -164,7 +175,7 @@ __device__ __forceinline__ A finish_output(float sum, const A* __restrict__ bias
 
 // y[rows, out] = x[rows, in] · Wᵀ (+ bias[out]) for rows <= kMaxRows and in a multiple of 32.
 // Warp w computes outputs [w · kGemvOutputsPerWarp, (w + 1) · kGemvOutputsPerWarp) ∩ [0, out).
-template <typename A, typename C, typename W>
+template <typename A, typename C, typename W, bool kProduct>
 __global__ void __launch_bounds__(kGemvThreads)
     linear_4bit_gemv_kernel(const A* __restrict__ x, bool x_aligned,
                             const __grid_constant__ FourBitSource weight,
@@ -201,7 +212,7 @@ __global__ void __launch_bounds__(kGemvThreads)
       float w[kGemvOutputsPerWarp][kValuesPerWord];
 #pragma unroll
       for (int f = 0; f < kGemvOutputsPerWarp; ++f) {
-        decode_word<C, W>(word_of(codes[f], word), absmax[f], code_values, w[f]);
+        decode_word<C, W, kProduct>(word_of(codes[f], word), absmax[f], code_values, w[f]);
       }
       const std::int64_t first_in = load * kValuesPerLoad + word * kValuesPerWord;
 #pragma unroll
@@ -244,12 +255,14 @@ __global__ void __launch_bounds__(kGemvThreads)
 // Each block owns kMmaOutputs = 16 output features (the M of mma.m16n8k16) and its kMmaWarps
 // warps split K: warp w takes steps w, w + kMmaWarps, … of kMmaStepValues = 128 inputs. In a step
 // lane (g, t) (g = lane / 4, t = lane % 4) reads 16 packed bytes, 32 values, of features g and
-// g + 8 at inputs [128·step + 32t, +32), decodes them in registers with the exact rounding of
-// weight_value, and feeds them to eight MMAs; the same lane supplies x[row g] at those inputs as
-// the B operand (rows >= `rows` are zeros). The MMA's k order is a permutation of the inputs, the
-// same for A and B, so the products are those of the reference; the tensor core sums them in f32.
-// The warps' partial sums meet in shared memory, in a fixed order, for the epilogue. The exact
-// decode's instructions per weight, not memory, bound it (BENCHMARKS.md, the kernel workbench).
+// g + 8 at inputs [128·step + 32t, +32), decodes them in registers (ExactDecode or ProductDecode,
+// below) and feeds them to eight MMAs; the same lane supplies x[row g] at those inputs as the B
+// operand (rows >= `rows` are zeros). The MMA's k order is a permutation of the inputs, the same
+// for A and B, so the products are those of the reference; the tensor core sums them in f32.
+// The warps' partial sums meet in shared memory, in a fixed order, for the epilogue. Instructions
+// per weight, not memory, bound it (BENCHMARKS.md, the kernel workbench): the exact decode's
+// f32 multiply per value costs about twice what the product decode's paired lookup and multiply
+// do.
 constexpr int kMmaWarps = 8;
 constexpr int kMmaOutputs = 16;
 constexpr int kMmaColumns = 8;
@@ -288,15 +301,76 @@ __device__ __forceinline__ float scaled_code(float code_value, float absmax) {
   return to_float(from_float<W>(product));
 }
 
-// Values (2j, 2j + 1) of packed byte j of `word`, as the matmul sees them, paired in C. Value 2j
-// is the high nibble.
+// The decoders of the tensor-core GEMV. Each has shared-memory Tables that load() fills (the
+// caller synchronises), a Scale made once per step from a block's absmax, and pair(), which
+// returns values (2j, 2j + 1) of packed byte j of `word` as the matmul sees them, paired in C
+// (value 2j, the high nibble, in the low half).
+//
+// ExactDecode: weight_value's rounding, two f32 multiplies per pair.
 template <typename C, typename W>
-__device__ __forceinline__ std::uint32_t decode_byte_pair(std::uint32_t word, int byte,
-                                                          float absmax, const float* code_values) {
-  const float first = code_values[(word >> (8 * byte + 4)) & 0xfu];
-  const float second = code_values[(word >> (8 * byte)) & 0xfu];
-  return pack_pair<C>(scaled_code<C, W>(first, absmax), scaled_code<C, W>(second, absmax));
+struct ExactDecode {
+  struct Tables {
+    float code_values[16];
+  };
+  using Scale = float;
+  static __device__ __forceinline__ void load(const FourBitTables& tables, Tables& shared) {
+    if (threadIdx.x < 16) shared.code_values[threadIdx.x] = tables.code_values[threadIdx.x];
+  }
+  static __device__ __forceinline__ Scale scale(float absmax) { return absmax; }
+  static __device__ __forceinline__ std::uint32_t pair(const Tables& shared, int /*lane*/,
+                                                       std::uint32_t word, int byte, Scale absmax) {
+    const float first = shared.code_values[(word >> (8 * byte + 4)) & 0xfu];
+    const float second = shared.code_values[(word >> (8 * byte)) & 0xfu];
+    return pack_pair<C>(scaled_code<C, W>(first, absmax), scaled_code<C, W>(second, absmax));
+  }
+};
+
+// The product of two pairs of C, each half rounded once, as C's own multiply.
+template <typename C>
+__device__ __forceinline__ std::uint32_t multiply_pairs(std::uint32_t a, std::uint32_t b) {
+  using Pair = std::conditional_t<std::is_same_v<C, __half>, __half2, __nv_bfloat162>;
+  Pair pa;
+  Pair pb;
+  std::memcpy(&pa, &a, sizeof(a));
+  std::memcpy(&pb, &b, sizeof(b));
+  const Pair product = __hmul2_rn(pa, pb);
+  std::uint32_t bits;
+  std::memcpy(&bits, &product, sizeof(bits));
+  return bits;
 }
+
+// ProductDecode (FourBitDecode::kBitsandbytes): round_C(round_C(code) · round_C(absmax)). One
+// lookup of the byte gives both codes, already paired in C, and one paired multiply scales them.
+// The table holds the 256 byte values' pairs once per lane (entry (byte, lane) at word
+// 32 · byte + lane), so that a warp's 32 lookups fall in 32 different banks.
+template <typename C>
+struct ProductDecode {
+  struct Tables {
+    alignas(16) std::uint32_t code_pairs[256 * kWarpSize];
+  };
+  using Scale = std::uint32_t;  // round_C(absmax), twice
+  // Thread i writes 16-byte chunk i, so that a warp's stores fill consecutive banks.
+  static __device__ __forceinline__ void load(const FourBitTables& tables, Tables& shared) {
+    constexpr int kChunksPerByte = kWarpSize / 4;
+    auto* chunks = reinterpret_cast<uint4*>(shared.code_pairs);
+    for (int i = static_cast<int>(threadIdx.x); i < 256 * kChunksPerByte;
+         i += static_cast<int>(blockDim.x)) {
+      const int byte = i / kChunksPerByte;
+      const std::uint32_t pair =
+          pack_pair<C>(tables.code_values[byte >> 4], tables.code_values[byte & 0xf]);
+      chunks[i] = make_uint4(pair, pair, pair, pair);
+    }
+  }
+  static __device__ __forceinline__ Scale scale(float absmax) {
+    return pack_pair<C>(absmax, absmax);
+  }
+  static __device__ __forceinline__ std::uint32_t pair(const Tables& shared, int lane,
+                                                       std::uint32_t word, int byte, Scale scale) {
+    const std::uint32_t codes =
+        shared.code_pairs[((word >> (8 * byte)) & 0xffu) * kWarpSize + lane];
+    return multiply_pairs<C>(codes, scale);
+  }
+};
 
 // x[0..32) of one row as pairs of C (16-byte aligned), or zeros for a row past the last.
 template <typename A, typename C>
@@ -363,9 +437,12 @@ __device__ __forceinline__ MmaStepInputs load_mma_step(const FourBitSource& weig
 }
 
 // sums += the products of one step: eight MMAs, each over 4 values of each feature per lane.
-template <typename C, typename W>
+template <typename C, typename Decoder>
 __device__ __forceinline__ void multiply_mma_step(const MmaStepInputs& inputs,
-                                                  const float* code_values, float (&sums)[4]) {
+                                                  const typename Decoder::Tables& tables, int lane,
+                                                  float (&sums)[4]) {
+  const typename Decoder::Scale low_scale = Decoder::scale(inputs.absmax_low);
+  const typename Decoder::Scale high_scale = Decoder::scale(inputs.absmax_high);
 #pragma unroll
   for (int j = 0; j < kMmaLaneValues / 4; ++j) {
     // Values [4j, 4j + 4): bytes 2j and 2j + 1 of the 16, in word j / 2.
@@ -373,29 +450,31 @@ __device__ __forceinline__ void multiply_mma_step(const MmaStepInputs& inputs,
     const std::uint32_t high = word_of(inputs.codes_high, j / 2);
     const int byte = 2 * (j % 2);
     // Fragment order: (g, k 2t..2t+1), (g + 8, k 2t..), (g, k 2t+8..), (g + 8, k 2t+8..).
-    const std::uint32_t a[4] = {
-        decode_byte_pair<C, W>(low, byte, inputs.absmax_low, code_values),
-        decode_byte_pair<C, W>(high, byte, inputs.absmax_high, code_values),
-        decode_byte_pair<C, W>(low, byte + 1, inputs.absmax_low, code_values),
-        decode_byte_pair<C, W>(high, byte + 1, inputs.absmax_high, code_values)};
+    const std::uint32_t a[4] = {Decoder::pair(tables, lane, low, byte, low_scale),
+                                Decoder::pair(tables, lane, high, byte, high_scale),
+                                Decoder::pair(tables, lane, low, byte + 1, low_scale),
+                                Decoder::pair(tables, lane, high, byte + 1, high_scale)};
     mma_16x8x16<C>(sums, a, inputs.x_pairs[2 * j], inputs.x_pairs[2 * j + 1]);
   }
 }
 
 // y[rows, out] = x[rows, in] · Wᵀ (+ bias[out]) for rows <= kMmaColumns, in a multiple of
 // kMmaStepValues, x and the packed weight 16-byte aligned. Block b computes features
-// [16b, 16b + 16) ∩ [0, out).
-template <typename A, typename C, typename W>
+// [16b, 16b + 16) ∩ [0, out). (Persistent blocks, each looping over several groups of features
+// with its tables loaded once, measured slower: fewer blocks balance worse at the tail.)
+template <typename A, typename C, typename Decoder>
 __global__ void __launch_bounds__(kMmaWarps* kWarpSize)
     linear_4bit_mma_gemv_kernel(const A* __restrict__ x,
                                 const __grid_constant__ FourBitSource weight,
                                 const __grid_constant__ FourBitTables tables,
                                 const A* __restrict__ bias, int rows, std::int64_t in,
                                 std::int64_t out, A* __restrict__ y) {
-  __shared__ float code_values[16];
+  __shared__ typename Decoder::Tables decode_tables;
   __shared__ float absmax_map[256];
   __shared__ float partial_sums[kMmaWarps][kMmaOutputs][kMmaColumns];
-  load_tables(tables, code_values, absmax_map);
+  load_absmax_map(tables, absmax_map);
+  Decoder::load(tables, decode_tables);
+  __syncthreads();
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
@@ -419,7 +498,7 @@ __global__ void __launch_bounds__(kMmaWarps* kWarpSize)
     for (std::int64_t step = warp; step < steps; step += kMmaWarps) {
       // The next step's loads go out before this step's arithmetic, so memory stays busy.
       const MmaStepInputs next = step + kMmaWarps < steps ? load(step + kMmaWarps) : current;
-      multiply_mma_step<C, W>(current, code_values, sums);
+      multiply_mma_step<C, Decoder>(current, decode_tables, lane, sums);
       current = next;
     }
   }
@@ -443,7 +522,7 @@ __global__ void __launch_bounds__(kMmaWarps* kWarpSize)
 
 // output [words · 8] = the weight values [first_value, first_value + words · 8) as the matmul
 // sees them, in the compute dtype C. first_value is a multiple of 32; output 16-byte aligned.
-template <typename C, typename W>
+template <typename C, typename W, bool kProduct>
 __global__ void __launch_bounds__(kDequantizeThreads)
     dequantize_4bit_rows_kernel(const __grid_constant__ FourBitSource weight,
                                 const __grid_constant__ FourBitTables tables,
@@ -461,8 +540,9 @@ __global__ void __launch_bounds__(kDequantizeThreads)
                                   ? __ldcs(reinterpret_cast<const std::uint32_t*>(bytes))
                                   : load_word_bytes(bytes);
   float values[kValuesPerWord];
-  decode_word<C, W>(codes, block_absmax(weight, value >> weight.log2_block_size, absmax_map),
-                    code_values, values);
+  decode_word<C, W, kProduct>(codes,
+                              block_absmax(weight, value >> weight.log2_block_size, absmax_map),
+                              code_values, values);
   store_8_values(output + word * kValuesPerWord, values);
 }
 
@@ -524,6 +604,7 @@ struct FourBitCall {
   DType compute_dtype;
   void* y;  // [rows, out] of dtype
   DType dtype;
+  bool product_decode;  // takes_4bit_product_decode
   cudaStream_t stream;
 };
 
@@ -537,6 +618,17 @@ cudaError_t visit_4bit_types(const FourBitCall& call, Body&& body) {
       return call.dtype == DType::kF32 ? body(float{}, C{}, W{}) : body(__nv_bfloat16{}, C{}, W{});
     });
   });
+}
+
+// Calls body(std::bool_constant<call.product_decode>{}), the product decode only with a 16-bit
+// compute dtype C (takes_4bit_product_decode), so that no kernel instantiates it for f32.
+template <typename C, typename Body>
+cudaError_t visit_decode(const FourBitCall& call, Body&& body) {
+  if constexpr (std::is_same_v<C, float>) {
+    return body(std::false_type{});
+  } else {
+    return call.product_decode ? body(std::true_type{}) : body(std::false_type{});
+  }
 }
 
 bool tensor_core_gemv_applies(const FourBitCall& call) {
@@ -554,12 +646,16 @@ cudaError_t launch_tensor_core_gemv(const FourBitCall& call) {
     if constexpr (std::is_same_v<C, float>) {
       return cudaErrorInvalidValue;  // excluded by tensor_core_gemv_applies
     } else {
-      linear_4bit_mma_gemv_kernel<A, C, decltype(w)>
-          <<<static_cast<unsigned>(blocks), kMmaWarps * kWarpSize, 0, call.stream>>>(
-              static_cast<const A*>(call.x), call.weight, call.tables,
-              static_cast<const A*>(call.bias), static_cast<int>(call.rows), call.in, call.out,
-              static_cast<A*>(call.y));
-      return cudaGetLastError();
+      return visit_decode<C>(call, [&](auto product) {
+        using Decoder = std::conditional_t<decltype(product)::value, ProductDecode<C>,
+                                           ExactDecode<C, decltype(w)>>;
+        linear_4bit_mma_gemv_kernel<A, C, Decoder>
+            <<<static_cast<unsigned>(blocks), kMmaWarps * kWarpSize, 0, call.stream>>>(
+                static_cast<const A*>(call.x), call.weight, call.tables,
+                static_cast<const A*>(call.bias), static_cast<int>(call.rows), call.in, call.out,
+                static_cast<A*>(call.y));
+        return cudaGetLastError();
+      });
     }
   });
 }
@@ -570,11 +666,15 @@ cudaError_t launch_gemv(const FourBitCall& call) {
   if (blocks == 0) return cudaErrorInvalidValue;
   return visit_4bit_types(call, [&](auto a, auto c, auto w) {
     using A = decltype(a);
-    linear_4bit_gemv_kernel<A, decltype(c), decltype(w)><<<blocks, kGemvThreads, 0, call.stream>>>(
-        static_cast<const A*>(call.x), is_aligned_16(call.x), call.weight, call.tables,
-        static_cast<const A*>(call.bias), static_cast<int>(call.rows), call.in, call.out,
-        static_cast<A*>(call.y));
-    return cudaGetLastError();
+    using C = decltype(c);
+    return visit_decode<C>(call, [&](auto product) {
+      linear_4bit_gemv_kernel<A, C, decltype(w), decltype(product)::value>
+          <<<blocks, kGemvThreads, 0, call.stream>>>(
+              static_cast<const A*>(call.x), is_aligned_16(call.x), call.weight, call.tables,
+              static_cast<const A*>(call.bias), static_cast<int>(call.rows), call.in, call.out,
+              static_cast<A*>(call.y));
+      return cudaGetLastError();
+    });
   });
 }
 
@@ -586,9 +686,12 @@ cudaError_t dequantize_rows(const FourBitCall& call, std::int64_t first_out, std
   if (blocks == 0) return cudaErrorInvalidValue;
   return visit_4bit_types(call, [&](auto, auto c, auto w) {
     using C = decltype(c);
-    dequantize_4bit_rows_kernel<C, decltype(w)><<<blocks, kDequantizeThreads, 0, call.stream>>>(
-        call.weight, call.tables, first_out * call.in, words, static_cast<C*>(weight_chunk));
-    return cudaGetLastError();
+    return visit_decode<C>(call, [&](auto product) {
+      dequantize_4bit_rows_kernel<C, decltype(w), decltype(product)::value>
+          <<<blocks, kDequantizeThreads, 0, call.stream>>>(
+              call.weight, call.tables, first_out * call.in, words, static_cast<C*>(weight_chunk));
+      return cudaGetLastError();
+    });
   });
 }
 
@@ -725,7 +828,8 @@ cudaError_t finish_linear_rows(const float* sums, std::int64_t rows, std::int64_
 
 Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDevice& weight,
                    const void* bias, std::int64_t rows, std::int64_t in, std::int64_t out,
-                   DType compute_dtype, void* y, DType dtype, Linear4bitKernel kernel) {
+                   DType compute_dtype, void* y, DType dtype, cpu::FourBitDecode decode,
+                   Linear4bitKernel kernel) {
   KBIT_RETURN_IF_ERROR(check_4bit_call(x, weight, rows, in, out, compute_dtype, y, dtype));
   if (rows == 0) return ok_status();
   const FourBitSource source{weight.packed,
@@ -735,9 +839,19 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
                              weight.nested_offset,
                              log2_of(weight.block_size),
                              is_aligned_16(weight.packed)};
-  const FourBitCall call{
-      x, source, make_tables(weight.type), weight.weight_dtype, bias, rows, in, out, compute_dtype,
-      y, dtype,  context.stream()};
+  const FourBitCall call{x,
+                         source,
+                         make_tables(weight.type),
+                         weight.weight_dtype,
+                         bias,
+                         rows,
+                         in,
+                         out,
+                         compute_dtype,
+                         y,
+                         dtype,
+                         cpu::takes_4bit_product_decode(decode, rows, compute_dtype),
+                         context.stream()};
   if (kernel == Linear4bitKernel::kAuto) {
     kernel = tensor_core_gemv_applies(call)   ? Linear4bitKernel::kTensorCoreGemv
              : rows <= kLinear4bitGemvMaxRows ? Linear4bitKernel::kGemv

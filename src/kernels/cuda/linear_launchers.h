@@ -28,6 +28,7 @@
 #include "kbit/core/dtype.h"
 #include "kbit/core/status.h"
 #include "kbit/quant/blockwise_4bit.h"
+#include "kernels/cpu/quantized_linear.h"
 
 namespace kbit::kernels::cuda {
 
@@ -102,7 +103,8 @@ struct FourBitWeightDevice {
 };
 
 // As Linear4bitJob (kernels/cpu/quantized_linear.h) with compute dtype `compute_dtype` (f32,
-// f16 or bf16), then the result rounded to `dtype` (Linear4bit casts back to the input's dtype).
+// f16 or bf16) and weight decode `decode`, then the result rounded to `dtype` (Linear4bit casts
+// back to the input's dtype). Every kernel honours the decode.
 // Layouts: those of is_supported_4bit_layout, and in a multiple of 32. No pointer needs any
 // alignment beyond its element's (16-byte aligned x and packed take vector loads).
 //
@@ -118,6 +120,7 @@ enum class Linear4bitKernel { kAuto, kTensorCoreGemv, kGemv, kManyRows };
 Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDevice& weight,
                    const void* bias, std::int64_t rows, std::int64_t in, std::int64_t out,
                    DType compute_dtype, void* y, DType dtype,
+                   cpu::FourBitDecode decode = cpu::FourBitDecode::kExact,
                    Linear4bitKernel kernel = Linear4bitKernel::kAuto);
 
 // ---- int8 ---------------------------------------------------------------------------------------

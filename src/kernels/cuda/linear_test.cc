@@ -39,6 +39,7 @@
 namespace kbit::kernels::cuda {
 namespace {
 
+using cpu::FourBitDecode;
 using quant::FourBitType;
 
 // ---- Plumbing. Failures throw; GoogleTest reports them as test failures.
@@ -458,14 +459,10 @@ bool kernel_applies(const FourBitCase& c, Linear4bitKernel kernel) {
   return true;
 }
 
-void check_4bit_case(const FourBitCase& c, std::uint64_t seed) {
-  const HostFourBitWeight weight = quantize_weight(c, seed);
-  const Tensor x_host = random_host({c.rows, c.in}, c.dtype, seed + 1, 1.0f);
-  const Tensor bias_host = random_host({c.out}, c.dtype, seed + 2, 0.5f);
-  const std::vector<float> x = values_of(x_host.view());
-  const std::vector<float> bias = c.bias ? values_of(bias_host.view()) : std::vector<float>{};
-
-  // The reference, then the cast back to the activation dtype that Linear4bit does.
+// The reference, then the cast back to the activation dtype that Linear4bit does.
+std::vector<float> expected_4bit_output(const FourBitCase& c, const HostFourBitWeight& weight,
+                                        const std::vector<float>& x, const std::vector<float>& bias,
+                                        FourBitDecode decode) {
   std::vector<float> expected(static_cast<std::size_t>(c.rows * c.out));
   const cpu::Linear4bitJob job{x.data(),
                                reference_weight(c, weight),
@@ -474,11 +471,20 @@ void check_4bit_case(const FourBitCase& c, std::uint64_t seed) {
                                c.in,
                                c.out,
                                c.compute_dtype,
-                               expected.data()};
+                               expected.data(),
+                               decode};
   parallel_ranges(c.out, [&](std::int64_t first, std::int64_t end) {
     cpu::linear_4bit_reference(job, first, end);
   });
-  expected = rounded_all(c.dtype, std::move(expected));
+  return rounded_all(c.dtype, std::move(expected));
+}
+
+void check_4bit_case(const FourBitCase& c, std::uint64_t seed) {
+  const HostFourBitWeight weight = quantize_weight(c, seed);
+  const Tensor x_host = random_host({c.rows, c.in}, c.dtype, seed + 1, 1.0f);
+  const Tensor bias_host = random_host({c.out}, c.dtype, seed + 2, 0.5f);
+  const std::vector<float> x = values_of(x_host.view());
+  const std::vector<float> bias = c.bias ? values_of(bias_host.view()) : std::vector<float>{};
   const std::vector<float> sums = abs_sums(rounded_all(c.compute_dtype, x), weight.matmul_values,
                                            rounded_all(c.compute_dtype, bias), c.rows, c.in, c.out);
 
@@ -493,20 +499,28 @@ void check_4bit_case(const FourBitCase& c, std::uint64_t seed) {
       static_cast<const char*>(upload(x_host.view(), c.misaligned ? element : 0, x_storage));
   const void* bias_device = c.bias ? upload(bias_host.view(), 0, bias_storage) : nullptr;
   const std::vector<DType> roundings{c.compute_dtype, c.dtype};
-  std::vector<float> actual;
-  for (const Linear4bitKernel kernel : kFourBitKernels) {
-    const std::string what = describe(c) + ", kernel " + kernel_name(kernel);
-    Tensor y = poisoned_device({c.rows, c.out}, c.dtype);
-    const Status status = linear_4bit(*context, x_device, device.view, bias_device, c.rows, c.in,
-                                      c.out, c.compute_dtype, y.view().data(), c.dtype, kernel);
-    if (!kernel_applies(c, kernel)) {
-      EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << what;
-      continue;
+  std::vector<float> actual;  // the exact decode's, of kAuto (the last kernel)
+  for (const FourBitDecode decode : {FourBitDecode::kExact, FourBitDecode::kBitsandbytes}) {
+    const std::vector<float> expected = expected_4bit_output(c, weight, x, bias, decode);
+    for (const Linear4bitKernel kernel : kFourBitKernels) {
+      const std::string what = describe(c) + ", kernel " + kernel_name(kernel) + ", " +
+                               (decode == FourBitDecode::kExact ? "exact" : "bitsandbytes") +
+                               " decode";
+      Tensor y = poisoned_device({c.rows, c.out}, c.dtype);
+      const Status status =
+          linear_4bit(*context, x_device, device.view, bias_device, c.rows, c.in, c.out,
+                      c.compute_dtype, y.view().data(), c.dtype, decode, kernel);
+      if (!kernel_applies(c, kernel)) {
+        EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << what;
+        continue;
+      }
+      check(status);
+      stream.synchronize();
+      const std::vector<float> output = download(y);
+      EXPECT_EQ(count_mismatches({c.rows, c.in, c.out, roundings}, expected, output, sums, what),
+                0);
+      if (decode == FourBitDecode::kExact) actual = output;
     }
-    check(status);
-    stream.synchronize();
-    actual = download(y);
-    EXPECT_EQ(count_mismatches({c.rows, c.in, c.out, roundings}, expected, actual, sums, what), 0);
   }
   if (c.rows <= kLinear4bitGemvMaxRows) return;
 

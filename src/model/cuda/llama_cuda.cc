@@ -99,8 +99,10 @@ struct CudaLlama::Impl {
             nested ? w.nested_absmax().data_as<const float>() : nullptr,
             nested ? state.nested->offset : 0.0f,
             state.dtype};
+        // Decode steps decode the weights as bitsandbytes' batch-1 kernel does.
         return kc::linear_4bit(*s.linear, x, weight, bias, rows, w.in_features(), w.out_features(),
-                               numerics.compute_dtype, y, dtype());
+                               numerics.compute_dtype, y, dtype(),
+                               kernels::cpu::FourBitDecode::kBitsandbytes);
       }
       case LinearFormat::kInt8: {
         const kc::Int8WeightDevice weight{w.codes().data_as<const std::int8_t>(),
