@@ -159,9 +159,8 @@ struct FourBitData {
                          weight_dtype};
   }
 
-  // What quant::dequantize_4bit makes of the weight, in its dtype (the nested absmax
-  // reconstructed by quant::dequantize_absmax_nested): an independent path to the values.
-  std::vector<float> dequantized() const {
+  // The blocks' absmax, reconstructed by quant::dequantize_absmax_nested where nested.
+  std::vector<float> block_absmax() const {
     std::vector<float> used = absmax;
     if (nested) {
       const auto blocks = static_cast<std::int64_t>(absmax.size());
@@ -173,6 +172,28 @@ struct FourBitData {
               offset, TensorView(used.data(), DType::kF32, Shape{blocks}))
               .ok());
     }
+    return used;
+  }
+
+  // The values as bitsandbytes' batch-1 CUDA kernel takes them in compute dtype C:
+  // C(C(code value) · C(absmax)), the product exact in double before its one rounding.
+  std::vector<float> product_decoded(DType compute) const {
+    const std::vector<float> used = block_absmax();
+    const auto& code_values = type == FourBitType::kNf4 ? quant::kNf4Values : quant::kFp4Values;
+    std::vector<float> out(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::uint8_t byte = packed[static_cast<std::size_t>(i / 2)];
+      const double code = round_to(compute, code_values[i % 2 == 0 ? byte >> 4 : byte & 0xf]);
+      const double scale = round_to(compute, used[static_cast<std::size_t>(i / block_size)]);
+      out[static_cast<std::size_t>(i)] = round_to(compute, static_cast<float>(code * scale));
+    }
+    return out;
+  }
+
+  // What quant::dequantize_4bit makes of the weight, in its dtype (the nested absmax
+  // reconstructed by quant::dequantize_absmax_nested): an independent path to the values.
+  std::vector<float> dequantized() const {
+    std::vector<float> used = block_absmax();
     std::vector<float> out(static_cast<std::size_t>(n));
     EXPECT_TRUE(
         quant::dequantize_4bit(
@@ -252,12 +273,14 @@ struct FourBitCase {
   std::int64_t in;
   std::int64_t out;
   bool bias;
+  FourBitDecode decode = FourBitDecode::kExact;
 
   std::string name() const {
     return std::string(quant::four_bit_type_name(type)) + (nested ? "_dq" : "") + " block " +
            std::to_string(block_size) + " weight " + std::string(dtype_name(weight_dtype)) +
            " compute " + std::string(dtype_name(compute_dtype)) + " rows " + std::to_string(rows) +
-           " in " + std::to_string(in) + " out " + std::to_string(out) + (bias ? " bias" : "");
+           " in " + std::to_string(in) + " out " + std::to_string(out) + (bias ? " bias" : "") +
+           (decode == FourBitDecode::kBitsandbytes ? " bitsandbytes decode" : "");
   }
 };
 
@@ -299,11 +322,14 @@ class FourBitProblem {
                          case_.in,
                          case_.out,
                          case_.compute_dtype,
-                         y};
+                         y,
+                         case_.decode};
   }
 
   BoundCheck expectation() const {
-    std::vector<float> w = data_.dequantized();
+    std::vector<float> w = takes_4bit_product_decode(case_.decode, case_.rows, case_.compute_dtype)
+                               ? data_.product_decoded(case_.compute_dtype)
+                               : data_.dequantized();
     for (float& v : w) v = round_to(case_.compute_dtype, v);
     std::vector<float> x = x_;
     for (float& v : x) v = round_to(case_.compute_dtype, v);
@@ -448,6 +474,32 @@ TEST(Linear4bitTest, RowsShorterThanAChunkRunTheReference) {
     check_four_bit_case(
         FourBitCase{FourBitType::kNf4, 64, true, DType::kBF16, DType::kBF16, rows, 16, 21, true},
         7);
+  }
+}
+
+// bitsandbytes' decode: its batch-1 kernel's values for up to kFourBitProductDecodeMaxRows rows
+// with a 16-bit compute dtype, the exact ones otherwise; the op runs the reference for it.
+TEST(Linear4bitTest, BitsandbytesDecodeAgainstFloat64) {
+  EXPECT_TRUE(takes_4bit_product_decode(FourBitDecode::kBitsandbytes, 8, DType::kBF16));
+  EXPECT_TRUE(takes_4bit_product_decode(FourBitDecode::kBitsandbytes, 1, DType::kF16));
+  EXPECT_FALSE(takes_4bit_product_decode(FourBitDecode::kBitsandbytes, 9, DType::kBF16));
+  EXPECT_FALSE(takes_4bit_product_decode(FourBitDecode::kBitsandbytes, 1, DType::kF32));
+  EXPECT_FALSE(takes_4bit_product_decode(FourBitDecode::kExact, 1, DType::kBF16));
+  std::uint64_t seed = 95000;
+  for (const FourBitType type : {FourBitType::kNf4, FourBitType::kFp4}) {
+    for (const bool nested : {false, true}) {
+      for (const DType compute : kFloatTypes) {
+        for (const std::int64_t rows : {1, 8, 9}) {
+          FourBitCase c{type, 64, nested, DType::kBF16, compute, rows, 256, 37, true};
+          c.decode = FourBitDecode::kBitsandbytes;
+          SCOPED_TRACE(c.name());
+          const FourBitProblem problem(c, ++seed, false);
+          const BoundCheck expected = problem.expectation();
+          expected.expect_within(problem.run_reference(), "reference");
+          expected.expect_within(problem.run_op(), "linear_4bit_op");
+        }
+      }
+    }
   }
 }
 
