@@ -61,6 +61,10 @@ struct RopeAppendJob {
   // Rows of the cache: a token whose position falls outside them is neither rotated nor
   // written (the host checks positions first; this keeps a bad one from writing out of bounds).
   std::int64_t capacity;
+  // Several sequences at once: the tokens are `sequences` runs of tokens / sequences, run b at
+  // positions *first_position + i and its cache rows beginning at row b · capacity of k_cache
+  // and v_cache (which then hold [sequences, capacity, kv_heads, head_dim]).
+  std::int64_t sequences = 1;
 };
 cudaError_t rope_append_kv(const RopeAppendJob& job, cudaStream_t stream);
 
@@ -70,8 +74,11 @@ cudaError_t rope_append_kv(const RopeAppendJob& job, cudaStream_t stream);
 // output rounded to bf16. `capacity` (the cache's rows) bounds the positions and sizes the
 // grid, so that the launch shape does not depend on the position. A batch of one token (decode)
 // splits the keys over several blocks and combines their partial softmaxes (flash-decoding);
-// more tokens run a tiled kernel. cudaErrorInvalidValue unless 0 < head_dim <= 256 is a multiple
-// of 8, kv_heads divides heads <= 65535, capacity > 0 and, for one token, workspace is set.
+// more tokens run a tiled kernel. Decode takes several sequences in one call (`sequences`): q and
+// out then hold [sequences, heads, head_dim], the caches [sequences, capacity, kv_heads,
+// head_dim], every sequence at *first_position. cudaErrorInvalidValue unless 0 < head_dim <= 256
+// is a multiple of 8, kv_heads divides heads <= 65535, capacity > 0, for one token workspace is
+// set, and 1 <= sequences <= 65535 with one token per sequence where sequences > 1.
 struct AttentionJob {
   const void* q;        // [tokens, heads, head_dim], rotated
   const void* k_cache;  // [capacity, kv_heads, head_dim]
@@ -87,12 +94,14 @@ struct AttentionJob {
   void* out;  // [tokens, heads, head_dim]
   DType dtype;
   float* workspace;  // attention_workspace_floats(...) floats
+  std::int64_t sequences = 1;
 };
-// The decode partials, heads × ceil(capacity / 256) × (head_dim + 2) floats; the tiled kernel
-// needs none. `tokens` does not change it: a call with one token takes the decode path however
-// many tokens the workspace was sized for.
+// The decode partials, sequences × heads × ceil(capacity / 256) × (head_dim + 2) floats; the
+// tiled kernel needs none. `tokens` does not change it: a call with one token takes the decode
+// path however many tokens the workspace was sized for.
 std::size_t attention_workspace_floats(std::int64_t tokens, std::int64_t heads,
-                                       std::int64_t head_dim, std::int64_t capacity);
+                                       std::int64_t head_dim, std::int64_t capacity,
+                                       std::int64_t sequences = 1);
 cudaError_t attention(const AttentionJob& job, cudaStream_t stream);
 
 // gate[i] = silu(gate[i]) · up[i], i in [0, count); bf16: silu's result and the product rounded.

@@ -281,8 +281,10 @@ __global__ void __launch_bounds__(kRopeThreads) rope_append_kv_kernel(const Rope
   __shared__ float cos_of[kMaxHeadDim / 2];
   __shared__ float sin_of[kMaxHeadDim / 2];
   const std::int64_t t = blockIdx.x;
-  const std::int64_t position = static_cast<std::int64_t>(*job.first_position) + t;
+  const std::int64_t per_sequence = job.tokens / job.sequences;
+  const std::int64_t position = static_cast<std::int64_t>(*job.first_position) + t % per_sequence;
   if (position < 0 || position >= job.capacity) return;  // the whole block: no barrier is skipped
+  const std::int64_t cache_row = t / per_sequence * job.capacity + position;
   const int head_dim = static_cast<int>(job.head_dim);
   const int half = head_dim / 2;
   const int heads = static_cast<int>(job.heads);
@@ -300,7 +302,7 @@ __global__ void __launch_bounds__(kRopeThreads) rope_append_kv_kernel(const Rope
 
   T* q = static_cast<T*>(job.q) + t * heads * head_dim;
   const T* k = static_cast<const T*>(job.k) + t * kv_heads * head_dim;
-  T* k_row = static_cast<T*>(job.k_cache) + position * kv_heads * head_dim;
+  T* k_row = static_cast<T*>(job.k_cache) + cache_row * kv_heads * head_dim;
   for (int pair = threadIdx.x; pair < (heads + kv_heads) * half; pair += blockDim.x) {
     const int head = pair / half;
     const int i = pair % half;
@@ -318,7 +320,7 @@ __global__ void __launch_bounds__(kRopeThreads) rope_append_kv_kernel(const Rope
   }
 
   const T* v = static_cast<const T*>(job.v) + t * kv_heads * head_dim;
-  T* v_row = static_cast<T*>(job.v_cache) + position * kv_heads * head_dim;
+  T* v_row = static_cast<T*>(job.v_cache) + cache_row * kv_heads * head_dim;
   for (int i = threadIdx.x; i < kv_heads * head_dim; i += blockDim.x) v_row[i] = v[i];
 }
 
@@ -337,9 +339,10 @@ __device__ __forceinline__ KeyRange key_range(std::int64_t position, std::int64_
   return {first, min(position, capacity - 1)};
 }
 
-// The decode partial of chunk blockIdx.x of head blockIdx.y: workspace [heads, chunks,
-// 2 + head_dim] holds m, l, acc[head_dim]. With bf16, exp(s − m) is rounded before it
-// multiplies V (the chunk max stands in for the global max of attention_reference).
+// The decode partial of chunk blockIdx.x of head blockIdx.y of sequence blockIdx.z: workspace
+// [sequences, heads, chunks, 2 + head_dim] holds m, l, acc[head_dim]. With bf16, exp(s − m) is
+// rounded before it multiplies V (the chunk max stands in for the global max of
+// attention_reference).
 template <typename T>
 __global__ void __launch_bounds__(kDecodeThreads)
     attention_decode_chunk_kernel(const AttentionJob job, bool aligned) {
@@ -347,6 +350,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   __shared__ float warp_partials[kDecodeWarps];
   const std::int64_t chunk = blockIdx.x;
   const std::int64_t head = blockIdx.y;
+  const std::int64_t sequence = blockIdx.z;
   const KeyRange range = key_range(*job.first_position, job.window, job.capacity);
   const std::int64_t first = max(range.first, chunk * kDecodeChunk);
   const std::int64_t last = min(range.last, chunk * kDecodeChunk + kDecodeChunk - 1);
@@ -355,8 +359,10 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const int head_dim = static_cast<int>(job.head_dim);
   const std::int64_t kv_head = head / (job.heads / job.kv_heads);
   const std::int64_t key_stride = job.kv_heads * head_dim;
-  const T* k_cache = static_cast<const T*>(job.k_cache) + kv_head * head_dim;
-  const T* v_cache = static_cast<const T*>(job.v_cache) + kv_head * head_dim;
+  const std::int64_t cache_offset = sequence * job.capacity * key_stride + kv_head * head_dim;
+  const T* k_cache = static_cast<const T*>(job.k_cache) + cache_offset;
+  const T* v_cache = static_cast<const T*>(job.v_cache) + cache_offset;
+  const std::int64_t query = sequence * job.heads + head;
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
 
@@ -364,7 +370,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const bool lane_has_slice = lane * kChunk < head_dim;
   float q[kChunk] = {};
   if (lane_has_slice) {
-    load_chunk(static_cast<const T*>(job.q) + head * head_dim + lane * kChunk, aligned, q);
+    load_chunk(static_cast<const T*>(job.q) + query * head_dim + lane * kChunk, aligned, q);
   }
   float local_max = -INFINITY;
   for (std::int64_t j = first + warp; j <= last; j += kDecodeWarps) {
@@ -388,7 +394,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   }
   const float sum = block_reduce(local_sum, Sum{}, warp_partials);
 
-  float* partial = job.workspace + (head * gridDim.x + chunk) * (2 + head_dim);
+  float* partial = job.workspace + (query * gridDim.x + chunk) * (2 + head_dim);
   for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
     const T* v = v_cache + first * key_stride + i;
     float acc = 0.0f;
@@ -403,15 +409,16 @@ __global__ void __launch_bounds__(kDecodeThreads)
   }
 }
 
-// out row of head blockIdx.x = Σ acc·exp(m − M) / Σ l·exp(m − M) over the chunks in the valid
-// range, M their largest m; the division as attention_reference: times 1 / total.
+// out row of head blockIdx.x of sequence blockIdx.y = Σ acc·exp(m − M) / Σ l·exp(m − M) over the
+// chunks in the valid range, M their largest m; the division as attention_reference: times
+// 1 / total.
 template <typename T>
 __global__ void __launch_bounds__(kCombineThreads)
     attention_decode_combine_kernel(const AttentionJob job, std::int64_t chunks) {
   __shared__ float warp_partials[kCombineThreads / kWarpSize];
-  const std::int64_t head = blockIdx.x;
+  const std::int64_t query = static_cast<std::int64_t>(blockIdx.y) * job.heads + blockIdx.x;
   const int head_dim = static_cast<int>(job.head_dim);
-  T* out = static_cast<T*>(job.out) + head * head_dim;
+  T* out = static_cast<T*>(job.out) + query * head_dim;
   const KeyRange range = key_range(*job.first_position, job.window, job.capacity);
   if (range.last < range.first) {
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) out[i] = from_float<T>(0.0f);
@@ -420,7 +427,7 @@ __global__ void __launch_bounds__(kCombineThreads)
   const std::int64_t first_chunk = range.first / kDecodeChunk;
   const std::int64_t last_chunk = range.last / kDecodeChunk;
   const std::int64_t partial_size = 2 + head_dim;
-  const float* partials = job.workspace + head * chunks * partial_size;
+  const float* partials = job.workspace + query * chunks * partial_size;
 
   float local_max = -INFINITY;
   for (std::int64_t c = first_chunk + threadIdx.x; c <= last_chunk; c += blockDim.x) {
@@ -632,12 +639,15 @@ cudaError_t launch_update(void* a, const void* b, std::int64_t count, Op op, cud
 template <typename T>
 cudaError_t launch_decode(const AttentionJob& job, bool aligned, cudaStream_t stream) {
   const std::int64_t chunks = decode_chunks(job.capacity);
-  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(job.heads));
-  attention_decode_chunk_kernel<T><<<grid, kDecodeThreads, 0, stream>>>(job, aligned);
+  const auto heads = static_cast<unsigned>(job.heads);
+  const auto sequences = static_cast<unsigned>(job.sequences);
+  attention_decode_chunk_kernel<T>
+      <<<dim3(static_cast<unsigned>(chunks), heads, sequences), kDecodeThreads, 0, stream>>>(
+          job, aligned);
   const cudaError_t error = cudaGetLastError();
   if (error != cudaSuccess) return error;
   attention_decode_combine_kernel<T>
-      <<<static_cast<unsigned>(job.heads), kCombineThreads, 0, stream>>>(job, chunks);
+      <<<dim3(heads, sequences), kCombineThreads, 0, stream>>>(job, chunks);
   return cudaGetLastError();
 }
 
@@ -669,7 +679,8 @@ bool valid_attention_job(const AttentionJob& job) {
   return job.tokens >= 0 && job.heads > 0 && job.kv_heads > 0 && job.heads % job.kv_heads == 0 &&
          job.heads <= 65535 && job.head_dim > 0 && job.head_dim <= kMaxHeadDim &&
          job.head_dim % kChunk == 0 && job.capacity > 0 && job.window >= 0 &&
-         (job.tokens != 1 || job.workspace != nullptr);
+         (job.tokens != 1 || job.workspace != nullptr) && job.sequences >= 1 &&
+         job.sequences <= 65535 && (job.sequences == 1 || job.tokens == 1);
 }
 
 }  // namespace
@@ -736,7 +747,8 @@ cudaError_t add_residual(void* hidden, const void* delta, std::int64_t count, DT
 cudaError_t rope_append_kv(const RopeAppendJob& job, cudaStream_t stream) {
   if (job.tokens < 0 || job.heads <= 0 || job.kv_heads <= 0 || job.head_dim <= 0 ||
       job.head_dim % 2 != 0 || job.head_dim > kMaxHeadDim || job.tokens > INT32_MAX ||
-      (job.heads + job.kv_heads) * job.head_dim > INT32_MAX) {
+      (job.heads + job.kv_heads) * job.head_dim > INT32_MAX || job.sequences < 1 ||
+      job.tokens % job.sequences != 0) {
     return cudaErrorInvalidValue;
   }
   if (job.tokens == 0) return cudaSuccess;
@@ -748,9 +760,10 @@ cudaError_t rope_append_kv(const RopeAppendJob& job, cudaStream_t stream) {
 }
 
 std::size_t attention_workspace_floats(std::int64_t /*tokens*/, std::int64_t heads,
-                                       std::int64_t head_dim, std::int64_t capacity) {
-  if (heads <= 0 || head_dim <= 0 || capacity <= 0) return 0;
-  return static_cast<std::size_t>(heads * decode_chunks(capacity) * (2 + head_dim));
+                                       std::int64_t head_dim, std::int64_t capacity,
+                                       std::int64_t sequences) {
+  if (heads <= 0 || head_dim <= 0 || capacity <= 0 || sequences <= 0) return 0;
+  return static_cast<std::size_t>(sequences * heads * decode_chunks(capacity) * (2 + head_dim));
 }
 
 cudaError_t attention(const AttentionJob& job, cudaStream_t stream) {

@@ -736,6 +736,99 @@ void expect_attention_matches(const AttentionCase& c, const AttentionData& data,
                1.0, c.describe(dtype));
 }
 
+std::vector<float> slice(const std::vector<float>& values, std::int64_t first, std::int64_t count) {
+  return std::vector<float>(values.begin() + first, values.begin() + first + count);
+}
+
+// The decode of several sequences in one call each (RoPE with the cache append, then attention),
+// as the model's batched decode step makes them: every sequence gets the bits it gets alone.
+TEST(CudaLlamaOps, BatchedDecodeEqualsEachSequenceAlone) {
+  KBIT_REQUIRE_CUDA();
+  constexpr std::int64_t kSequences = 3;
+  constexpr std::int64_t kHeads = 8;
+  constexpr std::int64_t kKvHeads = 2;
+  constexpr std::int64_t kHeadDim = 64;
+  constexpr std::int64_t kCapacity = 600;  // three chunks of keys, the last partly used
+  constexpr std::int64_t kQRow = kHeads * kHeadDim;
+  constexpr std::int64_t kKvRow = kKvHeads * kHeadDim;
+  constexpr std::int64_t kCache = kCapacity * kKvRow;
+  const DeviceArray inv_freq(inverse_frequencies(kHeadDim), DType::kF32);
+  for (const DType dtype : {DType::kF32, DType::kBF16}) {
+    for (const std::int32_t position : {0, 517}) {
+      const std::vector<float> q = random_values(kSequences * kQRow, 70, dtype);
+      const std::vector<float> k = random_values(kSequences * kKvRow, 71, dtype);
+      const std::vector<float> v = random_values(kSequences * kKvRow, 72, dtype);
+      const std::vector<float> k_cache = random_values(kSequences * kCache, 73, dtype);
+      const std::vector<float> v_cache = random_values(kSequences * kCache, 74, dtype);
+      const DeviceArray device_position(std::vector<std::int32_t>{position});
+      // Sequences [first, first + count) in one call: their outputs, then their caches.
+      const auto run = [&](std::int64_t first, std::int64_t count) {
+        const DeviceArray device_q(slice(q, first * kQRow, count * kQRow), dtype);
+        const DeviceArray device_k(slice(k, first * kKvRow, count * kKvRow), dtype);
+        const DeviceArray device_v(slice(v, first * kKvRow, count * kKvRow), dtype);
+        const DeviceArray keys(slice(k_cache, first * kCache, count * kCache), dtype);
+        const DeviceArray values(slice(v_cache, first * kCache, count * kCache), dtype);
+        const DeviceArray out(count * kQRow, dtype);
+        const DeviceArray workspace(static_cast<std::int64_t>(cuda::attention_workspace_floats(
+                                        1, kHeads, kHeadDim, kCapacity, count)),
+                                    DType::kF32);
+        cuda::RopeAppendJob rope;
+        rope.q = device_q.data();
+        rope.k = device_k.data();
+        rope.v = device_v.data();
+        rope.tokens = count;
+        rope.heads = kHeads;
+        rope.kv_heads = kKvHeads;
+        rope.head_dim = kHeadDim;
+        rope.first_position = device_position.as<const std::int32_t>();
+        rope.inv_freq = inv_freq.as<const float>();
+        rope.k_cache = keys.data();
+        rope.v_cache = values.data();
+        rope.dtype = dtype;
+        rope.capacity = kCapacity;
+        rope.sequences = count;
+        finish(cuda::rope_append_kv(rope, nullptr));
+        cuda::AttentionJob job;
+        job.q = device_q.data();
+        job.k_cache = keys.data();
+        job.v_cache = values.data();
+        job.tokens = 1;
+        job.heads = kHeads;
+        job.kv_heads = kKvHeads;
+        job.head_dim = kHeadDim;
+        job.first_position = device_position.as<const std::int32_t>();
+        job.capacity = kCapacity;
+        job.window = 0;
+        job.scale = 0.125f;
+        job.out = out.data();
+        job.dtype = dtype;
+        job.workspace = workspace.as<float>();
+        job.sequences = count;
+        finish(cuda::attention(job, nullptr));
+        std::vector<float> results = out.to_floats();
+        for (const DeviceArray* cache : {&keys, &values}) {
+          const std::vector<float> rows = cache->to_floats();
+          results.insert(results.end(), rows.begin(), rows.end());
+        }
+        return results;
+      };
+      const std::vector<float> batched = run(0, kSequences);
+      for (std::int64_t b = 0; b < kSequences; ++b) {
+        const std::vector<float> alone = run(b, 1);
+        const std::string what = std::string(dtype_label(dtype)) + ", position " +
+                                 std::to_string(position) + ", sequence " + std::to_string(b);
+        expect_equal(slice(alone, 0, kQRow), slice(batched, b * kQRow, kQRow), what + ": out");
+        for (std::int64_t c = 0; c < 2; ++c) {
+          const std::int64_t batched_cache = kSequences * kQRow + c * kSequences * kCache;
+          expect_equal(slice(alone, kQRow + c * kCache, kCache),
+                       slice(batched, batched_cache + b * kCache, kCache),
+                       what + (c == 0 ? ": k cache" : ": v cache"));
+        }
+      }
+    }
+  }
+}
+
 TEST(CudaLlamaOps, AttentionDecodeMatchesReference) {
   KBIT_REQUIRE_CUDA();
   struct Shape {

@@ -126,35 +126,39 @@ struct CudaLlama::Impl {
   }
 
   // The attention block of layer l for `sequences` sequences of `per_sequence` rows each, the
-  // first being sequence `first_sequence` of the cache.
+  // first being sequence `first_sequence` of the cache: RoPE and the cache append in one call,
+  // then attention in one call for one token per sequence (decode) or one call per sequence.
   Status attention(KvCache::DeviceState& s, std::size_t l, std::int64_t first_sequence,
                    std::int64_t sequences, std::int64_t per_sequence) const {
     const LlamaConfig& c = config;
     const std::int64_t q_width = c.num_attention_heads * c.head_dim;
     const std::int64_t kv_width = c.num_key_value_heads * c.head_dim;
-    for (std::int64_t b = 0; b < sequences; ++b) {
-      const std::int64_t row = b * per_sequence;
-      const std::int64_t cache_row =
-          (static_cast<std::int64_t>(l) * s.batch + first_sequence + b) * s.capacity;
-      void* k_cache = row_pointer(s.keys, cache_row, kv_width);
-      void* v_cache = row_pointer(s.values, cache_row, kv_width);
-      const kc::RopeAppendJob rope{row_pointer(s.q, row, q_width),
-                                   row_pointer(s.k, row, kv_width),
-                                   row_pointer(s.v, row, kv_width),
-                                   per_sequence,
-                                   c.num_attention_heads,
-                                   c.num_key_value_heads,
-                                   c.head_dim,
-                                   s.position.data_as<const std::int32_t>(),
-                                   s.inv_freq.data_as<const float>(),
-                                   k_cache,
-                                   v_cache,
-                                   dtype(),
-                                   s.capacity};
-      KBIT_RETURN_IF_ERROR(cuda_status(kc::rope_append_kv(rope, s.stream), "rope_append_kv"));
-      const kc::AttentionJob job{row_pointer(s.q, row, q_width),
+    const std::int64_t first_cache_row =
+        (static_cast<std::int64_t>(l) * s.batch + first_sequence) * s.capacity;
+    void* k_cache = row_pointer(s.keys, first_cache_row, kv_width);
+    void* v_cache = row_pointer(s.values, first_cache_row, kv_width);
+    const kc::RopeAppendJob rope{s.q.view().data(),
+                                 s.k.view().data(),
+                                 s.v.view().data(),
+                                 sequences * per_sequence,
+                                 c.num_attention_heads,
+                                 c.num_key_value_heads,
+                                 c.head_dim,
+                                 s.position.data_as<const std::int32_t>(),
+                                 s.inv_freq.data_as<const float>(),
                                  k_cache,
                                  v_cache,
+                                 dtype(),
+                                 s.capacity,
+                                 sequences};
+    KBIT_RETURN_IF_ERROR(cuda_status(kc::rope_append_kv(rope, s.stream), "rope_append_kv"));
+    const bool decode = per_sequence == 1;
+    for (std::int64_t b = 0; b < (decode ? 1 : sequences); ++b) {
+      const std::int64_t row = b * per_sequence;
+      const std::int64_t cache_row = first_cache_row + b * s.capacity;
+      const kc::AttentionJob job{row_pointer(s.q, row, q_width),
+                                 row_pointer(s.keys, cache_row, kv_width),
+                                 row_pointer(s.values, cache_row, kv_width),
                                  per_sequence,
                                  c.num_attention_heads,
                                  c.num_key_value_heads,
@@ -165,7 +169,8 @@ struct CudaLlama::Impl {
                                  attention_scale,
                                  row_pointer(s.attn, row, q_width),
                                  dtype(),
-                                 s.attention_workspace.data_as<float>()};
+                                 s.attention_workspace.data_as<float>(),
+                                 decode ? sequences : 1};
       KBIT_RETURN_IF_ERROR(cuda_status(kc::attention(job, s.stream), "attention"));
     }
     return ok_status();
@@ -381,7 +386,7 @@ Result<std::shared_ptr<KvCache::DeviceState>> CudaLlama::new_cache_state(std::in
     KBIT_ASSIGN_OR_RETURN(s->position, Tensor::empty({1}, DType::kI32, d));
     KBIT_ASSIGN_OR_RETURN(s->inv_freq, Tensor::empty({c.head_dim / 2}, DType::kF32, d));
     const std::size_t attention_floats =
-        kc::attention_workspace_floats(r, c.num_attention_heads, c.head_dim, max_tokens);
+        kc::attention_workspace_floats(r, c.num_attention_heads, c.head_dim, max_tokens, batch);
     KBIT_ASSIGN_OR_RETURN(
         s->attention_workspace,
         Tensor::empty({static_cast<std::int64_t>(std::max<std::size_t>(attention_floats, 1))},
