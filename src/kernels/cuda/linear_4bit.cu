@@ -259,10 +259,10 @@ __global__ void __launch_bounds__(kGemvThreads)
 // below) and feeds them to eight MMAs; the same lane supplies x[row g] at those inputs as the B
 // operand (rows >= `rows` are zeros). The MMA's k order is a permutation of the inputs, the same
 // for A and B, so the products are those of the reference; the tensor core sums them in f32.
-// The warps' partial sums meet in shared memory, in a fixed order, for the epilogue. Instructions
-// per weight, not memory, bound it (BENCHMARKS.md, the kernel workbench): the exact decode's
-// f32 multiply per value costs about twice what the product decode's paired lookup and multiply
-// do.
+// The warps' partial sums meet in shared memory, in a fixed order, for the epilogue. The L1/TEX
+// pipe, not DRAM, bounds it (BENCHMARKS.md, the kernel workbench): each group of four lanes
+// reads one row, so a warp-wide 16-byte load touches 8 cache lines, 64 bytes of each. The product
+// decode's paired lookup and multiply take about half the exact decode's instructions.
 constexpr int kMmaWarps = 8;
 constexpr int kMmaOutputs = 16;
 constexpr int kMmaColumns = 8;
