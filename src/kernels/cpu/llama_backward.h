@@ -4,6 +4,8 @@
 // will be checked against them as the forward's are.
 //
 //   linear      y = x · Wᵀ                       dx = dy · W,  dW += dyᵀ · x
+//   lora        y += s · (x · Aᵀ) · Bᵀ            h = x · Aᵀ, dh = s · dy · B: dB += s · dyᵀ · h,
+//                                               dA += dhᵀ · x, dx += dh · A
 //   rms_norm    y = w · x · r, r = (mean(x²) + eps)^-½, per row
 //               dx = r · g − x · r³ · mean(g · x), g = w · dy;  dw += Σ_rows dy · x · r
 //   rope        rotation by the position's angle  dx = rotation by minus that angle of dy
@@ -34,6 +36,25 @@ struct LinearBackwardJob {
   float* dweight;  // [out_features, in_features], accumulated into; nullptr: frozen
 };
 void linear_backward_reference(const LinearBackwardJob& job);
+
+// ---- lora --------------------------------------------------------------------------------------
+// The LoRA term of a Linear (PEFT's forward, spec 9.5, dropout off): y += scaling · (x · Aᵀ) · Bᵀ.
+struct LoraBackwardJob {
+  const float* x;   // [rows, in_features], the Linear's input
+  const float* a;   // lora_A [rank, in_features]
+  const float* b;   // lora_B [out_features, rank]
+  const float* dy;  // [rows, out_features]
+  std::int64_t rows;
+  std::int64_t in_features;
+  std::int64_t out_features;
+  std::int64_t rank;
+  float scaling;  // lora_alpha / rank, or / sqrt(rank) with rsLoRA
+  float* da;      // [rank, in_features], accumulated into
+  float* db;      // [out_features, rank], accumulated into
+  float* dx;      // [rows, in_features], accumulated into (the base Linear's dx is added to it);
+                  // nullptr: not wanted
+};
+void lora_backward_reference(const LoraBackwardJob& job);
 
 // ---- rms_norm ----------------------------------------------------------------------------------
 struct RmsNormBackwardJob {

@@ -31,6 +31,38 @@ void linear_backward_reference(const LinearBackwardJob& job) {
   }
 }
 
+void lora_backward_reference(const LoraBackwardJob& job) {
+  const std::int64_t in = job.in_features;
+  const std::int64_t out = job.out_features;
+  const std::int64_t rank = job.rank;
+  std::vector<float> h(static_cast<std::size_t>(rank));
+  std::vector<float> dh(static_cast<std::size_t>(rank));
+  for (std::int64_t r = 0; r < job.rows; ++r) {
+    const float* x = job.x + r * in;
+    const float* dy = job.dy + r * out;
+    for (std::int64_t k = 0; k < rank; ++k) {
+      float sum = 0.0f;
+      for (std::int64_t i = 0; i < in; ++i) sum += x[i] * job.a[k * in + i];
+      h[static_cast<std::size_t>(k)] = sum;
+      float back = 0.0f;
+      for (std::int64_t o = 0; o < out; ++o) back += dy[o] * job.b[o * rank + k];
+      dh[static_cast<std::size_t>(k)] = job.scaling * back;
+    }
+    for (std::int64_t o = 0; o < out; ++o) {
+      for (std::int64_t k = 0; k < rank; ++k) {
+        job.db[o * rank + k] += job.scaling * dy[o] * h[static_cast<std::size_t>(k)];
+      }
+    }
+    for (std::int64_t k = 0; k < rank; ++k) {
+      const float g = dh[static_cast<std::size_t>(k)];
+      for (std::int64_t i = 0; i < in; ++i) {
+        job.da[k * in + i] += g * x[i];
+        if (job.dx != nullptr) job.dx[r * in + i] += g * job.a[k * in + i];
+      }
+    }
+  }
+}
+
 void rms_norm_backward_reference(const RmsNormBackwardJob& job) {
   const std::int64_t cols = job.cols;
   for (std::int64_t r = 0; r < job.rows; ++r) {
