@@ -77,12 +77,11 @@ Result<std::vector<ChatMessage>> messages_of(const json& example, const LineCont
     if (!message.is_object() || !message.contains("role") || !message.contains("content")) {
       return at.error(where + "must be an object with \"role\" and \"content\"");
     }
-    Result<std::string> role = string_field(message, "role", at, where);
-    KBIT_RETURN_IF_ERROR(role.status());
-    if (role->empty()) return at.error(where + "field \"role\" is empty");
-    Result<std::string> content = string_field(message, "content", at, where);
-    KBIT_RETURN_IF_ERROR(content.status());
-    messages.push_back({std::move(role).value(), std::move(content).value()});
+    ChatMessage turn;
+    KBIT_ASSIGN_OR_RETURN(turn.role, string_field(message, "role", at, where));
+    if (turn.role.empty()) return at.error(where + "field \"role\" is empty");
+    KBIT_ASSIGN_OR_RETURN(turn.content, string_field(message, "content", at, where));
+    messages.push_back(std::move(turn));
   }
   return messages;
 }
@@ -93,24 +92,16 @@ Result<TrainingExample> example_of(const json& object, TrainingLayout layout,
   example.line = at.line;
   switch (layout) {
     case TrainingLayout::kText: {
-      Result<std::string> text = string_field(object, "text", at);
-      KBIT_RETURN_IF_ERROR(text.status());
-      example.text = std::move(text).value();
+      KBIT_ASSIGN_OR_RETURN(example.text, string_field(object, "text", at));
       break;
     }
     case TrainingLayout::kPromptCompletion: {
-      Result<std::string> prompt = string_field(object, "prompt", at);
-      KBIT_RETURN_IF_ERROR(prompt.status());
-      Result<std::string> completion = string_field(object, "completion", at);
-      KBIT_RETURN_IF_ERROR(completion.status());
-      example.prompt = std::move(prompt).value();
-      example.completion = std::move(completion).value();
+      KBIT_ASSIGN_OR_RETURN(example.prompt, string_field(object, "prompt", at));
+      KBIT_ASSIGN_OR_RETURN(example.completion, string_field(object, "completion", at));
       break;
     }
     case TrainingLayout::kMessages: {
-      Result<std::vector<ChatMessage>> messages = messages_of(object, at);
-      KBIT_RETURN_IF_ERROR(messages.status());
-      example.messages = std::move(messages).value();
+      KBIT_ASSIGN_OR_RETURN(example.messages, messages_of(object, at));
       break;
     }
   }
@@ -150,21 +141,19 @@ Result<TrainingDataset> parse_training_jsonl(std::string_view contents, const st
     if (!object.is_object()) {
       return at.error("an example must be a JSON object, not " + std::string(object.type_name()));
     }
-    Result<TrainingLayout> layout = layout_of(object, at);
-    KBIT_RETURN_IF_ERROR(layout.status());
+    KBIT_ASSIGN_OR_RETURN(const TrainingLayout layout, layout_of(object, at));
     if (!first_line) {
       first_line = line_number;
-      dataset.layout = *layout;
-    } else if (*layout != dataset.layout) {
-      return at.error("a " + std::string(training_layout_name(*layout)) +
+      dataset.layout = layout;
+    } else if (layout != dataset.layout) {
+      return at.error("a " + std::string(training_layout_name(layout)) +
                       " example in a file whose first example (line " +
                       std::to_string(*first_line) + ") is " +
                       std::string(training_layout_name(dataset.layout)) +
                       "; every example of a file must have the same layout");
     }
-    Result<TrainingExample> example = example_of(object, dataset.layout, at);
-    KBIT_RETURN_IF_ERROR(example.status());
-    dataset.examples.push_back(std::move(example).value());
+    KBIT_ASSIGN_OR_RETURN(TrainingExample example, example_of(object, dataset.layout, at));
+    dataset.examples.push_back(std::move(example));
   }
   if (dataset.examples.empty()) {
     return invalid_argument(name + ": no examples (the file is empty or blank); " +

@@ -16,13 +16,11 @@
 #include <nlohmann/json.hpp>
 
 #include "kbit/core/status.h"
+#include "kbit/io/chat_message.h"
 
 namespace kbit::generate {
 
-struct ChatMessage {
-  std::string role;  // "system", "user", "assistant", ...
-  std::string content;
-};
+using ChatMessage = io::ChatMessage;
 
 class ChatTemplate {
  public:

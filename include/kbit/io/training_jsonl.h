@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "kbit/core/status.h"
+#include "kbit/io/chat_message.h"
 
 namespace kbit::io {
 
@@ -25,13 +26,6 @@ enum class TrainingLayout { kText, kPromptCompletion, kMessages };
 
 // "text", "prompt/completion" or "messages".
 std::string_view training_layout_name(TrainingLayout layout);
-
-struct ChatMessage {
-  std::string role;  // non-empty: "system", "user", "assistant", … as the chat template knows them
-  std::string content;
-
-  bool operator==(const ChatMessage&) const = default;
-};
 
 // One example; only the fields of the dataset's layout are filled.
 struct TrainingExample {
