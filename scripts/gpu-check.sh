@@ -13,8 +13,9 @@
 # bench-<mode>.json (kbit bench --json of the Llama-3.1-8B shape) and the tests' JUnit XML. Exits non-zero if any test failed or a step could
 # not run. KBIT_GPU_CHECK_STEPS chooses the steps (default all: "tests sanitize-kernels
 # racecheck-kernels racecheck-linear sanitize-model bench": memcheck of the kernel tests, racecheck
-# of them (the linear kernels', which run beside cuBLAS, apart), both on the model tests); the
-# device tool's 10-minute limit per command may need them run a few at a time.
+# of them (the linear kernels', which run beside cuBLAS, apart), both on the model tests; the
+# step "workbench" runs the kernel workbench alone, which "bench" includes); the device tool's
+# 10-minute limit per command may need them run a few at a time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd -P)"
@@ -197,7 +198,7 @@ fi
 
 # ---- The kernel workbench: the decode step's kernels checked and timed against the copy.
 workbench="$build/bench/kbit_kernel_workbench"
-if want bench; then
+if want bench || want workbench; then
   say "$workbench --json $out/workbench.json"
   run_logged timeout 300 "$workbench" --json "$out/workbench.json" ||
     { say "the kernel workbench failed (a check, or the run)"; status=1; }
