@@ -16,12 +16,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-constexpr const char* kConfigFile = "adapter_config.json";
-constexpr const char* kWeightsFile = "adapter_model.safetensors";
-constexpr const char* kKeyPrefix = "base_model.model.";
-constexpr const char* kSuffixA = ".lora_A.weight";
-constexpr const char* kSuffixB = ".lora_B.weight";
-
 // Fields of LoraConfig for variants kbit does not implement: each must hold PEFT's "off" value
 // (null, false, {} or []).
 struct OffField {
@@ -294,8 +288,8 @@ Result<PeftLoraConfig> parse_peft_lora_config(const std::string& text, const std
 Result<PeftLoraConfig> read_peft_lora_config(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return not_found(path.string() + ": cannot open; a PEFT adapter folder holds " + kConfigFile +
-                     " and " + kWeightsFile + " (PeftModel.save_pretrained)");
+    return not_found(path.string() + ": cannot open; a PEFT adapter folder holds " +
+                     kPeftConfigFile + " and " + kPeftWeightsFile + " (PeftModel.save_pretrained)");
   }
   std::stringstream text;
   text << in.rdbuf();
@@ -335,8 +329,8 @@ Result<PeftAdapter> PeftAdapter::open(const std::filesystem::path& dir) {
                      ": is not a folder; an adapter is the folder PeftModel.save_pretrained "
                      "writes (adapter_config.json, adapter_model.safetensors)");
   }
-  KBIT_ASSIGN_OR_RETURN(PeftLoraConfig config, read_peft_lora_config(dir / kConfigFile));
-  const std::filesystem::path weights_path = dir / kWeightsFile;
+  KBIT_ASSIGN_OR_RETURN(PeftLoraConfig config, read_peft_lora_config(dir / kPeftConfigFile));
+  const std::filesystem::path weights_path = dir / kPeftWeightsFile;
   if (!std::filesystem::exists(weights_path)) {
     if (std::filesystem::exists(dir / "adapter_model.bin")) {
       return unimplemented(weights_path.string() +
@@ -352,11 +346,11 @@ Result<PeftAdapter> PeftAdapter::open(const std::filesystem::path& dir) {
 
   std::map<std::string, LoraWeights> modules;
   for (const std::string& name : file.names()) {
-    const bool is_a = name.ends_with(kSuffixA);
-    const bool is_b = name.ends_with(kSuffixB);
-    const std::size_t prefix = std::string_view(kKeyPrefix).size();
-    const std::size_t suffix = std::string_view(kSuffixA).size();
-    if (!name.starts_with(kKeyPrefix) || (!is_a && !is_b) || name.size() <= prefix + suffix) {
+    const bool is_a = name.ends_with(kLoraASuffix);
+    const bool is_b = name.ends_with(kLoraBSuffix);
+    const std::size_t prefix = std::string_view(kPeftKeyPrefix).size();
+    const std::size_t suffix = std::string_view(kLoraASuffix).size();
+    if (!name.starts_with(kPeftKeyPrefix) || (!is_a && !is_b) || name.size() <= prefix + suffix) {
       std::string what =
           "is not a LoRA weight kbit reads (base_model.model.<module>.lora_A.weight "
           "or .lora_B.weight)";
@@ -398,12 +392,12 @@ Result<PeftAdapter> PeftAdapter::open(const std::filesystem::path& dir) {
       return invalid_argument(
           source + ": module '" + module + "' has " +
           (weights.a.data() == nullptr ? "lora_B but no lora_A" : "lora_A but no lora_B") +
-          "; an adapted module needs both (" + kKeyPrefix + module + kSuffixA + ", " + kSuffixB +
-          ")");
+          "; an adapted module needs both (" + kPeftKeyPrefix + module + kLoraASuffix + ", " +
+          kLoraBSuffix + ")");
     }
   }
   if (modules.empty()) {
-    return invalid_argument(source + ": holds no LoRA weights (" + kKeyPrefix +
+    return invalid_argument(source + ": holds no LoRA weights (" + kPeftKeyPrefix +
                             "<module>.lora_A.weight); is it an adapter of another PEFT method?");
   }
   auto state =
@@ -413,10 +407,10 @@ Result<PeftAdapter> PeftAdapter::open(const std::filesystem::path& dir) {
 
 Result<LoraWeights> PeftAdapter::weights(const std::string& module, std::int64_t out_features,
                                          std::int64_t in_features) const {
-  const std::string source = (state_->dir / kWeightsFile).string();
+  const std::string source = (state_->dir / kPeftWeightsFile).string();
   const auto it = state_->modules.find(module);
   if (it == state_->modules.end()) {
-    return not_found(source + ": has no " + kKeyPrefix + module + kSuffixA +
+    return not_found(source + ": has no " + kPeftKeyPrefix + module + kLoraASuffix +
                      ", though adapter_config.json's target_modules (" +
                      describe_targets(state_->config) + ") select the model's module '" + module +
                      "'; the adapter was made for another model, or the file is incomplete");

@@ -38,6 +38,14 @@
 
 namespace kbit::io {
 
+// The files of an adapter folder, and the keys of module <module>'s LoRA weights in the weights
+// file: kPeftKeyPrefix + <module> + kLoraASuffix (or kLoraBSuffix).
+inline constexpr const char* kPeftConfigFile = "adapter_config.json";
+inline constexpr const char* kPeftWeightsFile = "adapter_model.safetensors";
+inline constexpr const char* kPeftKeyPrefix = "base_model.model.";
+inline constexpr const char* kLoraASuffix = ".lora_A.weight";
+inline constexpr const char* kLoraBSuffix = ".lora_B.weight";
+
 // The fields of LoraConfig that decide what a loaded adapter computes.
 struct PeftLoraConfig {
   std::int64_t r = 8;       // rank (> 0)
