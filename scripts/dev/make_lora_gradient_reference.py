@@ -13,7 +13,9 @@ weights replaced by bitsandbytes' NF4 quantize_4bit -> dequantize_4bit, block si
 quantization: what Linear4bit with compute dtype float32 multiplies by, forward and backward). Each base
 runs once in float32 (model(input_ids, labels=labels).loss) and once in float64 (model.double(), with the
 places where transformers' Llama forces float32 -- RMSNorm, RoPE cos/sin, the eager softmax and the loss's
-logits.float() -- replaced by the same formulas in float64). src/train/testdata/README.md lists every key.
+logits.float() -- replaced by the same formulas in float64). Each float64 result is stored as two float32
+tensors, <key>.hi = float32(x) and <key>.lo = float32(x - hi), so the file holds no F64 tensor (which kbit's
+safetensors reader refuses). src/train/testdata/README.md lists every key.
 
 Writes src/train/testdata/lora_gradients_shakespeare_llama2.safetensors.
 
@@ -242,11 +244,23 @@ def run_base(label, model_dir, init, input_ids, labels):
         assert torch.equal(param, init[key].double()), key
     loss64, grads64 = gradients(model, input_ids, labels, f64=True)
     report(label, loss32, loss64, grads32, grads64)
-    out = {f"{label}.loss": loss32.reshape(1).float(), f"{label}.loss_f64": loss64.reshape(1)}
+    out = {f"{label}.loss": loss32.reshape(1).float()}
+    out.update(double_float(f"{label}.loss_f64", loss64.reshape(1)))
     for (module, part), grad in grads32.items():
         out[f"{label}.grad.{module}.{part}"] = grad.float()
-        out[f"{label}.grad64.{module}.{part}"] = grads64[module, part]
+        out.update(double_float(f"{label}.grad64.{module}.{part}", grads64[module, part]))
     return out
+
+
+def double_float(key, x):
+    """A float64 tensor as two float32 ones, {key}.hi = float32(x) and {key}.lo = float32(x - hi): a
+    "double-float" whose sum hi + lo (in float64) gives x to about 48 bits. (Readers without a float64
+    dtype, such as kbit's safetensors reader, refuse F64 tensors.)"""
+    assert x.dtype == torch.float64, key
+    hi = x.float()
+    lo = (x - hi.double()).float()
+    assert ((hi.double() + lo.double() - x).abs() <= 2.0 ** -47 * x.abs()).all(), key
+    return {f"{key}.hi": hi, f"{key}.lo": lo}
 
 
 def report(label, loss32, loss64, grads32, grads64):
@@ -320,6 +334,7 @@ def main():
         "loss": "mean over labelled targets of the batch of cross_entropy(logits[t], labels[t+1])",
         "command": "python3 scripts/dev/make_lora_gradient_reference.py" + "".join(" " + a for a in sys.argv[1:]),
     }
+    assert all(v.dtype != torch.float64 for v in tensors.values())
     out = os.path.join(root, OUT_NAME)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     blob = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)

@@ -28,20 +28,14 @@ struct Conversation {
   std::vector<std::int32_t> cached_tokens;
 };
 
-nlohmann::json template_context(const tokenizer::Tokenizer& tokenizer) {
-  nlohmann::json context = nlohmann::json::object();
-  if (tokenizer.bos_id()) context["bos_token"] = tokenizer.id_to_token(*tokenizer.bos_id());
-  if (tokenizer.eos_id()) context["eos_token"] = tokenizer.id_to_token(*tokenizer.eos_id());
-  return context;
-}
-
 // Renders the conversation, reuses the cached prefix of its tokens, and streams the reply.
 Result<std::string> reply(const ChatFlags& flags, LoadedModel& loaded,
                           const generate::ChatTemplate& chat_template, model::KvCache& cache,
                           Conversation& conversation) {
-  KBIT_ASSIGN_OR_RETURN(const std::string rendered,
-                        chat_template.render(conversation.messages, /*add_generation_prompt=*/true,
-                                             template_context(loaded.tokenizer)));
+  KBIT_ASSIGN_OR_RETURN(
+      const std::string rendered,
+      chat_template.render(conversation.messages, /*add_generation_prompt=*/true,
+                           generate::tokenizer_template_context(loaded.tokenizer)));
   // transformers tokenizes a rendered template without adding special tokens again.
   KBIT_ASSIGN_OR_RETURN(std::vector<std::int32_t> ids, loaded.tokenizer.encode(rendered, false));
   std::size_t common = 0;

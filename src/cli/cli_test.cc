@@ -76,7 +76,7 @@ TEST_F(CliTest, VersionAndHelp) {
   const CommandResult help = run("--help");
   EXPECT_EQ(help.exit_status, 0);
   for (const char* command : {"generate", "chat", "perplexity", "logits", "tokenize", "roundtrip",
-                              "quantize", "info", "bench"}) {
+                              "quantize", "info", "bench", "finetune"}) {
     EXPECT_NE(help.out.find(command), std::string::npos) << command;
   }
   EXPECT_NE(run("no-such-command").exit_status, 0);
@@ -278,6 +278,35 @@ TEST_F(CliTest, GenerateAndLogitsWithAnAdapter) {
 
   const std::string missing = (directory_ / "no-adapter").string();
   expect_failure(run("generate -m " + model + " -p x --adapter " + missing), {missing});
+}
+
+// kbit finetune trains an adapter that --adapter then applies; bad data is one error line naming
+// the file and the line.
+TEST_F(CliTest, FinetuneWritesAnAdapterThatLoads) {
+  const fs::path model = fs::path(KBIT_SOURCE_DIR) / "models/shakespeare-llama2";
+  const fs::path data = directory_ / "data.jsonl";
+  std::ofstream(data) << R"({"text": "ROMEO: But soft, what light through yonder window breaks?"})"
+                      << "\n"
+                      << R"({"prompt": "JULIET:", "completion": " O Romeo, Romeo!"})"
+                      << "\n";
+  const fs::path adapter = directory_ / "adapter";
+  const fs::path metrics = directory_ / "metrics.jsonl";
+  const std::string train = "finetune -m " + model.string() + " --data " + data.string() + " -o " +
+                            adapter.string() + " --max-length 16 --lora-r 4 ";
+  // Two layouts in one file: refused before any training, naming the line.
+  expect_failure(run(train), {data.string(), "line 2"});
+  std::ofstream(data) << R"({"text": "ROMEO: But soft, what light through yonder window breaks?"})"
+                      << "\n";
+  const CommandResult trained =
+      run(train + "--max-steps 3 --lr 1e-2 --metrics " + metrics.string());
+  ASSERT_EQ(trained.exit_status, 0) << trained.err;
+  const std::string lines = read_file(metrics);
+  EXPECT_EQ(std::count(lines.begin(), lines.end(), '\n'), 3);
+  EXPECT_TRUE(fs::exists(adapter / "adapter_config.json"));
+  const CommandResult generated =
+      run("generate -m " + model.string() + " -p ROMEO: -n 4 --adapter " + adapter.string());
+  EXPECT_EQ(generated.exit_status, 0) << generated.err;
+  expect_failure(run(train + "--optim sgd"), {"sgd"});
 }
 
 }  // namespace

@@ -24,5 +24,6 @@ Action add_perplexity_command(CLI::App& app);
 Action add_quantize_command(CLI::App& app);
 Action add_info_command(CLI::App& app);
 Action add_bench_command(CLI::App& app);
+Action add_finetune_command(CLI::App& app);
 
 }  // namespace kbit::cli

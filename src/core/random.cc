@@ -40,6 +40,10 @@ double normal_sample(std::uint64_t seed, std::uint64_t index) {
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
 }
 
+std::uint64_t random_bits(std::uint64_t seed, std::uint64_t index) {
+  return mix(mix(seed ^ 0xbb67ae8584caa73bull) ^ mix(index));
+}
+
 Status fill_normal(TensorView tensor, std::uint64_t seed, float mean, float stddev) {
   if (!tensor.device().is_cpu() || !tensor.is_contiguous()) {
     return invalid_argument("fill_normal needs a contiguous host tensor, got " + tensor.describe());

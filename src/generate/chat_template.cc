@@ -153,4 +153,11 @@ Result<std::string> ChatTemplate::render_impl(const std::vector<ChatMessage>& me
   }
 }
 
+nlohmann::json tokenizer_template_context(const tokenizer::Tokenizer& tokenizer) {
+  nlohmann::json context = nlohmann::json::object();
+  if (tokenizer.bos_id()) context["bos_token"] = tokenizer.id_to_token(*tokenizer.bos_id());
+  if (tokenizer.eos_id()) context["eos_token"] = tokenizer.id_to_token(*tokenizer.eos_id());
+  return context;
+}
+
 }  // namespace kbit::generate

@@ -437,6 +437,18 @@ std::size_t LinearWeight::parameter_bytes() const {
   return 0;
 }
 
+k::FourBitWeight LinearWeight::four_bit_weight() const {
+  const bool nested = quant_state_.nested.has_value();
+  return k::FourBitWeight{packed_.data_as<const std::uint8_t>(),
+                          quant_state_.type,
+                          quant_state_.blocksize,
+                          nested ? nullptr : absmax_.data_as<const float>(),
+                          nested ? absmax_.data_as<const std::uint8_t>() : nullptr,
+                          nested ? nested_absmax_.data_as<const float>() : nullptr,
+                          nested ? quant_state_.nested->offset : 0.0f,
+                          quant_state_.dtype};
+}
+
 void LinearWeight::forward(const float* x, std::int64_t rows, const float* bias,
                            const LinearNumerics& numerics, float* y,
                            const ExecutionOptions& execution) const {
@@ -450,17 +462,8 @@ void LinearWeight::forward(const float* x, std::int64_t rows, const float* bias,
       return;
     }
     case LinearFormat::kFourBit: {
-      const bool nested = quant_state_.nested.has_value();
-      const k::FourBitWeight weight{packed_.data_as<const std::uint8_t>(),
-                                    quant_state_.type,
-                                    quant_state_.blocksize,
-                                    nested ? nullptr : absmax_.data_as<const float>(),
-                                    nested ? absmax_.data_as<const std::uint8_t>() : nullptr,
-                                    nested ? nested_absmax_.data_as<const float>() : nullptr,
-                                    nested ? quant_state_.nested->offset : 0.0f,
-                                    quant_state_.dtype};
       const k::Linear4bitJob job{
-          x, weight, bias, rows, in_features_, out_features_, numerics.compute_dtype, y};
+          x, four_bit_weight(), bias, rows, in_features_, out_features_, numerics.compute_dtype, y};
       k::linear_4bit_op(job, execution);
       // Linear4bit returns its output cast back to the input's dtype.
       if (bf16_activations && numerics.compute_dtype != DType::kBF16) {

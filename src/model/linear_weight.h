@@ -28,6 +28,7 @@
 #include "kbit/io/safetensors_writer.h"
 #include "kbit/model/quantize_options.h"
 #include "kbit/quant/blockwise_4bit.h"
+#include "kernels/cpu/quantized_linear.h"
 
 namespace kbit::model {
 
@@ -107,6 +108,8 @@ class LinearWeight {
   const TensorView& absmax() const { return absmax_; }
   const TensorView& nested_absmax() const { return nested_absmax_; }
   const io::QuantState& quant_state() const { return quant_state_; }
+  // For a 4-bit host weight: the kernels' description of it (kernels/cpu/quantized_linear.h).
+  kernels::cpu::FourBitWeight four_bit_weight() const;
   // For an int8 weight: the codes i8 [out, in] and the row absmax f32 [out].
   const TensorView& codes() const { return codes_; }
   const TensorView& row_absmax() const { return row_absmax_; }
@@ -131,6 +134,19 @@ class LinearWeight {
   // of numerics.activation_dtype.
   void forward(const float* x, std::int64_t rows, const float* bias, const LinearNumerics& numerics,
                float* y, const ExecutionOptions& execution) const;
+
+  // Requires a host weight. The gradient of forward()'s input for a frozen weight:
+  //   dx[rows, in] = round_R(round_R(dy[rows, out]) · round_R(W)), f32 sums
+  // with W as bitsandbytes' backward multiplies it, in the dtype R of that product:
+  //   float   the stored values widened to f32; R = numerics.activation_dtype
+  //   4-bit   dequantize_4bit's values (code value · absmax rounded to the weight's dtype,
+  //           exactly as forward() decodes them); R = numerics.compute_dtype (MatMul4Bit)
+  //   int8    code · fl32(SCB · fl32(1/127)); R = numerics.activation_dtype (MatMul8bitLt)
+  // With R = f32 nothing is rounded. W is decoded a panel at a time inside the product (never
+  // as a whole copy) and the input features are split over the thread pool; the result does
+  // not depend on the thread count. dx is overwritten.
+  void backward_input(const float* dy, std::int64_t rows, const LinearNumerics& numerics, float* dx,
+                      const ExecutionOptions& execution) const;
 
  private:
   // The view of `source`'s data on `device`, copied into owned_ (or source itself if it is

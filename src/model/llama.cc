@@ -1,6 +1,5 @@
 #include "kbit/model/llama.h"
 
-#include <cmath>
 #include <cstring>
 #include <new>
 #include <optional>
@@ -10,8 +9,8 @@
 #include "kbit/io/bnb_quantization_config.h"
 #include "kbit/io/checkpoint.h"
 #include "kbit/model/rope.h"
-#include "kernels/cpu/element_access.h"
 #include "kernels/cpu/llama_ops.h"
+#include "model/cpu_llama.h"
 #include "model/cuda/llama_cuda.h"
 #include "model/device_weights.h"
 #include "model/linear_weight.h"
@@ -22,21 +21,6 @@ namespace kbit::model {
 namespace {
 
 namespace k = kbit::kernels::cpu;
-
-// A Linear layer: its weight [out, in] in any format, an optional f32 bias and the LoRA terms
-// of the adapters that target it.
-struct Linear {
-  LinearWeight weight;
-  std::vector<float> bias;     // empty: none
-  std::vector<LoraTerm> lora;  // empty: none
-};
-
-struct Layer {
-  std::vector<float> input_norm;
-  std::vector<float> post_attention_norm;
-  Linear q, k, v, o;
-  Linear gate, up, down;
-};
 
 Result<Linear> load_linear(const LinearPlan& plan, const LinearModule& module) {
   Linear linear;
@@ -62,45 +46,15 @@ struct Scratch {
 }  // namespace
 
 struct LlamaModel::Impl {
-  LlamaConfig config;
-  ExecutionOptions execution;
+  // The weights and forward steps on the CPU; on a GPU only its config, execution and numerics
+  // are set.
+  CpuLlama cpu;
   std::optional<io::Checkpoint> checkpoint;  // none for random weights
   std::vector<io::PeftAdapter> adapters;     // the mappings behind the Linear layers' LoRA terms
   Device device;
-  // On a GPU: the weights there and the forward pass; the host members below are then unused
-  // (but config, quantization and numerics).
+  // On a GPU: the weights there and the forward pass.
   std::unique_ptr<cuda::CudaLlama> gpu;
   std::optional<io::BnbQuantizationConfig> quantization;
-  LinearNumerics numerics;
-  TensorView embed;  // [vocab, hidden]
-  Linear lm_head;    // [vocab, hidden]; a view of the embedding when tied and not quantized
-  std::vector<float> final_norm;
-  std::vector<Layer> layers;
-  std::vector<float> inv_freq;  // for types that do not depend on the sequence length
-  bool round_bf16 = false;      // activation_dtype kBF16: round activations to bf16
-  // With bf16 activations, an embedding not stored in bf16 is rounded into this.
-  Tensor bf16_embed;
-
-  void linear(const Linear& layer, const float* x, std::int64_t rows, float* y) const {
-    layer.weight.forward(x, rows, layer.bias.empty() ? nullptr : layer.bias.data(), numerics, y,
-                         execution);
-    add_lora_terms(layer.lora, x, rows, round_bf16, layer.weight.format() != LinearFormat::kFloat,
-                   y, execution);
-  }
-
-  void rms_norm(const float* x, const std::vector<float>& weight, std::int64_t rows,
-                float* y) const {
-    const k::RmsNormJob job{
-        x, weight.data(), rows, config.hidden_size, static_cast<float>(config.rms_norm_eps),
-        y, round_bf16};
-    k::rms_norm_op(job, execution);
-  }
-
-  // hidden += delta, rounded to bf16 with bf16 activations (a bf16 residual add).
-  void add_residual(std::vector<float>& hidden, const std::vector<float>& delta) const {
-    for (std::size_t i = 0; i < hidden.size(); ++i) hidden[i] += delta[i];
-    if (round_bf16) k::round_to_bf16(hidden.data(), static_cast<std::int64_t>(hidden.size()));
-  }
 
   // transformers' model.to(torch.bfloat16): float weights rounded to bf16 once, at load.
   static Status linear_to_bf16(Linear& linear) {
@@ -117,20 +71,19 @@ struct LlamaModel::Impl {
     k::round_to_bf16(values.data(), static_cast<std::int64_t>(values.size()));
   }
   Status weights_to_bf16() {
-    const bool tied = lm_head.weight.format() == LinearFormat::kFloat &&
-                      lm_head.weight.float_weight().data() == embed.data();
-    if (embed.dtype() != DType::kBF16) {
-      KBIT_ASSIGN_OR_RETURN(bf16_embed, Tensor::empty(embed.shape(), DType::kBF16));
-      KBIT_RETURN_IF_ERROR(convert_tensor(embed, bf16_embed.view()));
-      embed = bf16_embed.view();
+    const bool tied = cpu.lm_head_is_embedding();
+    if (cpu.embed.dtype() != DType::kBF16) {
+      KBIT_ASSIGN_OR_RETURN(cpu.bf16_embed, Tensor::empty(cpu.embed.shape(), DType::kBF16));
+      KBIT_RETURN_IF_ERROR(convert_tensor(cpu.embed, cpu.bf16_embed.view()));
+      cpu.embed = cpu.bf16_embed.view();
     }
     if (tied) {
-      lm_head.weight = LinearWeight::float_view(embed);
+      cpu.lm_head.weight = LinearWeight::float_view(cpu.embed);
     } else {
-      KBIT_RETURN_IF_ERROR(linear_to_bf16(lm_head));
+      KBIT_RETURN_IF_ERROR(linear_to_bf16(cpu.lm_head));
     }
-    vector_to_bf16(final_norm);
-    for (Layer& layer : layers) {
+    vector_to_bf16(cpu.final_norm);
+    for (Layer& layer : cpu.layers) {
       vector_to_bf16(layer.input_norm);
       vector_to_bf16(layer.post_attention_norm);
       for (Linear* linear :
@@ -150,7 +103,10 @@ struct LlamaModel::Impl {
                     const LlamaLoadOptions& options);
 
   Impl(LlamaConfig c, ExecutionOptions e, std::optional<io::Checkpoint> ck)
-      : config(std::move(c)), execution(e), checkpoint(std::move(ck)) {}
+      : checkpoint(std::move(ck)) {
+    cpu.config = std::move(c);
+    cpu.execution = e;
+  }
 };
 
 LlamaModel::LlamaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -159,7 +115,7 @@ LlamaModel& LlamaModel::operator=(LlamaModel&&) noexcept = default;
 LlamaModel::~LlamaModel() = default;
 
 const LlamaConfig& LlamaModel::config() const {
-  return impl_->config;
+  return impl_->cpu.config;
 }
 
 const std::optional<io::BnbQuantizationConfig>& LlamaModel::quantization() const {
@@ -171,20 +127,17 @@ Device LlamaModel::device() const {
 }
 
 std::size_t LlamaModel::weight_bytes() const {
-  const Impl& m = *impl_;
-  if (m.gpu) return m.gpu->weight_bytes();
+  if (impl_->gpu) return impl_->gpu->weight_bytes();
+  const CpuLlama& m = impl_->cpu;
   const auto floats = [](const std::vector<float>& v) { return v.size() * sizeof(float); };
   const auto linear_bytes = [&](const Linear& linear) {
     return linear.weight.nbytes() + floats(linear.bias);
   };
   std::size_t total = m.embed.nbytes() + floats(m.final_norm);
-  const bool tied = m.lm_head.weight.format() == LinearFormat::kFloat &&
-                    m.lm_head.weight.float_weight().data() == m.embed.data();
-  if (!tied) total += linear_bytes(m.lm_head);
+  if (!m.lm_head_is_embedding()) total += linear_bytes(m.lm_head);
   for (const Layer& layer : m.layers) {
     total += floats(layer.input_norm) + floats(layer.post_attention_norm);
-    for (const Linear* linear :
-         {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down}) {
+    for (const Linear* linear : layer.linears()) {
       total += linear_bytes(*linear);
     }
   }
@@ -224,7 +177,7 @@ Status LlamaModel::Impl::load_on_device(const std::filesystem::path& dir,
                                         std::uint64_t random_seed) {
   KBIT_ASSIGN_OR_RETURN(std::unique_ptr<cuda::DeviceLoader> loader,
                         cuda::DeviceLoader::create(device));
-  const DeviceLoadPlan plan{config,
+  const DeviceLoadPlan plan{cpu.config,
                             checkpoint ? &*checkpoint : nullptr,
                             dir,
                             quantize,
@@ -232,7 +185,7 @@ Status LlamaModel::Impl::load_on_device(const std::filesystem::path& dir,
                             options.activation_dtype,
                             options.execution,
                             random_seed,
-                            config.dtype.value_or(DType::kBF16)};
+                            cpu.config.dtype.value_or(DType::kBF16)};
   Result<cuda::DeviceWeights> weights = load_device_weights(plan, *loader);
   if (weights.status().code() == StatusCode::kOutOfMemory) {
     return weights.status().with_context(
@@ -242,12 +195,13 @@ Status LlamaModel::Impl::load_on_device(const std::filesystem::path& dir,
   }
   KBIT_RETURN_IF_ERROR(weights.status());
   KBIT_ASSIGN_OR_RETURN(
-      gpu, cuda::CudaLlama::create(config, device, numerics, std::move(weights).value()));
+      gpu, cuda::CudaLlama::create(cpu.config, device, cpu.numerics, std::move(weights).value()));
   return ok_status();
 }
 
 void LlamaModel::Impl::set_numerics(const std::optional<QuantizeOptions>& quantize,
                                     const LlamaLoadOptions& options) {
+  LinearNumerics& numerics = cpu.numerics;
   numerics.activation_dtype = options.activation_dtype;
   if (quantize) {
     quantization = quantize->config;
@@ -308,21 +262,22 @@ Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
   const bool round_bf16 = options.activation_dtype == DType::kBF16;
   const LinearPlan plan{*impl->checkpoint,  model_dir,  quantization,
                         stored.has_value(), round_bf16, options.execution};
-  const LlamaConfig& c = impl->config;
+  CpuLlama& m = impl->cpu;
+  const LlamaConfig& c = m.config;
   const io::Checkpoint& ck = *impl->checkpoint;
   const std::int64_t e = c.hidden_size;
   const std::vector<LinearModule> modules = linear_modules(c);
   KBIT_ASSIGN_OR_RETURN(impl->adapters, open_adapters(options.adapters));
   KBIT_RETURN_IF_ERROR(check_adapters_fit(impl->adapters, modules));
-  KBIT_ASSIGN_OR_RETURN(impl->embed, expect_float_tensor(ck, model_dir, "model.embed_tokens.weight",
-                                                         {c.vocab_size, e}));
+  KBIT_ASSIGN_OR_RETURN(
+      m.embed, expect_float_tensor(ck, model_dir, "model.embed_tokens.weight", {c.vocab_size, e}));
   // Tied, transformers points lm_head at the embedding and ignores any lm_head.weight stored.
   const std::string lm_head_source =
       c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-  KBIT_ASSIGN_OR_RETURN(impl->lm_head.weight,
+  KBIT_ASSIGN_OR_RETURN(m.lm_head.weight,
                         load_linear_weight(plan, "lm_head", lm_head_source, c.vocab_size, e));
-  KBIT_ASSIGN_OR_RETURN(impl->lm_head.lora, lora_terms(impl->adapters, modules.back()));
-  KBIT_ASSIGN_OR_RETURN(impl->final_norm, load_vector(ck, model_dir, "model.norm.weight", e));
+  KBIT_ASSIGN_OR_RETURN(m.lm_head.lora, lora_terms(impl->adapters, modules.back()));
+  KBIT_ASSIGN_OR_RETURN(m.final_norm, load_vector(ck, model_dir, "model.norm.weight", e));
   for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Layer layer;
@@ -337,20 +292,20 @@ Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
       KBIT_ASSIGN_OR_RETURN(*linears[j], load_linear(plan, module));
       KBIT_ASSIGN_OR_RETURN(linears[j]->lora, lora_terms(impl->adapters, module));
     }
-    impl->layers.push_back(std::move(layer));
+    m.layers.push_back(std::move(layer));
   }
   if (c.rope.type != RopeType::kDynamic) {
-    impl->inv_freq = rope_inv_freq(c.rope, c.head_dim, c.max_position_embeddings, 0);
+    m.inv_freq = rope_inv_freq(c.rope, c.head_dim, c.max_position_embeddings, 0);
   }
   if (round_bf16) {
-    impl->round_bf16 = true;
+    m.round_bf16 = true;
     KBIT_RETURN_IF_ERROR(impl->weights_to_bf16());
   }
   return LlamaModel(std::move(impl));
 }
 
 Result<KvCache> LlamaModel::new_cache(std::int64_t max_tokens, std::int64_t batch) const {
-  const LlamaConfig& c = impl_->config;
+  const LlamaConfig& c = impl_->cpu.config;
   if (max_tokens < 1) {
     return invalid_argument("new_cache: max_tokens must be at least 1, got " +
                             std::to_string(max_tokens));
@@ -388,11 +343,12 @@ Result<KvCache> LlamaModel::new_cache(std::int64_t max_tokens, std::int64_t batc
 
 Status LlamaModel::forward(std::span<const std::int32_t> tokens, KvCache& cache, TensorView logits,
                            bool all_positions) const {
-  const Impl& m = *impl_;
+  const Impl& impl = *impl_;
+  const CpuLlama& m = impl.cpu;
   const LlamaConfig& c = m.config;
   if (tokens.empty()) return invalid_argument("forward: no tokens given; pass at least one");
   if (cache.layers_ != c.num_hidden_layers || cache.kv_heads_ != c.num_key_value_heads ||
-      cache.head_dim_ != c.head_dim || (cache.device_state_ != nullptr) != (m.gpu != nullptr)) {
+      cache.head_dim_ != c.head_dim || (cache.device_state_ != nullptr) != (impl.gpu != nullptr)) {
     return invalid_argument(
         "forward: the KV cache was made for a model of another shape or device; make "
         "it with this model's new_cache()");
@@ -420,13 +376,13 @@ Status LlamaModel::forward(std::span<const std::int32_t> tokens, KvCache& cache,
   const std::int64_t out_rows = cache.batch_ * (all_positions ? t_count : 1);
   const Shape want{out_rows, c.vocab_size};
   if (logits.dtype() != DType::kF32 || !(logits.shape() == want) || !logits.is_contiguous() ||
-      !(logits.device().is_cpu() || logits.device() == m.device)) {
+      !(logits.device().is_cpu() || logits.device() == impl.device)) {
     return invalid_argument("forward: logits must be contiguous f32 " + want.to_string() +
                             " on the host or the model's device, got " + logits.describe());
   }
-  if (m.gpu) {
-    KBIT_RETURN_IF_ERROR(m.gpu->forward(tokens, cache.batch_, *cache.device_state_, cache.size_,
-                                        logits, all_positions));
+  if (impl.gpu) {
+    KBIT_RETURN_IF_ERROR(impl.gpu->forward(tokens, cache.batch_, *cache.device_state_, cache.size_,
+                                           logits, all_positions));
     cache.size_ += t_count;
     return ok_status();
   }
@@ -449,58 +405,35 @@ Status LlamaModel::forward(std::span<const std::int32_t> tokens, KvCache& cache,
   s.gate.resize(sz(t_count * inter));
   s.up.resize(sz(t_count * inter));
 
-  // Embedding rows, widened to f32.
-  k::visit_float_dtype(m.embed.dtype(), [&](auto type_tag) {
-    using T = decltype(type_tag);
-    const T* table = m.embed.data_as<const T>();
-    for (std::int64_t t = 0; t < t_count; ++t) {
-      const T* row = table + tokens[sz(t)] * e;
-      float* out = s.hidden.data() + t * e;
-      for (std::int64_t i = 0; i < e; ++i) out[i] = k::to_f32(row[i]);
-    }
-  });  // with bf16 activations the table is bf16, so these are bf16 values already
-
+  m.embed_tokens(tokens, s.hidden.data());
   std::vector<float> dynamic_inv_freq;
-  const float* inv_freq = m.inv_freq.data();
-  if (c.rope.type == RopeType::kDynamic) {
-    dynamic_inv_freq = rope_inv_freq(c.rope, d, c.max_position_embeddings, start + t_count);
-    inv_freq = dynamic_inv_freq.data();
-  }
-  const std::int64_t window = c.sliding_window.value_or(0);
-
+  const float* inv_freq = m.rope_frequencies(start + t_count, dynamic_inv_freq);
   for (std::size_t l = 0; l < m.layers.size(); ++l) {
     const Layer& layer = m.layers[l];
-    m.rms_norm(s.hidden.data(), layer.input_norm, t_count, s.normed.data());
-    m.linear(layer.q, s.normed.data(), t_count, s.q.data());
-    m.linear(layer.k, s.normed.data(), t_count, s.k.data());
-    m.linear(layer.v, s.normed.data(), t_count, s.v.data());
-    k::rope_op(k::RopeJob{s.q.data(), t_count, h, d, start, inv_freq, m.round_bf16}, m.execution);
-    k::rope_op(k::RopeJob{s.k.data(), t_count, kvh, d, start, inv_freq, m.round_bf16}, m.execution);
+    const LayerLora lora = loaded_lora(layer);
+    m.attention_inputs(layer, lora, s.hidden.data(), t_count, start, inv_freq, s.normed.data(),
+                       s.q.data(), s.k.data(), s.v.data());
     float* keys = cache.keys_[l].data();
     float* values = cache.values_[l].data();
     std::memcpy(keys + start * kvh * d, s.k.data(), s.k.size() * sizeof(float));
     std::memcpy(values + start * kvh * d, s.v.data(), s.v.size() * sizeof(float));
-    const k::AttentionJob attention{
-        s.q.data(),    keys,        values, t_count, h,
-        kvh,           d,           start,  window,  1.0f / std::sqrt(static_cast<float>(d)),
-        s.attn.data(), m.round_bf16};
-    k::attention_op(attention, m.execution);
-    m.linear(layer.o, s.attn.data(), t_count, s.proj.data());
-    m.add_residual(s.hidden, s.proj);
-
-    m.rms_norm(s.hidden.data(), layer.post_attention_norm, t_count, s.normed.data());
-    m.linear(layer.gate, s.normed.data(), t_count, s.gate.data());
-    m.linear(layer.up, s.normed.data(), t_count, s.up.data());
-    k::silu_mul_op(s.gate.data(), s.up.data(), t_count * inter, m.execution, m.round_bf16);
-    m.linear(layer.down, s.gate.data(), t_count, s.proj.data());
-    m.add_residual(s.hidden, s.proj);
+    m.attention(s.q.data(), keys, values, t_count, start, s.attn.data());
+    m.attention_output(layer, lora, s.attn.data(), t_count, s.proj.data(), s.hidden.data());
+    m.mlp_inputs(layer, lora, s.hidden.data(), t_count, s.normed.data(), s.gate.data(),
+                 s.up.data());
+    m.mlp_activation(s.gate.data(), s.up.data(), t_count);
+    m.mlp_output(layer, lora, s.gate.data(), t_count, s.proj.data(), s.hidden.data());
   }
 
   const float* last = s.hidden.data() + (t_count - out_rows) * e;
   m.rms_norm(last, m.final_norm, out_rows, s.normed.data());
-  m.linear(m.lm_head, s.normed.data(), out_rows, logits.data_as<float>());
+  m.linear(m.lm_head, m.lm_head.lora, s.normed.data(), out_rows, logits.data_as<float>());
   cache.size_ = start + t_count;
   return ok_status();
+}
+
+const CpuLlama* cpu_llama(const LlamaModel& model) {
+  return model.impl_->gpu ? nullptr : &model.impl_->cpu;
 }
 
 }  // namespace kbit::model

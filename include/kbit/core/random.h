@@ -16,4 +16,7 @@ Status fill_normal(TensorView tensor, std::uint64_t seed, float mean = 0.0f, flo
 // The standard normal sample number `index` of stream `seed` (Box-Muller on a counter hash).
 double normal_sample(std::uint64_t seed, std::uint64_t index);
 
+// 64 uniform random bits, number `index` of stream `seed` (a counter hash; not cryptographic).
+std::uint64_t random_bits(std::uint64_t seed, std::uint64_t index);
+
 }  // namespace kbit

@@ -17,6 +17,7 @@
 
 #include "kbit/core/status.h"
 #include "kbit/io/chat_message.h"
+#include "kbit/tokenizer/tokenizer.h"
 
 namespace kbit::generate {
 
@@ -53,5 +54,9 @@ class ChatTemplate {
                                   bool add_generation_prompt, const Json& context) const;
   std::unique_ptr<Impl> impl_;
 };
+
+// The variables transformers passes a template from the tokenizer: bos_token and eos_token (the
+// tokens' strings), each where the tokenizer has one.
+nlohmann::json tokenizer_template_context(const tokenizer::Tokenizer& tokenizer);
 
 }  // namespace kbit::generate

@@ -45,6 +45,8 @@
 
 namespace kbit::model {
 
+struct CpuLlama;  // the CPU model's weights and forward steps, internal (src/model/cpu_llama.h)
+
 struct LlamaLoadOptions {
   // Where the model runs: the CPU, or a CUDA device (the weights and caches then live there).
   Device device = Device::cpu();
@@ -172,6 +174,7 @@ class LlamaModel {
                  bool all_positions) const;
 
  private:
+  friend const CpuLlama* cpu_llama(const LlamaModel& model);
   struct Impl;
   explicit LlamaModel(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

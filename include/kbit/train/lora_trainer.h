@@ -1,0 +1,82 @@
+// The optimisation loop of LoRA fine-tuning, as transformers' Trainer runs it with a PEFT model:
+// each optimizer step takes grad_accum micro-batches of batch_size rows, whose loss is the mean
+// over every labelled target of all of them (transformers since 4.46 divides by the accumulated
+// batch's count of labelled targets, num_items_in_batch), clips the gradients' global norm
+// (max_grad_norm; 0 turns it off), then updates every lora_A and lora_B with AdamW at the
+// learning rate of the schedule for that step. The CPU model runs one row at a time whatever the
+// split, so a step costs the same for any batch_size × grad_accum of the same product.
+//
+// Optimizers (bitsandbytes', kbit/optim/adamw.h): "adamw" (32-bit states), "adamw_8bit" and
+// "paged_adamw_8bit" (blockwise 8-bit states; a parameter of fewer than 4 096 elements keeps
+// 32-bit states, as bitsandbytes' min_8bit_size does). On the CPU paging changes nothing: the
+// paged optimizer's arithmetic is the 8-bit one's.
+//
+// Rows are taken in order, wrapping around to the first after the last (a new epoch).
+//
+// Not thread safe; one step at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "kbit/core/status.h"
+#include "kbit/optim/adamw.h"
+#include "kbit/optim/lr_schedule.h"
+#include "kbit/train/lora_training_model.h"
+#include "kbit/train/training_data.h"
+
+namespace kbit::train {
+
+enum class OptimizerKind { kAdamW, kAdamW8bit, kPagedAdamW8bit };
+
+// transformers' optim names: "adamw" (also "adamw_torch"), "adamw_8bit" (also "adamw_bnb_8bit"),
+// "paged_adamw_8bit"; kInvalidArgument listing them for any other.
+Result<OptimizerKind> parse_optimizer(std::string_view name);
+
+struct TrainerOptions {
+  OptimizerKind optimizer = OptimizerKind::kPagedAdamW8bit;
+  // The base learning rate (lr) and AdamW's constants; the Trainer's weight decay default is 0.
+  optim::AdamWHyperparameters adamw{2e-4f, 0.9f, 0.999f, 1e-8f, 0.0f};
+  optim::LrSchedule schedule;  // total_steps: the run's optimizer steps
+  float max_grad_norm = 1.0f;  // 0: no clipping
+  std::int64_t batch_size = 1;
+  std::int64_t grad_accum = 1;
+};
+
+// What one optimizer step did.
+struct StepMetrics {
+  std::int64_t step = 0;    // 1 for the first
+  double loss = 0;          // the mean over its rows' labelled targets
+  float grad_norm = 0;      // before clipping
+  double lr = 0;            // the learning rate it applied
+  std::int64_t tokens = 0;  // input tokens it processed
+  std::int64_t epoch = 0;   // completed passes over the rows when it began
+};
+
+class LoraTrainer {
+ public:
+  // Checks the options (kInvalidArgument naming the field) and makes the optimizer's zero
+  // states. `model` and `rows` must outlive the trainer.
+  static Result<LoraTrainer> create(LoraTrainingModel& model, const TrainingRows& rows,
+                                    const TrainerOptions& options);
+
+  LoraTrainer(LoraTrainer&&) noexcept;
+  LoraTrainer& operator=(LoraTrainer&&) noexcept;
+  ~LoraTrainer();
+
+  // One optimizer step. A non-finite gradient norm skips the update (the step still counts and
+  // its metrics say so: grad_norm not finite), as the Trainer does with skipped steps.
+  Result<StepMetrics> step();
+
+  // Optimizer states' bytes (what paging would move): 2 per element of 8-bit states plus their
+  // absmax, 8 per element of 32-bit ones.
+  std::size_t optimizer_state_bytes() const;
+
+ private:
+  struct State;
+  explicit LoraTrainer(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace kbit::train

@@ -1,0 +1,215 @@
+// kbit finetune: LoRA fine-tuning of a model on a JSONL dataset, saved as a PEFT adapter.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <optional>
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/model_flags.h"
+#include "cli/progress_bar.h"
+#include "kbit/generate/chat_template.h"
+#include "kbit/io/training_jsonl.h"
+#include "kbit/train/lora_trainer.h"
+
+namespace kbit::cli {
+namespace {
+
+struct FinetuneFlags {
+  ModelFlags model;
+  std::filesystem::path data;
+  std::filesystem::path output;
+  std::int64_t lora_r = 16;
+  double lora_alpha = 32;
+  double lora_dropout = 0;
+  bool use_rslora = false;
+  std::string target_modules = "all-linear";
+  std::string optimizer = "paged_adamw_8bit";
+  float lr = 2e-4f;
+  float weight_decay = 0;
+  float max_grad_norm = 1;
+  std::string lr_scheduler = "linear";
+  std::int64_t warmup_steps = 0;
+  double epochs = 1;
+  std::int64_t max_steps = 0;
+  std::int64_t batch_size = 1;
+  std::int64_t grad_accum = 1;
+  std::int64_t max_length = 512;
+  std::string layout = "packed";
+  std::int64_t save_every = 0;
+  std::uint64_t seed = 42;
+  std::filesystem::path metrics;
+};
+
+// --target-modules: "all-linear", or names separated by commas.
+io::PeftLoraConfig lora_config(const FinetuneFlags& flags) {
+  io::PeftLoraConfig config;
+  config.r = flags.lora_r;
+  config.lora_alpha = flags.lora_alpha;
+  config.lora_dropout = flags.lora_dropout;
+  config.use_rslora = flags.use_rslora;
+  config.base_model_name_or_path = flags.model.model_dir.string();
+  if (flags.target_modules == "all-linear") {
+    config.all_linear = true;
+    return config;
+  }
+  std::size_t start = 0;
+  while (start <= flags.target_modules.size()) {
+    const std::size_t comma =
+        std::min(flags.target_modules.find(',', start), flags.target_modules.size());
+    if (comma > start)
+      config.target_names.push_back(flags.target_modules.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return config;
+}
+
+// The training rows of the dataset, tokenized as train/training_data.h says.
+Result<train::TrainingRows> training_rows(const FinetuneFlags& flags,
+                                          const tokenizer::Tokenizer& tokenizer) {
+  KBIT_ASSIGN_OR_RETURN(const io::TrainingDataset dataset, io::read_training_jsonl(flags.data));
+  std::optional<generate::ChatTemplate> chat_template;
+  if (dataset.layout == io::TrainingLayout::kMessages) {
+    KBIT_ASSIGN_OR_RETURN(chat_template,
+                          generate::ChatTemplate::load_for_model(flags.model.model_dir));
+  }
+  Result<std::vector<train::TokenizedExample>> examples =
+      train::tokenize_dataset(dataset, tokenizer, chat_template ? &*chat_template : nullptr);
+  if (!examples.ok()) return examples.status().with_context(flags.data.string());
+  if (flags.layout != "packed" && flags.layout != "padded") {
+    return invalid_argument("--layout must be packed or padded, got " + flags.layout);
+  }
+  const train::RowLayout layout =
+      flags.layout == "packed" ? train::RowLayout::kPacked : train::RowLayout::kPadded;
+  const std::int32_t pad = tokenizer.eos_id().value_or(0);
+  return train::make_training_rows(*examples, flags.max_length, layout, pad, flags.seed);
+}
+
+// Optimizer steps: --max-steps, else --epochs passes over the rows.
+Result<std::int64_t> total_steps(const FinetuneFlags& flags, std::int64_t rows) {
+  if (flags.max_steps > 0) return flags.max_steps;
+  if (!(flags.epochs > 0) || !std::isfinite(flags.epochs)) {
+    return invalid_argument("--epochs must be above 0, or give --max-steps");
+  }
+  const double per_step = static_cast<double>(flags.batch_size * flags.grad_accum);
+  return std::max<std::int64_t>(
+      1, static_cast<std::int64_t>(std::ceil(flags.epochs * static_cast<double>(rows) / per_step)));
+}
+
+Result<train::TrainerOptions> trainer_options(const FinetuneFlags& flags, std::int64_t steps) {
+  train::TrainerOptions options;
+  KBIT_ASSIGN_OR_RETURN(options.optimizer, train::parse_optimizer(flags.optimizer));
+  options.adamw.lr = flags.lr;
+  options.adamw.weight_decay = flags.weight_decay;
+  KBIT_ASSIGN_OR_RETURN(options.schedule.type, optim::parse_lr_schedule_type(flags.lr_scheduler));
+  options.schedule.warmup_steps = flags.warmup_steps;
+  options.schedule.total_steps = steps;
+  options.max_grad_norm = flags.max_grad_norm;
+  options.batch_size = flags.batch_size;
+  options.grad_accum = flags.grad_accum;
+  return options;
+}
+
+nlohmann::json metrics_json(const train::StepMetrics& m, double seconds) {
+  return {{"step", m.step},        {"loss", m.loss},   {"grad_norm", m.grad_norm},
+          {"learning_rate", m.lr}, {"epoch", m.epoch}, {"tokens", m.tokens},
+          {"seconds", seconds}};
+}
+
+Status run(const FinetuneFlags& flags) {
+  KBIT_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(flags.model));
+  KBIT_ASSIGN_OR_RETURN(const train::TrainingRows rows, training_rows(flags, loaded.tokenizer));
+  KBIT_ASSIGN_OR_RETURN(const std::int64_t steps, total_steps(flags, rows.rows()));
+  KBIT_ASSIGN_OR_RETURN(const train::TrainerOptions options, trainer_options(flags, steps));
+  KBIT_ASSIGN_OR_RETURN(
+      train::LoraState state,
+      train::LoraState::create(loaded.model.config(), lora_config(flags), flags.seed));
+  KBIT_ASSIGN_OR_RETURN(train::LoraTrainingModel model,
+                        train::LoraTrainingModel::create(loaded.model, std::move(state)));
+  KBIT_ASSIGN_OR_RETURN(train::LoraTrainer trainer,
+                        train::LoraTrainer::create(model, rows, options));
+  std::ofstream metrics;
+  if (!flags.metrics.empty()) {
+    metrics.open(flags.metrics, std::ios::trunc);
+    if (!metrics) return invalid_argument("--metrics " + flags.metrics.string() + ": cannot open");
+  }
+  fmt::print(stderr, "finetune: {} rows of {} tokens, {} steps of {} rows, {} LoRA modules\n",
+             rows.rows(), rows.length, steps, flags.batch_size * flags.grad_accum,
+             model.state().modules().size());
+  ProgressBar bar("finetune", "steps");
+  const auto start = std::chrono::steady_clock::now();
+  for (std::int64_t s = 0; s < steps; ++s) {
+    KBIT_ASSIGN_OR_RETURN(const train::StepMetrics step, trainer.step());
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (metrics.is_open()) metrics << metrics_json(step, seconds).dump() << std::endl;
+    bar.update(step.step, steps);
+    if (flags.save_every > 0 && step.step % flags.save_every == 0 && step.step < steps) {
+      KBIT_RETURN_IF_ERROR(model.state().save(flags.output));
+    }
+    if (step.step == 1 || step.step == steps || step.step % 10 == 0) {
+      fmt::print(stderr, "step {}/{}  loss {:.4f}  lr {:.3g}  grad norm {:.3f}  {:.0f} tok/s\n",
+                 step.step, steps, step.loss, step.lr, step.grad_norm,
+                 static_cast<double>(step.step * step.tokens) / seconds);
+    }
+  }
+  KBIT_RETURN_IF_ERROR(model.state().save(flags.output));
+  fmt::print("saved the adapter to {}\n", flags.output.string());
+  return ok_status();
+}
+
+}  // namespace
+
+Action add_finetune_command(CLI::App& app) {
+  auto flags = std::make_shared<FinetuneFlags>();
+  flags->model.device = "cpu";  // training runs on the CPU for now
+  CLI::App* command = app.add_subcommand(
+      "finetune",
+      "LoRA fine-tuning on a JSONL dataset (text, prompt/completion or messages), "
+      "saved as a PEFT adapter");
+  add_model_flags(*command, flags->model);
+  command->add_option("--data", flags->data, "the training data, JSON Lines")->required();
+  command->add_option("-o,--output", flags->output, "the adapter folder to write")->required();
+  command->add_option("--lora-r", flags->lora_r, "LoRA rank")->capture_default_str();
+  command->add_option("--lora-alpha", flags->lora_alpha, "LoRA alpha")->capture_default_str();
+  command->add_option("--lora-dropout", flags->lora_dropout, "LoRA dropout (only 0 for now)")
+      ->capture_default_str();
+  command->add_flag("--use-rslora", flags->use_rslora, "scale by alpha / sqrt(r)");
+  command
+      ->add_option("--target-modules", flags->target_modules,
+                   "all-linear, or module names separated by commas (q_proj,v_proj)")
+      ->capture_default_str();
+  command->add_option("--optim", flags->optimizer, "adamw, adamw_8bit or paged_adamw_8bit")
+      ->capture_default_str();
+  command->add_option("--lr", flags->lr, "learning rate")->capture_default_str();
+  command->add_option("--weight-decay", flags->weight_decay, "AdamW's decoupled weight decay")
+      ->capture_default_str();
+  command->add_option("--max-grad-norm", flags->max_grad_norm, "clip the gradient norm (0: off)")
+      ->capture_default_str();
+  command
+      ->add_option("--lr-scheduler", flags->lr_scheduler,
+                   "constant, constant_with_warmup, linear or cosine")
+      ->capture_default_str();
+  command->add_option("--warmup-steps", flags->warmup_steps, "")->capture_default_str();
+  command->add_option("--epochs", flags->epochs, "passes over the data")->capture_default_str();
+  command->add_option("--max-steps", flags->max_steps, "optimizer steps (overrides --epochs)");
+  command->add_option("--batch-size", flags->batch_size, "rows per micro-batch")
+      ->capture_default_str();
+  command->add_option("--grad-accum", flags->grad_accum, "micro-batches per optimizer step")
+      ->capture_default_str();
+  command->add_option("--max-length", flags->max_length, "tokens per row")->capture_default_str();
+  command
+      ->add_option("--layout", flags->layout,
+                   "packed (examples concatenated into rows) or padded (one per row)")
+      ->capture_default_str();
+  command->add_option("--save-every", flags->save_every, "save the adapter every N steps");
+  command->add_option("--seed", flags->seed, "LoRA initialisation and data order")
+      ->capture_default_str();
+  command->add_option("--metrics", flags->metrics, "write one JSON line of metrics per step");
+  return [flags] { return run(*flags); };
+}
+
+}  // namespace kbit::cli

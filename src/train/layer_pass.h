@@ -1,0 +1,74 @@
+// One decoder layer of one sequence in LoRA training (kbit/train/lora_training_model.h): its
+// forward by the model's own steps (model/cpu_llama.h) with every activation the backward needs
+// kept, and the backward through it by the reference kernels of kernels/cpu/llama_backward.h and
+// the frozen Linears' input gradients (LinearWeight::backward_input).
+//
+// The layer, for x [tokens, hidden] at positions 0, 1, ...:
+//   n1 = RMSNorm(x);  q, k, v = rope(Wq n1), rope(Wk n1), Wv n1;  a = attention(q, k, v)
+//   h = x + Wo a;  n2 = RMSNorm(h);  g, u = Wgate n2, Wup n2;  s = silu(g) · u
+//   out = h + Wdown s
+// every W· being the base Linear plus its trained LoRA term, if any.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "kbit/train/lora_state.h"
+#include "model/cpu_llama.h"
+
+namespace kbit::train {
+
+// The trained LoRA of one decoder layer: for each of its Linears (model::LayerLinear order) its
+// module of the state, or nullptr. Holds pointers into the state's modules.
+class LayerAdapters {
+ public:
+  LayerAdapters(const std::array<LoraModule*, model::kLinearsPerLayer>& modules, float scaling);
+
+  // The terms the forward adds: views of the modules' current A and B.
+  model::LayerLora lora() const;
+  LoraModule* module(model::LayerLinear linear) const { return modules_[linear]; }
+  float scaling() const { return scaling_; }
+
+ private:
+  std::array<LoraModule*, model::kLinearsPerLayer> modules_;
+  std::array<model::LoraTerm, model::kLinearsPerLayer> terms_;
+  float scaling_;
+};
+
+class LayerPass {
+ public:
+  // For one sequence of `tokens` positions, rotated with RoPE's `frequencies`.
+  LayerPass(const model::CpuLlama& model, std::int64_t tokens, const float* frequencies);
+
+  // Runs `layer` on input [tokens, hidden] (read again by backward(): it must stay), keeping
+  // the activations; writes the layer's output [tokens, hidden] unless output is nullptr.
+  void forward(const model::Layer& layer, const LayerAdapters& adapters, const float* input,
+               float* output);
+
+  // d_hidden [tokens, hidden]: the loss's gradient with respect to the layer's output, replaced
+  // by the one with respect to its input. Adds the gradients of the adapters' A and B. Requires
+  // forward() of the same layer and adapters just before.
+  void backward(const model::Layer& layer, const LayerAdapters& adapters, float* d_hidden);
+
+ private:
+  // dx [tokens, in] (+)= dy · W of the base Linear, then the LoRA term's dx added and its A and B
+  // gradients accumulated; x [tokens, in] is the Linear's input.
+  void linear_backward(const model::Layer& layer, const LayerAdapters& adapters,
+                       model::LayerLinear linear, const float* x, const float* dy, float* dx,
+                       bool accumulate);
+  // d_hidden += the gradient through RMSNorm(x) with `weight` given d_normed.
+  void rms_norm_backward(const float* x, const std::vector<float>& weight, const float* d_normed,
+                         float* d_hidden);
+
+  const model::CpuLlama& model_;
+  std::int64_t tokens_;
+  const float* frequencies_;
+  const float* input_ = nullptr;
+  // The forward's activations (names as above) and the backward's gradients.
+  std::vector<float> n1_, q_, k_, v_, attention_, h_, n2_, gate_, up_, activation_;
+  std::vector<float> d_normed_, dq_, dk_, dv_, d_attention_, d_gate_, d_up_, d_activation_;
+  std::vector<float> scratch_;  // [tokens, hidden]
+};
+
+}  // namespace kbit::train
