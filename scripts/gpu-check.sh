@@ -14,8 +14,9 @@
 # not run. KBIT_GPU_CHECK_STEPS chooses the steps (default all: "tests sanitize-kernels
 # racecheck-kernels racecheck-linear sanitize-model bench": memcheck of the kernel tests, racecheck
 # of them (the linear kernels', which run beside cuBLAS, apart), both on the model tests; the
-# step "workbench" runs the kernel workbench alone, which "bench" includes); the device tool's
-# 10-minute limit per command may need them run a few at a time.
+# step "workbench" runs the kernel workbench alone, which "bench" includes; "bench-shapes" runs
+# kbit bench on the Llama-2-7B and 70B shapes, into bench-<config>-<mode>.json); the device
+# tool's 10-minute limit per command may need them run a few at a time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd -P)"
@@ -204,20 +205,30 @@ if want bench || want workbench; then
     { say "the kernel workbench failed (a check, or the run)"; status=1; }
 fi
 
-# ---- kbit bench on the Llama-3.1-8B shape (random weights), as BENCHMARKS.md reports it.
+# ---- kbit bench (random weights), as BENCHMARKS.md reports it: bench_mode CONFIG MODE JSON_OUT.
+bench_mode() {
+  local flags
+  case "$2" in
+    bf16) flags=(--dtype bf16) ;;
+    nf4) flags=(--load-in-4bit) ;;
+    nf4_dq) flags=(--load-in-4bit --double-quant) ;;
+    int8) flags=(--load-in-8bit) ;;
+  esac
+  say "kbit bench --random-weights bench/configs/$1.json -p 512 -n 128 -b 1,8 ${flags[*]}"
+  timeout 300 "$build/kbit" bench --random-weights "bench/configs/$1.json" -p 512 -n 128 \
+    -b 1,8 "${flags[@]}" --json >"$3" 2>>"$log" || { say "kbit bench failed for $1 $2"; status=1; }
+  cat "$3" >>"$log"
+}
+modes=(bf16 nf4 nf4_dq int8)
+# The Llama-3.1-8B shape.
 if want bench; then
-  for mode in bf16 nf4 nf4_dq int8; do
-    case "$mode" in
-      bf16) flags=(--dtype bf16) ;;
-      nf4) flags=(--load-in-4bit) ;;
-      nf4_dq) flags=(--load-in-4bit --double-quant) ;;
-      int8) flags=(--load-in-8bit) ;;
-    esac
-    say "kbit bench --random-weights bench/configs/llama-3.1-8b.json -p 512 -n 128 -b 1,8 ${flags[*]}"
-    timeout 300 "$build/kbit" bench --random-weights bench/configs/llama-3.1-8b.json -p 512 -n 128 \
-      -b 1,8 "${flags[@]}" --json >"$out/bench-$mode.json" 2>>"$log" ||
-      { say "kbit bench failed for $mode"; status=1; }
-    cat "$out/bench-$mode.json" >>"$log"
+  for mode in "${modes[@]}"; do bench_mode llama-3.1-8b "$mode" "$out/bench-$mode.json"; done
+fi
+# The other shapes users run: Llama-2-7B, and the 70B shape's first 8 and 16 layers (a layer's
+# time is the difference over 8; the whole model's, the 8 layers' plus 72 more).
+if want bench-shapes; then
+  for config in llama-2-7b llama-3.1-70b-8-layers llama-3.1-70b-16-layers; do
+    for mode in "${modes[@]}"; do bench_mode "$config" "$mode" "$out/bench-$config-$mode.json"; done
   done
 fi
 
