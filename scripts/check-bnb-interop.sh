@@ -46,31 +46,14 @@ for d in "${quantized[@]}" "$float_model" "$golden"; do
   [[ -d "$d" ]] || { echo "check-bnb-interop: $d is not a folder" >&2; exit 2; }
 done
 
-keep=1
-if [[ -z "$venv" ]]; then
-  tmp="$(mktemp -d -t kbit-bnb-interop.XXXXXX)"
-  venv="$tmp/venv"
-  keep=0
-  trap 'rm -rf "$tmp"' EXIT
-fi
-
-specs="${KBIT_BNB_PIP_SPECS:-torch transformers accelerate bitsandbytes safetensors numpy}"
-if [[ ! -x "$venv/bin/python" ]]; then
-  echo "check-bnb-interop: creating the virtual environment $venv" >&2
-  python3 -m venv "$venv" || { echo "check-bnb-interop: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 2; }
-fi
-if ! "$venv/bin/python" -c "import torch, transformers, accelerate, bitsandbytes, safetensors" 2>/dev/null; then
-  echo "check-bnb-interop: installing $specs" >&2
-  "$venv/bin/pip" install -q --upgrade pip >&2 || true
-  torch_spec="$(tr ' ' '\n' <<<"$specs" | grep -E '^torch([=<>!~].*)?$' || true)"
-  if [[ -n "$torch_spec" ]]; then
-    # The CPU wheel is a fraction of the size of PyPI's CUDA build; fall back to PyPI.
-    "$venv/bin/pip" install -q --retries 0 --timeout 15 "$torch_spec" --index-url https://download.pytorch.org/whl/cpu >&2 2>/dev/null \
-      || echo "check-bnb-interop: download.pytorch.org not reachable, torch from PyPI" >&2
-  fi
-  # shellcheck disable=SC2086
-  "$venv/bin/pip" install -q $specs >&2 || { echo "check-bnb-interop: pip install failed" >&2; exit 2; }
-fi
+keep=0
+[[ -n "$venv" ]] && keep=1
+# shellcheck source=scripts/lib/python-venv.sh
+source "$root/scripts/lib/python-venv.sh"
+kbit_python_venv check-bnb-interop "$venv" \
+  "${KBIT_BNB_PIP_SPECS:-torch transformers accelerate bitsandbytes safetensors numpy}" \
+  "torch, transformers, accelerate, bitsandbytes, safetensors"
+venv="$KBIT_VENV"
 "$venv/bin/python" -c "import torch, transformers, bitsandbytes; print('check-bnb-interop: torch', torch.__version__, 'transformers', transformers.__version__, 'bitsandbytes', bitsandbytes.__version__)" 2>/dev/null
 
 status=0
