@@ -307,6 +307,24 @@ TEST_F(CliTest, FinetuneWritesAnAdapterThatLoads) {
       run("generate -m " + model.string() + " -p ROMEO: -n 4 --adapter " + adapter.string());
   EXPECT_EQ(generated.exit_status, 0) << generated.err;
   expect_failure(run(train + "--optim sgd"), {"sgd"});
+
+  // Checkpoints: a run interrupted after step 2 (its save of step 4 cut short) and resumed ends
+  // with the adapter of the run that was not.
+  const std::string four_steps = train + "--max-steps 4 --lr 1e-2 --save-every 2";
+  ASSERT_EQ(run(four_steps).exit_status, 0);
+  EXPECT_TRUE(fs::exists(adapter / "checkpoint-2" / "trainer_state.safetensors"));
+  const std::string finished = read_file(adapter / "adapter_model.safetensors");
+  fs::remove_all(adapter / "checkpoint-4");
+  fs::remove(adapter / "adapter_model.safetensors");
+  fs::create_directories(adapter / "checkpoint-4.tmp-99");
+  const CommandResult resumed = run(four_steps + " --resume");
+  ASSERT_EQ(resumed.exit_status, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resuming from"), std::string::npos) << resumed.err;
+  EXPECT_EQ(read_file(adapter / "adapter_model.safetensors"), finished);
+  const std::string empty = (directory_ / "empty").string();
+  expect_failure(run("finetune -m " + model.string() + " --data " + data.string() + " -o " + empty +
+                     " --max-steps 4 --resume"),
+                 {"--resume", empty});
 }
 
 }  // namespace

@@ -40,6 +40,7 @@ struct FinetuneFlags {
   std::int64_t max_length = 512;
   std::string layout = "packed";
   std::int64_t save_every = 0;
+  bool resume = false;
   std::uint64_t seed = 42;
   std::filesystem::path metrics;
 };
@@ -131,9 +132,19 @@ Status run(const FinetuneFlags& flags) {
                         train::LoraTrainingModel::create(loaded.model, std::move(state)));
   KBIT_ASSIGN_OR_RETURN(train::LoraTrainer trainer,
                         train::LoraTrainer::create(model, rows, options));
+  if (flags.resume) {
+    const std::optional<std::filesystem::path> checkpoint = train::latest_checkpoint(flags.output);
+    if (!checkpoint) {
+      return invalid_argument("--resume: " + flags.output.string() +
+                              " holds no checkpoint-N folder to resume from; run without --resume");
+    }
+    KBIT_RETURN_IF_ERROR(trainer.restore_checkpoint(*checkpoint));
+    fmt::print(stderr, "finetune: resuming from {} (step {})\n", checkpoint->string(),
+               trainer.steps_done());
+  }
   std::ofstream metrics;
   if (!flags.metrics.empty()) {
-    metrics.open(flags.metrics, std::ios::trunc);
+    metrics.open(flags.metrics, flags.resume ? std::ios::app : std::ios::trunc);
     if (!metrics) return invalid_argument("--metrics " + flags.metrics.string() + ": cannot open");
   }
   fmt::print(stderr, "finetune: {} rows of {} tokens, {} steps of {} rows, {} LoRA modules\n",
@@ -141,19 +152,22 @@ Status run(const FinetuneFlags& flags) {
              model.state().modules().size());
   ProgressBar bar("finetune", "steps");
   const auto start = std::chrono::steady_clock::now();
-  for (std::int64_t s = 0; s < steps; ++s) {
+  std::int64_t steps_here = 0;  // this invocation's, for the rate
+  while (trainer.steps_done() < steps) {
     KBIT_ASSIGN_OR_RETURN(const train::StepMetrics step, trainer.step());
+    ++steps_here;
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (metrics.is_open()) metrics << metrics_json(step, seconds).dump() << std::endl;
     bar.update(step.step, steps);
-    if (flags.save_every > 0 && step.step % flags.save_every == 0 && step.step < steps) {
-      KBIT_RETURN_IF_ERROR(model.state().save(flags.output));
+    if (flags.save_every > 0 && step.step % flags.save_every == 0) {
+      KBIT_RETURN_IF_ERROR(
+          trainer.save_checkpoint(flags.output / ("checkpoint-" + std::to_string(step.step))));
     }
     if (step.step == 1 || step.step == steps || step.step % 10 == 0) {
       fmt::print(stderr, "step {}/{}  loss {:.4f}  lr {:.3g}  grad norm {:.3f}  {:.0f} tok/s\n",
                  step.step, steps, step.loss, step.lr, step.grad_norm,
-                 static_cast<double>(step.step * step.tokens) / seconds);
+                 static_cast<double>(steps_here * step.tokens) / seconds);
     }
   }
   KBIT_RETURN_IF_ERROR(model.state().save(flags.output));
@@ -205,7 +219,11 @@ Action add_finetune_command(CLI::App& app) {
       ->add_option("--layout", flags->layout,
                    "packed (examples concatenated into rows) or padded (one per row)")
       ->capture_default_str();
-  command->add_option("--save-every", flags->save_every, "save the adapter every N steps");
+  command->add_option("--save-every", flags->save_every,
+                      "every N steps, save a checkpoint (adapter and optimizer states) as "
+                      "OUTPUT/checkpoint-N");
+  command->add_flag("--resume", flags->resume,
+                    "continue from the newest OUTPUT/checkpoint-N, with the same data and options");
   command->add_option("--seed", flags->seed, "LoRA initialisation and data order")
       ->capture_default_str();
   command->add_option("--metrics", flags->metrics, "write one JSON line of metrics per step");

@@ -1,10 +1,21 @@
 #include "kbit/train/lora_trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
+#include <charconv>
+#include <cstring>
+#include <map>
+#include <system_error>
+
+#include "kbit/io/peft_adapter.h"
+#include "kbit/io/safetensors.h"
+#include "kbit/io/safetensors_writer.h"
 #include "kbit/optim/clip_grad_norm.h"
 
 namespace kbit::train {
@@ -29,6 +40,23 @@ struct ParameterState {
       state1.assign(size, 0.0f);
       state2.assign(size, 0.0f);
     }
+  }
+
+  // The state's tensors, named by their role (state1, state2, or codes and absmax).
+  std::vector<std::pair<std::string, TensorView>> tensors() {
+    const auto f32 = [](std::vector<float>& v) {
+      return TensorView(v.data(), DType::kF32, Shape{static_cast<std::int64_t>(v.size())});
+    };
+    const auto u8 = [](std::vector<std::uint8_t>& v) {
+      return TensorView(v.data(), DType::kU8, Shape{static_cast<std::int64_t>(v.size())});
+    };
+    if (eight_bit) {
+      return {{"state1", u8(codes1)},
+              {"state2", u8(codes2)},
+              {"absmax1", f32(absmax1)},
+              {"absmax2", f32(absmax2)}};
+    }
+    return {{"state1", f32(state1)}, {"state2", f32(state2)}};
   }
 
   std::size_t bytes() const {
@@ -76,7 +104,62 @@ Status check_options(const TrainerOptions& options, const TrainingRows& rows) {
   return ok_status();
 }
 
+constexpr const char* kTrainerStateFile = "trainer_state.safetensors";
+constexpr std::string_view kCheckpointPrefix = "checkpoint-";
+
+const char* optimizer_name(OptimizerKind kind) {
+  switch (kind) {
+    case OptimizerKind::kAdamW:
+      return "adamw";
+    case OptimizerKind::kAdamW8bit:
+      return "adamw_8bit";
+    case OptimizerKind::kPagedAdamW8bit:
+      return "paged_adamw_8bit";
+  }
+  return "?";
+}
+
+// N of a folder named checkpoint-N, or nullopt.
+std::optional<std::int64_t> checkpoint_number(const std::string& name) {
+  if (!name.starts_with(kCheckpointPrefix) || name.size() == kCheckpointPrefix.size()) {
+    return std::nullopt;
+  }
+  std::int64_t number = 0;
+  const char* first = name.data() + kCheckpointPrefix.size();
+  const char* last = name.data() + name.size();
+  const auto [end, error] = std::from_chars(first, last, number);
+  if (error != std::errc() || end != last) return std::nullopt;
+  return number;
+}
+
+// A metadata value as an integer, or kInvalidArgument naming the file and the key.
+Result<std::int64_t> metadata_integer(const io::SafetensorsFile& file, const std::string& key) {
+  const auto it = file.metadata().find(key);
+  std::int64_t value = 0;
+  if (it != file.metadata().end()) {
+    const auto [end, error] =
+        std::from_chars(it->second.data(), it->second.data() + it->second.size(), value);
+    if (error == std::errc() && end == it->second.data() + it->second.size()) return value;
+  }
+  return invalid_argument(file.path().string() + ": metadata '" + key +
+                          "' is missing or not an integer; is this a checkpoint of kbit finetune?");
+}
+
 }  // namespace
+
+std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& output_dir) {
+  std::optional<std::filesystem::path> latest;
+  std::int64_t latest_number = -1;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(output_dir, error)) {
+    const std::optional<std::int64_t> number = checkpoint_number(entry.path().filename().string());
+    if (number && *number > latest_number && entry.is_directory()) {
+      latest_number = *number;
+      latest = entry.path();
+    }
+  }
+  return latest;
+}
 
 Result<OptimizerKind> parse_optimizer(std::string_view name) {
   if (name == "adamw" || name == "adamw_torch") return OptimizerKind::kAdamW;
@@ -94,6 +177,9 @@ struct LoraTrainer::State {
   std::int64_t steps_done = 0;
   std::int64_t next_row = 0;
   std::int64_t epoch = 0;
+
+  std::map<std::string, std::string> run_identity() const;
+  std::string tensor_name(std::size_t p, const std::string& role) const;
 };
 
 LoraTrainer::LoraTrainer(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -113,6 +199,126 @@ Result<LoraTrainer> LoraTrainer::create(LoraTrainingModel& model, const Training
     }
   }
   return LoraTrainer(std::move(state));
+}
+
+std::int64_t LoraTrainer::steps_done() const {
+  return state_->steps_done;
+}
+
+// What a checkpoint must share with the run that restores it.
+std::map<std::string, std::string> LoraTrainer::State::run_identity() const {
+  return {{"optimizer", optimizer_name(options.optimizer)},
+          {"rows", std::to_string(rows->rows())},
+          {"row_length", std::to_string(rows->length)},
+          {"rows_per_step", std::to_string(options.batch_size * options.grad_accum)},
+          {"lora_modules", std::to_string(model->state().modules().size())}};
+}
+
+// trainer_state.safetensors' name of state tensor `role` of parameter p (module p / 2's A or B).
+std::string LoraTrainer::State::tensor_name(std::size_t p, const std::string& role) const {
+  return model->state().modules()[p / 2].name + (p % 2 == 0 ? ".lora_A." : ".lora_B.") + role;
+}
+
+Status LoraTrainer::save_checkpoint(const std::filesystem::path& dir) const {
+  State& s = *state_;
+  std::error_code error;
+  if (std::filesystem::exists(dir, error)) {
+    return invalid_argument("checkpoint " + dir.string() +
+                            " exists already; save into a new folder");
+  }
+  std::filesystem::path temporary = dir;
+  temporary += ".tmp-" + std::to_string(::getpid());
+  std::filesystem::remove_all(temporary, error);  // left by an interrupted save of this process
+  const auto fail = [&](const Status& status) {
+    std::filesystem::remove_all(temporary, error);
+    return status;
+  };
+  if (Status saved = s.model->state().save(temporary); !saved.ok()) return fail(saved);
+  std::vector<io::NamedTensor> tensors;
+  for (std::size_t p = 0; p < s.parameters.size(); ++p) {
+    for (auto& [role, tensor] : s.parameters[p].tensors()) {
+      tensors.push_back({s.tensor_name(p, role), tensor});
+    }
+  }
+  std::map<std::string, std::string> metadata = s.run_identity();
+  metadata["step"] = std::to_string(s.steps_done);
+  metadata["next_row"] = std::to_string(s.next_row);
+  metadata["epoch"] = std::to_string(s.epoch);
+  metadata["optimizer_step"] = std::to_string(s.parameters.empty() ? 0 : s.parameters.front().step);
+  io::sort_in_reference_order(tensors);
+  if (Status written = io::write_safetensors(temporary / kTrainerStateFile, tensors, metadata);
+      !written.ok()) {
+    return fail(written);
+  }
+  std::filesystem::rename(temporary, dir, error);
+  if (error) {
+    return fail(invalid_argument("checkpoint " + dir.string() + ": cannot rename " +
+                                 temporary.string() + " into place: " + error.message()));
+  }
+  return ok_status();
+}
+
+Status LoraTrainer::restore_checkpoint(const std::filesystem::path& dir) {
+  State& s = *state_;
+  KBIT_ASSIGN_OR_RETURN(const io::SafetensorsFile file,
+                        io::SafetensorsFile::open(dir / kTrainerStateFile));
+  for (const auto& [key, value] : s.run_identity()) {
+    const auto it = file.metadata().find(key);
+    const std::string saved = it == file.metadata().end() ? "nothing" : it->second;
+    if (saved != value) {
+      return invalid_argument(file.path().string() + ": the checkpoint's " + key + " is " + saved +
+                              " but this run's is " + value +
+                              "; resume with the data and options the checkpoint was made with");
+    }
+  }
+  KBIT_ASSIGN_OR_RETURN(const std::int64_t step, metadata_integer(file, "step"));
+  KBIT_ASSIGN_OR_RETURN(const std::int64_t next_row, metadata_integer(file, "next_row"));
+  KBIT_ASSIGN_OR_RETURN(const std::int64_t epoch, metadata_integer(file, "epoch"));
+  KBIT_ASSIGN_OR_RETURN(const std::int64_t optimizer_step,
+                        metadata_integer(file, "optimizer_step"));
+  if (step < 0 || next_row < 0 || next_row >= s.rows->rows() || epoch < 0 || optimizer_step < 0 ||
+      optimizer_step > step) {
+    return invalid_argument(file.path().string() +
+                            ": the step counts in its metadata are "
+                            "inconsistent; the checkpoint is damaged");
+  }
+  // Every tensor checked before anything is copied.
+  KBIT_ASSIGN_OR_RETURN(const io::PeftAdapter adapter, io::PeftAdapter::open(dir));
+  std::vector<io::LoraWeights> weights;
+  for (const LoraModule& module : s.model->state().modules()) {
+    KBIT_ASSIGN_OR_RETURN(io::LoraWeights w,
+                          adapter.weights(module.name, module.out_features, module.in_features));
+    if (w.a.dtype() != DType::kF32 || w.b.dtype() != DType::kF32) {
+      return invalid_argument(dir.string() + ": module '" + module.name +
+                              "' is not stored in f32 as kbit saves checkpoints");
+    }
+    weights.push_back(w);
+  }
+  std::vector<std::pair<TensorView, TensorView>> copies;  // (destination, source)
+  for (std::size_t p = 0; p < s.parameters.size(); ++p) {
+    for (auto& [role, tensor] : s.parameters[p].tensors()) {
+      const std::string name = s.tensor_name(p, role);
+      KBIT_ASSIGN_OR_RETURN(const TensorView saved, file.tensor(name));
+      if (saved.dtype() != tensor.dtype() || saved.numel() != tensor.numel()) {
+        return invalid_argument(file.path().string() + ": tensor '" + name + "' is " +
+                                saved.describe() + ", this run's is " + tensor.describe());
+      }
+      copies.emplace_back(tensor, saved);
+    }
+  }
+  for (std::size_t m = 0; m < weights.size(); ++m) {
+    LoraModule& module = s.model->state().modules()[m];
+    std::copy_n(weights[m].a.data_as<const float>(), module.a.size(), module.a.begin());
+    std::copy_n(weights[m].b.data_as<const float>(), module.b.size(), module.b.begin());
+  }
+  for (auto& [destination, source] : copies) {
+    std::memcpy(destination.data(), source.data(), source.nbytes());
+  }
+  for (ParameterState& parameter : s.parameters) parameter.step = optimizer_step;
+  s.steps_done = step;
+  s.next_row = next_row;
+  s.epoch = epoch;
+  return ok_status();
 }
 
 std::size_t LoraTrainer::optimizer_state_bytes() const {

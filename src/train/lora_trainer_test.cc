@@ -127,6 +127,97 @@ TEST_F(LoraTrainerTest, OptimizerStatesAreTheSizesBitsandbytesKeeps) {
   }
 }
 
+// Three steps, a checkpoint, a fresh model and trainer restored from it, three more steps: the
+// same losses and weights as six steps in one run, for both kinds of optimizer state.
+TEST_F(LoraTrainerTest, ACheckpointResumesTheSameRun) {
+  const TrainingRows rows = pattern_rows();
+  for (const OptimizerKind optimizer : {OptimizerKind::kAdamW, OptimizerKind::kAdamW8bit}) {
+    TrainerOptions options;
+    options.optimizer = optimizer;
+    options.adamw.lr = 1e-2f;
+    options.schedule = {optim::LrScheduleType::kLinear, 1, 6};
+    options.batch_size = 3;  // rows wrap around between steps
+    io::PeftLoraConfig config = all_linear();
+    config.r = 128;  // some parameters of 4 096 elements or more: 8-bit states too
+    const auto fresh = [&] {
+      return LoraTrainingModel::create(*base_,
+                                       LoraState::create(base_->config(), config, 1).value())
+          .value();
+    };
+    LoraTrainingModel straight = fresh();
+    LoraTrainer one_run = LoraTrainer::create(straight, rows, options).value();
+    std::vector<double> losses;
+    for (int s = 0; s < 6; ++s) losses.push_back(one_run.step().value().loss);
+
+    LoraTrainingModel first = fresh();
+    LoraTrainer before = LoraTrainer::create(first, rows, options).value();
+    for (int s = 0; s < 3; ++s)
+      ASSERT_EQ(before.step().value().loss, losses[static_cast<std::size_t>(s)]);
+    const std::filesystem::path checkpoint = dir_ / "out" / "checkpoint-3";
+    ASSERT_TRUE(before.save_checkpoint(checkpoint).ok());
+    EXPECT_EQ(before.save_checkpoint(checkpoint).code(), StatusCode::kInvalidArgument);
+
+    LoraTrainingModel second = fresh();
+    LoraTrainer after = LoraTrainer::create(second, rows, options).value();
+    const Status restored = after.restore_checkpoint(checkpoint);
+    ASSERT_TRUE(restored.ok()) << restored.to_string();
+    EXPECT_EQ(after.steps_done(), 3);
+    for (int s = 3; s < 6; ++s) {
+      const StepMetrics step = after.step().value();
+      EXPECT_EQ(step.step, s + 1);
+      EXPECT_EQ(step.loss, losses[static_cast<std::size_t>(s)]) << "step " << s + 1;
+    }
+    for (std::size_t m = 0; m < straight.state().modules().size(); ++m) {
+      EXPECT_EQ(second.state().modules()[m].a, straight.state().modules()[m].a);
+      EXPECT_EQ(second.state().modules()[m].b, straight.state().modules()[m].b);
+    }
+    std::filesystem::remove_all(dir_ / "out");
+  }
+}
+
+// A folder under its temporary name (an interrupted save) is not a checkpoint; the newest
+// complete one is.
+TEST_F(LoraTrainerTest, LatestCheckpointSkipsInterruptedSaves) {
+  const std::filesystem::path out = dir_ / "out";
+  EXPECT_FALSE(latest_checkpoint(out).has_value());
+  for (const char* name :
+       {"checkpoint-2", "checkpoint-10", "checkpoint-12.tmp-4242", "checkpoint-x", "checkpoint-"}) {
+    std::filesystem::create_directories(out / name);
+  }
+  EXPECT_EQ(latest_checkpoint(out), out / "checkpoint-10");
+}
+
+// A checkpoint of another run (other rows, another optimizer) is refused, naming what differs,
+// and the trainer is left as it was.
+TEST_F(LoraTrainerTest, RefusesACheckpointOfAnotherRun) {
+  const TrainingRows rows = pattern_rows();
+  TrainerOptions options;
+  options.schedule = {optim::LrScheduleType::kConstant, 0, 0};
+  LoraTrainingModel model = fresh_model();
+  LoraTrainer trainer = LoraTrainer::create(model, rows, options).value();
+  ASSERT_TRUE(trainer.step().ok());
+  const std::filesystem::path checkpoint = dir_ / "checkpoint-1";
+  ASSERT_TRUE(trainer.save_checkpoint(checkpoint).ok());
+
+  TrainingRows fewer = rows;
+  fewer.input_ids.resize(fewer.input_ids.size() / 2);
+  fewer.labels.resize(fewer.labels.size() / 2);
+  LoraTrainingModel other = fresh_model();
+  LoraTrainer other_rows = LoraTrainer::create(other, fewer, options).value();
+  Status status = other_rows.restore_checkpoint(checkpoint);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("rows is 4 but this run's is 2"), std::string::npos)
+      << status.message();
+  EXPECT_EQ(other_rows.steps_done(), 0);
+  options.optimizer = OptimizerKind::kAdamW;
+  LoraTrainer other_optimizer = LoraTrainer::create(other, rows, options).value();
+  status = other_optimizer.restore_checkpoint(checkpoint);
+  EXPECT_NE(status.message().find("optimizer is paged_adamw_8bit but this run's is adamw"),
+            std::string::npos)
+      << status.message();
+  EXPECT_EQ(other.state().modules()[0].a, fresh_model().state().modules()[0].a);
+}
+
 TEST_F(LoraTrainerTest, RefusesBadOptions) {
   const TrainingRows rows = pattern_rows();
   LoraTrainingModel model = fresh_model();

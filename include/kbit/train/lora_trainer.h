@@ -17,7 +17,9 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
+#include <optional>
 #include <string_view>
 
 #include "kbit/core/status.h"
@@ -29,6 +31,11 @@
 namespace kbit::train {
 
 enum class OptimizerKind { kAdamW, kAdamW8bit, kPagedAdamW8bit };
+
+// The newest complete checkpoint in `output_dir`: its subfolder checkpoint-N of the largest N
+// (folders still under a temporary name, from an interrupted save, are not checkpoints);
+// nullopt if there is none.
+std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& output_dir);
 
 // transformers' optim names: "adamw" (also "adamw_torch"), "adamw_8bit" (also "adamw_bnb_8bit"),
 // "paged_adamw_8bit"; kInvalidArgument listing them for any other.
@@ -72,6 +79,22 @@ class LoraTrainer {
   // Optimizer states' bytes (what paging would move): 2 per element of 8-bit states plus their
   // absmax, 8 per element of 32-bit ones.
   std::size_t optimizer_state_bytes() const;
+
+  // Optimizer steps taken (restored ones included).
+  std::int64_t steps_done() const;
+
+  // Writes a checkpoint of the run so far into the folder `dir`, as transformers' Trainer writes
+  // checkpoint-N: the adapter as PEFT saves it (LoraState::save) and trainer_state.safetensors
+  // (every optimizer state, and in its metadata the step, the position in the rows and what the
+  // run was made with). The folder is written beside itself under a temporary name and renamed
+  // into place whole, so an interrupted save leaves no partial checkpoint; kInvalidArgument if
+  // `dir` exists already.
+  Status save_checkpoint(const std::filesystem::path& dir) const;
+
+  // Continues the run a checkpoint saved: its LoRA weights, optimizer states, step and position
+  // in the rows. The checkpoint must come from a run of the same modules, optimizer, rows and
+  // batch; otherwise kInvalidArgument naming the field and both values, with nothing changed.
+  Status restore_checkpoint(const std::filesystem::path& dir);
 
  private:
   struct State;
