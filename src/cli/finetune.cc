@@ -111,6 +111,7 @@ Result<train::TrainerOptions> trainer_options(const FinetuneFlags& flags, std::i
   options.max_grad_norm = flags.max_grad_norm;
   options.batch_size = flags.batch_size;
   options.grad_accum = flags.grad_accum;
+  options.seed = flags.seed;
   return options;
 }
 
@@ -189,7 +190,7 @@ Action add_finetune_command(CLI::App& app) {
   command->add_option("-o,--output", flags->output, "the adapter folder to write")->required();
   command->add_option("--lora-r", flags->lora_r, "LoRA rank")->capture_default_str();
   command->add_option("--lora-alpha", flags->lora_alpha, "LoRA alpha")->capture_default_str();
-  command->add_option("--lora-dropout", flags->lora_dropout, "LoRA dropout (only 0 for now)")
+  command->add_option("--lora-dropout", flags->lora_dropout, "dropout on the LoRA input")
       ->capture_default_str();
   command->add_flag("--use-rslora", flags->use_rslora, "scale by alpha / sqrt(r)");
   command

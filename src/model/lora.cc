@@ -53,13 +53,19 @@ void add_lora_terms(std::span<const LoraTerm> terms, const float* x, std::int64_
   if (terms.empty()) return;
   const std::int64_t out = terms.front().b.shape()[0];
   const auto count = static_cast<std::size_t>(rows * out);
-  std::vector<float> hidden, delta(count);
+  std::vector<float> hidden, delta(count), dropped;
   for (const LoraTerm& term : terms) {
     const std::int64_t rank = term.a.shape()[0];
     const std::int64_t in = term.a.shape()[1];
     hidden.resize(static_cast<std::size_t>(rows * rank));
+    const float* input = x;
+    if (term.keep != nullptr) {
+      dropped.resize(static_cast<std::size_t>(rows * in));
+      for (std::size_t i = 0; i < dropped.size(); ++i) dropped[i] = term.keep[i] * x[i];
+      input = dropped.data();
+    }
     // f32 matmuls on the activation's values (lora_A then lora_B in the adapter's f32).
-    k::linear_op({x, term.a.data(), term.a.dtype(), nullptr, rows, in, rank, hidden.data()},
+    k::linear_op({input, term.a.data(), term.a.dtype(), nullptr, rows, in, rank, hidden.data()},
                  execution);
     k::linear_op(
         {hidden.data(), term.b.data(), term.b.dtype(), nullptr, rows, rank, out, delta.data()},

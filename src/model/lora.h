@@ -33,6 +33,9 @@ struct LoraTerm {
   TensorView a;  // [r, in], f32, f16 or bf16
   TensorView b;  // [out, r]
   float scaling = 1.0f;
+  // Training only: the factors of PEFT's dropout on the term's input x [rows, in] (0 for a
+  // dropped element, 1 / (1 − p) for a kept one), applied as keep ⊙ x; nullptr: none (inference).
+  const float* keep = nullptr;
 };
 
 // Opens every adapter folder (see kbit/io/peft_adapter.h).

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kbit/core/random.h"
 #include "kernels/cpu/llama_backward.h"
 
 namespace kbit::train {
@@ -26,6 +27,23 @@ LayerAdapters::LayerAdapters(const std::array<LoraModule*, model::kLinearsPerLay
     terms_[j] = model::LoraTerm{
         TensorView(module->a.data(), DType::kF32, {module->rank, module->in_features}),
         TensorView(module->b.data(), DType::kF32, {module->out_features, module->rank}), scaling};
+  }
+}
+
+void LayerAdapters::draw_dropout(double p, std::uint64_t seed, std::int64_t tokens) {
+  if (p <= 0) return;
+  // nn.Dropout: each element kept with probability 1 − p and scaled by 1 / (1 − p) (f32).
+  const float kept = p < 1 ? static_cast<float>(1.0 / (1.0 - p)) : 0.0f;
+  for (int j = 0; j < model::kLinearsPerLayer; ++j) {
+    if (modules_[j] == nullptr) continue;
+    std::vector<float>& keep = keep_[j];
+    keep.resize(static_cast<std::size_t>(tokens * modules_[j]->in_features));
+    const std::uint64_t stream = random_bits(seed, static_cast<std::uint64_t>(j));
+    for (std::size_t i = 0; i < keep.size(); ++i) {
+      const double uniform = static_cast<double>(random_bits(stream, i) >> 11) * 0x1p-53;
+      keep[i] = uniform < p ? 0.0f : kept;
+    }
+    terms_[j].keep = keep.data();
   }
 }
 
@@ -137,7 +155,8 @@ void LayerPass::linear_backward(const model::Layer& layer, const LayerAdapters& 
                                adapters.scaling(),
                                module->grad_a.data(),
                                module->grad_b.data(),
-                               dx};
+                               dx,
+                               adapters.keep(linear)};
   k::lora_backward_reference(job);
 }
 

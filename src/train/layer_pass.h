@@ -25,14 +25,22 @@ class LayerAdapters {
  public:
   LayerAdapters(const std::array<LoraModule*, model::kLinearsPerLayer>& modules, float scaling);
 
-  // The terms the forward adds: views of the modules' current A and B.
+  // Draws PEFT's dropout (probability p) on each module's input for a sequence of `tokens`
+  // positions: factors 0 or 1 / (1 − p), from `seed` alone, so that the same seed draws the same
+  // masks (the backward's recomputation of the layer sees the forward's). p = 0: none.
+  void draw_dropout(double p, std::uint64_t seed, std::int64_t tokens);
+
+  // The terms the forward adds: views of the modules' current A and B, and their dropout.
   model::LayerLora lora() const;
   LoraModule* module(model::LayerLinear linear) const { return modules_[linear]; }
+  // The dropout factors of a module's input [tokens, in], or nullptr.
+  const float* keep(model::LayerLinear linear) const { return terms_[linear].keep; }
   float scaling() const { return scaling_; }
 
  private:
   std::array<LoraModule*, model::kLinearsPerLayer> modules_;
   std::array<model::LoraTerm, model::kLinearsPerLayer> terms_;
+  std::array<std::vector<float>, model::kLinearsPerLayer> keep_;
   float scaling_;
 };
 

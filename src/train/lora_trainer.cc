@@ -13,6 +13,7 @@
 #include <map>
 #include <system_error>
 
+#include "kbit/core/random.h"
 #include "kbit/io/peft_adapter.h"
 #include "kbit/io/safetensors.h"
 #include "kbit/io/safetensors_writer.h"
@@ -349,6 +350,7 @@ Result<StepMetrics> LoraTrainer::step() {
   }
   LoraState& lora = s.model->state();
   lora.zero_gradients();
+  s.model->set_dropout_seed(random_bits(s.options.seed, static_cast<std::uint64_t>(s.steps_done)));
   KBIT_ASSIGN_OR_RETURN(metrics.loss, s.model->loss_and_gradients(ids, labels, count));
 
   std::vector<TensorView> gradients;

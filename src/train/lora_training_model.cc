@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "kbit/core/random.h"
 #include "kernels/cpu/llama_backward.h"
 #include "model/cpu_llama.h"
 #include "train/layer_pass.h"
@@ -112,10 +113,6 @@ LoraTrainingModel::~LoraTrainingModel() = default;
 Result<LoraTrainingModel> LoraTrainingModel::create(const model::LlamaModel& base,
                                                     LoraState state) {
   KBIT_RETURN_IF_ERROR(check_model(model::cpu_llama(base)));
-  if (state.config().lora_dropout != 0.0) {
-    return unimplemented("lora_dropout " + std::to_string(state.config().lora_dropout) +
-                         ": dropout in training is not implemented yet; set lora_dropout to 0");
-  }
   const model::LlamaConfig& config = base.config();
   const std::vector<model::LinearModule> linears = model::linear_modules(config);
   std::vector<std::vector<int>> module_of_linear(static_cast<std::size_t>(config.num_hidden_layers),
@@ -206,19 +203,22 @@ Result<double> LoraTrainingModel::loss_and_gradients(std::span<const std::int32_
       continue;  // no loss, no gradient
     }
     loss += sequence_loss_and_gradients(input_ids.subspan(first, static_cast<std::size_t>(tokens)),
-                                        sequence_targets, gradient_scale);
+                                        sequence_targets, gradient_scale,
+                                        random_bits(dropout_seed_, static_cast<std::uint64_t>(b)));
   }
   return loss / static_cast<double>(labelled);
 }
 
 double LoraTrainingModel::sequence_loss_and_gradients(std::span<const std::int32_t> tokens,
                                                       std::span<const std::int32_t> targets,
-                                                      float gradient_scale) {
+                                                      float gradient_scale,
+                                                      std::uint64_t dropout_seed) {
   const model::CpuLlama& m = *model::cpu_llama(*base_);
   const auto count = static_cast<std::int64_t>(tokens.size());
   const auto layer_size = static_cast<std::size_t>(count * m.config.hidden_size);
   const std::size_t layers = m.layers.size();
   std::vector<LayerAdapters> adapters;
+  adapters.reserve(module_of_linear_.size());
   for (const std::vector<int>& indices : module_of_linear_) {
     std::array<LoraModule*, model::kLinearsPerLayer> modules{};
     for (int j = 0; j < model::kLinearsPerLayer; ++j) {
@@ -226,6 +226,8 @@ double LoraTrainingModel::sequence_loss_and_gradients(std::span<const std::int32
       if (index >= 0) modules[j] = &state_.modules()[static_cast<std::size_t>(index)];
     }
     adapters.emplace_back(modules, state_.scaling());
+    adapters.back().draw_dropout(state_.config().lora_dropout,
+                                 random_bits(dropout_seed, adapters.size()), count);
   }
   std::vector<float> frequency_storage;
   const float* frequencies = m.rope_frequencies(count, frequency_storage);

@@ -49,6 +49,7 @@ struct TrainerOptions {
   float max_grad_norm = 1.0f;  // 0: no clipping
   std::int64_t batch_size = 1;
   std::int64_t grad_accum = 1;
+  std::uint64_t seed = 42;  // of the LoRA dropout masks, drawn afresh each step from it
 };
 
 // What one optimizer step did.

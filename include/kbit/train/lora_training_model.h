@@ -2,7 +2,7 @@
 // causal-LM loss with respect to the LoRA weights, everything else frozen (the base Linears in
 // any format — float, 4-bit, int8 — the embedding, the norms and lm_head), as PEFT trains an
 // adapter on a base prepared by prepare_model_for_kbit_training (spec 9.5, 9.6) with gradient
-// checkpointing, dropout off.
+// checkpointing and the config's lora_dropout.
 //
 // The loss of a batch of token sequences, as transformers' LlamaForCausalLM computes it: the
 // logits at position t predict labels[t + 1] (the labels are shifted inside; labels[., 0] is
@@ -45,7 +45,7 @@ class LoraTrainingModel {
   // Trains `state` on `base`, which must outlive the returned object and be loaded on the CPU
   // with f32 activations and without adapters. Every module of the state must be a Linear of
   // the base's decoder layers, with its shape. Fails with kUnimplemented for a model on a GPU
-  // ("CPU only for now"), bf16 activations, loaded adapters or lora_dropout > 0; with
+  // ("CPU only for now"), bf16 activations or loaded adapters; with
   // kInvalidArgument, naming the module, for a state that does not fit the model.
   static Result<LoraTrainingModel> create(const model::LlamaModel& base, LoraState state);
 
@@ -64,8 +64,15 @@ class LoraTrainingModel {
   // kInvalidArgument, leaving the gradients unchanged, for mismatched sizes, an id or label out
   // of range, or no labelled target at all; kUnimplemented for sequences longer than the
   // model's sliding window (Mistral).
+  // With the config's lora_dropout > 0, each LoRA term's input goes through PEFT's dropout
+  // (elements zeroed with probability p, the rest scaled by 1 / (1 − p)), its masks drawn from
+  // the dropout seed, each sequence's index in the batch, its layer and its Linear: the same
+  // seed, the same masks.
   Result<double> loss_and_gradients(std::span<const std::int32_t> input_ids,
                                     std::span<const std::int32_t> labels, std::int64_t batch);
+
+  // The seed of the dropout masks of the calls that follow (a trainer sets one per step).
+  void set_dropout_seed(std::uint64_t seed) { dropout_seed_ = seed; }
 
  private:
   LoraTrainingModel(const model::LlamaModel& base, LoraState state);
@@ -74,13 +81,15 @@ class LoraTrainingModel {
   // The loss summed over one sequence's labelled targets (at least one); adds the gradients of
   // that sum times gradient_scale.
   double sequence_loss_and_gradients(std::span<const std::int32_t> tokens,
-                                     std::span<const std::int32_t> targets, float gradient_scale);
+                                     std::span<const std::int32_t> targets, float gradient_scale,
+                                     std::uint64_t dropout_seed);
 
   const model::LlamaModel* base_;
   LoraState state_;
   // For each decoder layer and each of its Linears (linear_modules() order), the index of its
   // module in state_, or −1 where it has no LoRA.
   std::vector<std::vector<int>> module_of_linear_;
+  std::uint64_t dropout_seed_ = 0;
 };
 
 }  // namespace kbit::train

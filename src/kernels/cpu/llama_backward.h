@@ -4,8 +4,9 @@
 // will be checked against them as the forward's are.
 //
 //   linear      y = x · Wᵀ                       dx = dy · W,  dW += dyᵀ · x
-//   lora        y += s · (x · Aᵀ) · Bᵀ            h = x · Aᵀ, dh = s · dy · B: dB += s · dyᵀ · h,
-//                                               dA += dhᵀ · x, dx += dh · A
+//   lora        y += s · (x̃ · Aᵀ) · Bᵀ,           h = x̃ · Aᵀ, dh = s · dy · B: dB += s · dyᵀ · h,
+//               x̃ = keep ⊙ x (dropout; keep = 1     dA += dhᵀ · x̃, dx += keep ⊙ (dh · A)
+//               without it)
 //   rms_norm    y = w · x · r, r = (mean(x²) + eps)^-½, per row
 //               dx = r · g − x · r³ · mean(g · x), g = w · dy;  dw += Σ_rows dy · x · r
 //   rope        rotation by the position's angle  dx = rotation by minus that angle of dy
@@ -38,7 +39,9 @@ struct LinearBackwardJob {
 void linear_backward_reference(const LinearBackwardJob& job);
 
 // ---- lora --------------------------------------------------------------------------------------
-// The LoRA term of a Linear (PEFT's forward, spec 9.5, dropout off): y += scaling · (x · Aᵀ) · Bᵀ.
+// The LoRA term of a Linear (PEFT's forward, spec 9.5): y += scaling · (dropout(x) · Aᵀ) · Bᵀ,
+// dropout(x) = keep ⊙ x with keep the dropout's factors (0 for a dropped element, 1 / (1 − p)
+// for a kept one), or x itself without dropout.
 struct LoraBackwardJob {
   const float* x;   // [rows, in_features], the Linear's input
   const float* a;   // lora_A [rank, in_features]
@@ -53,6 +56,7 @@ struct LoraBackwardJob {
   float* db;      // [out_features, rank], accumulated into
   float* dx;      // [rows, in_features], accumulated into (the base Linear's dx is added to it);
                   // nullptr: not wanted
+  const float* keep = nullptr;  // [rows, in_features], the forward's dropout factors; nullptr: none
 };
 void lora_backward_reference(const LoraBackwardJob& job);
 

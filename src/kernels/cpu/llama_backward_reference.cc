@@ -37,8 +37,15 @@ void lora_backward_reference(const LoraBackwardJob& job) {
   const std::int64_t rank = job.rank;
   std::vector<float> h(static_cast<std::size_t>(rank));
   std::vector<float> dh(static_cast<std::size_t>(rank));
+  std::vector<float> dropped(static_cast<std::size_t>(in));  // x̃ of the row
   for (std::int64_t r = 0; r < job.rows; ++r) {
     const float* x = job.x + r * in;
+    if (job.keep != nullptr) {
+      for (std::int64_t i = 0; i < in; ++i) {
+        dropped[static_cast<std::size_t>(i)] = job.keep[r * in + i] * x[i];
+      }
+      x = dropped.data();
+    }
     const float* dy = job.dy + r * out;
     for (std::int64_t k = 0; k < rank; ++k) {
       float sum = 0.0f;
@@ -57,7 +64,9 @@ void lora_backward_reference(const LoraBackwardJob& job) {
       const float g = dh[static_cast<std::size_t>(k)];
       for (std::int64_t i = 0; i < in; ++i) {
         job.da[k * in + i] += g * x[i];
-        if (job.dx != nullptr) job.dx[r * in + i] += g * job.a[k * in + i];
+        if (job.dx == nullptr) continue;
+        const float keep = job.keep != nullptr ? job.keep[r * in + i] : 1.0f;
+        job.dx[r * in + i] += keep * (g * job.a[k * in + i]);
       }
     }
   }

@@ -152,14 +152,18 @@ struct LoraShape {
   float scaling = 8.0f;  // lora_alpha 16 over rank 2
 };
 
-// scaling · (x · Aᵀ) · Bᵀ.
+// scaling · ((keep ⊙ x) · Aᵀ) · Bᵀ; keep empty: none.
 std::vector<double> lora_f64(const LoraShape& s, std::span<const double> x,
-                             std::span<const double> a, std::span<const double> b) {
+                             std::span<const double> a, std::span<const double> b,
+                             std::span<const float> keep = {}) {
   std::vector<double> y(static_cast<std::size_t>(s.rows * s.out), 0.0);
   for (std::int64_t r = 0; r < s.rows; ++r) {
     for (std::int64_t k = 0; k < s.rank; ++k) {
       double h = 0.0;
-      for (std::int64_t i = 0; i < s.in; ++i) h += x[r * s.in + i] * a[k * s.in + i];
+      for (std::int64_t i = 0; i < s.in; ++i) {
+        const double factor = keep.empty() ? 1.0 : keep[static_cast<std::size_t>(r * s.in + i)];
+        h += factor * x[r * s.in + i] * a[k * s.in + i];
+      }
       for (std::int64_t o = 0; o < s.out; ++o)
         y[r * s.out + o] += s.scaling * h * b[o * s.rank + k];
     }
@@ -167,34 +171,38 @@ std::vector<double> lora_f64(const LoraShape& s, std::span<const double> x,
   return y;
 }
 
+// Without dropout, and with dropout's factors (p = 0.4: 0 or 1 / 0.6, about half of each).
 TEST(LoraBackward, MatchesFiniteDifferences) {
   const LoraShape s;
   const auto x = random_values(s.rows * s.in, 30);
   const auto a = random_values(s.rank * s.in, 31, 0.4);
   const auto b = random_values(s.out * s.rank, 32, 0.1);  // trained: no longer zero
   const auto r = random_values(s.rows * s.out, 33);
+  std::vector<float> dropout(x.size());
+  for (std::size_t i = 0; i < dropout.size(); ++i) dropout[i] = i % 3 == 1 ? 0.0f : 1.0f / 0.6f;
 
-  // Every gradient accumulates: start each from a known value and take that off afterwards.
-  std::vector<float> da(a.size(), 0.25f);
-  std::vector<float> db(b.size(), -0.5f);
-  std::vector<float> dx(x.size(), 2.0f);
-  lora_backward_reference({x.data(), a.data(), b.data(), r.data(), s.rows, s.in, s.out, s.rank,
-                           s.scaling, da.data(), db.data(), dx.data()});
-  for (float& value : da) value -= 0.25f;
-  for (float& value : db) value += 0.5f;
-  for (float& value : dx) value -= 2.0f;
-  const auto wx = widened(x);
-  const auto wa = widened(a);
-  const auto wb = widened(b);
-  expect_gradient(da,
-                  numeric_gradient([&](auto at) { return dot(lora_f64(s, wx, at, wb), r); }, wa),
-                  "lora dA");
-  expect_gradient(db,
-                  numeric_gradient([&](auto at) { return dot(lora_f64(s, wx, wa, at), r); }, wb),
-                  "lora dB");
-  expect_gradient(dx,
-                  numeric_gradient([&](auto at) { return dot(lora_f64(s, at, wa, wb), r); }, wx),
-                  "lora dx");
+  for (const std::vector<float>& keep : {std::vector<float>{}, dropout}) {
+    SCOPED_TRACE(keep.empty() ? "no dropout" : "dropout");
+    // Every gradient accumulates: start each from a known value and take that off afterwards.
+    std::vector<float> da(a.size(), 0.25f);
+    std::vector<float> db(b.size(), -0.5f);
+    std::vector<float> dx(x.size(), 2.0f);
+    lora_backward_reference({x.data(), a.data(), b.data(), r.data(), s.rows, s.in, s.out, s.rank,
+                             s.scaling, da.data(), db.data(), dx.data(),
+                             keep.empty() ? nullptr : keep.data()});
+    for (float& value : da) value -= 0.25f;
+    for (float& value : db) value += 0.5f;
+    for (float& value : dx) value -= 2.0f;
+    const auto wx = widened(x);
+    const auto wa = widened(a);
+    const auto wb = widened(b);
+    const auto loss = [&](auto at_x, auto at_a, auto at_b) {
+      return dot(lora_f64(s, at_x, at_a, at_b, keep), r);
+    };
+    expect_gradient(da, numeric_gradient([&](auto at) { return loss(wx, at, wb); }, wa), "lora dA");
+    expect_gradient(db, numeric_gradient([&](auto at) { return loss(wx, wa, at); }, wb), "lora dB");
+    expect_gradient(dx, numeric_gradient([&](auto at) { return loss(at, wa, wb); }, wx), "lora dx");
+  }
 }
 
 // ---- rms_norm -----------------------------------------------------------------------------------
