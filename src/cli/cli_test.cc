@@ -76,7 +76,7 @@ TEST_F(CliTest, VersionAndHelp) {
   const CommandResult help = run("--help");
   EXPECT_EQ(help.exit_status, 0);
   for (const char* command : {"generate", "chat", "perplexity", "logits", "tokenize", "roundtrip",
-                              "quantize", "info", "bench", "finetune"}) {
+                              "quantize", "info", "bench", "finetune", "merge"}) {
     EXPECT_NE(help.out.find(command), std::string::npos) << command;
   }
   EXPECT_NE(run("no-such-command").exit_status, 0);

@@ -1,7 +1,5 @@
 #include "kbit/model/quantize_checkpoint.h"
 
-#include <unistd.h>
-
 #include <map>
 #include <memory>
 #include <string>
@@ -13,18 +11,12 @@
 #include "kbit/model/llama_config.h"
 #include "model/cuda/device_loader.h"
 #include "model/linear_weight.h"
+#include "model/model_folder.h"
 
 namespace kbit::model {
 namespace {
 
 namespace fs = std::filesystem;
-
-// Files of a model folder that quantizing replaces rather than copies.
-bool is_weight_or_config_file(const fs::path& file) {
-  const std::string name = file.filename().string();
-  return name == "config.json" || name == "model.safetensors.index.json" ||
-         file.extension() == ".safetensors";
-}
 
 // The quantized Linear weights of the checkpoint, keyed by their float tensor's name.
 using QuantizedWeights = std::map<std::string, LinearWeight>;
@@ -113,16 +105,7 @@ Status write_quantized_folder(const fs::path& model_dir, const fs::path& staging
   KBIT_RETURN_IF_ERROR(
       io::write_config_with_quantization(config_path, options.config, staging / "config.json"));
 
-  std::error_code error;
-  for (const fs::directory_entry& entry : fs::directory_iterator(model_dir, error)) {
-    if (!entry.is_regular_file() || is_weight_or_config_file(entry.path())) continue;
-    fs::copy_file(entry.path(), staging / entry.path().filename(), error);
-    if (error) {
-      return internal_error("cannot copy " + entry.path().string() + ": " + error.message());
-    }
-  }
-  if (error) return internal_error("cannot list " + model_dir.string() + ": " + error.message());
-  return ok_status();
+  return copy_model_files(model_dir, staging, /*config_too=*/false);
 }
 
 }  // namespace
@@ -131,33 +114,9 @@ Status quantize_checkpoint(const fs::path& model_dir, const fs::path& output_dir
                            const QuantizeOptions& options, const ExecutionOptions& execution,
                            const Device& device) {
   KBIT_RETURN_IF_ERROR(validate_quantize_options(options));
-  std::error_code error;
-  if (fs::exists(output_dir, error)) {
-    return invalid_argument(output_dir.string() +
-                            " already exists; name a new folder for the quantized model (or "
-                            "remove it)");
-  }
-  const fs::path parent = output_dir.has_parent_path() ? output_dir.parent_path() : ".";
-  if (!fs::is_directory(parent, error)) {
-    return invalid_argument("cannot write " + output_dir.string() + ": the folder " +
-                            parent.string() + " does not exist");
-  }
-  fs::path staging = output_dir;
-  staging += ".tmp-" + std::to_string(::getpid());
-  fs::remove_all(staging, error);
-  if (!fs::create_directory(staging, error)) {
-    return internal_error("cannot create " + staging.string() + ": " + error.message());
-  }
-  Status status = write_quantized_folder(model_dir, staging, options, execution, device);
-  if (status.ok()) {
-    fs::rename(staging, output_dir, error);
-    if (error) {
-      status = internal_error("cannot move the finished folder to " + output_dir.string() + ": " +
-                              error.message());
-    }
-  }
-  if (!status.ok()) fs::remove_all(staging, error);
-  return status;
+  return write_model_folder(output_dir, [&](const fs::path& staging) {
+    return write_quantized_folder(model_dir, staging, options, execution, device);
+  });
 }
 
 }  // namespace kbit::model

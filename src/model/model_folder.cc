@@ -1,0 +1,58 @@
+#include "model/model_folder.h"
+
+#include <unistd.h>
+
+#include <string>
+#include <system_error>
+
+namespace kbit::model {
+
+namespace fs = std::filesystem;
+
+Status write_model_folder(const fs::path& output_dir,
+                          const std::function<Status(const fs::path&)>& fill) {
+  std::error_code error;
+  if (fs::exists(output_dir, error)) {
+    return invalid_argument(output_dir.string() +
+                            " already exists; name a new folder for the model (or remove it)");
+  }
+  const fs::path parent = output_dir.has_parent_path() ? output_dir.parent_path() : ".";
+  if (!fs::is_directory(parent, error)) {
+    return invalid_argument("cannot write " + output_dir.string() + ": the folder " +
+                            parent.string() + " does not exist");
+  }
+  fs::path staging = output_dir;
+  staging += ".tmp-" + std::to_string(::getpid());
+  fs::remove_all(staging, error);
+  if (!fs::create_directory(staging, error)) {
+    return internal_error("cannot create " + staging.string() + ": " + error.message());
+  }
+  Status status = fill(staging);
+  if (status.ok()) {
+    fs::rename(staging, output_dir, error);
+    if (error) {
+      status = internal_error("cannot move the finished folder to " + output_dir.string() + ": " +
+                              error.message());
+    }
+  }
+  if (!status.ok()) fs::remove_all(staging, error);
+  return status;
+}
+
+Status copy_model_files(const fs::path& model_dir, const fs::path& staging, bool config_too) {
+  std::error_code error;
+  for (const fs::directory_entry& entry : fs::directory_iterator(model_dir, error)) {
+    const std::string name = entry.path().filename().string();
+    const bool weights =
+        name == "model.safetensors.index.json" || entry.path().extension() == ".safetensors";
+    if (!entry.is_regular_file() || weights || (name == "config.json" && !config_too)) continue;
+    fs::copy_file(entry.path(), staging / entry.path().filename(), error);
+    if (error) {
+      return internal_error("cannot copy " + entry.path().string() + ": " + error.message());
+    }
+  }
+  if (error) return internal_error("cannot list " + model_dir.string() + ": " + error.message());
+  return ok_status();
+}
+
+}  // namespace kbit::model
