@@ -26,17 +26,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 venv="${KBIT_BNB_VENV:-}"
-positional=()
-extra=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --venv) [[ $# -ge 2 ]] || usage; venv="$2"; shift 2 ;;
-    --venv=*) venv="${1#--venv=}"; shift ;;
-    -h|--help) usage ;;
-    --) shift; extra=("$@"); break ;;
-    *) positional+=("$1"); shift ;;
-  esac
-done
+# shellcheck source=scripts/lib/python-venv.sh
+source "$root/scripts/lib/python-venv.sh"
+kbit_parse_check_args "$@"
 [[ ${#positional[@]} -ge 2 && ${#positional[@]} -le 3 ]] || usage
 IFS=',' read -r -a quantized <<<"${positional[0]}"
 float_model="${positional[1]}"
@@ -48,8 +40,6 @@ done
 
 keep=0
 [[ -n "$venv" ]] && keep=1
-# shellcheck source=scripts/lib/python-venv.sh
-source "$root/scripts/lib/python-venv.sh"
 kbit_python_venv check-bnb-interop "$venv" \
   "${KBIT_BNB_PIP_SPECS:-torch transformers accelerate bitsandbytes safetensors numpy}" \
   "torch, transformers, accelerate, bitsandbytes, safetensors"

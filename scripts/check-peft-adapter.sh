@@ -21,17 +21,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 venv="${KBIT_PEFT_VENV:-}"
-positional=()
-extra=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --venv) [[ $# -ge 2 ]] || usage; venv="$2"; shift 2 ;;
-    --venv=*) venv="${1#--venv=}"; shift ;;
-    -h|--help) usage ;;
-    --) shift; extra=("$@"); break ;;
-    *) positional+=("$1"); shift ;;
-  esac
-done
+# shellcheck source=scripts/lib/python-venv.sh
+source "$root/scripts/lib/python-venv.sh"
+kbit_parse_check_args "$@"
 [[ ${#positional[@]} -eq 2 ]] || usage
 base="${positional[0]}"
 adapter="${positional[1]}"
@@ -46,8 +38,6 @@ done
 
 keep=0
 [[ -n "$venv" ]] && keep=1
-# shellcheck source=scripts/lib/python-venv.sh
-source "$root/scripts/lib/python-venv.sh"
 kbit_python_venv check-peft-adapter "$venv" \
   "${KBIT_PEFT_PIP_SPECS:-torch transformers==5.17.0 peft==0.21.0 safetensors numpy}" \
   "torch, transformers, peft, safetensors"

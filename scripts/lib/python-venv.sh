@@ -1,5 +1,23 @@
 # A throwaway (or kept) Python virtual environment for the scripts that check kbit's files against
-# the Python libraries. Sourced, not run.
+# the Python libraries, and their shared command line. Sourced, not run.
+#
+# kbit_parse_check_args "$@"
+#   [--venv DIR | --venv=DIR] ARGUMENT... [-- EXTRA...]: sets `venv` to DIR (leaving the caller's
+#   default without the flag), the arrays `positional` and `extra`; calls the caller's `usage`
+#   function for -h, --help or a --venv without its DIR.
+kbit_parse_check_args() {
+  positional=()
+  extra=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --venv) [[ $# -ge 2 ]] || usage; venv="$2"; shift 2 ;;
+      --venv=*) venv="${1#--venv=}"; shift ;;
+      -h|--help) usage ;;
+      --) shift; extra=("$@"); break ;;
+      *) positional+=("$1"); shift ;;
+    esac
+  done
+}
 #
 # kbit_python_venv TOOL VENV SPECS IMPORTS
 #   TOOL     the calling script's name, for messages

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <fstream>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
@@ -26,7 +28,7 @@ struct FinetuneFlags {
   double lora_alpha = 32;
   double lora_dropout = 0;
   bool use_rslora = false;
-  std::string target_modules = "all-linear";
+  std::vector<std::string> target_modules{"all-linear"};
   std::string optimizer = "paged_adamw_8bit";
   float lr = 2e-4f;
   float weight_decay = 0;
@@ -45,7 +47,7 @@ struct FinetuneFlags {
   std::filesystem::path metrics;
 };
 
-// --target-modules: "all-linear", or names separated by commas.
+// --target-modules: "all-linear", or module names.
 io::PeftLoraConfig lora_config(const FinetuneFlags& flags) {
   io::PeftLoraConfig config;
   config.r = flags.lora_r;
@@ -53,18 +55,8 @@ io::PeftLoraConfig lora_config(const FinetuneFlags& flags) {
   config.lora_dropout = flags.lora_dropout;
   config.use_rslora = flags.use_rslora;
   config.base_model_name_or_path = flags.model.model_dir.string();
-  if (flags.target_modules == "all-linear") {
-    config.all_linear = true;
-    return config;
-  }
-  std::size_t start = 0;
-  while (start <= flags.target_modules.size()) {
-    const std::size_t comma =
-        std::min(flags.target_modules.find(',', start), flags.target_modules.size());
-    if (comma > start)
-      config.target_names.push_back(flags.target_modules.substr(start, comma - start));
-    start = comma + 1;
-  }
+  config.all_linear = flags.target_modules == std::vector<std::string>{"all-linear"};
+  if (!config.all_linear) config.target_names = flags.target_modules;
   return config;
 }
 
@@ -196,6 +188,7 @@ Action add_finetune_command(CLI::App& app) {
   command
       ->add_option("--target-modules", flags->target_modules,
                    "all-linear, or module names separated by commas (q_proj,v_proj)")
+      ->delimiter(',')
       ->capture_default_str();
   command->add_option("--optim", flags->optimizer, "adamw, adamw_8bit or paged_adamw_8bit")
       ->capture_default_str();

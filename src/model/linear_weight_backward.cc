@@ -56,10 +56,8 @@ void decode_4bit(const LinearWeight& weight, DType rounding, const PanelRange& r
     k::decode_4bit_absmax(four_bit, first_block, end_block, absmax.data());
     for (std::int64_t i = range.k0; i < range.k1; ++i) {
       const std::int64_t index = n * in + i;
-      const std::uint8_t byte = four_bit.packed[index / 2];
-      const int code = index % 2 == 0 ? byte >> 4 : byte & 0x0f;
       const float scale = absmax[static_cast<std::size_t>(index / block_size - first_block)];
-      const float value = k::rounded_to(four_bit.weight_dtype, code_values[code] * scale);
+      const float value = k::dequantized_4bit_value(four_bit, code_values, index, scale);
       panel[(i - range.k0) * range.width() + (n - range.n0)] = k::rounded_to(rounding, value);
     }
   }

@@ -16,6 +16,7 @@
 #include "kbit/quant/nested_absmax.h"
 #include "kernels/cpu/element_access.h"
 #include "model/linear_weight.h"
+#include "testing/relative_error.h"
 
 namespace kbit::model {
 namespace {
@@ -101,16 +102,6 @@ std::vector<double> reference_product(const std::vector<float>& dy, const std::v
   return dx;
 }
 
-double relative_error(const std::vector<float>& got, const std::vector<double>& want) {
-  double difference = 0.0;
-  double norm = 0.0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    difference += (got[i] - want[i]) * (got[i] - want[i]);
-    norm += want[i] * want[i];
-  }
-  return std::sqrt(difference / norm);
-}
-
 std::vector<float> backward_input(const LinearWeight& weight, const std::vector<float>& dy,
                                   const LinearNumerics& numerics, int threads) {
   std::vector<float> dx(static_cast<std::size_t>(kRows * kIn), -1.0f);
@@ -123,7 +114,8 @@ std::vector<float> backward_input(const LinearWeight& weight, const std::vector<
 void expect_matches_float64(const LinearWeight& weight, const std::string& what) {
   const std::vector<float> dy = random_gradient(7);
   const std::vector<float> dx = backward_input(weight, dy, {}, 0);
-  const double error = relative_error(dx, reference_product(dy, dequantized(weight)));
+  const double error =
+      kbit::testing::relative_error<float>(dx, reference_product(dy, dequantized(weight)));
   EXPECT_LT(error, kTolerance) << what;
   // Each dx element is summed by one thread in a fixed order.
   EXPECT_EQ(dx, backward_input(weight, dy, {}, 1)) << what;

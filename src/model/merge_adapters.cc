@@ -6,9 +6,6 @@
 
 #include "kbit/core/convert.h"
 #include "kbit/core/parallel.h"
-#include "kbit/io/bnb_quantization_config.h"
-#include "kbit/io/checkpoint.h"
-#include "kbit/io/safetensors_writer.h"
 #include "kbit/model/llama_config.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/quantized_linear_parts.h"
@@ -60,16 +57,11 @@ Status merge_terms(const std::vector<LoraTerm>& terms, DType dtype, Tensor& weig
 // Fills `staging` with the merged model.
 Status write_merged_folder(const fs::path& model_dir, const std::vector<fs::path>& adapter_dirs,
                            const fs::path& staging) {
-  const fs::path config_path = model_dir / "config.json";
-  KBIT_ASSIGN_OR_RETURN(const LlamaConfig config, load_llama_config(config_path));
-  KBIT_ASSIGN_OR_RETURN(const std::optional<io::BnbQuantizationConfig> stored,
-                        io::read_bnb_quantization_config(config_path));
-  if (stored) {
-    return invalid_argument(model_dir.string() +
-                            " is quantized by bitsandbytes (config.json has a quantization_config);"
-                            " merge the adapters into the float model it was made from");
-  }
-  KBIT_ASSIGN_OR_RETURN(const io::Checkpoint checkpoint, io::Checkpoint::open(model_dir));
+  KBIT_ASSIGN_OR_RETURN(
+      const FloatModel model,
+      open_float_model(model_dir, "merge the adapters into the float model it was made from"));
+  const LlamaConfig& config = model.config;
+  const io::Checkpoint& checkpoint = model.checkpoint;
   KBIT_ASSIGN_OR_RETURN(const std::vector<io::PeftAdapter> adapters, open_adapters(adapter_dirs));
   const std::vector<LinearModule> modules = linear_modules(config);
   KBIT_RETURN_IF_ERROR(check_adapters_fit(adapters, modules));
@@ -109,9 +101,7 @@ Status write_merged_folder(const fs::path& model_dir, const std::vector<fs::path
     KBIT_ASSIGN_OR_RETURN(const TensorView tensor, checkpoint.tensor(name));
     tensors.push_back({name, tensor});
   }
-  io::sort_in_reference_order(tensors);
-  KBIT_RETURN_IF_ERROR(
-      io::write_safetensors(staging / "model.safetensors", tensors, {{"format", "pt"}}));
+  KBIT_RETURN_IF_ERROR(write_model_weights(staging, std::move(tensors)));
   return copy_model_files(model_dir, staging, /*config_too=*/true);
 }
 

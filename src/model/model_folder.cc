@@ -5,6 +5,8 @@
 #include <string>
 #include <system_error>
 
+#include "kbit/io/bnb_quantization_config.h"
+
 namespace kbit::model {
 
 namespace fs = std::filesystem;
@@ -37,6 +39,26 @@ Status write_model_folder(const fs::path& output_dir,
   }
   if (!status.ok()) fs::remove_all(staging, error);
   return status;
+}
+
+Result<FloatModel> open_float_model(const fs::path& model_dir, const std::string& fix) {
+  const fs::path config_path = model_dir / "config.json";
+  KBIT_ASSIGN_OR_RETURN(LlamaConfig config, load_llama_config(config_path));
+  KBIT_ASSIGN_OR_RETURN(const std::optional<io::BnbQuantizationConfig> stored,
+                        io::read_bnb_quantization_config(config_path));
+  if (stored) {
+    return invalid_argument(model_dir.string() +
+                            " is already quantized by bitsandbytes (config.json has a "
+                            "quantization_config); " +
+                            fix);
+  }
+  KBIT_ASSIGN_OR_RETURN(io::Checkpoint checkpoint, io::Checkpoint::open(model_dir));
+  return FloatModel{std::move(config), std::move(checkpoint)};
+}
+
+Status write_model_weights(const fs::path& staging, std::vector<io::NamedTensor> tensors) {
+  io::sort_in_reference_order(tensors);
+  return io::write_safetensors(staging / "model.safetensors", tensors, {{"format", "pt"}});
 }
 
 Status copy_model_files(const fs::path& model_dir, const fs::path& staging, bool config_too) {

@@ -5,8 +5,13 @@
 
 #include <filesystem>
 #include <functional>
+#include <string>
+#include <vector>
 
 #include "kbit/core/status.h"
+#include "kbit/io/checkpoint.h"
+#include "kbit/io/safetensors_writer.h"
+#include "kbit/model/llama_config.h"
 
 namespace kbit::model {
 
@@ -15,6 +20,21 @@ namespace kbit::model {
 // to output_dir; on fill's error, or the rename's, removes it and returns the error.
 Status write_model_folder(const std::filesystem::path& output_dir,
                           const std::function<Status(const std::filesystem::path&)>& fill);
+
+// A float checkpoint opened for rewriting: its config.json and mapped weights.
+struct FloatModel {
+  LlamaConfig config;
+  io::Checkpoint checkpoint;
+};
+
+// Opens model_dir, refusing one already quantized by bitsandbytes (config.json has a
+// quantization_config) with kInvalidArgument naming the folder and then `fix`.
+Result<FloatModel> open_float_model(const std::filesystem::path& model_dir, const std::string& fix);
+
+// Writes `tensors` as staging/model.safetensors, laid out as the reference writer does (spec
+// 10.2) with transformers' metadata {"format": "pt"}.
+Status write_model_weights(const std::filesystem::path& staging,
+                           std::vector<io::NamedTensor> tensors);
 
 // Copies model_dir's regular files into `staging` but its weights (*.safetensors and the shard
 // index) and, when `config_too` is false, config.json: the tokenizer, generation config, chat

@@ -71,16 +71,10 @@ Result<QuantizedWeights> quantize_linears(const io::Checkpoint& checkpoint,
 Status write_quantized_folder(const fs::path& model_dir, const fs::path& staging,
                               const QuantizeOptions& options, const ExecutionOptions& execution,
                               const Device& device) {
-  const fs::path config_path = model_dir / "config.json";
-  KBIT_ASSIGN_OR_RETURN(const LlamaConfig config, load_llama_config(config_path));
-  KBIT_ASSIGN_OR_RETURN(const std::optional<io::BnbQuantizationConfig> stored,
-                        io::read_bnb_quantization_config(config_path));
-  if (stored) {
-    return invalid_argument(model_dir.string() +
-                            " is already quantized (config.json has a quantization_config); "
-                            "quantize the original float model instead");
-  }
-  KBIT_ASSIGN_OR_RETURN(const io::Checkpoint checkpoint, io::Checkpoint::open(model_dir));
+  KBIT_ASSIGN_OR_RETURN(const FloatModel model,
+                        open_float_model(model_dir, "quantize the original float model instead"));
+  const LlamaConfig& config = model.config;
+  const io::Checkpoint& checkpoint = model.checkpoint;
   KBIT_ASSIGN_OR_RETURN(const QuantizedWeights quantized,
                         quantize_linears(checkpoint, config, options, execution, device));
 
@@ -99,11 +93,9 @@ Status write_quantized_folder(const fs::path& model_dir, const fs::path& staging
       tensors.push_back(std::move(entry));
     }
   }
-  io::sort_in_reference_order(tensors);
-  KBIT_RETURN_IF_ERROR(
-      io::write_safetensors(staging / "model.safetensors", tensors, {{"format", "pt"}}));
-  KBIT_RETURN_IF_ERROR(
-      io::write_config_with_quantization(config_path, options.config, staging / "config.json"));
+  KBIT_RETURN_IF_ERROR(write_model_weights(staging, std::move(tensors)));
+  KBIT_RETURN_IF_ERROR(io::write_config_with_quantization(model_dir / "config.json", options.config,
+                                                          staging / "config.json"));
 
   return copy_model_files(model_dir, staging, /*config_too=*/false);
 }

@@ -40,6 +40,7 @@
 #include "kbit/model/llama.h"
 #include "kbit/train/lora_training_model.h"
 #include "testing/golden.h"
+#include "testing/relative_error.h"
 #include "testing/shared_data.h"
 #include "testing/temp_dir.h"
 
@@ -76,16 +77,6 @@ std::vector<double> values_f64(const io::SafetensorsFile& file, const std::strin
     sum[i] = static_cast<double>(hi[i]) + static_cast<double>(lo[i]);
   }
   return sum;
-}
-
-// ‖got − want‖₂ / ‖want‖₂.
-double relative_error(const std::vector<float>& got, const std::vector<double>& want) {
-  double difference = 0.0, norm = 0.0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    difference += (got[i] - want[i]) * (got[i] - want[i]);
-    norm += want[i] * want[i];
-  }
-  return std::sqrt(difference / norm);
 }
 
 // Replaces the first `from` of `text` by `to`.
@@ -167,7 +158,8 @@ Errors compare_with_pytorch(const io::SafetensorsFile& reference, const std::str
     for (const char* part : {".lora_A", ".lora_B"}) {
       const std::vector<double> gradient =
           values_f64(reference, base + ".grad64." + module.name + part);
-      const double error = relative_error(part[6] == 'A' ? module.grad_a : module.grad_b, gradient);
+      const double error = kbit::testing::relative_error<float>(
+          part[6] == 'A' ? module.grad_a : module.grad_b, gradient);
       EXPECT_LT(error, kGradientTolerance) << base << " " << module.name << part;
       errors.gradient = std::max(errors.gradient, error);
     }

@@ -22,6 +22,14 @@
 namespace kbit::train {
 namespace {
 
+// A one-dimensional view of a vector's elements.
+TensorView view_of(std::vector<float>& values) {
+  return TensorView(values.data(), DType::kF32, Shape{static_cast<std::int64_t>(values.size())});
+}
+TensorView view_of(std::vector<std::uint8_t>& values) {
+  return TensorView(values.data(), DType::kU8, Shape{static_cast<std::int64_t>(values.size())});
+}
+
 // The optimizer state of one parameter (a lora_A or lora_B) and its storage.
 struct ParameterState {
   std::vector<float> state1, state2;         // 32-bit states
@@ -45,19 +53,13 @@ struct ParameterState {
 
   // The state's tensors, named by their role (state1, state2, or codes and absmax).
   std::vector<std::pair<std::string, TensorView>> tensors() {
-    const auto f32 = [](std::vector<float>& v) {
-      return TensorView(v.data(), DType::kF32, Shape{static_cast<std::int64_t>(v.size())});
-    };
-    const auto u8 = [](std::vector<std::uint8_t>& v) {
-      return TensorView(v.data(), DType::kU8, Shape{static_cast<std::int64_t>(v.size())});
-    };
     if (eight_bit) {
-      return {{"state1", u8(codes1)},
-              {"state2", u8(codes2)},
-              {"absmax1", f32(absmax1)},
-              {"absmax2", f32(absmax2)}};
+      return {{"state1", view_of(codes1)},
+              {"state2", view_of(codes2)},
+              {"absmax1", view_of(absmax1)},
+              {"absmax2", view_of(absmax2)}};
     }
-    return {{"state1", f32(state1)}, {"state2", f32(state2)}};
+    return {{"state1", view_of(state1)}, {"state2", view_of(state2)}};
   }
 
   std::size_t bytes() const {
@@ -67,22 +69,14 @@ struct ParameterState {
 
   Status apply(const optim::AdamWHyperparameters& adamw, std::vector<float>& param,
                std::vector<float>& grad) {
-    const Shape shape{static_cast<std::int64_t>(param.size())};
-    const TensorView p(param.data(), DType::kF32, shape);
-    const TensorView g(grad.data(), DType::kF32, shape);
-    const auto f32 = [](std::vector<float>& v) {
-      return TensorView(v.data(), DType::kF32, Shape{static_cast<std::int64_t>(v.size())});
-    };
-    const auto u8 = [](std::vector<std::uint8_t>& v) {
-      return TensorView(v.data(), DType::kU8, Shape{static_cast<std::int64_t>(v.size())});
-    };
     if (eight_bit) {
-      optim::AdamW8bitState state{u8(codes1), u8(codes2), f32(absmax1), f32(absmax2), step};
-      KBIT_RETURN_IF_ERROR(optim::adamw8bit_step(adamw, p, g, &state));
+      optim::AdamW8bitState state{view_of(codes1), view_of(codes2), view_of(absmax1),
+                                  view_of(absmax2), step};
+      KBIT_RETURN_IF_ERROR(optim::adamw8bit_step(adamw, view_of(param), view_of(grad), &state));
       step = state.step;
     } else {
-      optim::AdamW32bitState state{f32(state1), f32(state2), step};
-      KBIT_RETURN_IF_ERROR(optim::adamw32bit_step(adamw, p, g, &state));
+      optim::AdamW32bitState state{view_of(state1), view_of(state2), step};
+      KBIT_RETURN_IF_ERROR(optim::adamw32bit_step(adamw, view_of(param), view_of(grad), &state));
       step = state.step;
     }
     return ok_status();
@@ -120,28 +114,26 @@ const char* optimizer_name(OptimizerKind kind) {
   return "?";
 }
 
+// The whole of `text` as a decimal integer, or nullopt (empty, a sign or other characters).
+std::optional<std::int64_t> parse_integer(std::string_view text) {
+  std::int64_t value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
 // N of a folder named checkpoint-N, or nullopt.
-std::optional<std::int64_t> checkpoint_number(const std::string& name) {
-  if (!name.starts_with(kCheckpointPrefix) || name.size() == kCheckpointPrefix.size()) {
-    return std::nullopt;
-  }
-  std::int64_t number = 0;
-  const char* first = name.data() + kCheckpointPrefix.size();
-  const char* last = name.data() + name.size();
-  const auto [end, error] = std::from_chars(first, last, number);
-  if (error != std::errc() || end != last) return std::nullopt;
-  return number;
+std::optional<std::int64_t> checkpoint_number(std::string_view name) {
+  if (!name.starts_with(kCheckpointPrefix)) return std::nullopt;
+  return parse_integer(name.substr(kCheckpointPrefix.size()));
 }
 
 // A metadata value as an integer, or kInvalidArgument naming the file and the key.
 Result<std::int64_t> metadata_integer(const io::SafetensorsFile& file, const std::string& key) {
   const auto it = file.metadata().find(key);
-  std::int64_t value = 0;
-  if (it != file.metadata().end()) {
-    const auto [end, error] =
-        std::from_chars(it->second.data(), it->second.data() + it->second.size(), value);
-    if (error == std::errc() && end == it->second.data() + it->second.size()) return value;
-  }
+  const std::optional<std::int64_t> value =
+      it != file.metadata().end() ? parse_integer(it->second) : std::nullopt;
+  if (value) return *value;
   return invalid_argument(file.path().string() + ": metadata '" + key +
                           "' is missing or not an integer; is this a checkpoint of kbit finetune?");
 }
@@ -355,10 +347,8 @@ Result<StepMetrics> LoraTrainer::step() {
 
   std::vector<TensorView> gradients;
   for (LoraModule& module : lora.modules()) {
-    for (std::vector<float>* grad : {&module.grad_a, &module.grad_b}) {
-      gradients.emplace_back(grad->data(), DType::kF32,
-                             Shape{static_cast<std::int64_t>(grad->size())});
-    }
+    gradients.push_back(view_of(module.grad_a));
+    gradients.push_back(view_of(module.grad_b));
   }
   const float max_norm =
       s.options.max_grad_norm > 0 ? s.options.max_grad_norm : std::numeric_limits<float>::max();

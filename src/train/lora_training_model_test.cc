@@ -28,6 +28,7 @@
 
 #include "kbit/core/random.h"
 #include "kbit/model/llama.h"
+#include "testing/relative_error.h"
 #include "testing/temp_dir.h"
 #include "train/tiny_llama_test_support.h"
 
@@ -112,15 +113,6 @@ std::vector<double> numeric_derivatives(LoraTrainingModel& model, const Batch& b
   return derivatives;
 }
 
-double relative_error(const std::vector<double>& got, const std::vector<double>& want) {
-  double difference = 0.0, norm = 0.0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    difference += (got[i] - want[i]) * (got[i] - want[i]);
-    norm += want[i] * want[i];
-  }
-  return std::sqrt(difference / norm);
-}
-
 // Checks every A and B of the model's state; returns the largest relative error.
 double check_gradients(LoraTrainingModel& model, const Batch& batch) {
   model.state().zero_gradients();
@@ -149,8 +141,8 @@ double check_gradients(LoraTrainingModel& model, const Batch& batch) {
         ++stream;
         expected.push_back(dot);
       }
-      const double error =
-          relative_error(expected, numeric_derivatives(model, batch, values, directions));
+      const double error = kbit::testing::relative_error<double>(
+          expected, numeric_derivatives(model, batch, values, directions));
       const std::string name = module.name + (which == 0 ? ".lora_A" : ".lora_B");
       EXPECT_LT(error, kGradientTolerance) << name;
       largest = std::max(largest, error);

@@ -17,6 +17,7 @@
 #include "kbit/core/random.h"
 #include "kernels/cpu/llama_backward.h"
 #include "kernels/cpu/llama_ops.h"
+#include "testing/relative_error.h"
 
 namespace kbit::kernels::cpu {
 namespace {
@@ -43,17 +44,6 @@ double dot(std::span<const double> a, std::span<const float> b) {
   return sum;
 }
 
-// ‖a − b‖₂ / ‖b‖₂.
-double relative_error(std::span<const float> a, std::span<const double> b) {
-  double difference = 0.0;
-  double norm = 0.0;
-  for (std::size_t i = 0; i < b.size(); ++i) {
-    difference += (a[i] - b[i]) * (a[i] - b[i]);
-    norm += b[i] * b[i];
-  }
-  return std::sqrt(difference / norm);
-}
-
 // The gradient of `loss` at `at` by central differences.
 std::vector<double> numeric_gradient(const std::function<double(std::span<const double>)>& loss,
                                      std::vector<double> at) {
@@ -73,13 +63,13 @@ std::vector<double> numeric_gradient(const std::function<double(std::span<const 
 void expect_gradient(std::span<const float> analytic, std::span<const double> numeric,
                      const std::string& what) {
   ASSERT_EQ(analytic.size(), numeric.size()) << what;
-  EXPECT_LT(relative_error(analytic, numeric), kGradientTolerance) << what;
+  EXPECT_LT(kbit::testing::relative_error<float>(analytic, numeric), kGradientTolerance) << what;
 }
 
 void expect_forward(std::span<const float> kernel, std::span<const double> definition,
                     const std::string& what) {
   ASSERT_EQ(kernel.size(), definition.size()) << what;
-  EXPECT_LT(relative_error(kernel, definition), kForwardTolerance) << what;
+  EXPECT_LT(kbit::testing::relative_error<float>(kernel, definition), kForwardTolerance) << what;
 }
 
 // ---- linear -------------------------------------------------------------------------------------

@@ -20,6 +20,19 @@ float rounded_to(DType dtype, float value);
 // The 16 code values of a 4-bit type (kbit/quant/codebooks.h).
 const float* four_bit_code_values(quant::FourBitType type);
 
+// The code of value `index` of a 4-bit weight: two per byte, the high nibble first.
+inline int four_bit_code(const std::uint8_t* packed, std::int64_t index) {
+  const std::uint8_t byte = packed[index / 2];
+  return index % 2 == 0 ? byte >> 4 : byte & 0x0f;
+}
+
+// Value `index` as dequantize_4bit gives it: its code's value times its block's absmax in f32,
+// rounded to the weight's dtype. code_values: four_bit_code_values(weight.type).
+inline float dequantized_4bit_value(const FourBitWeight& weight, const float* code_values,
+                                    std::int64_t index, float absmax) {
+  return rounded_to(weight.weight_dtype, code_values[four_bit_code(weight.packed, index)] * absmax);
+}
+
 // absmax[b - first_block] for the blocks [first_block, end_block): the stored f32 values, or
 // the nested reconstruction (two roundings, as FourBitWeight says).
 void decode_4bit_absmax(const FourBitWeight& weight, std::int64_t first_block,

@@ -73,14 +73,13 @@ void linear_4bit_reference(const Linear4bitJob& job, std::int64_t first_out, std
     // Row o of the weight as the matmul sees it: dequantized, then cast to the compute dtype.
     for (std::int64_t i = 0; i < in; ++i) {
       const std::int64_t index = o * in + i;
-      const std::uint8_t byte = weight.packed[index / 2];
-      const int code = index % 2 == 0 ? byte >> 4 : byte & 0x0f;
       float absmax;
       decode_4bit_absmax(weight, index / weight.block_size, index / weight.block_size + 1, &absmax);
       // A product of two values of C is exact in f32: one rounding, as C's own multiply.
-      const float value = product
-                              ? rounded_to(compute, code_values[code]) * rounded_to(compute, absmax)
-                              : rounded_to(weight.weight_dtype, code_values[code] * absmax);
+      const float value =
+          product ? rounded_to(compute, code_values[four_bit_code(weight.packed, index)]) *
+                        rounded_to(compute, absmax)
+                  : dequantized_4bit_value(weight, code_values, index, absmax);
       w[static_cast<std::size_t>(i)] = rounded_to(compute, value);
     }
     for (std::int64_t r = 0; r < job.rows; ++r) {
