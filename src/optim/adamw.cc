@@ -50,6 +50,16 @@ std::int64_t adamw8bit_block_count(std::int64_t n) {
   return (n + kAdamW8bitBlockSize - 1) / kAdamW8bitBlockSize;
 }
 
+bool adamw_state_is_8bit(std::int64_t n, bool eight_bit_optimizer) {
+  return eight_bit_optimizer && n >= kMin8bitStateSize;
+}
+
+std::int64_t adamw_state_bytes(std::int64_t n, bool eight_bit_optimizer) {
+  const auto f32_bytes = static_cast<std::int64_t>(sizeof(float));
+  if (!adamw_state_is_8bit(n, eight_bit_optimizer)) return 2 * f32_bytes * n;
+  return 2 * n + 2 * f32_bytes * adamw8bit_block_count(n);
+}
+
 namespace detail {
 
 Status check_step_arguments(const AdamWHyperparameters& hyperparameters, const TensorView& param,

@@ -509,5 +509,27 @@ TEST(AdamWStateSizeTest, BlockCount) {
   EXPECT_EQ(adamw8bit_block_count(64 * 384), 96);
 }
 
+// bitsandbytes' min_8bit_size: an 8-bit optimizer keeps parameters under 4 096 elements in 32 bits.
+TEST(AdamWStateSizeTest, EightBitFromMin8bitStateSizeOnly) {
+  EXPECT_FALSE(adamw_state_is_8bit(4095, /*eight_bit_optimizer=*/true));
+  EXPECT_TRUE(adamw_state_is_8bit(4096, /*eight_bit_optimizer=*/true));
+  EXPECT_FALSE(adamw_state_is_8bit(4096, /*eight_bit_optimizer=*/false));
+}
+
+// 32-bit: 8·n. 8-bit: 2·n + 8·ceil(n / 256), and 8·n below 4 096 elements.
+TEST(AdamWStateSizeTest, Bytes) {
+  EXPECT_EQ(adamw_state_bytes(0, false), 0);
+  EXPECT_EQ(adamw_state_bytes(1, false), 8);
+  EXPECT_EQ(adamw_state_bytes(4096, false), 32768);
+  EXPECT_EQ(adamw_state_bytes(1, true), 8);
+  EXPECT_EQ(adamw_state_bytes(4095, true), 32760);
+  EXPECT_EQ(adamw_state_bytes(4096, true), 8192 + 8 * 16);
+  EXPECT_EQ(adamw_state_bytes(4097, true), 8194 + 8 * 17);
+  // Llama-3.1-8B's embedding [128256, 4096]: 32-bit state bytes past 2^32.
+  const std::int64_t embedding = std::int64_t{128256} * 4096;
+  EXPECT_EQ(adamw_state_bytes(embedding, false), 4202692608);
+  EXPECT_EQ(adamw_state_bytes(embedding, true), 1050673152 + 16416768);
+}
+
 }  // namespace
 }  // namespace kbit::optim

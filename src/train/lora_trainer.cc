@@ -17,6 +17,7 @@
 #include "kbit/io/peft_adapter.h"
 #include "kbit/io/safetensors.h"
 #include "kbit/io/safetensors_writer.h"
+#include "kbit/optim/adamw_parameter_state.h"
 #include "kbit/optim/clip_grad_norm.h"
 
 namespace kbit::train {
@@ -26,62 +27,6 @@ namespace {
 TensorView view_of(std::vector<float>& values) {
   return TensorView(values.data(), DType::kF32, Shape{static_cast<std::int64_t>(values.size())});
 }
-TensorView view_of(std::vector<std::uint8_t>& values) {
-  return TensorView(values.data(), DType::kU8, Shape{static_cast<std::int64_t>(values.size())});
-}
-
-// The optimizer state of one parameter (a lora_A or lora_B) and its storage.
-struct ParameterState {
-  std::vector<float> state1, state2;         // 32-bit states
-  std::vector<std::uint8_t> codes1, codes2;  // 8-bit states
-  std::vector<float> absmax1, absmax2;
-  std::int64_t step = 0;
-  bool eight_bit = false;
-
-  ParameterState(std::int64_t n, bool use_8bit) : eight_bit(use_8bit) {
-    const auto size = static_cast<std::size_t>(n);
-    if (eight_bit) {
-      codes1.assign(size, 0);
-      codes2.assign(size, 0);
-      absmax1.assign(static_cast<std::size_t>(optim::adamw8bit_block_count(n)), 0.0f);
-      absmax2.assign(absmax1.size(), 0.0f);
-    } else {
-      state1.assign(size, 0.0f);
-      state2.assign(size, 0.0f);
-    }
-  }
-
-  // The state's tensors, named by their role (state1, state2, or codes and absmax).
-  std::vector<std::pair<std::string, TensorView>> tensors() {
-    if (eight_bit) {
-      return {{"state1", view_of(codes1)},
-              {"state2", view_of(codes2)},
-              {"absmax1", view_of(absmax1)},
-              {"absmax2", view_of(absmax2)}};
-    }
-    return {{"state1", view_of(state1)}, {"state2", view_of(state2)}};
-  }
-
-  std::size_t bytes() const {
-    return (state1.size() + state2.size() + absmax1.size() + absmax2.size()) * sizeof(float) +
-           codes1.size() + codes2.size();
-  }
-
-  Status apply(const optim::AdamWHyperparameters& adamw, std::vector<float>& param,
-               std::vector<float>& grad) {
-    if (eight_bit) {
-      optim::AdamW8bitState state{view_of(codes1), view_of(codes2), view_of(absmax1),
-                                  view_of(absmax2), step};
-      KBIT_RETURN_IF_ERROR(optim::adamw8bit_step(adamw, view_of(param), view_of(grad), &state));
-      step = state.step;
-    } else {
-      optim::AdamW32bitState state{view_of(state1), view_of(state2), step};
-      KBIT_RETURN_IF_ERROR(optim::adamw32bit_step(adamw, view_of(param), view_of(grad), &state));
-      step = state.step;
-    }
-    return ok_status();
-  }
-};
 
 Status check_options(const TrainerOptions& options, const TrainingRows& rows) {
   KBIT_RETURN_IF_ERROR(optim::check_adamw_hyperparameters(options.adamw));
@@ -166,7 +111,7 @@ struct LoraTrainer::State {
   LoraTrainingModel* model;
   const TrainingRows* rows;
   TrainerOptions options;
-  std::vector<ParameterState> parameters;  // per module: A, then B
+  std::vector<optim::AdamWParameterState> parameters;  // per module: A, then B
   std::int64_t steps_done = 0;
   std::int64_t next_row = 0;
   std::int64_t epoch = 0;
@@ -188,7 +133,7 @@ Result<LoraTrainer> LoraTrainer::create(LoraTrainingModel& model, const Training
   for (const LoraModule& module : model.state().modules()) {
     for (const std::size_t n : {module.a.size(), module.b.size()}) {
       const auto count = static_cast<std::int64_t>(n);
-      state->parameters.emplace_back(count, eight_bit && count >= optim::kMin8bitStateSize);
+      state->parameters.emplace_back(count, eight_bit);
     }
   }
   return LoraTrainer(std::move(state));
@@ -237,7 +182,8 @@ Status LoraTrainer::save_checkpoint(const std::filesystem::path& dir) const {
   metadata["step"] = std::to_string(s.steps_done);
   metadata["next_row"] = std::to_string(s.next_row);
   metadata["epoch"] = std::to_string(s.epoch);
-  metadata["optimizer_step"] = std::to_string(s.parameters.empty() ? 0 : s.parameters.front().step);
+  metadata["optimizer_step"] =
+      std::to_string(s.parameters.empty() ? 0 : s.parameters.front().step());
   io::sort_in_reference_order(tensors);
   if (Status written = io::write_safetensors(temporary / kTrainerStateFile, tensors, metadata);
       !written.ok()) {
@@ -307,7 +253,7 @@ Status LoraTrainer::restore_checkpoint(const std::filesystem::path& dir) {
   for (auto& [destination, source] : copies) {
     std::memcpy(destination.data(), source.data(), source.nbytes());
   }
-  for (ParameterState& parameter : s.parameters) parameter.step = optimizer_step;
+  for (optim::AdamWParameterState& parameter : s.parameters) parameter.set_step(optimizer_step);
   s.steps_done = step;
   s.next_row = next_row;
   s.epoch = epoch;
@@ -315,9 +261,9 @@ Status LoraTrainer::restore_checkpoint(const std::filesystem::path& dir) {
 }
 
 std::size_t LoraTrainer::optimizer_state_bytes() const {
-  std::size_t bytes = 0;
-  for (const ParameterState& parameter : state_->parameters) bytes += parameter.bytes();
-  return bytes;
+  std::int64_t bytes = 0;
+  for (const optim::AdamWParameterState& parameter : state_->parameters) bytes += parameter.bytes();
+  return static_cast<std::size_t>(bytes);
 }
 
 Result<StepMetrics> LoraTrainer::step() {
@@ -361,8 +307,8 @@ Result<StepMetrics> LoraTrainer::step() {
   adamw.lr = static_cast<float>(metrics.lr);
   std::size_t p = 0;
   for (LoraModule& module : lora.modules()) {
-    KBIT_RETURN_IF_ERROR(s.parameters[p++].apply(adamw, module.a, module.grad_a));
-    KBIT_RETURN_IF_ERROR(s.parameters[p++].apply(adamw, module.b, module.grad_b));
+    KBIT_RETURN_IF_ERROR(s.parameters[p++].apply(adamw, view_of(module.a), view_of(module.grad_a)));
+    KBIT_RETURN_IF_ERROR(s.parameters[p++].apply(adamw, view_of(module.b), view_of(module.grad_b)));
   }
   return metrics;
 }

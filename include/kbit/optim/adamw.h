@@ -61,6 +61,15 @@ inline constexpr std::int64_t kAdamW8bitBlockSize = 256;
 // Number of absmax values of an 8-bit state for a parameter of n elements: ceil(n / 256).
 std::int64_t adamw8bit_block_count(std::int64_t n);
 
+// Whether the state of a parameter of n elements is kept in 8 bits: under an 8-bit optimizer
+// when n >= kMin8bitStateSize, never under a 32-bit one.
+bool adamw_state_is_8bit(std::int64_t n, bool eight_bit_optimizer);
+
+// Bytes of the AdamW state of a parameter of n >= 0 elements, as adamw_state_is_8bit decides its
+// kind: 8·n when 32-bit (two f32 moments); 2·n + 8·ceil(n / 256) when 8-bit (two u8 codes per
+// element, two f32 absmax per block).
+std::int64_t adamw_state_bytes(std::int64_t n, bool eight_bit_optimizer);
+
 // The state of one parameter of n elements under 32-bit AdamW. The views are the caller's;
 // start with zeros and step = 0.
 struct AdamW32bitState {

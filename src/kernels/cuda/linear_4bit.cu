@@ -259,9 +259,9 @@ __global__ void __launch_bounds__(kGemvThreads)
 // below) and feeds them to eight MMAs; the same lane supplies x[row g] at those inputs as the B
 // operand (rows >= `rows` are zeros). The MMA's k order is a permutation of the inputs, the same
 // for A and B, so the products are those of the reference; the tensor core sums them in f32.
-// The warps' partial sums meet in shared memory, in a fixed order, for the epilogue. The L1/TEX
-// pipe, not DRAM, bounds it (BENCHMARKS.md, the kernel workbench): each group of four lanes
-// reads one row, so a warp-wide 16-byte load touches 8 cache lines, 64 bytes of each. The product
+// The warps' partial sums meet in shared memory, in a fixed order, for the epilogue. Neither
+// DRAM nor the decode bounds it but the mma.sync path (BENCHMARKS.md, "The GEMV's step taken
+// apart": its loads alone run at copy speed, with the decode about 1 µs more of 20). The product
 // decode's paired lookup and multiply take about half the exact decode's instructions.
 constexpr int kMmaWarps = 8;
 constexpr int kMmaOutputs = 16;
@@ -364,10 +364,18 @@ struct ProductDecode {
   static __device__ __forceinline__ Scale scale(float absmax) {
     return pack_pair<C>(absmax, absmax);
   }
+  // One PRMT extracts the byte and one IMAD adds it to the lane's column's shared address: the
+  // lookup's address arithmetic is two instructions (written as a shared-space load because the
+  // compiler, given an array index, splits the IMAD in two).
   static __device__ __forceinline__ std::uint32_t pair(const Tables& shared, int lane,
                                                        std::uint32_t word, int byte, Scale scale) {
-    const std::uint32_t codes =
-        shared.code_pairs[((word >> (8 * byte)) & 0xffu) * kWarpSize + lane];
+    const std::uint32_t index = __byte_perm(word, 0u, 0x4440u | static_cast<std::uint32_t>(byte));
+    const auto lane_column =
+        static_cast<std::uint32_t>(__cvta_generic_to_shared(shared.code_pairs + lane));
+    std::uint32_t codes;
+    asm volatile("ld.shared.u32 %0, [%1];"
+                 : "=r"(codes)
+                 : "r"(lane_column + index * kWarpSize * 4u));
     return multiply_pairs<C>(codes, scale);
   }
 };
@@ -495,9 +503,12 @@ __global__ void __launch_bounds__(kMmaWarps* kWarpSize)
   float sums[4] = {};
   if (warp < steps) {
     MmaStepInputs current = load(warp);
+    // Unrolled twice, so that `current` and `next` trade registers instead of being copied.
+#pragma unroll 2
     for (std::int64_t step = warp; step < steps; step += kMmaWarps) {
-      // The next step's loads go out before this step's arithmetic, so memory stays busy.
-      const MmaStepInputs next = step + kMmaWarps < steps ? load(step + kMmaWarps) : current;
+      // The next step's loads go out before this step's arithmetic, so memory stays busy; past
+      // the last step they re-read it (cached) rather than branch.
+      const MmaStepInputs next = load(std::min(step + kMmaWarps, steps - 1));
       multiply_mma_step<C, Decoder>(current, decode_tables, lane, sums);
       current = next;
     }
