@@ -38,8 +38,6 @@ for d in "${quantized[@]}" "$float_model" "$golden"; do
   [[ -d "$d" ]] || { echo "check-bnb-interop: $d is not a folder" >&2; exit 2; }
 done
 
-keep=0
-[[ -n "$venv" ]] && keep=1
 kbit_python_venv check-bnb-interop "$venv" \
   "${KBIT_BNB_PIP_SPECS:-torch transformers accelerate bitsandbytes safetensors numpy}" \
   "torch, transformers, accelerate, bitsandbytes, safetensors"
@@ -53,5 +51,5 @@ for q in "${quantized[@]}"; do
   echo
   if [[ $rc -ne 0 && $status -ne 1 ]]; then status=$rc; fi
 done
-[[ $keep -eq 1 ]] && echo "check-bnb-interop: kept the virtual environment $venv" >&2
+[[ -z "${KBIT_VENV_TMP:-}" ]] && echo "check-bnb-interop: kept the virtual environment $venv" >&2
 exit $status

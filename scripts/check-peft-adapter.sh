@@ -36,8 +36,6 @@ for candidate in "$root/build/cuda/kbit" "$root/build/release/kbit"; do
 done
 [[ -x "$kbit" ]] || { echo "check-peft-adapter: no kbit command; build it or set KBIT" >&2; exit 2; }
 
-keep=0
-[[ -n "$venv" ]] && keep=1
 kbit_python_venv check-peft-adapter "$venv" \
   "${KBIT_PEFT_PIP_SPECS:-torch transformers==5.17.0 peft==0.21.0 safetensors numpy}" \
   "torch, transformers, peft, safetensors"
@@ -48,5 +46,5 @@ trap 'rm -rf "$work" ${KBIT_VENV_TMP:+"$KBIT_VENV_TMP"}' EXIT
 status=0
 "$venv/bin/python" "$root/scripts/check_peft_adapter.py" "$base" "$adapter" "$kbit" "$work" \
   ${extra[@]+"${extra[@]}"} || status=$?
-[[ $keep -eq 1 ]] && echo "check-peft-adapter: kept the virtual environment $venv" >&2
+[[ -z "${KBIT_VENV_TMP:-}" ]] && echo "check-peft-adapter: kept the virtual environment $venv" >&2
 exit $status

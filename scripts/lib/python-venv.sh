@@ -28,7 +28,8 @@ kbit_parse_check_args() {
 #            Linux wheel pulls in the CUDA libraries: about 6 GB in all)
 #   IMPORTS  the modules that must import, comma separated ("torch, transformers"); when they do,
 #            nothing is installed
-# Sets KBIT_VENV to the environment's folder; exits with status 2 if it cannot be made.
+# Sets KBIT_VENV to the environment's folder, and KBIT_VENV_TMP to the temporary folder that holds
+# it when it is not kept; exits with status 2 if it cannot be made.
 kbit_python_venv() {
   local tool="$1" venv="$2" specs="$3" imports="$4"
   if [[ -z "$venv" ]]; then
