@@ -34,7 +34,7 @@
 #include "kbit/model/llama_config.h"
 #include "kbit/optim/adamw.h"
 #include "kbit/optim/adamw_parameter_state.h"
-#include "kbit/train/lora_trainer.h"
+#include "kbit/train/trainer.h"
 
 namespace {
 

@@ -19,32 +19,30 @@ safetensors reader refuses). src/train/testdata/README.md lists every key.
 
 Writes src/train/testdata/lora_gradients_shakespeare_llama2.safetensors.
 
+The model cut, the batch, the loss, the float64 overrides, the hi/lo storage and the reproducible writer
+live in llama_reference_common.py, which make_full_gradient_reference.py shares: the same model and batch
+with no LoRA and every weight trainable (full fine-tuning), written to
+src/train/testdata/full_gradients_shakespeare_llama2.safetensors.
+
 Usage: python3 scripts/dev/make_lora_gradient_reference.py [SHARED_DIR]   (default ../shared)
 Needs torch, transformers, peft, safetensors and bitsandbytes (its CPU backend), e.g. in a throwaway venv:
   python3 -m venv /tmp/lora-ref-venv && /tmp/lora-ref-venv/bin/pip install torch transformers==5.17.0 \
       peft==0.21.0 safetensors bitsandbytes
 The README lists the versions used. Single thread, deterministic: a rerun writes the same bytes.
 """
-import contextlib
-import json
 import os
-import sys
 
 import bitsandbytes
 import bitsandbytes.functional as bnbf
 import numpy as np
 import peft
 import safetensors
-import safetensors.torch
 import torch
 import transformers
-from transformers.models.llama import modeling_llama
 
-LAYERS = 2
-SEQ_LEN = 32
-SEQ1_START = 500          # token index of sequence 1 in the encoding of the text's first 4000 characters
-PROMPT_MASKED = 6         # labels[1, 0:6] = -100
-BOS = 1
+from llama_reference_common import (command_line, double_float, forward_loss, labelled_targets, load_base,
+                                    make_batch, shared_dir_and_root, write_safetensors)
+
 R, ALPHA = 8, 16
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 INIT_SEED, INIT_STD = 1234, 0.05
@@ -63,40 +61,7 @@ NF4_THRESHOLDS = np.array([-0.8480964004993439, -0.6106329262256622, -0.45999526
                            0.5016634166240692, 0.6427869200706482, 0.8614784181118011], dtype=np.float32)
 
 
-# ---------------------------------------------------------------- data
-
-def make_batch(shared, model_dir):
-    """input_ids [2, 32], labels [2, 32] with labels[1, 0:6] = -100."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    text = open(os.path.join(shared, "data/tinyshakespeare.txt"), encoding="utf-8").read()[:4000]
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert len(ids) >= SEQ1_START + SEQ_LEN - 1, len(ids)
-    rows = [[BOS] + ids[:SEQ_LEN - 1], [BOS] + ids[SEQ1_START:SEQ1_START + SEQ_LEN - 1]]
-    input_ids = torch.tensor(rows, dtype=torch.int64)
-    labels = input_ids.clone()
-    labels[1, :PROMPT_MASKED] = -100
-    return input_ids, labels
-
-
-def causal_lm_loss(logits, labels):
-    """transformers' ForCausalLMLoss without its logits.float(): position t predicts label t+1, mean over
-    the labelled (not -100) targets of the whole batch, in the logits' dtype."""
-    shift_labels = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1),
-                                             ignore_index=-100, reduction="mean")
-
-
 # ---------------------------------------------------------------- model
-
-def load_base(model_dir):
-    """The first LAYERS layers of the model, f32, eager attention, eval mode."""
-    config = transformers.AutoConfig.from_pretrained(model_dir)
-    config.num_hidden_layers = LAYERS
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        model_dir, config=config, dtype=torch.float32, attn_implementation="eager")
-    assert model.lm_head.weight is model.model.embed_tokens.weight, "expected tied embeddings"
-    return model.eval()
-
 
 def linear_names(model):
     return sorted(name for name, module in model.named_modules()
@@ -170,63 +135,12 @@ def lora_init(model_dir):
     return init
 
 
-# ---------------------------------------------------------------- float64 Llama
-
-def rms_norm_f64(self, hidden_states):
-    variance = hidden_states.pow(2).mean(-1, keepdim=True)
-    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
-
-
-@torch.no_grad()
-def rotary_f64(self, x, position_ids):
-    assert self.attention_scaling == 1.0
-    base = self.config.rope_parameters["rope_theta"]
-    dim = self.config.head_dim
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-    freqs = position_ids[:, :, None].to(torch.float64) * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-
-def eager_attention_f64(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    assert module.num_key_value_groups == 1 and dropout == 0.0
-    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
-    attn_weights = torch.nn.functional.softmax(attn_weights, dim=-1)
-    return torch.matmul(attn_weights, value).transpose(1, 2).contiguous(), attn_weights
-
-
-@contextlib.contextmanager
-def llama_in_f64():
-    """Swaps in float64 versions of the parts of transformers' Llama that cast to float32."""
-    saved = (modeling_llama.LlamaRMSNorm.forward, modeling_llama.LlamaRotaryEmbedding.forward,
-             modeling_llama.eager_attention_forward)
-    modeling_llama.LlamaRMSNorm.forward = rms_norm_f64
-    modeling_llama.LlamaRotaryEmbedding.forward = rotary_f64
-    modeling_llama.eager_attention_forward = eager_attention_f64
-    try:
-        yield
-    finally:
-        (modeling_llama.LlamaRMSNorm.forward, modeling_llama.LlamaRotaryEmbedding.forward,
-         modeling_llama.eager_attention_forward) = saved
-
-
 # ---------------------------------------------------------------- runs
 
 def gradients(model, input_ids, labels, f64):
     """Loss and {(module, part): grad} of one forward + backward."""
     model.zero_grad(set_to_none=True)
-    if f64:
-        with llama_in_f64():
-            logits = model(input_ids=input_ids).logits
-            assert logits.dtype == torch.float64
-            loss = causal_lm_loss(logits, labels)
-    else:
-        loss = model(input_ids=input_ids, labels=labels).loss
-        with torch.no_grad():  # the loss reduction is the one causal_lm_loss implements
-            check = causal_lm_loss(model(input_ids=input_ids).logits, labels)
-        assert abs(check.item() - loss.item()) <= 1e-6 * abs(loss.item()), (check.item(), loss.item())
+    loss = forward_loss(model, input_ids, labels, f64)
     loss.backward()
     return loss.detach(), {key: p.grad.detach().clone() for key, p in lora_params(model).items()}
 
@@ -250,17 +164,6 @@ def run_base(label, model_dir, init, input_ids, labels):
         out[f"{label}.grad.{module}.{part}"] = grad.float()
         out.update(double_float(f"{label}.grad64.{module}.{part}", grads64[module, part]))
     return out
-
-
-def double_float(key, x):
-    """A float64 tensor as two float32 ones, {key}.hi = float32(x) and {key}.lo = float32(x - hi): a
-    "double-float" whose sum hi + lo (in float64) gives x to about 48 bits. (Readers without a float64
-    dtype, such as kbit's safetensors reader, refuse F64 tensors.)"""
-    assert x.dtype == torch.float64, key
-    hi = x.float()
-    lo = (x - hi.double()).float()
-    assert ((hi.double() + lo.double() - x).abs() <= 2.0 ** -47 * x.abs()).all(), key
-    return {f"{key}.hi": hi, f"{key}.lo": lo}
 
 
 def report(label, loss32, loss64, grads32, grads64):
@@ -289,27 +192,12 @@ def check_bnb_against_golden(shared):
           f"{(got != expected.reshape(got.shape)).sum().item()} values differ")
 
 
-def sort_metadata(blob):
-    """safetensors writes __metadata__ in hash order, which changes from run to run; this rewrites the
-    header (same length, same tensor entries) with the metadata keys sorted, so the file is byte for byte
-    reproducible."""
-    size = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + size])
-    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":")).encode()
-    assert len(text) <= size and blob[8 + len(text):8 + size].strip() == b""
-    return blob[:8] + text.ljust(size, b" ") + blob[8 + size:]
-
-
 def main():
-    shared = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "../../../shared")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    shared, root = shared_dir_and_root(__file__)
     model_dir = os.path.join(shared, "models/shakespeare-llama2")
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
 
     input_ids, labels = make_batch(shared, model_dir)
-    labelled = int((labels[:, 1:] != -100).sum())
+    labelled = labelled_targets(labels)
     print("input_ids", input_ids.tolist(), "\nlabelled targets", labelled)
     check_bnb_against_golden(shared)
     init = lora_init(model_dir)
@@ -332,15 +220,9 @@ def main():
                "dequantize_4bit, CPU, no double quant",
         "labelled_targets": str(labelled),
         "loss": "mean over labelled targets of the batch of cross_entropy(logits[t], labels[t+1])",
-        "command": "python3 scripts/dev/make_lora_gradient_reference.py" + "".join(" " + a for a in sys.argv[1:]),
+        "command": command_line("make_lora_gradient_reference.py"),
     }
-    assert all(v.dtype != torch.float64 for v in tensors.values())
-    out = os.path.join(root, OUT_NAME)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    blob = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    with open(out, "wb") as f:
-        f.write(sort_metadata(blob))
-    print(f"wrote {out}: {len(tensors)} tensors, {os.path.getsize(out)} bytes")
+    write_safetensors(root, OUT_NAME, tensors, metadata)
 
 
 if __name__ == "__main__":

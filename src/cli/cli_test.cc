@@ -327,5 +327,41 @@ TEST_F(CliTest, FinetuneWritesAnAdapterThatLoads) {
                  {"--resume", empty});
 }
 
+// kbit finetune --full trains every weight and writes a model folder that loads; its checkpoints
+// resume to the same weights; LoRA and quantization options are refused with it.
+TEST_F(CliTest, FullFinetuneWritesAModelThatLoads) {
+  const fs::path model = fs::path(KBIT_SOURCE_DIR) / "models/shakespeare-llama2";
+  const fs::path data = directory_ / "data.jsonl";
+  std::ofstream(data) << R"({"text": "ROMEO: But soft, what light through yonder window breaks?"})"
+                      << "\n";
+  const fs::path output = directory_ / "full";
+  const std::string train = "finetune -m " + model.string() + " --data " + data.string() + " -o " +
+                            output.string() + " --full --max-length 16 --lr 1e-3 ";
+  const std::string two_steps = train + "--max-steps 2 --save-every 1";
+  const CommandResult trained = run(two_steps);
+  ASSERT_EQ(trained.exit_status, 0) << trained.err;
+  EXPECT_NE(trained.out.find("saved the model"), std::string::npos) << trained.out;
+  for (const char* file : {"model.safetensors", "config.json", "tokenizer.json"}) {
+    EXPECT_TRUE(fs::exists(output / file)) << file;
+  }
+  EXPECT_TRUE(fs::exists(output / "checkpoint-1" / "trainer_state.safetensors"));
+  const std::string finished = read_file(output / "model.safetensors");
+  EXPECT_NE(finished, read_file(model / "model.safetensors"));
+  const CommandResult generated = run("generate -m " + output.string() + " -p ROMEO: -n 4");
+  EXPECT_EQ(generated.exit_status, 0) << generated.err;
+
+  fs::remove_all(output / "checkpoint-2");
+  fs::remove(output / "model.safetensors");
+  const CommandResult resumed = run(two_steps + " --resume");
+  ASSERT_EQ(resumed.exit_status, 0) << resumed.err;
+  EXPECT_EQ(read_file(output / "model.safetensors"), finished);
+
+  // A usage error: CLI11's message and exit status.
+  const CommandResult lora = run(train + "--max-steps 1 --lora-r 8");
+  EXPECT_NE(lora.exit_status, 0);
+  EXPECT_NE(lora.err.find("--full excludes --lora-r"), std::string::npos) << lora.err;
+  expect_failure(run(train + "--max-steps 1 --load-in-4bit"), {"quantized", "--full"});
+}
+
 }  // namespace
 }  // namespace kbit::cli

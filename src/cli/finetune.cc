@@ -1,8 +1,10 @@
-// kbit finetune: LoRA fine-tuning of a model on a JSONL dataset, saved as a PEFT adapter.
+// kbit finetune: fine-tuning of a model on a JSONL dataset: LoRA, saved as a PEFT adapter, or with
+// --full every weight, saved as a model folder.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,7 +17,9 @@
 #include "cli/progress_bar.h"
 #include "kbit/generate/chat_template.h"
 #include "kbit/io/training_jsonl.h"
-#include "kbit/train/lora_trainer.h"
+#include "kbit/train/full_training_model.h"
+#include "kbit/train/lora_training_model.h"
+#include "kbit/train/trainer.h"
 
 namespace kbit::cli {
 namespace {
@@ -24,6 +28,7 @@ struct FinetuneFlags {
   ModelFlags model;
   std::filesystem::path data;
   std::filesystem::path output;
+  bool full = false;
   std::int64_t lora_r = 16;
   double lora_alpha = 32;
   double lora_dropout = 0;
@@ -107,6 +112,23 @@ Result<train::TrainerOptions> trainer_options(const FinetuneFlags& flags, std::i
   return options;
 }
 
+// What the run trains: LoRA adapters on the loaded base, or with --full every weight.
+Result<std::unique_ptr<train::TrainableModel>> trainable_model(const FinetuneFlags& flags,
+                                                               const model::LlamaModel& base) {
+  if (flags.full) {
+    KBIT_ASSIGN_OR_RETURN(train::FullTrainingModel model,
+                          train::FullTrainingModel::create(base, flags.model.model_dir));
+    return std::unique_ptr<train::TrainableModel>(
+        std::make_unique<train::FullTrainingModel>(std::move(model)));
+  }
+  KBIT_ASSIGN_OR_RETURN(train::LoraState state,
+                        train::LoraState::create(base.config(), lora_config(flags), flags.seed));
+  KBIT_ASSIGN_OR_RETURN(train::LoraTrainingModel model,
+                        train::LoraTrainingModel::create(base, std::move(state)));
+  return std::unique_ptr<train::TrainableModel>(
+      std::make_unique<train::LoraTrainingModel>(std::move(model)));
+}
+
 nlohmann::json metrics_json(const train::StepMetrics& m, double seconds) {
   return {{"step", m.step},        {"loss", m.loss},   {"grad_norm", m.grad_norm},
           {"learning_rate", m.lr}, {"epoch", m.epoch}, {"tokens", m.tokens},
@@ -118,13 +140,9 @@ Status run(const FinetuneFlags& flags) {
   KBIT_ASSIGN_OR_RETURN(const train::TrainingRows rows, training_rows(flags, loaded.tokenizer));
   KBIT_ASSIGN_OR_RETURN(const std::int64_t steps, total_steps(flags, rows.rows()));
   KBIT_ASSIGN_OR_RETURN(const train::TrainerOptions options, trainer_options(flags, steps));
-  KBIT_ASSIGN_OR_RETURN(
-      train::LoraState state,
-      train::LoraState::create(loaded.model.config(), lora_config(flags), flags.seed));
-  KBIT_ASSIGN_OR_RETURN(train::LoraTrainingModel model,
-                        train::LoraTrainingModel::create(loaded.model, std::move(state)));
-  KBIT_ASSIGN_OR_RETURN(train::LoraTrainer trainer,
-                        train::LoraTrainer::create(model, rows, options));
+  KBIT_ASSIGN_OR_RETURN(const std::unique_ptr<train::TrainableModel> model,
+                        trainable_model(flags, loaded.model));
+  KBIT_ASSIGN_OR_RETURN(train::Trainer trainer, train::Trainer::create(*model, rows, options));
   if (flags.resume) {
     const std::optional<std::filesystem::path> checkpoint = train::latest_checkpoint(flags.output);
     if (!checkpoint) {
@@ -140,9 +158,14 @@ Status run(const FinetuneFlags& flags) {
     metrics.open(flags.metrics, flags.resume ? std::ios::app : std::ios::trunc);
     if (!metrics) return invalid_argument("--metrics " + flags.metrics.string() + ": cannot open");
   }
-  fmt::print(stderr, "finetune: {} rows of {} tokens, {} steps of {} rows, {} LoRA modules\n",
+  std::size_t values = 0;
+  const std::vector<train::TrainableParameter> parameters = model->parameters();
+  for (const train::TrainableParameter& parameter : parameters) values += parameter.values.size();
+  fmt::print(stderr,
+             "finetune: {} rows of {} tokens, {} steps of {} rows, {} trained tensors of {} "
+             "values, {:.1f} MB of optimizer state\n",
              rows.rows(), rows.length, steps, flags.batch_size * flags.grad_accum,
-             model.state().modules().size());
+             parameters.size(), values, static_cast<double>(trainer.optimizer_state_bytes()) / 1e6);
   ProgressBar bar("finetune", "steps");
   const auto start = std::chrono::steady_clock::now();
   std::int64_t steps_here = 0;  // this invocation's, for the rate
@@ -163,8 +186,8 @@ Status run(const FinetuneFlags& flags) {
                  static_cast<double>(steps_here * step.tokens) / seconds);
     }
   }
-  KBIT_RETURN_IF_ERROR(model.state().save(flags.output));
-  fmt::print("saved the adapter to {}\n", flags.output.string());
+  KBIT_RETURN_IF_ERROR(model->save(flags.output));
+  fmt::print("saved the {} to {}\n", flags.full ? "model" : "adapter", flags.output.string());
   return ok_status();
 }
 
@@ -175,21 +198,30 @@ Action add_finetune_command(CLI::App& app) {
   flags->model.device = "cpu";  // training runs on the CPU for now
   CLI::App* command = app.add_subcommand(
       "finetune",
-      "LoRA fine-tuning on a JSONL dataset (text, prompt/completion or messages), "
-      "saved as a PEFT adapter");
+      "fine-tuning on a JSONL dataset (text, prompt/completion or messages): LoRA, saved as a "
+      "PEFT adapter, or with --full every weight, saved as a model folder");
   add_model_flags(*command, flags->model);
   command->add_option("--data", flags->data, "the training data, JSON Lines")->required();
-  command->add_option("-o,--output", flags->output, "the adapter folder to write")->required();
-  command->add_option("--lora-r", flags->lora_r, "LoRA rank")->capture_default_str();
-  command->add_option("--lora-alpha", flags->lora_alpha, "LoRA alpha")->capture_default_str();
-  command->add_option("--lora-dropout", flags->lora_dropout, "dropout on the LoRA input")
-      ->capture_default_str();
-  command->add_flag("--use-rslora", flags->use_rslora, "scale by alpha / sqrt(r)");
   command
-      ->add_option("--target-modules", flags->target_modules,
-                   "all-linear, or module names separated by commas (q_proj,v_proj)")
-      ->delimiter(',')
-      ->capture_default_str();
+      ->add_option("-o,--output", flags->output,
+                   "the folder to write: the adapter (or with --full the model) and checkpoints")
+      ->required();
+  CLI::Option* full = command->add_flag(
+      "--full", flags->full,
+      "train every weight (f32 master weights) instead of LoRA adapters; saves the model in its "
+      "checkpoint's dtype");
+  const std::vector<CLI::Option*> lora_options = {
+      command->add_option("--lora-r", flags->lora_r, "LoRA rank")->capture_default_str(),
+      command->add_option("--lora-alpha", flags->lora_alpha, "LoRA alpha")->capture_default_str(),
+      command->add_option("--lora-dropout", flags->lora_dropout, "dropout on the LoRA input")
+          ->capture_default_str(),
+      command->add_flag("--use-rslora", flags->use_rslora, "scale by alpha / sqrt(r)"),
+      command
+          ->add_option("--target-modules", flags->target_modules,
+                       "all-linear, or module names separated by commas (q_proj,v_proj)")
+          ->delimiter(',')
+          ->capture_default_str()};
+  for (CLI::Option* option : lora_options) option->excludes(full);
   command->add_option("--optim", flags->optimizer, "adamw, adamw_8bit or paged_adamw_8bit")
       ->capture_default_str();
   command->add_option("--lr", flags->lr, "learning rate")->capture_default_str();
@@ -214,8 +246,8 @@ Action add_finetune_command(CLI::App& app) {
                    "packed (examples concatenated into rows) or padded (one per row)")
       ->capture_default_str();
   command->add_option("--save-every", flags->save_every,
-                      "every N steps, save a checkpoint (adapter and optimizer states) as "
-                      "OUTPUT/checkpoint-N");
+                      "every N steps, save a checkpoint (the adapter or model, and the "
+                      "trainer's state) as OUTPUT/checkpoint-N");
   command->add_flag("--resume", flags->resume,
                     "continue from the newest OUTPUT/checkpoint-N, with the same data and options");
   command->add_option("--seed", flags->seed, "LoRA initialisation and data order")

@@ -68,9 +68,18 @@ Status copy_model_files(const fs::path& model_dir, const fs::path& staging, bool
     const bool weights =
         name == "model.safetensors.index.json" || entry.path().extension() == ".safetensors";
     if (!entry.is_regular_file() || weights || (name == "config.json" && !config_too)) continue;
-    fs::copy_file(entry.path(), staging / entry.path().filename(), error);
+    // Through a temporary name, so that a file replaced in a folder that exists is never
+    // half-written.
+    const fs::path target = staging / entry.path().filename();
+    fs::path temporary = target;
+    temporary += ".tmp-" + std::to_string(::getpid());
+    fs::copy_file(entry.path(), temporary, fs::copy_options::overwrite_existing, error);
+    if (!error) fs::rename(temporary, target, error);
     if (error) {
-      return internal_error("cannot copy " + entry.path().string() + ": " + error.message());
+      const std::string reason = error.message();
+      fs::remove(temporary, error);
+      return internal_error("cannot copy " + entry.path().string() + " to " + target.string() +
+                            ": " + reason);
     }
   }
   if (error) return internal_error("cannot list " + model_dir.string() + ": " + error.message());

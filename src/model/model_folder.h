@@ -38,7 +38,7 @@ Status write_model_weights(const std::filesystem::path& staging,
 
 // Copies model_dir's regular files into `staging` but its weights (*.safetensors and the shard
 // index) and, when `config_too` is false, config.json: the tokenizer, generation config, chat
-// template and the rest, as they are.
+// template and the rest, as they are. A file of the same name in `staging` is replaced whole.
 Status copy_model_files(const std::filesystem::path& model_dir,
                         const std::filesystem::path& staging, bool config_too);
 

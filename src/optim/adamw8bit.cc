@@ -1,11 +1,13 @@
 // The 8-bit AdamW step (bitsandbytes' kOptimizerStatic8bit2StateBlockwise with OPTIMIZER = ADAM,
-// one 256-thread CUDA block per 256 elements; spec 7.3), one block of the state at a time.
+// one 256-thread CUDA block per 256 elements; spec 7.3), one block of the state at a time. The
+// blocks are independent, so they are split over the thread pool: the same bits for any count.
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <limits>
 #include <string>
 
+#include "kbit/core/parallel.h"
 #include "kbit/optim/adamw.h"
 #include "kbit/quant/codebooks.h"
 #include "kernels/code_rules.h"
@@ -17,6 +19,9 @@ namespace kbit::optim {
 namespace {
 
 using kernels::cpu::div_approx_ftz;
+
+// Blocks of 256 elements per task of the thread pool (64 Ki elements).
+constexpr std::int64_t kBlocksPerTask = 256;
 
 // Codes the GPU's padding lanes load for elements past n (spec 7.3, padding note).
 constexpr std::uint8_t kPaddingCode1 = 128;
@@ -94,61 +99,63 @@ Status adamw8bit_step(const AdamWHyperparameters& hyperparameters, TensorView pa
   const float* map1 = quant::kDynamicSignedMap.data();
   const float* map2 = quant::kDynamicUnsignedMap.data();
 
-  std::array<Moments, kAdamW8bitBlockSize> moments;
-  const std::int64_t blocks = adamw8bit_block_count(n);
-  for (std::int64_t block = 0; block < blocks; ++block) {
-    const std::int64_t begin = block * kAdamW8bitBlockSize;
-    const std::int64_t count = std::min(kAdamW8bitBlockSize, n - begin);
-    BlockConstants constants;
-    constants.beta1 = hyperparameters.beta1;
-    constants.beta2 = hyperparameters.beta2;
-    constants.one_minus_beta1 = 1.0f - hyperparameters.beta1;
-    constants.one_minus_beta2 = 1.0f - hyperparameters.beta2;
-    constants.absmax1 = absmax1[block];
-    constants.absmax2 = absmax2[block];
+  const auto step_blocks = [&](std::int64_t first_block, std::int64_t end_block) {
+    std::array<Moments, kAdamW8bitBlockSize> moments;
+    for (std::int64_t block = first_block; block < end_block; ++block) {
+      const std::int64_t begin = block * kAdamW8bitBlockSize;
+      const std::int64_t count = std::min(kAdamW8bitBlockSize, n - begin);
+      BlockConstants constants;
+      constants.beta1 = hyperparameters.beta1;
+      constants.beta2 = hyperparameters.beta2;
+      constants.one_minus_beta1 = 1.0f - hyperparameters.beta1;
+      constants.one_minus_beta2 = 1.0f - hyperparameters.beta2;
+      constants.absmax1 = absmax1[block];
+      constants.absmax2 = absmax2[block];
 
-    // 1. New moments, unquantized, and the block's new maxima. A non-finite gradient resets
-    //    the element's moments to 0.
-    float new_absmax1 = -std::numeric_limits<float>::max();
-    float new_absmax2 = -std::numeric_limits<float>::max();
-    for (std::int64_t j = 0; j < count; ++j) {
-      const std::int64_t i = begin + j;
-      Moments& element = moments[static_cast<std::size_t>(j)];
-      element =
-          std::isfinite(g[i]) ? updated_moments(codes1[i], codes2[i], g[i], constants) : Moments{};
-      new_absmax1 = std::fmax(new_absmax1, std::fabs(element.m));
-      new_absmax2 = std::fmax(new_absmax2, std::fabs(element.v));
-    }
-    if (count < kAdamW8bitBlockSize) {
-      // The GPU's lanes past n load gradient 0 and the padding codes, and take part in the max.
-      const Moments padding = updated_moments(kPaddingCode1, kPaddingCode2, 0.0f, constants);
-      new_absmax1 = std::fmax(new_absmax1, std::fabs(padding.m));
-      new_absmax2 = std::fmax(new_absmax2, std::fabs(padding.v));
-    }
-    absmax1[block] = new_absmax1;
-    absmax2[block] = new_absmax2;
+      // 1. New moments, unquantized, and the block's new maxima. A non-finite gradient resets
+      //    the element's moments to 0.
+      float new_absmax1 = -std::numeric_limits<float>::max();
+      float new_absmax2 = -std::numeric_limits<float>::max();
+      for (std::int64_t j = 0; j < count; ++j) {
+        const std::int64_t i = begin + j;
+        Moments& element = moments[static_cast<std::size_t>(j)];
+        element = std::isfinite(g[i]) ? updated_moments(codes1[i], codes2[i], g[i], constants)
+                                      : Moments{};
+        new_absmax1 = std::fmax(new_absmax1, std::fabs(element.m));
+        new_absmax2 = std::fmax(new_absmax2, std::fabs(element.v));
+      }
+      if (count < kAdamW8bitBlockSize) {
+        // The GPU's lanes past n load gradient 0 and the padding codes, and take part in the max.
+        const Moments padding = updated_moments(kPaddingCode1, kPaddingCode2, 0.0f, constants);
+        new_absmax1 = std::fmax(new_absmax1, std::fabs(padding.m));
+        new_absmax2 = std::fmax(new_absmax2, std::fabs(padding.v));
+      }
+      absmax1[block] = new_absmax1;
+      absmax2[block] = new_absmax2;
 
-    // 2. The parameter step uses the unquantized moments; then the moments are requantized
-    //    against the new maxima with the GPU's approximate division.
-    for (std::int64_t j = 0; j < count; ++j) {
-      const std::int64_t i = begin + j;
-      const Moments& element = moments[static_cast<std::size_t>(j)];
-      if (std::isfinite(g[i])) {
-        p[i] = detail::updated_parameter(p[i], element.m, element.v, factors, hyperparameters);
+      // 2. The parameter step uses the unquantized moments; then the moments are requantized
+      //    against the new maxima with the GPU's approximate division.
+      for (std::int64_t j = 0; j < count; ++j) {
+        const std::int64_t i = begin + j;
+        const Moments& element = moments[static_cast<std::size_t>(j)];
+        if (std::isfinite(g[i])) {
+          p[i] = detail::updated_parameter(p[i], element.m, element.v, factors, hyperparameters);
+        }
+        std::uint8_t code1 =
+            kernels::search_dynamic_map(div_approx_ftz(element.m, new_absmax1), map1);
+        const std::uint8_t code2 =
+            kernels::search_dynamic_map(div_approx_ftz(element.v, new_absmax2), map2);
+        // Keep the sign of m (not needed for v >= 0); uint8 arithmetic wraps as on the GPU, so a
+        // block of zeros (0/0 = NaN -> code 0, negative) ends at code 255 (spec 7.3).
+        if (std::signbit(map1[code1]) != std::signbit(element.m)) {
+          code1 = static_cast<std::uint8_t>(element.m > 0.0f ? code1 + 1 : code1 - 1);
+        }
+        codes1[i] = code1;
+        codes2[i] = code2;
       }
-      std::uint8_t code1 =
-          kernels::search_dynamic_map(div_approx_ftz(element.m, new_absmax1), map1);
-      const std::uint8_t code2 =
-          kernels::search_dynamic_map(div_approx_ftz(element.v, new_absmax2), map2);
-      // Keep the sign of m (not needed for v >= 0); uint8 arithmetic wraps as on the GPU, so a
-      // block of zeros (0/0 = NaN -> code 0, negative) ends at code 255 (spec 7.3).
-      if (std::signbit(map1[code1]) != std::signbit(element.m)) {
-        code1 = static_cast<std::uint8_t>(element.m > 0.0f ? code1 + 1 : code1 - 1);
-      }
-      codes1[i] = code1;
-      codes2[i] = code2;
     }
-  }
+  };
+  parallel_for(adamw8bit_block_count(n), kBlocksPerTask, step_blocks);
   state->step = step;
   return ok_status();
 }

@@ -18,6 +18,17 @@ void add(const std::vector<float>& delta, float* values) {
 
 }  // namespace
 
+void add_linear_weight_gradient(const float* x, const float* dy, std::int64_t rows,
+                                std::int64_t in_features, std::int64_t out_features,
+                                float* d_weight, const ExecutionOptions& execution) {
+  if (execution.cpu_kernel == CpuKernel::kReference) {
+    k::linear_backward_reference(
+        {x, nullptr, dy, rows, in_features, out_features, nullptr, d_weight});
+  } else {
+    k::linear_weight_gradient(x, dy, rows, in_features, out_features, d_weight, execution.threads);
+  }
+}
+
 LayerAdapters::LayerAdapters(const std::array<LoraModule*, model::kLinearsPerLayer>& modules,
                              float scaling)
     : modules_(modules), scaling_(scaling) {
@@ -92,23 +103,24 @@ void LayerPass::forward(const model::Layer& layer, const LayerAdapters& adapters
 }
 
 void LayerPass::backward(const model::Layer& layer, const LayerAdapters& adapters,
-                         float* d_hidden) {
+                         const LayerWeightGradients& weights, float* d_hidden) {
   const model::LlamaConfig& c = model_.config;
+  const auto backward_linear = [&](LayerLinear linear, const float* x, const float* dy, float* dx,
+                                   bool accumulate) {
+    linear_backward(layer, adapters, linear, weights.linears[linear], x, dy, dx, accumulate);
+  };
   // out = h + Wdown s, s = silu(g) · u, g and u from n2 = RMSNorm(h).
-  linear_backward(layer, adapters, model::kDownProj, activation_.data(), d_hidden,
-                  d_activation_.data(), false);
+  backward_linear(model::kDownProj, activation_.data(), d_hidden, d_activation_.data(), false);
   k::silu_mul_backward_reference(gate_.data(), up_.data(), d_activation_.data(),
                                  static_cast<std::int64_t>(gate_.size()), d_gate_.data(),
                                  d_up_.data());
-  linear_backward(layer, adapters, model::kGateProj, n2_.data(), d_gate_.data(), d_normed_.data(),
-                  false);
-  linear_backward(layer, adapters, model::kUpProj, n2_.data(), d_up_.data(), d_normed_.data(),
-                  true);
-  rms_norm_backward(h_.data(), layer.post_attention_norm, d_normed_.data(), d_hidden);
+  backward_linear(model::kGateProj, n2_.data(), d_gate_.data(), d_normed_.data(), false);
+  backward_linear(model::kUpProj, n2_.data(), d_up_.data(), d_normed_.data(), true);
+  rms_norm_backward(h_.data(), layer.post_attention_norm, weights.post_attention_norm,
+                    d_normed_.data(), d_hidden);
 
   // h = x + Wo a, a = attention(q, k, v), q, k, v from n1 = RMSNorm(x).
-  linear_backward(layer, adapters, model::kOProj, attention_.data(), d_hidden, d_attention_.data(),
-                  false);
+  backward_linear(model::kOProj, attention_.data(), d_hidden, d_attention_.data(), false);
   const k::AttentionBackwardJob attention{q_.data(),
                                           k_.data(),
                                           v_.data(),
@@ -126,16 +138,20 @@ void LayerPass::backward(const model::Layer& layer, const LayerAdapters& adapter
       {dq_.data(), tokens_, c.num_attention_heads, c.head_dim, 0, frequencies_});
   k::rope_backward_reference(
       {dk_.data(), tokens_, c.num_key_value_heads, c.head_dim, 0, frequencies_});
-  linear_backward(layer, adapters, model::kQProj, n1_.data(), dq_.data(), d_normed_.data(), false);
-  linear_backward(layer, adapters, model::kKProj, n1_.data(), dk_.data(), d_normed_.data(), true);
-  linear_backward(layer, adapters, model::kVProj, n1_.data(), dv_.data(), d_normed_.data(), true);
-  rms_norm_backward(input_, layer.input_norm, d_normed_.data(), d_hidden);
+  backward_linear(model::kQProj, n1_.data(), dq_.data(), d_normed_.data(), false);
+  backward_linear(model::kKProj, n1_.data(), dk_.data(), d_normed_.data(), true);
+  backward_linear(model::kVProj, n1_.data(), dv_.data(), d_normed_.data(), true);
+  rms_norm_backward(input_, layer.input_norm, weights.input_norm, d_normed_.data(), d_hidden);
 }
 
 void LayerPass::linear_backward(const model::Layer& layer, const LayerAdapters& adapters,
-                                LayerLinear linear, const float* x, const float* dy, float* dx,
-                                bool accumulate) {
+                                LayerLinear linear, float* d_weight, const float* x,
+                                const float* dy, float* dx, bool accumulate) {
   const model::LinearWeight& weight = layer.linears()[linear]->weight;
+  if (d_weight != nullptr) {
+    add_linear_weight_gradient(x, dy, tokens_, weight.in_features(), weight.out_features(),
+                               d_weight, model_.execution);
+  }
   if (accumulate) {  // only the Linears reading a normed hidden state: [tokens, hidden]
     weight.backward_input(dy, tokens_, model_.numerics, scratch_.data(), model_.execution);
     add(scratch_, dx);
@@ -160,11 +176,11 @@ void LayerPass::linear_backward(const model::Layer& layer, const LayerAdapters& 
   k::lora_backward_reference(job);
 }
 
-void LayerPass::rms_norm_backward(const float* x, const std::vector<float>& weight,
+void LayerPass::rms_norm_backward(const float* x, const std::vector<float>& weight, float* d_weight,
                                   const float* d_normed, float* d_hidden) {
   const model::LlamaConfig& c = model_.config;
   k::rms_norm_backward_reference({x, weight.data(), d_normed, tokens_, c.hidden_size,
-                                  static_cast<float>(c.rms_norm_eps), scratch_.data(), nullptr});
+                                  static_cast<float>(c.rms_norm_eps), scratch_.data(), d_weight});
   add(scratch_, d_hidden);
 }
 

@@ -1,7 +1,8 @@
-// One decoder layer of one sequence in LoRA training (kbit/train/lora_training_model.h): its
+// One decoder layer of one sequence in training (LoRA and full: train/causal_lm_backward.h): its
 // forward by the model's own steps (model/cpu_llama.h) with every activation the backward needs
-// kept, and the backward through it by the reference kernels of kernels/cpu/llama_backward.h and
-// the frozen Linears' input gradients (LinearWeight::backward_input).
+// kept, and the backward through it by the reference kernels of kernels/cpu/llama_backward.h, the
+// Linears' input gradients (LinearWeight::backward_input) and, in full fine-tuning, their weight
+// gradients (linear_weight_gradient).
 //
 // The layer, for x [tokens, hidden] at positions 0, 1, ...:
 //   n1 = RMSNorm(x);  q, k, v = rope(Wq n1), rope(Wk n1), Wv n1;  a = attention(q, k, v)
@@ -18,6 +19,11 @@
 #include "model/cpu_llama.h"
 
 namespace kbit::train {
+
+// d_weight [out, in] += dyᵀ · x (x [rows, in], dy [rows, out]) by the kernels `execution` picks.
+void add_linear_weight_gradient(const float* x, const float* dy, std::int64_t rows,
+                                std::int64_t in_features, std::int64_t out_features,
+                                float* d_weight, const ExecutionOptions& execution);
 
 // The trained LoRA of one decoder layer: for each of its Linears (model::LayerLinear order) its
 // module of the state, or nullptr. Holds pointers into the state's modules.
@@ -44,6 +50,14 @@ class LayerAdapters {
   float scaling_;
 };
 
+// Where full fine-tuning adds the gradients of a layer's own weights: each Linear's [out, in]
+// (model::LayerLinear order) and each norm's [hidden]; nullptr: frozen. Owned elsewhere.
+struct LayerWeightGradients {
+  std::array<float*, model::kLinearsPerLayer> linears{};
+  float* input_norm = nullptr;
+  float* post_attention_norm = nullptr;
+};
+
 class LayerPass {
  public:
   // For one sequence of `tokens` positions, rotated with RoPE's `frequencies`.
@@ -55,19 +69,23 @@ class LayerPass {
                float* output);
 
   // d_hidden [tokens, hidden]: the loss's gradient with respect to the layer's output, replaced
-  // by the one with respect to its input. Adds the gradients of the adapters' A and B. Requires
-  // forward() of the same layer and adapters just before.
-  void backward(const model::Layer& layer, const LayerAdapters& adapters, float* d_hidden);
+  // by the one with respect to its input. Adds the gradients of the adapters' A and B and of the
+  // layer's weights `weights` wants. Requires forward() of the same layer and adapters just
+  // before.
+  void backward(const model::Layer& layer, const LayerAdapters& adapters,
+                const LayerWeightGradients& weights, float* d_hidden);
 
  private:
   // dx [tokens, in] (+)= dy · W of the base Linear, then the LoRA term's dx added and its A and B
-  // gradients accumulated; x [tokens, in] is the Linear's input.
+  // gradients accumulated, and dyᵀ · x added to d_weight [out, in] unless it is nullptr;
+  // x [tokens, in] is the Linear's input.
   void linear_backward(const model::Layer& layer, const LayerAdapters& adapters,
-                       model::LayerLinear linear, const float* x, const float* dy, float* dx,
-                       bool accumulate);
-  // d_hidden += the gradient through RMSNorm(x) with `weight` given d_normed.
-  void rms_norm_backward(const float* x, const std::vector<float>& weight, const float* d_normed,
-                         float* d_hidden);
+                       model::LayerLinear linear, float* d_weight, const float* x, const float* dy,
+                       float* dx, bool accumulate);
+  // d_hidden += the gradient through RMSNorm(x) with `weight` given d_normed; the weight's
+  // gradient added to d_weight [hidden] unless it is nullptr.
+  void rms_norm_backward(const float* x, const std::vector<float>& weight, float* d_weight,
+                         const float* d_normed, float* d_hidden);
 
   const model::CpuLlama& model_;
   std::int64_t tokens_;

@@ -1,19 +1,14 @@
 // LoraTrainingModel on the tiny random Llama (train/tiny_llama_test_support.h) with LoRA on all
 // 7 Linears of both layers and B made nonzero: the analytic gradients against finite
-// differences of the loss the same code computes, the loss against LlamaModel::forward's
-// logits, and the errors.
+// differences of the loss the same code computes (train/gradient_check_test_support.h), the loss
+// against LlamaModel::forward's logits, and the errors.
 //
-// The finite differences are directional: for each A and B, along 3 random directions v (entries
-// N(0, 1)), d/dε L(W + ε v) at 0 by central differences with Richardson extrapolation,
-//   D(h) = (L(W + h v) − L(W − h v)) / 2h,   D = (4 D(h/2) − D(h)) / 3,
-// whose truncation error is O(h⁴). The loss is computed in f32 (summed in double), with rounding
-// noise that the quotient magnifies by 1/h. Measured (largest ‖analytic − numeric‖ / ‖numeric‖
-// of a tensor, f32 base / nf4 base): h = 0.03: 1.4e-4 / 8.4e-4; 0.02: 3.8e-5 / 1.8e-4; 0.01:
-// 7.0e-5 / 1.9e-4; 0.001: 7.1e-4 / 2.0e-3 — truncation above 0.02, noise below. With B of std
-// 0.1 the LoRA terms change each projection by about a quarter; larger B needs smaller steps
-// (the loss curves more), where the noise grows. The tolerance, 1e-3, is 5 times the worst
-// measured; a sign flipped in the LoRA backward gives errors near 2, the LoRA terms' input
-// gradient left out 2.5e-2 and more.
+// Finite differences measured (largest ‖analytic − numeric‖ / ‖numeric‖ of a tensor, f32 base /
+// nf4 base): h = 0.03: 1.4e-4 / 8.4e-4; 0.02: 3.8e-5 / 1.8e-4; 0.01: 7.0e-5 / 1.9e-4; 0.001:
+// 7.1e-4 / 2.0e-3 — truncation above 0.02, noise below. With B of std 0.1 the LoRA terms change
+// each projection by about a quarter; larger B needs smaller steps (the loss curves more), where
+// the noise grows. The tolerance, 1e-3, is 5 times the worst measured; a sign flipped in the
+// LoRA backward gives errors near 2, the LoRA terms' input gradient left out 2.5e-2 and more.
 #include "kbit/train/lora_training_model.h"
 
 #include <gtest/gtest.h>
@@ -28,9 +23,8 @@
 
 #include "kbit/core/random.h"
 #include "kbit/model/llama.h"
-#include "testing/relative_error.h"
 #include "testing/temp_dir.h"
-#include "train/tiny_llama_test_support.h"
+#include "train/gradient_check_test_support.h"
 
 namespace kbit::train {
 namespace {
@@ -46,33 +40,6 @@ io::PeftLoraConfig all_linear(std::int64_t rank = 4) {
   return config;
 }
 
-// Two sequences of 9 tokens, labels the ids (as a causal LM trains), some ignored.
-struct Batch {
-  std::vector<std::int32_t> ids;
-  std::vector<std::int32_t> labels;
-  std::int64_t batch = 2;
-};
-
-Batch tiny_batch() {
-  Batch b;
-  for (std::uint64_t i = 0; i < 18; ++i) {
-    b.ids.push_back(static_cast<std::int32_t>(std::fabs(normal_sample(99, i)) * 20) % 64);
-  }
-  b.labels = b.ids;
-  for (const int ignored : {3, 9, 10, 11}) b.labels[static_cast<std::size_t>(ignored)] = -100;
-  return b;
-}
-
-model::LlamaModel load_tiny(const kbit::testing::TempDir& dir, bool tied,
-                            std::optional<model::QuantizeOptions> quantize = std::nullopt) {
-  write_tiny_llama(dir.path(), 5, tied);
-  model::LlamaLoadOptions options;
-  options.quantize = quantize;
-  Result<model::LlamaModel> loaded = model::LlamaModel::load(dir.path(), options);
-  EXPECT_TRUE(loaded.ok()) << loaded.status().to_string();
-  return std::move(loaded).value();
-}
-
 // A state for `base` with every B random (a fresh B = 0 would hide most paths).
 LoraState random_state(const model::LlamaModel& base) {
   LoraState state = LoraState::create(base.config(), all_linear(), 3).value();
@@ -86,77 +53,12 @@ LoraState random_state(const model::LlamaModel& base) {
   return state;
 }
 
-double loss(LoraTrainingModel& model, const Batch& batch) {
-  Result<double> value = model.loss_and_gradients(batch.ids, batch.labels, batch.batch);
-  EXPECT_TRUE(value.ok()) << value.status().to_string();
-  return value.ok() ? *value : 0.0;
-}
-
-// The directional derivatives of the loss along `directions` of `values`, by the formula above.
-std::vector<double> numeric_derivatives(LoraTrainingModel& model, const Batch& batch,
-                                        std::vector<float>& values,
-                                        const std::vector<std::vector<double>>& directions) {
-  const std::vector<float> saved = values;
-  const auto loss_at = [&](const std::vector<double>& v, double step) {
-    for (std::size_t i = 0; i < values.size(); ++i) {
-      values[i] = static_cast<float>(saved[i] + step * v[i]);
-    }
-    return loss(model, batch);
-  };
-  std::vector<double> derivatives;
-  for (const std::vector<double>& v : directions) {
-    const double whole = (loss_at(v, kStep) - loss_at(v, -kStep)) / (2 * kStep);
-    const double half = (loss_at(v, kStep / 2) - loss_at(v, -kStep / 2)) / kStep;
-    derivatives.push_back((4 * half - whole) / 3);
-  }
-  values = saved;
-  return derivatives;
-}
-
-// Checks every A and B of the model's state; returns the largest relative error.
-double check_gradients(LoraTrainingModel& model, const Batch& batch) {
-  model.state().zero_gradients();
-  loss(model, batch);
-  // The analytic gradients, before the finite differences add to them.
-  std::vector<std::vector<float>> analytic;
-  for (const LoraModule& module : model.state().modules()) {
-    analytic.push_back(module.grad_a);
-    analytic.push_back(module.grad_b);
-  }
-  double largest = 0.0;
-  std::uint64_t stream = 500;
-  for (std::size_t m = 0; m < model.state().modules().size(); ++m) {
-    for (int which = 0; which < 2; ++which) {
-      LoraModule& module = model.state().modules()[m];
-      std::vector<float>& values = which == 0 ? module.a : module.b;
-      const std::vector<float>& gradient = analytic[2 * m + static_cast<std::size_t>(which)];
-      std::vector<std::vector<double>> directions(3, std::vector<double>(values.size()));
-      std::vector<double> expected;
-      for (std::vector<double>& v : directions) {
-        double dot = 0.0;
-        for (std::size_t i = 0; i < v.size(); ++i) {
-          v[i] = normal_sample(stream, i);
-          dot += v[i] * gradient[i];
-        }
-        ++stream;
-        expected.push_back(dot);
-      }
-      const double error = kbit::testing::relative_error<double>(
-          expected, numeric_derivatives(model, batch, values, directions));
-      const std::string name = module.name + (which == 0 ? ".lora_A" : ".lora_B");
-      EXPECT_LT(error, kGradientTolerance) << name;
-      largest = std::max(largest, error);
-    }
-  }
-  return largest;
-}
-
 TEST(LoraTrainingGradients, MatchFiniteDifferencesOnAFloatBase) {
   const kbit::testing::TempDir dir;
   const model::LlamaModel base = load_tiny(dir, /*tied=*/false);
   LoraTrainingModel model = LoraTrainingModel::create(base, random_state(base)).value();
-  std::cout << "[ train] f32 base: largest relative error " << check_gradients(model, tiny_batch())
-            << "\n";
+  std::cout << "[ train] f32 base: largest relative error "
+            << check_gradients(model, tiny_batch(), kStep, kGradientTolerance) << "\n";
 }
 
 TEST(LoraTrainingGradients, MatchFiniteDifferencesOnATiedNf4Base) {
@@ -166,8 +68,8 @@ TEST(LoraTrainingGradients, MatchFiniteDifferencesOnATiedNf4Base) {
   nf4.block_size = 32;
   const model::LlamaModel base = load_tiny(dir, /*tied=*/true, nf4);
   LoraTrainingModel model = LoraTrainingModel::create(base, random_state(base)).value();
-  std::cout << "[ train] nf4 base: largest relative error " << check_gradients(model, tiny_batch())
-            << "\n";
+  std::cout << "[ train] nf4 base: largest relative error "
+            << check_gradients(model, tiny_batch(), kStep, kGradientTolerance) << "\n";
 }
 
 // With lora_dropout the gradients are those of the loss under the seed's masks: the same seed,
@@ -192,28 +94,7 @@ TEST(LoraTrainingGradients, MatchFiniteDifferencesWithDropout) {
   EXPECT_NE(loss(model, batch), first);
   model.set_dropout_seed(7);
   std::cout << "[ train] f32 base, dropout 0.3: largest relative error "
-            << check_gradients(model, batch) << "\n";
-}
-
-// The mean cross-entropy of logits [T, vocab] per sequence against the shifted labels, in
-// double.
-double mean_cross_entropy(const std::vector<std::vector<float>>& logits, const Batch& batch,
-                          std::int64_t vocab) {
-  const std::size_t tokens = batch.ids.size() / static_cast<std::size_t>(batch.batch);
-  double sum = 0.0;
-  int count = 0;
-  for (std::size_t b = 0; b < logits.size(); ++b) {
-    for (std::size_t t = 0; t + 1 < tokens; ++t) {
-      const std::int32_t label = batch.labels[b * tokens + t + 1];
-      if (label == -100) continue;
-      const float* z = logits[b].data() + t * static_cast<std::size_t>(vocab);
-      double normaliser = 0.0;
-      for (std::int64_t c = 0; c < vocab; ++c) normaliser += std::exp(static_cast<double>(z[c]));
-      sum += std::log(normaliser) - z[label];
-      ++count;
-    }
-  }
-  return sum / count;
+            << check_gradients(model, batch, kStep, kGradientTolerance) << "\n";
 }
 
 // With B = 0 the adapters change nothing: the loss is the one of LlamaModel::forward's logits.
@@ -224,20 +105,7 @@ TEST(LoraTrainingModel, FreshAdaptersGiveTheBaseModelsLoss) {
       LoraTrainingModel::create(base, LoraState::create(base.config(), all_linear(), 3).value())
           .value();
   const Batch batch = tiny_batch();
-  const std::int64_t vocab = base.config().vocab_size;
-  const std::size_t tokens = batch.ids.size() / 2;
-  std::vector<std::vector<float>> logits;
-  for (std::size_t b = 0; b < 2; ++b) {
-    logits.emplace_back(tokens * static_cast<std::size_t>(vocab));
-    model::KvCache cache = base.new_cache(static_cast<std::int64_t>(tokens)).value();
-    const std::span<const std::int32_t> ids(batch.ids.data() + b * tokens, tokens);
-    ASSERT_TRUE(base.forward(ids, cache,
-                             TensorView(logits.back().data(), DType::kF32,
-                                        {static_cast<std::int64_t>(tokens), vocab}),
-                             true)
-                    .ok());
-  }
-  const double want = mean_cross_entropy(logits, batch, vocab);
+  const double want = forward_loss(base, batch);
   EXPECT_NEAR(loss(model, batch), want, 1e-6 * want);
 }
 

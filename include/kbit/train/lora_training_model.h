@@ -37,10 +37,11 @@
 #include "kbit/core/status.h"
 #include "kbit/model/llama.h"
 #include "kbit/train/lora_state.h"
+#include "kbit/train/trainable_model.h"
 
 namespace kbit::train {
 
-class LoraTrainingModel {
+class LoraTrainingModel final : public TrainableModel {
  public:
   // Trains `state` on `base`, which must outlive the returned object and be loaded on the CPU
   // with f32 activations and without adapters. Every module of the state must be a Linear of
@@ -56,33 +57,26 @@ class LoraTrainingModel {
   const LoraState& state() const { return state_; }
   LoraState& state() { return state_; }
 
-  // input_ids and labels are [batch, T], sequence-major (the same T for every sequence, T >= 1),
-  // token ids in [0, vocab) and labels in [0, vocab) or −100. Returns the mean cross-entropy
-  // over the labelled targets (in double, from f32 logits) and ADDS its gradient with respect
-  // to every LoRA A and B to the state's grad_a and grad_b (zero them first for one batch's
-  // gradient; leave them to accumulate micro-batches, each weighted by its own mean).
-  // kInvalidArgument, leaving the gradients unchanged, for mismatched sizes, an id or label out
-  // of range, or no labelled target at all; kUnimplemented for sequences longer than the
-  // model's sliding window (Mistral).
+  // Every module's lora_A [r, in] and lora_B [out, r], named "<module>.lora_A" and
+  // "<module>.lora_B", with their gradients in the state.
+  std::vector<TrainableParameter> parameters() override;
+
+  // As TrainableModel says; the gradients are those of every LoRA A and B.
   // With the config's lora_dropout > 0, each LoRA term's input goes through PEFT's dropout
   // (elements zeroed with probability p, the rest scaled by 1 / (1 − p)), its masks drawn from
   // the dropout seed, each sequence's index in the batch, its layer and its Linear: the same
   // seed, the same masks.
   Result<double> loss_and_gradients(std::span<const std::int32_t> input_ids,
-                                    std::span<const std::int32_t> labels, std::int64_t batch);
+                                    std::span<const std::int32_t> labels,
+                                    std::int64_t batch) override;
 
-  // The seed of the dropout masks of the calls that follow (a trainer sets one per step).
-  void set_dropout_seed(std::uint64_t seed) { dropout_seed_ = seed; }
+  void set_dropout_seed(std::uint64_t seed) override { dropout_seed_ = seed; }
+
+  // The adapter as PEFT saves it (LoraState::save).
+  Status save(const std::filesystem::path& dir) const override { return state_.save(dir); }
 
  private:
   LoraTrainingModel(const model::LlamaModel& base, LoraState state);
-  Status check_batch(std::span<const std::int32_t> input_ids, std::span<const std::int32_t> labels,
-                     std::int64_t batch) const;
-  // The loss summed over one sequence's labelled targets (at least one); adds the gradients of
-  // that sum times gradient_scale.
-  double sequence_loss_and_gradients(std::span<const std::int32_t> tokens,
-                                     std::span<const std::int32_t> targets, float gradient_scale,
-                                     std::uint64_t dropout_seed);
 
   const model::LlamaModel* base_;
   LoraState state_;

@@ -136,6 +136,35 @@ TEST(LinearBackward, FrozenWeightAndUnwantedInputGradientAreSkipped) {
   EXPECT_EQ(dw, dw_again);
 }
 
+// The fast kernel against the float64 sum and the reference, on a shape that crosses its panels
+// (128 output features, 1 024 input features) with partial ones, and the same bytes for one
+// thread as for two.
+TEST(LinearWeightGradient, MatchesTheFloat64SumForAnyThreadCount) {
+  const LinearShape s{37, 1100, 300};
+  const auto x = random_values(s.rows * s.in, 7);
+  const auto dy = random_values(s.rows * s.out, 8);
+  const auto start = random_values(s.out * s.in, 9);  // dweight accumulates onto this
+  std::vector<double> expected(widened(start));
+  for (std::int64_t r = 0; r < s.rows; ++r) {
+    for (std::int64_t o = 0; o < s.out; ++o) {
+      for (std::int64_t i = 0; i < s.in; ++i) {
+        expected[o * s.in + i] +=
+            static_cast<double>(dy[r * s.out + o]) * static_cast<double>(x[r * s.in + i]);
+      }
+    }
+  }
+  std::vector<float> reference(start);
+  linear_backward_reference(
+      {x.data(), nullptr, dy.data(), s.rows, s.in, s.out, nullptr, reference.data()});
+  std::vector<float> one_thread(start);
+  linear_weight_gradient(x.data(), dy.data(), s.rows, s.in, s.out, one_thread.data(), 1);
+  std::vector<float> two_threads(start);
+  linear_weight_gradient(x.data(), dy.data(), s.rows, s.in, s.out, two_threads.data(), 2);
+  EXPECT_LT(kbit::testing::relative_error<float>(reference, expected), kForwardTolerance);
+  EXPECT_LT(kbit::testing::relative_error<float>(one_thread, expected), kForwardTolerance);
+  EXPECT_EQ(one_thread, two_threads);
+}
+
 // ---- lora ---------------------------------------------------------------------------------------
 struct LoraShape {
   std::int64_t rows = 3, in = 6, out = 5, rank = 2;

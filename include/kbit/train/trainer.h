@@ -1,10 +1,11 @@
-// The optimisation loop of LoRA fine-tuning, as transformers' Trainer runs it with a PEFT model:
-// each optimizer step takes grad_accum micro-batches of batch_size rows, whose loss is the mean
-// over every labelled target of all of them (transformers since 4.46 divides by the accumulated
-// batch's count of labelled targets, num_items_in_batch), clips the gradients' global norm
-// (max_grad_norm; 0 turns it off), then updates every lora_A and lora_B with AdamW at the
-// learning rate of the schedule for that step. The CPU model runs one row at a time whatever the
-// split, so a step costs the same for any batch_size × grad_accum of the same product.
+// The optimisation loop of fine-tuning, as transformers' Trainer runs it, for any TrainableModel
+// (LoRA adapters on a frozen base, or every weight): each optimizer step takes grad_accum
+// micro-batches of batch_size rows, whose loss is the mean over every labelled target of all of
+// them (transformers since 4.46 divides by the accumulated batch's count of labelled targets,
+// num_items_in_batch), clips the gradients' global norm (max_grad_norm; 0 turns it off), then
+// updates every parameter with AdamW at the learning rate of the schedule for that step. The CPU
+// model runs one row at a time whatever the split, so a step costs the same for any batch_size ×
+// grad_accum of the same product.
 //
 // Optimizers (bitsandbytes', kbit/optim/adamw.h): "adamw" (32-bit states), "adamw_8bit" and
 // "paged_adamw_8bit" (blockwise 8-bit states; a parameter of fewer than 4 096 elements keeps
@@ -25,7 +26,7 @@
 #include "kbit/core/status.h"
 #include "kbit/optim/adamw.h"
 #include "kbit/optim/lr_schedule.h"
-#include "kbit/train/lora_training_model.h"
+#include "kbit/train/trainable_model.h"
 #include "kbit/train/training_data.h"
 
 namespace kbit::train {
@@ -62,16 +63,16 @@ struct StepMetrics {
   std::int64_t epoch = 0;   // completed passes over the rows when it began
 };
 
-class LoraTrainer {
+class Trainer {
  public:
   // Checks the options (kInvalidArgument naming the field) and makes the optimizer's zero
   // states. `model` and `rows` must outlive the trainer.
-  static Result<LoraTrainer> create(LoraTrainingModel& model, const TrainingRows& rows,
-                                    const TrainerOptions& options);
+  static Result<Trainer> create(TrainableModel& model, const TrainingRows& rows,
+                                const TrainerOptions& options);
 
-  LoraTrainer(LoraTrainer&&) noexcept;
-  LoraTrainer& operator=(LoraTrainer&&) noexcept;
-  ~LoraTrainer();
+  Trainer(Trainer&&) noexcept;
+  Trainer& operator=(Trainer&&) noexcept;
+  ~Trainer();
 
   // One optimizer step. A non-finite gradient norm skips the update (the step still counts and
   // its metrics say so: grad_norm not finite), as the Trainer does with skipped steps.
@@ -85,21 +86,23 @@ class LoraTrainer {
   std::int64_t steps_done() const;
 
   // Writes a checkpoint of the run so far into the folder `dir`, as transformers' Trainer writes
-  // checkpoint-N: the adapter as PEFT saves it (LoraState::save) and trainer_state.safetensors
-  // (every optimizer state, and in its metadata the step, the position in the rows and what the
-  // run was made with). The folder is written beside itself under a temporary name and renamed
-  // into place whole, so an interrupted save leaves no partial checkpoint; kInvalidArgument if
-  // `dir` exists already.
+  // checkpoint-N: what the model saves (TrainableModel::save: a PEFT adapter, or a model
+  // folder) and trainer_state.safetensors (every parameter's f32 values under its name and its
+  // optimizer states under "<name>.<state>", and in the metadata the step, the position in the
+  // rows and what the run was made with). The folder is written beside itself under a
+  // temporary name and renamed into place whole, so an interrupted save leaves no partial
+  // checkpoint; kInvalidArgument if `dir` exists already.
   Status save_checkpoint(const std::filesystem::path& dir) const;
 
-  // Continues the run a checkpoint saved: its LoRA weights, optimizer states, step and position
-  // in the rows. The checkpoint must come from a run of the same modules, optimizer, rows and
-  // batch; otherwise kInvalidArgument naming the field and both values, with nothing changed.
+  // Continues the run a checkpoint saved: its parameters' values, optimizer states, step and
+  // position in the rows (from trainer_state.safetensors). The checkpoint must come from a run
+  // of the same parameters, optimizer, rows and batch; otherwise kInvalidArgument naming the
+  // field or tensor and both values, with nothing changed.
   Status restore_checkpoint(const std::filesystem::path& dir);
 
  private:
   struct State;
-  explicit LoraTrainer(std::unique_ptr<State> state);
+  explicit Trainer(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;
 };
 

@@ -1,4 +1,4 @@
-#include "kbit/train/lora_trainer.h"
+#include "kbit/train/trainer.h"
 
 #include <algorithm>
 #include <cmath>
@@ -14,7 +14,6 @@
 #include <system_error>
 
 #include "kbit/core/random.h"
-#include "kbit/io/peft_adapter.h"
 #include "kbit/io/safetensors.h"
 #include "kbit/io/safetensors_writer.h"
 #include "kbit/optim/adamw_parameter_state.h"
@@ -23,8 +22,8 @@
 namespace kbit::train {
 namespace {
 
-// A one-dimensional view of a vector's elements.
-TensorView view_of(std::vector<float>& values) {
+// A one-dimensional view of a parameter's values or gradient.
+TensorView view_of(std::span<float> values) {
   return TensorView(values.data(), DType::kF32, Shape{static_cast<std::int64_t>(values.size())});
 }
 
@@ -107,57 +106,49 @@ Result<OptimizerKind> parse_optimizer(std::string_view name) {
                           "'; kbit has adamw, adamw_8bit and paged_adamw_8bit");
 }
 
-struct LoraTrainer::State {
-  LoraTrainingModel* model;
+struct Trainer::State {
+  TrainableModel* model;
   const TrainingRows* rows;
   TrainerOptions options;
-  std::vector<optim::AdamWParameterState> parameters;  // per module: A, then B
+  std::vector<TrainableParameter> parameters;         // the model's, in its order
+  std::vector<optim::AdamWParameterState> optimizer;  // one per parameter
   std::int64_t steps_done = 0;
   std::int64_t next_row = 0;
   std::int64_t epoch = 0;
 
   std::map<std::string, std::string> run_identity() const;
-  std::string tensor_name(std::size_t p, const std::string& role) const;
 };
 
-LoraTrainer::LoraTrainer(std::unique_ptr<State> state) : state_(std::move(state)) {}
-LoraTrainer::LoraTrainer(LoraTrainer&&) noexcept = default;
-LoraTrainer& LoraTrainer::operator=(LoraTrainer&&) noexcept = default;
-LoraTrainer::~LoraTrainer() = default;
+Trainer::Trainer(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Trainer::Trainer(Trainer&&) noexcept = default;
+Trainer& Trainer::operator=(Trainer&&) noexcept = default;
+Trainer::~Trainer() = default;
 
-Result<LoraTrainer> LoraTrainer::create(LoraTrainingModel& model, const TrainingRows& rows,
-                                        const TrainerOptions& options) {
+Result<Trainer> Trainer::create(TrainableModel& model, const TrainingRows& rows,
+                                const TrainerOptions& options) {
   KBIT_RETURN_IF_ERROR(check_options(options, rows));
-  auto state = std::make_unique<State>(State{&model, &rows, options, {}, 0, 0, 0});
+  auto state = std::make_unique<State>(State{&model, &rows, options, model.parameters(), {}});
   const bool eight_bit = options.optimizer != OptimizerKind::kAdamW;
-  for (const LoraModule& module : model.state().modules()) {
-    for (const std::size_t n : {module.a.size(), module.b.size()}) {
-      const auto count = static_cast<std::int64_t>(n);
-      state->parameters.emplace_back(count, eight_bit);
-    }
+  for (const TrainableParameter& parameter : state->parameters) {
+    state->optimizer.emplace_back(static_cast<std::int64_t>(parameter.values.size()), eight_bit);
   }
-  return LoraTrainer(std::move(state));
+  return Trainer(std::move(state));
 }
 
-std::int64_t LoraTrainer::steps_done() const {
+std::int64_t Trainer::steps_done() const {
   return state_->steps_done;
 }
 
 // What a checkpoint must share with the run that restores it.
-std::map<std::string, std::string> LoraTrainer::State::run_identity() const {
+std::map<std::string, std::string> Trainer::State::run_identity() const {
   return {{"optimizer", optimizer_name(options.optimizer)},
           {"rows", std::to_string(rows->rows())},
           {"row_length", std::to_string(rows->length)},
           {"rows_per_step", std::to_string(options.batch_size * options.grad_accum)},
-          {"lora_modules", std::to_string(model->state().modules().size())}};
+          {"parameters", std::to_string(parameters.size())}};
 }
 
-// trainer_state.safetensors' name of state tensor `role` of parameter p (module p / 2's A or B).
-std::string LoraTrainer::State::tensor_name(std::size_t p, const std::string& role) const {
-  return model->state().modules()[p / 2].name + (p % 2 == 0 ? ".lora_A." : ".lora_B.") + role;
-}
-
-Status LoraTrainer::save_checkpoint(const std::filesystem::path& dir) const {
+Status Trainer::save_checkpoint(const std::filesystem::path& dir) const {
   State& s = *state_;
   std::error_code error;
   if (std::filesystem::exists(dir, error)) {
@@ -171,19 +162,20 @@ Status LoraTrainer::save_checkpoint(const std::filesystem::path& dir) const {
     std::filesystem::remove_all(temporary, error);
     return status;
   };
-  if (Status saved = s.model->state().save(temporary); !saved.ok()) return fail(saved);
+  if (Status saved = s.model->save(temporary); !saved.ok()) return fail(saved);
   std::vector<io::NamedTensor> tensors;
   for (std::size_t p = 0; p < s.parameters.size(); ++p) {
-    for (auto& [role, tensor] : s.parameters[p].tensors()) {
-      tensors.push_back({s.tensor_name(p, role), tensor});
+    const std::string& name = s.parameters[p].name;
+    tensors.push_back({name, view_of(s.parameters[p].values)});
+    for (auto& [role, tensor] : s.optimizer[p].tensors()) {
+      tensors.push_back({name + "." + role, tensor});
     }
   }
   std::map<std::string, std::string> metadata = s.run_identity();
   metadata["step"] = std::to_string(s.steps_done);
   metadata["next_row"] = std::to_string(s.next_row);
   metadata["epoch"] = std::to_string(s.epoch);
-  metadata["optimizer_step"] =
-      std::to_string(s.parameters.empty() ? 0 : s.parameters.front().step());
+  metadata["optimizer_step"] = std::to_string(s.optimizer.empty() ? 0 : s.optimizer.front().step());
   io::sort_in_reference_order(tensors);
   if (Status written = io::write_safetensors(temporary / kTrainerStateFile, tensors, metadata);
       !written.ok()) {
@@ -197,7 +189,7 @@ Status LoraTrainer::save_checkpoint(const std::filesystem::path& dir) const {
   return ok_status();
 }
 
-Status LoraTrainer::restore_checkpoint(const std::filesystem::path& dir) {
+Status Trainer::restore_checkpoint(const std::filesystem::path& dir) {
   State& s = *state_;
   KBIT_ASSIGN_OR_RETURN(const io::SafetensorsFile file,
                         io::SafetensorsFile::open(dir / kTrainerStateFile));
@@ -222,51 +214,40 @@ Status LoraTrainer::restore_checkpoint(const std::filesystem::path& dir) {
                             "inconsistent; the checkpoint is damaged");
   }
   // Every tensor checked before anything is copied.
-  KBIT_ASSIGN_OR_RETURN(const io::PeftAdapter adapter, io::PeftAdapter::open(dir));
-  std::vector<io::LoraWeights> weights;
-  for (const LoraModule& module : s.model->state().modules()) {
-    KBIT_ASSIGN_OR_RETURN(io::LoraWeights w,
-                          adapter.weights(module.name, module.out_features, module.in_features));
-    if (w.a.dtype() != DType::kF32 || w.b.dtype() != DType::kF32) {
-      return invalid_argument(dir.string() + ": module '" + module.name +
-                              "' is not stored in f32 as kbit saves checkpoints");
-    }
-    weights.push_back(w);
-  }
   std::vector<std::pair<TensorView, TensorView>> copies;  // (destination, source)
-  for (std::size_t p = 0; p < s.parameters.size(); ++p) {
-    for (auto& [role, tensor] : s.parameters[p].tensors()) {
-      const std::string name = s.tensor_name(p, role);
-      KBIT_ASSIGN_OR_RETURN(const TensorView saved, file.tensor(name));
-      if (saved.dtype() != tensor.dtype() || saved.numel() != tensor.numel()) {
-        return invalid_argument(file.path().string() + ": tensor '" + name + "' is " +
-                                saved.describe() + ", this run's is " + tensor.describe());
-      }
-      copies.emplace_back(tensor, saved);
+  const auto expect = [&](const std::string& name, const TensorView& destination) -> Status {
+    KBIT_ASSIGN_OR_RETURN(const TensorView saved, file.tensor(name));
+    if (saved.dtype() != destination.dtype() || saved.numel() != destination.numel()) {
+      return invalid_argument(file.path().string() + ": tensor '" + name + "' is " +
+                              saved.describe() + ", this run's is " + destination.describe());
     }
-  }
-  for (std::size_t m = 0; m < weights.size(); ++m) {
-    LoraModule& module = s.model->state().modules()[m];
-    std::copy_n(weights[m].a.data_as<const float>(), module.a.size(), module.a.begin());
-    std::copy_n(weights[m].b.data_as<const float>(), module.b.size(), module.b.begin());
+    copies.emplace_back(destination, saved);
+    return ok_status();
+  };
+  for (std::size_t p = 0; p < s.parameters.size(); ++p) {
+    const std::string& name = s.parameters[p].name;
+    KBIT_RETURN_IF_ERROR(expect(name, view_of(s.parameters[p].values)));
+    for (auto& [role, tensor] : s.optimizer[p].tensors()) {
+      KBIT_RETURN_IF_ERROR(expect(name + "." + role, tensor));
+    }
   }
   for (auto& [destination, source] : copies) {
     std::memcpy(destination.data(), source.data(), source.nbytes());
   }
-  for (optim::AdamWParameterState& parameter : s.parameters) parameter.set_step(optimizer_step);
+  for (optim::AdamWParameterState& state : s.optimizer) state.set_step(optimizer_step);
   s.steps_done = step;
   s.next_row = next_row;
   s.epoch = epoch;
   return ok_status();
 }
 
-std::size_t LoraTrainer::optimizer_state_bytes() const {
+std::size_t Trainer::optimizer_state_bytes() const {
   std::int64_t bytes = 0;
-  for (const optim::AdamWParameterState& parameter : state_->parameters) bytes += parameter.bytes();
+  for (const optim::AdamWParameterState& state : state_->optimizer) bytes += state.bytes();
   return static_cast<std::size_t>(bytes);
 }
 
-Result<StepMetrics> LoraTrainer::step() {
+Result<StepMetrics> Trainer::step() {
   State& s = *state_;
   const TrainingRows& rows = *s.rows;
   const std::int64_t count = s.options.batch_size * s.options.grad_accum;
@@ -286,15 +267,15 @@ Result<StepMetrics> LoraTrainer::step() {
       ++s.epoch;
     }
   }
-  LoraState& lora = s.model->state();
-  lora.zero_gradients();
+  for (const TrainableParameter& parameter : s.parameters) {
+    std::fill(parameter.gradient.begin(), parameter.gradient.end(), 0.0f);
+  }
   s.model->set_dropout_seed(random_bits(s.options.seed, static_cast<std::uint64_t>(s.steps_done)));
   KBIT_ASSIGN_OR_RETURN(metrics.loss, s.model->loss_and_gradients(ids, labels, count));
 
   std::vector<TensorView> gradients;
-  for (LoraModule& module : lora.modules()) {
-    gradients.push_back(view_of(module.grad_a));
-    gradients.push_back(view_of(module.grad_b));
+  for (const TrainableParameter& parameter : s.parameters) {
+    gradients.push_back(view_of(parameter.gradient));
   }
   const float max_norm =
       s.options.max_grad_norm > 0 ? s.options.max_grad_norm : std::numeric_limits<float>::max();
@@ -305,10 +286,10 @@ Result<StepMetrics> LoraTrainer::step() {
 
   optim::AdamWHyperparameters adamw = s.options.adamw;
   adamw.lr = static_cast<float>(metrics.lr);
-  std::size_t p = 0;
-  for (LoraModule& module : lora.modules()) {
-    KBIT_RETURN_IF_ERROR(s.parameters[p++].apply(adamw, view_of(module.a), view_of(module.grad_a)));
-    KBIT_RETURN_IF_ERROR(s.parameters[p++].apply(adamw, view_of(module.b), view_of(module.grad_b)));
+  for (std::size_t p = 0; p < s.parameters.size(); ++p) {
+    const TrainableParameter& parameter = s.parameters[p];
+    KBIT_RETURN_IF_ERROR(
+        s.optimizer[p].apply(adamw, view_of(parameter.values), view_of(parameter.gradient)));
   }
   return metrics;
 }
