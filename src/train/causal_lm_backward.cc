@@ -51,8 +51,8 @@ double head_loss_and_gradient(const model::CpuLlama& m, const ModelWeightGradien
     loss += k::cross_entropy_reference(logits.data(), labels.data(), rows, vocab, gradient_scale);
     m.lm_head.weight.backward_input(logits.data(), rows, m.numerics, dx.data(), m.execution);
     if (weights.lm_head != nullptr) {
-      add_linear_weight_gradient(x.data(), logits.data(), rows, e, vocab, weights.lm_head,
-                                 m.execution);
+      k::linear_weight_gradient_op(x.data(), logits.data(), rows, e, vocab, weights.lm_head,
+                                   m.execution);
     }
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t t = positions[static_cast<std::size_t>(first + r)];

@@ -40,11 +40,7 @@ TEST(FullPytorchReference, LossAndGradients) {
   const model::LlamaModel base = model::LlamaModel::load(dir.path(), {}).value();
   FullTrainingModel model = FullTrainingModel::create(base, dir.path()).value();
 
-  const std::vector<std::int64_t> ids = values<std::int64_t>(reference, "input_ids", DType::kI64);
-  const std::vector<std::int64_t> labels = values<std::int64_t>(reference, "labels", DType::kI64);
-  const Result<double> loss =
-      model.loss_and_gradients(std::vector<std::int32_t>(ids.begin(), ids.end()),
-                               std::vector<std::int32_t>(labels.begin(), labels.end()), 2);
+  const Result<double> loss = reference_batch_loss(model, reference);
   ASSERT_TRUE(loss.ok()) << loss.status().to_string();
   const double want = values_f64(reference, "loss_f64").at(0);
   const double loss_error = std::fabs(*loss - want) / want;

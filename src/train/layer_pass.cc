@@ -18,17 +18,6 @@ void add(const std::vector<float>& delta, float* values) {
 
 }  // namespace
 
-void add_linear_weight_gradient(const float* x, const float* dy, std::int64_t rows,
-                                std::int64_t in_features, std::int64_t out_features,
-                                float* d_weight, const ExecutionOptions& execution) {
-  if (execution.cpu_kernel == CpuKernel::kReference) {
-    k::linear_backward_reference(
-        {x, nullptr, dy, rows, in_features, out_features, nullptr, d_weight});
-  } else {
-    k::linear_weight_gradient(x, dy, rows, in_features, out_features, d_weight, execution.threads);
-  }
-}
-
 LayerAdapters::LayerAdapters(const std::array<LoraModule*, model::kLinearsPerLayer>& modules,
                              float scaling)
     : modules_(modules), scaling_(scaling) {
@@ -149,8 +138,8 @@ void LayerPass::linear_backward(const model::Layer& layer, const LayerAdapters& 
                                 const float* dy, float* dx, bool accumulate) {
   const model::LinearWeight& weight = layer.linears()[linear]->weight;
   if (d_weight != nullptr) {
-    add_linear_weight_gradient(x, dy, tokens_, weight.in_features(), weight.out_features(),
-                               d_weight, model_.execution);
+    k::linear_weight_gradient_op(x, dy, tokens_, weight.in_features(), weight.out_features(),
+                                 d_weight, model_.execution);
   }
   if (accumulate) {  // only the Linears reading a normed hidden state: [tokens, hidden]
     weight.backward_input(dy, tokens_, model_.numerics, scratch_.data(), model_.execution);

@@ -2,7 +2,7 @@
 // forward by the model's own steps (model/cpu_llama.h) with every activation the backward needs
 // kept, and the backward through it by the reference kernels of kernels/cpu/llama_backward.h, the
 // Linears' input gradients (LinearWeight::backward_input) and, in full fine-tuning, their weight
-// gradients (linear_weight_gradient).
+// gradients (linear_weight_gradient_op).
 //
 // The layer, for x [tokens, hidden] at positions 0, 1, ...:
 //   n1 = RMSNorm(x);  q, k, v = rope(Wq n1), rope(Wk n1), Wv n1;  a = attention(q, k, v)
@@ -19,11 +19,6 @@
 #include "model/cpu_llama.h"
 
 namespace kbit::train {
-
-// d_weight [out, in] += dyᵀ · x (x [rows, in], dy [rows, out]) by the kernels `execution` picks.
-void add_linear_weight_gradient(const float* x, const float* dy, std::int64_t rows,
-                                std::int64_t in_features, std::int64_t out_features,
-                                float* d_weight, const ExecutionOptions& execution);
 
 // The trained LoRA of one decoder layer: for each of its Linears (model::LayerLinear order) its
 // module of the state, or nullptr. Holds pointers into the state's modules.

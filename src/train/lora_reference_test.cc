@@ -74,11 +74,7 @@ Errors compare_with_pytorch(const io::SafetensorsFile& reference, const std::str
   }
   LoraTrainingModel model = LoraTrainingModel::create(*loaded, std::move(state)).value();
 
-  const std::vector<std::int64_t> ids = values<std::int64_t>(reference, "input_ids", DType::kI64);
-  const std::vector<std::int64_t> labels = values<std::int64_t>(reference, "labels", DType::kI64);
-  const Result<double> loss =
-      model.loss_and_gradients(std::vector<std::int32_t>(ids.begin(), ids.end()),
-                               std::vector<std::int32_t>(labels.begin(), labels.end()), 2);
+  const Result<double> loss = reference_batch_loss(model, reference);
   EXPECT_TRUE(loss.ok()) << loss.status().to_string();
   if (!loss.ok()) return {};
   Errors errors;

@@ -18,6 +18,7 @@
 #include "kbit/io/checkpoint.h"
 #include "kbit/io/safetensors.h"
 #include "kbit/io/safetensors_writer.h"
+#include "kbit/train/trainable_model.h"
 #include "testing/golden.h"
 #include "testing/shared_data.h"
 
@@ -80,6 +81,16 @@ inline void write_two_layer_cut(const std::filesystem::path& dir) {
     tensors.push_back({name, widened.back().view()});
   }
   ASSERT_TRUE(io::write_safetensors(dir / "model.safetensors", tensors).ok());
+}
+
+// The loss `model` computes for the reference's batch (input_ids and labels I64 [2, T]), its
+// gradients added to the model's.
+inline Result<double> reference_batch_loss(TrainableModel& model,
+                                           const io::SafetensorsFile& reference) {
+  const std::vector<std::int64_t> ids = values<std::int64_t>(reference, "input_ids", DType::kI64);
+  const std::vector<std::int64_t> labels = values<std::int64_t>(reference, "labels", DType::kI64);
+  return model.loss_and_gradients(std::vector<std::int32_t>(ids.begin(), ids.end()),
+                                  std::vector<std::int32_t>(labels.begin(), labels.end()), 2);
 }
 
 }  // namespace kbit::train

@@ -20,4 +20,10 @@ void sgemm_panel(const float* x, std::int64_t x_stride, std::int64_t rows, const
                  std::int64_t features, std::int64_t width, bool accumulate, float* y,
                  std::int64_t y_stride);
 
+// y[rows, features] += aᵀ · b, for a [depth, rows] of leading dimension a_stride and b
+// [depth, features] dense; y's leading dimension is y_stride. On the calling thread, as above.
+void sgemm_transposed_accumulate(const float* a, std::int64_t a_stride, std::int64_t rows,
+                                 const float* b, std::int64_t features, std::int64_t depth,
+                                 float* y, std::int64_t y_stride);
+
 }  // namespace kbit::kernels::cpu

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 
+#include "kbit/core/execution.h"
 #include "kernels/cpu/llama_ops.h"
 
 namespace kbit::kernels::cpu {
@@ -38,13 +39,13 @@ struct LinearBackwardJob {
 };
 void linear_backward_reference(const LinearBackwardJob& job);
 
-// The fast kernel of linear_backward_reference's dweight: dweight [out_features, in_features] +=
-// dyᵀ · x over `rows` rows (x [rows, in_features], dy [rows, out_features]), as OpenBLAS
-// products (kernels/cpu/blas.h) of row ranges of dweight split over up to `threads` threads
-// (0: max_threads()). A row range's sums do not depend on how many threads share the work.
-void linear_weight_gradient(const float* x, const float* dy, std::int64_t rows,
-                            std::int64_t in_features, std::int64_t out_features, float* dweight,
-                            int threads);
+// linear_backward_reference's dweight as the fast kernels compute it: dweight [out_features,
+// in_features] += dyᵀ · x over `rows` rows (x [rows, in_features], dy [rows, out_features]), as
+// OpenBLAS products (kernels/cpu/blas.h) of fixed panels of dweight split over options.threads;
+// the same bits for any thread count. With CpuKernel::kReference, the reference kernel.
+void linear_weight_gradient_op(const float* x, const float* dy, std::int64_t rows,
+                               std::int64_t in_features, std::int64_t out_features, float* dweight,
+                               const ExecutionOptions& options);
 
 // ---- lora --------------------------------------------------------------------------------------
 // The LoRA term of a Linear (PEFT's forward, spec 9.5): y += scaling · (dropout(x) · Aᵀ) · Bᵀ,

@@ -156,10 +156,13 @@ TEST(LinearWeightGradient, MatchesTheFloat64SumForAnyThreadCount) {
   std::vector<float> reference(start);
   linear_backward_reference(
       {x.data(), nullptr, dy.data(), s.rows, s.in, s.out, nullptr, reference.data()});
+  ExecutionOptions options;
+  options.threads = 1;
   std::vector<float> one_thread(start);
-  linear_weight_gradient(x.data(), dy.data(), s.rows, s.in, s.out, one_thread.data(), 1);
+  linear_weight_gradient_op(x.data(), dy.data(), s.rows, s.in, s.out, one_thread.data(), options);
+  options.threads = 2;
   std::vector<float> two_threads(start);
-  linear_weight_gradient(x.data(), dy.data(), s.rows, s.in, s.out, two_threads.data(), 2);
+  linear_weight_gradient_op(x.data(), dy.data(), s.rows, s.in, s.out, two_threads.data(), options);
   EXPECT_LT(kbit::testing::relative_error<float>(reference, expected), kForwardTolerance);
   EXPECT_LT(kbit::testing::relative_error<float>(one_thread, expected), kForwardTolerance);
   EXPECT_EQ(one_thread, two_threads);
