@@ -56,7 +56,7 @@ ln -s ../../../models/shakespeare-llama2 "$stage/.carry/shared/models/shakespear
 
 grep -qx '/.carry/' .gitignore || { echo "prepare-gpu-carry: add /.carry/ to .gitignore first" >&2; exit 1; }
 rm -rf .carry && mkdir -p .carry
-tar -C "$stage" -cf - build .carry | xz -T0 -6 > .carry/gpu-carry.tar.xz
+tar -C "$stage" -cf - build .carry | xz -T0 -9 > .carry/gpu-carry.tar.xz
 size_kib=$(du -sk .carry | awk '{print $1}')
 echo "prepare-gpu-carry: .carry/gpu-carry.tar.xz is $((size_kib / 1024)) MiB" \
      "($(du -sh "$stage" | awk '{print $1}') unpacked)"

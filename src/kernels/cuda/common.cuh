@@ -39,6 +39,15 @@ __device__ __forceinline__ T from_float(float value) {
   }
 }
 
+// silu_mul_reference of one value for activations T: gate / (1 + exp(−gate)), rounded to T, times
+// up; the caller's store to T rounds the product. One definition for the elementwise kernel and
+// the fused gate/up GEMV's epilogue, so that both give the same bits.
+template <typename T>
+__device__ __forceinline__ float silu_mul_value(float gate, float up) {
+  const float silu = to_float(from_float<T>(__fdiv_rn(gate, __fadd_rn(1.0f, expf(-gate)))));
+  return __fmul_rn(silu, up);
+}
+
 // ---- 16-byte vectors: the widest load and store a thread can issue.
 
 template <typename T>

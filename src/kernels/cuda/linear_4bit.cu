@@ -22,9 +22,11 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <string>
 #include <type_traits>
 
@@ -35,6 +37,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
+#include "kernels/cuda/llama_launchers.h"
 
 namespace kbit::kernels::cuda {
 namespace {
@@ -252,31 +255,36 @@ __global__ void __launch_bounds__(kGemvThreads)
 
 // ---- The tensor-core GEMV (rows <= 8, compute dtype f16 or bf16).
 //
-// Each block owns kMmaOutputs = 16 output features (the M of mma.m16n8k16) and its kMmaWarps
-// warps split K: warp w takes steps w, w + kMmaWarps, … of kMmaStepValues = 128 inputs. In a step
-// lane (g, t) (g = lane / 4, t = lane % 4) reads 16 packed bytes, 32 values, of features g and
-// g + 8 at inputs [128·step + 32t, +32), decodes them in registers (ExactDecode or ProductDecode,
-// below) and feeds them to eight MMAs; the same lane supplies x[row g] at those inputs as the B
-// operand (rows >= `rows` are zeros). The MMA's k order is a permutation of the inputs, the same
-// for A and B, so the products are those of the reference; the tensor core sums them in f32.
-// The warps' partial sums meet in shared memory, in a fixed order, for the epilogue. Neither
-// DRAM nor the decode bounds it but the mma.sync path (BENCHMARKS.md, "The GEMV's step taken
-// apart": its loads alone run at copy speed, with the decode about 1 µs more of 20). The product
-// decode's paired lookup and multiply take about half the exact decode's instructions.
+// Each block owns kMmaOutputs = 16 output features (the M of mma.m16n8k16) of one Linear layer,
+// and its kMmaWarps warps split K: warp w takes steps w, w + kMmaWarps, … of kLaneChunks · 128
+// inputs. In a step lane (g, t) (g = lane / 4, t = lane % 4) reads kLaneChunks adjacent 16-byte
+// chunks of packed codes (32 values each) of features g and g + 8, at inputs
+// [step · kLaneChunks · 128 + t · kLaneChunks · 32, + kLaneChunks · 32), all of one quantization
+// block; decodes them in registers (ExactDecode or ProductDecode, below) and feeds them to
+// kLaneChunks · 8 MMAs. The lanes of group g < rows supply x[row g] at the same inputs as the B
+// operand, the others zeros. The MMA's k order is a permutation of the inputs, the same for A and
+// B, so the products are those of the reference; the tensor core sums them in f32. The warps'
+// partial sums meet in shared memory, in a fixed order, for the epilogue.
+//
+// Two chunks per lane (kTensorCoreGemvLines) make each quad read whole 128-byte lines, which
+// took a quarter off the step (BENCHMARKS.md, "The GEMV's step taken apart"); one chunk serves
+// inputs that are a multiple of 128 only. What else that profile asked for is here too: x is
+// loaded where it is used, not a step ahead (its double buffer cost 32 registers and an SM's
+// fourth block), each warp's first codes are requested before the tables are built, and the
+// product decode's table is filled with warp-uniform constant loads.
+//
+// One launch serves up to kMaxFused4bitLayers layers of the same x (MmaGemvLayers): each block
+// finds its layer from its index (q, k and v in one launch), or, with the SiLU·mul epilogue,
+// computes the same 16 features of gate and of up, one after the other, and stores
+// silu(gate) · up.
 constexpr int kMmaWarps = 8;
+constexpr int kMmaThreads = kMmaWarps * kWarpSize;
 constexpr int kMmaOutputs = 16;
 constexpr int kMmaColumns = 8;
-constexpr int kMmaStepValues = 128;
-constexpr int kMmaLaneValues = 32;
+constexpr int kChunkValues = 32;  // one 16-byte chunk of packed codes
 
-// What one lane reads for one step.
-struct MmaStepInputs {
-  uint4 codes_low;   // feature g
-  uint4 codes_high;  // feature g + 8
-  float absmax_low;
-  float absmax_high;
-  std::uint32_t x_pairs[kMmaLaneValues / 2];  // x[row g] as pairs of C
-};
+template <int kLaneChunks>
+constexpr int kMmaStepValues = 4 * kLaneChunks* kChunkValues;
 
 // Two floats as a pair of C (low half first), each rounded to nearest even.
 template <typename C>
@@ -349,16 +357,19 @@ struct ProductDecode {
     alignas(16) std::uint32_t code_pairs[256 * kWarpSize];
   };
   using Scale = std::uint32_t;  // round_C(absmax), twice
-  // Thread i writes 16-byte chunk i, so that a warp's stores fill consecutive banks.
+  // Chunk i + 256k (k < 8) of the table, 16 bytes, is written by thread i, so that a warp's
+  // stores fill consecutive banks. Its byte is i / 8 + 32k: the low nibble, i / 8 % 16, is the
+  // thread's, and the high nibble, i / 128 + 2k, the same across a warp, so that half the
+  // constant loads are uniform (a constant load is serialised over its distinct addresses).
   static __device__ __forceinline__ void load(const FourBitTables& tables, Tables& shared) {
-    constexpr int kChunksPerByte = kWarpSize / 4;
+    static_assert(kMmaThreads == 256, "one thread per 16-byte chunk of a byte's 128 bytes");
+    const int i = static_cast<int>(threadIdx.x);
+    const float low = tables.code_values[i / 8 % 16];
     auto* chunks = reinterpret_cast<uint4*>(shared.code_pairs);
-    for (int i = static_cast<int>(threadIdx.x); i < 256 * kChunksPerByte;
-         i += static_cast<int>(blockDim.x)) {
-      const int byte = i / kChunksPerByte;
-      const std::uint32_t pair =
-          pack_pair<C>(tables.code_values[byte >> 4], tables.code_values[byte & 0xf]);
-      chunks[i] = make_uint4(pair, pair, pair, pair);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const std::uint32_t pair = pack_pair<C>(tables.code_values[i / 128 + 2 * k], low);
+      chunks[i + 256 * k] = make_uint4(pair, pair, pair, pair);
     }
   }
   static __device__ __forceinline__ Scale scale(float absmax) {
@@ -383,10 +394,10 @@ struct ProductDecode {
 // x[0..32) of one row as pairs of C (16-byte aligned), or zeros for a row past the last.
 template <typename A, typename C>
 __device__ __forceinline__ void load_x_pairs(const A* x, bool present,
-                                             std::uint32_t (&pairs)[kMmaLaneValues / 2]) {
+                                             std::uint32_t (&pairs)[kChunkValues / 2]) {
   if (!present) {
 #pragma unroll
-    for (int p = 0; p < kMmaLaneValues / 2; ++p) pairs[p] = 0;
+    for (int p = 0; p < kChunkValues / 2; ++p) pairs[p] = 0;
     return;
   }
   if constexpr (std::is_same_v<A, C>) {
@@ -400,7 +411,7 @@ __device__ __forceinline__ void load_x_pairs(const A* x, bool present,
     }
   } else {
 #pragma unroll
-    for (int v = 0; v < kMmaLaneValues / 8; ++v) {
+    for (int v = 0; v < kChunkValues / 8; ++v) {
       float values[8];
       load_8_activations<C>(x + 8 * v, true, values);
 #pragma unroll
@@ -426,108 +437,194 @@ __device__ __forceinline__ void mma_16x8x16(float (&d)[4], const std::uint32_t (
   }
 }
 
-// The inputs of step `step` for lane (group, quad): see MmaStepInputs.
-template <typename A, typename C>
-__device__ __forceinline__ MmaStepInputs load_mma_step(const FourBitSource& weight,
-                                                       const float* absmax_map, const A* x_row,
-                                                       bool x_present, std::int64_t feature_low,
-                                                       std::int64_t feature_high, std::int64_t in,
-                                                       std::int64_t first_in) {
-  MmaStepInputs inputs;
+// A lane's two features of one layer's weight: the first 16-byte chunk of codes and the index
+// of the first value it reads in step 0 (the flattened weight's, for the absmax).
+struct MmaLaneWeight {
+  const uint4* codes_low;   // feature g
+  const uint4* codes_high;  // feature g + 8
+  std::int64_t value_low;
+  std::int64_t value_high;
+};
+
+__device__ __forceinline__ MmaLaneWeight mma_lane_weight(const FourBitSource& weight,
+                                                         std::int64_t feature_low,
+                                                         std::int64_t feature_high, std::int64_t in,
+                                                         std::int64_t first_in) {
   const std::int64_t low = feature_low * in + first_in;
   const std::int64_t high = feature_high * in + first_in;
-  inputs.codes_low = __ldcs(reinterpret_cast<const uint4*>(weight.packed + low / 2));
-  inputs.codes_high = __ldcs(reinterpret_cast<const uint4*>(weight.packed + high / 2));
-  inputs.absmax_low = block_absmax(weight, low >> weight.log2_block_size, absmax_map);
-  inputs.absmax_high = block_absmax(weight, high >> weight.log2_block_size, absmax_map);
-  load_x_pairs<A, C>(x_row + first_in, x_present, inputs.x_pairs);
-  return inputs;
+  return {reinterpret_cast<const uint4*>(weight.packed + low / 2),
+          reinterpret_cast<const uint4*>(weight.packed + high / 2), low, high};
 }
 
-// sums += the products of one step: eight MMAs, each over 4 values of each feature per lane.
-template <typename C, typename Decoder>
-__device__ __forceinline__ void multiply_mma_step(const MmaStepInputs& inputs,
+// What one lane reads for one step.
+template <int kLaneChunks>
+struct MmaStepInputs {
+  uint4 codes_low[kLaneChunks];   // feature g
+  uint4 codes_high[kLaneChunks];  // feature g + 8
+  float absmax_low;
+  float absmax_high;
+};
+
+// The codes of step `step`: read once, streamed past the caches.
+template <int kLaneChunks>
+__device__ __forceinline__ void load_mma_codes(const MmaLaneWeight& lane_weight, int step,
+                                               MmaStepInputs<kLaneChunks>& inputs) {
+  constexpr int kStepChunks = 4 * kLaneChunks;  // a feature's chunks per step
+#pragma unroll
+  for (int c = 0; c < kLaneChunks; ++c) {
+    inputs.codes_low[c] = __ldcs(lane_weight.codes_low + kStepChunks * step + c);
+    inputs.codes_high[c] = __ldcs(lane_weight.codes_high + kStepChunks * step + c);
+  }
+}
+
+template <int kLaneChunks>
+__device__ __forceinline__ void load_mma_absmax(const FourBitSource& weight,
+                                                const MmaLaneWeight& lane_weight,
+                                                const float* absmax_map, int step,
+                                                MmaStepInputs<kLaneChunks>& inputs) {
+  const std::int64_t offset = static_cast<std::int64_t>(step) * kMmaStepValues<kLaneChunks>;
+  inputs.absmax_low =
+      block_absmax(weight, (lane_weight.value_low + offset) >> weight.log2_block_size, absmax_map);
+  inputs.absmax_high =
+      block_absmax(weight, (lane_weight.value_high + offset) >> weight.log2_block_size, absmax_map);
+}
+
+// sums += the products of one step: per chunk, x[row g] at its 32 inputs (x_lane, where the lane
+// carries a row) and eight MMAs, each over 4 values of each feature per lane.
+template <typename A, typename C, typename Decoder, int kLaneChunks>
+__device__ __forceinline__ void multiply_mma_step(const MmaStepInputs<kLaneChunks>& inputs,
+                                                  const A* x_lane, bool x_present,
                                                   const typename Decoder::Tables& tables, int lane,
                                                   float (&sums)[4]) {
   const typename Decoder::Scale low_scale = Decoder::scale(inputs.absmax_low);
   const typename Decoder::Scale high_scale = Decoder::scale(inputs.absmax_high);
 #pragma unroll
-  for (int j = 0; j < kMmaLaneValues / 4; ++j) {
-    // Values [4j, 4j + 4): bytes 2j and 2j + 1 of the 16, in word j / 2.
-    const std::uint32_t low = word_of(inputs.codes_low, j / 2);
-    const std::uint32_t high = word_of(inputs.codes_high, j / 2);
-    const int byte = 2 * (j % 2);
-    // Fragment order: (g, k 2t..2t+1), (g + 8, k 2t..), (g, k 2t+8..), (g + 8, k 2t+8..).
-    const std::uint32_t a[4] = {Decoder::pair(tables, lane, low, byte, low_scale),
-                                Decoder::pair(tables, lane, high, byte, high_scale),
-                                Decoder::pair(tables, lane, low, byte + 1, low_scale),
-                                Decoder::pair(tables, lane, high, byte + 1, high_scale)};
-    mma_16x8x16<C>(sums, a, inputs.x_pairs[2 * j], inputs.x_pairs[2 * j + 1]);
+  for (int c = 0; c < kLaneChunks; ++c) {
+    std::uint32_t x_pairs[kChunkValues / 2];
+    load_x_pairs<A, C>(x_lane + c * kChunkValues, x_present, x_pairs);
+#pragma unroll
+    for (int j = 0; j < kChunkValues / 4; ++j) {
+      // Values [4j, 4j + 4) of the chunk: bytes 2j and 2j + 1 of the 16, in word j / 2.
+      const std::uint32_t low = word_of(inputs.codes_low[c], j / 2);
+      const std::uint32_t high = word_of(inputs.codes_high[c], j / 2);
+      const int byte = 2 * (j % 2);
+      // Fragment order: (g, k 2t..2t+1), (g + 8, k 2t..), (g, k 2t+8..), (g + 8, k 2t+8..).
+      const std::uint32_t a[4] = {Decoder::pair(tables, lane, low, byte, low_scale),
+                                  Decoder::pair(tables, lane, high, byte, high_scale),
+                                  Decoder::pair(tables, lane, low, byte + 1, low_scale),
+                                  Decoder::pair(tables, lane, high, byte + 1, high_scale)};
+      mma_16x8x16<C>(sums, a, x_pairs[2 * j], x_pairs[2 * j + 1]);
+    }
   }
 }
 
-// y[rows, out] = x[rows, in] · Wᵀ (+ bias[out]) for rows <= kMmaColumns, in a multiple of
-// kMmaStepValues, x and the packed weight 16-byte aligned. Block b computes features
-// [16b, 16b + 16) ∩ [0, out). (Persistent blocks, each looping over several groups of features
-// with its tables loaded once, measured slower: fewer blocks balance worse at the tail.)
-template <typename A, typename C, typename Decoder>
-__global__ void __launch_bounds__(kMmaWarps* kWarpSize)
+// The layers of one launch. Layer i owns blocks [end_block[i − 1], end_block[i]) (end_block[−1]
+// = 0), 16 features each; with the SiLU·mul epilogue both layers (gate, up) own every block.
+template <typename A>
+struct MmaGemvLayers {
+  FourBitSource weight[kMaxFused4bitLayers];
+  const A* bias[kMaxFused4bitLayers];
+  A* y[kMaxFused4bitLayers];
+  std::int64_t out[kMaxFused4bitLayers];
+  int end_block[kMaxFused4bitLayers];
+  int count;
+};
+
+enum class GemvEpilogue { kStore, kSiluMul };
+
+// For each layer of the block, y[rows, out] = x[rows, in] · Wᵀ (+ bias[out]), for rows <=
+// kMmaColumns, in a multiple of kMmaStepValues<kLaneChunks>, x and the packed weights 16-byte
+// aligned, blocks of at least kLaneChunks · 32 values. With kSiluMul, y of layer 0 =
+// silu_mul(its output, layer 1's output).
+template <typename A, typename C, typename Decoder, int kLaneChunks, GemvEpilogue kEpilogue>
+__global__ void __launch_bounds__(kMmaThreads)
     linear_4bit_mma_gemv_kernel(const A* __restrict__ x,
-                                const __grid_constant__ FourBitSource weight,
-                                const __grid_constant__ FourBitTables tables,
-                                const A* __restrict__ bias, int rows, std::int64_t in,
-                                std::int64_t out, A* __restrict__ y) {
+                                const __grid_constant__ MmaGemvLayers<A> layers,
+                                const __grid_constant__ FourBitTables tables, int rows,
+                                std::int64_t in) {
+  constexpr int kPasses = kEpilogue == GemvEpilogue::kSiluMul ? 2 : 1;
+  constexpr int kStepValues = kMmaStepValues<kLaneChunks>;
   __shared__ typename Decoder::Tables decode_tables;
   __shared__ float absmax_map[256];
-  __shared__ float partial_sums[kMmaWarps][kMmaOutputs][kMmaColumns];
-  load_absmax_map(tables, absmax_map);
-  Decoder::load(tables, decode_tables);
-  __syncthreads();
+  __shared__ float partial_sums[kPasses][kMmaWarps][kMmaOutputs][kMmaColumns];
 
+  int layer = 0;
+  while (layer + 1 < layers.count && static_cast<int>(blockIdx.x) >= layers.end_block[layer]) {
+    ++layer;
+  }
+  const int first_block = layer == 0 ? 0 : layers.end_block[layer - 1];
+  const std::int64_t first_out = static_cast<std::int64_t>(blockIdx.x - first_block) * kMmaOutputs;
+  const std::int64_t out = layers.out[layer];
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int group = lane / 4;
   const int quad = lane % 4;
-  const std::int64_t first_out = static_cast<std::int64_t>(blockIdx.x) * kMmaOutputs;
   // Features past the last re-read the last one (in bounds); their sums are never stored.
   const std::int64_t feature_low = std::min(first_out + group, out - 1);
   const std::int64_t feature_high = std::min(first_out + group + 8, out - 1);
+  const std::int64_t first_in = static_cast<std::int64_t>(quad) * kLaneChunks * kChunkValues;
   const bool x_present = group < rows;
-  const A* x_row = x + (x_present ? group : 0) * in;
-  const std::int64_t steps = in / kMmaStepValues;
-  const auto load = [&](std::int64_t step) {
-    return load_mma_step<A, C>(weight, absmax_map, x_row, x_present, feature_low, feature_high, in,
-                               step * kMmaStepValues + quad * kMmaLaneValues);
-  };
+  const A* x_lane = x + (x_present ? group : 0) * in + first_in;
+  const int steps = static_cast<int>(in / kStepValues);
+  const bool has_steps = warp < steps;
 
-  float sums[4] = {};
-  if (warp < steps) {
-    MmaStepInputs current = load(warp);
-    // Unrolled twice, so that `current` and `next` trade registers instead of being copied.
-#pragma unroll 2
-    for (std::int64_t step = warp; step < steps; step += kMmaWarps) {
-      // The next step's loads go out before this step's arithmetic, so memory stays busy; past
-      // the last step they re-read it (cached) rather than branch.
-      const MmaStepInputs next = load(std::min(step + kMmaWarps, steps - 1));
-      multiply_mma_step<C, Decoder>(current, decode_tables, lane, sums);
-      current = next;
+  MmaStepInputs<kLaneChunks> inputs;
+  MmaLaneWeight lane_weight =
+      mma_lane_weight(layers.weight[layer], feature_low, feature_high, in, first_in);
+  if (has_steps) load_mma_codes(lane_weight, warp, inputs);
+  load_absmax_map(tables, absmax_map);
+  Decoder::load(tables, decode_tables);
+  __syncthreads();
+
+  float sums[kPasses][4] = {};
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    if (!has_steps) break;
+    const FourBitSource& weight = layers.weight[layer + pass];
+    if (pass > 0) {
+      lane_weight = mma_lane_weight(weight, feature_low, feature_high, in, first_in);
+      load_mma_codes(lane_weight, warp, inputs);
+    }
+    load_mma_absmax(weight, lane_weight, absmax_map, warp, inputs);
+    for (int step = warp; step < steps; step += kMmaWarps) {
+      multiply_mma_step<A, C, Decoder>(inputs,
+                                       x_lane + static_cast<std::int64_t>(step) * kStepValues,
+                                       x_present, decode_tables, lane, sums[pass]);
+      const int next = step + kMmaWarps;
+      if (next < steps) {
+        load_mma_codes(lane_weight, next, inputs);
+        load_mma_absmax(weight, lane_weight, absmax_map, next, inputs);
+      }
     }
   }
   // D fragment: (g, columns 2t, 2t + 1) and (g + 8, the same columns).
-  partial_sums[warp][group][2 * quad] = sums[0];
-  partial_sums[warp][group][2 * quad + 1] = sums[1];
-  partial_sums[warp][group + 8][2 * quad] = sums[2];
-  partial_sums[warp][group + 8][2 * quad + 1] = sums[3];
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    partial_sums[pass][warp][group][2 * quad] = sums[pass][0];
+    partial_sums[pass][warp][group][2 * quad + 1] = sums[pass][1];
+    partial_sums[pass][warp][group + 8][2 * quad] = sums[pass][2];
+    partial_sums[pass][warp][group + 8][2 * quad + 1] = sums[pass][3];
+  }
   __syncthreads();
-  for (int i = static_cast<int>(threadIdx.x); i < kMmaOutputs * kMmaColumns;
-       i += static_cast<int>(blockDim.x)) {
+  for (int i = static_cast<int>(threadIdx.x); i < kMmaOutputs * kMmaColumns; i += kMmaThreads) {
     const int feature = i % kMmaOutputs;
     const int row = i / kMmaOutputs;
     const std::int64_t o = first_out + feature;
     if (row >= rows || o >= out) continue;
-    float sum = 0.0f;
-    for (int w = 0; w < kMmaWarps; ++w) sum += partial_sums[w][feature][row];
-    y[row * out + o] = finish_output<A, C>(sum, bias, o);
+    float totals[kPasses];
+#pragma unroll
+    for (int pass = 0; pass < kPasses; ++pass) {
+      totals[pass] = 0.0f;
+      for (int w = 0; w < kMmaWarps; ++w) totals[pass] += partial_sums[pass][w][feature][row];
+    }
+    const std::int64_t index = row * out + o;
+    if constexpr (kEpilogue == GemvEpilogue::kStore) {
+      layers.y[layer][index] = finish_output<A, C>(totals[0], layers.bias[layer], o);
+    } else {
+      const float gate = to_float(finish_output<A, C>(totals[0], layers.bias[0], o));
+      const float up = to_float(finish_output<A, C>(totals[1], layers.bias[1], o));
+      layers.y[0][index] = from_float<A>(silu_mul_value<A>(gate, up));
+    }
   }
 }
 
@@ -642,30 +739,76 @@ cudaError_t visit_decode(const FourBitCall& call, Body&& body) {
   }
 }
 
-bool tensor_core_gemv_applies(const FourBitCall& call) {
+// Whether the tensor-core GEMV with kLaneChunks = lane_chunks applies to the call.
+bool tensor_core_gemv_applies(const FourBitCall& call, int lane_chunks) {
+  const int log2_chunk_values = lane_chunks == 1 ? 5 : 6;  // a lane's values: one absmax block
   return call.rows <= kLinear4bitGemvMaxRows &&
          (call.compute_dtype == DType::kBF16 || call.compute_dtype == DType::kF16) &&
-         call.in % kMmaStepValues == 0 && call.weight.packed_aligned && is_aligned_16(call.x);
+         call.in % (4 * lane_chunks * kChunkValues) == 0 &&
+         call.weight.log2_block_size >= log2_chunk_values && call.weight.packed_aligned &&
+         is_aligned_16(call.x);
 }
 
-cudaError_t launch_tensor_core_gemv(const FourBitCall& call) {
-  const std::int64_t blocks = (call.out + kMmaOutputs - 1) / kMmaOutputs;
-  if (blocks > INT_MAX) return cudaErrorInvalidValue;
-  return visit_4bit_types(call, [&](auto a, auto c, auto w) {
+// Rows up to which whole lines are the faster tensor-core GEMV (kbit_kernel_workbench): with
+// more, the x that every lane group loads per step outweighs what whole lines save.
+constexpr std::int64_t kWholeLineMaxRows = 4;
+
+// The lane chunks of the tensor-core GEMV for every call (whole lines up to kWholeLineMaxRows
+// rows), or 0 where it applies to not all.
+int tensor_core_lane_chunks(std::span<const FourBitCall> calls) {
+  const bool few_rows = calls.front().rows <= kWholeLineMaxRows;
+  for (const int lane_chunks : {few_rows ? 2 : 1, 1}) {
+    if (std::all_of(calls.begin(), calls.end(), [&](const FourBitCall& call) {
+          return tensor_core_gemv_applies(call, lane_chunks);
+        })) {
+      return lane_chunks;
+    }
+  }
+  return 0;
+}
+
+// One launch of the tensor-core GEMV for `calls`, which share x, rows, in, the dtypes, the code
+// type and the decode (see linear_4bit_layers), with lane_chunks (1 or 2) that apply to each.
+cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane_chunks,
+                                    GemvEpilogue epilogue) {
+  const FourBitCall& first = calls.front();
+  return visit_4bit_types(first, [&](auto a, auto c, auto w) {
     using A = decltype(a);
     using C = decltype(c);
     if constexpr (std::is_same_v<C, float>) {
       return cudaErrorInvalidValue;  // excluded by tensor_core_gemv_applies
     } else {
-      return visit_decode<C>(call, [&](auto product) {
+      MmaGemvLayers<A> layers{};
+      std::int64_t blocks = 0;
+      for (std::size_t i = 0; i < calls.size(); ++i) {
+        const std::int64_t layer_blocks = (calls[i].out + kMmaOutputs - 1) / kMmaOutputs;
+        blocks = epilogue == GemvEpilogue::kSiluMul ? layer_blocks : blocks + layer_blocks;
+        if (blocks > INT_MAX) return cudaErrorInvalidValue;
+        layers.weight[i] = calls[i].weight;
+        layers.bias[i] = static_cast<const A*>(calls[i].bias);
+        layers.y[i] = static_cast<A*>(calls[i].y);
+        layers.out[i] = calls[i].out;
+        layers.end_block[i] = static_cast<int>(blocks);
+      }
+      layers.count = static_cast<int>(calls.size());
+      return visit_decode<C>(first, [&](auto product) {
         using Decoder = std::conditional_t<decltype(product)::value, ProductDecode<C>,
                                            ExactDecode<C, decltype(w)>>;
-        linear_4bit_mma_gemv_kernel<A, C, Decoder>
-            <<<static_cast<unsigned>(blocks), kMmaWarps * kWarpSize, 0, call.stream>>>(
-                static_cast<const A*>(call.x), call.weight, call.tables,
-                static_cast<const A*>(call.bias), static_cast<int>(call.rows), call.in, call.out,
-                static_cast<A*>(call.y));
-        return cudaGetLastError();
+        const auto launch = [&](auto kernel) {
+          kernel<<<static_cast<unsigned>(blocks), kMmaThreads, 0, first.stream>>>(
+              static_cast<const A*>(first.x), layers, first.tables, static_cast<int>(first.rows),
+              first.in);
+          return cudaGetLastError();
+        };
+        constexpr auto kStore = GemvEpilogue::kStore;
+        constexpr auto kSiluMul = GemvEpilogue::kSiluMul;
+        if (lane_chunks == 2) {
+          return epilogue == kStore
+                     ? launch(linear_4bit_mma_gemv_kernel<A, C, Decoder, 2, kStore>)
+                     : launch(linear_4bit_mma_gemv_kernel<A, C, Decoder, 2, kSiluMul>);
+        }
+        return epilogue == kStore ? launch(linear_4bit_mma_gemv_kernel<A, C, Decoder, 1, kStore>)
+                                  : launch(linear_4bit_mma_gemv_kernel<A, C, Decoder, 1, kSiluMul>);
       });
     }
   });
@@ -815,6 +958,33 @@ Status check_4bit_call(const void* x, const FourBitWeightDevice& weight, std::in
   return ok_status();
 }
 
+// The validated call of one layer (check_4bit_call first).
+FourBitCall make_4bit_call(const LinearContext& context, const void* x, const FourBitLayer& layer,
+                           std::int64_t rows, std::int64_t in, DType compute_dtype, DType dtype,
+                           cpu::FourBitDecode decode) {
+  const FourBitWeightDevice& weight = layer.weight;
+  const FourBitSource source{weight.packed,
+                             weight.absmax,
+                             weight.absmax_codes,
+                             weight.nested_absmax,
+                             weight.nested_offset,
+                             log2_of(weight.block_size),
+                             is_aligned_16(weight.packed)};
+  return {x,
+          source,
+          make_tables(weight.type),
+          weight.weight_dtype,
+          layer.bias,
+          rows,
+          in,
+          layer.out,
+          compute_dtype,
+          layer.y,
+          dtype,
+          cpu::takes_4bit_product_decode(decode, rows, compute_dtype),
+          context.stream()};
+}
+
 }  // namespace
 
 cudaError_t finish_linear_rows(const float* sums, std::int64_t rows, std::int64_t out,
@@ -843,39 +1013,34 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
                    Linear4bitKernel kernel) {
   KBIT_RETURN_IF_ERROR(check_4bit_call(x, weight, rows, in, out, compute_dtype, y, dtype));
   if (rows == 0) return ok_status();
-  const FourBitSource source{weight.packed,
-                             weight.absmax,
-                             weight.absmax_codes,
-                             weight.nested_absmax,
-                             weight.nested_offset,
-                             log2_of(weight.block_size),
-                             is_aligned_16(weight.packed)};
-  const FourBitCall call{x,
-                         source,
-                         make_tables(weight.type),
-                         weight.weight_dtype,
-                         bias,
-                         rows,
-                         in,
-                         out,
-                         compute_dtype,
-                         y,
-                         dtype,
-                         cpu::takes_4bit_product_decode(decode, rows, compute_dtype),
-                         context.stream()};
+  const FourBitCall call =
+      make_4bit_call(context, x, {weight, bias, out, y}, rows, in, compute_dtype, dtype, decode);
+  const std::span<const FourBitCall> calls(&call, 1);
   if (kernel == Linear4bitKernel::kAuto) {
-    kernel = tensor_core_gemv_applies(call)   ? Linear4bitKernel::kTensorCoreGemv
+    const int lane_chunks = tensor_core_lane_chunks(calls);
+    kernel = lane_chunks == 2                 ? Linear4bitKernel::kTensorCoreGemvLines
+             : lane_chunks == 1               ? Linear4bitKernel::kTensorCoreGemv
              : rows <= kLinear4bitGemvMaxRows ? Linear4bitKernel::kGemv
                                               : Linear4bitKernel::kManyRows;
   }
   switch (kernel) {
+    case Linear4bitKernel::kTensorCoreGemvLines:
+      if (!tensor_core_gemv_applies(call, 2)) {
+        return invalid_argument(
+            "linear_4bit: the whole-line tensor-core GEMV needs at most 8 rows, an f16 or bf16 "
+            "compute dtype, inputs a multiple of 256, blocks of at least 64 values and 16-byte "
+            "aligned x and packed weight");
+      }
+      return cuda_status(launch_tensor_core_gemv(calls, 2, GemvEpilogue::kStore),
+                         "linear_4bit: tensor-core GEMV kernel");
     case Linear4bitKernel::kTensorCoreGemv:
-      if (!tensor_core_gemv_applies(call)) {
+      if (!tensor_core_gemv_applies(call, 1)) {
         return invalid_argument(
             "linear_4bit: the tensor-core GEMV needs at most 8 rows, an f16 or bf16 compute "
             "dtype, inputs a multiple of 128 and 16-byte aligned x and packed weight");
       }
-      return cuda_status(launch_tensor_core_gemv(call), "linear_4bit: tensor-core GEMV kernel");
+      return cuda_status(launch_tensor_core_gemv(calls, 1, GemvEpilogue::kStore),
+                         "linear_4bit: tensor-core GEMV kernel");
     case Linear4bitKernel::kGemv:
       if (rows > kLinear4bitGemvMaxRows) {
         return invalid_argument("linear_4bit: the GEMV kernel takes at most 8 rows, not " +
@@ -887,6 +1052,50 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
       break;
   }
   return linear_4bit_many_rows(context, call);
+}
+
+Status linear_4bit_layers(LinearContext& context, const void* x,
+                          std::span<const FourBitLayer> layers, std::int64_t rows, std::int64_t in,
+                          DType compute_dtype, DType dtype, cpu::FourBitDecode decode,
+                          Linear4bitEpilogue epilogue) {
+  const bool silu_mul_epilogue = epilogue == Linear4bitEpilogue::kSiluMul;
+  if (layers.empty() || layers.size() > kMaxFused4bitLayers) {
+    return invalid_argument("linear_4bit_layers: takes 1 to " +
+                            std::to_string(kMaxFused4bitLayers) + " layers, not " +
+                            std::to_string(layers.size()));
+  }
+  if (silu_mul_epilogue && (layers.size() != 2 || layers[0].out != layers[1].out)) {
+    return invalid_argument(
+        "linear_4bit_layers: the SiLU·mul epilogue takes two layers (gate, up) of equal outputs");
+  }
+  for (const FourBitLayer& layer : layers) {
+    KBIT_RETURN_IF_ERROR(
+        check_4bit_call(x, layer.weight, rows, in, layer.out, compute_dtype, layer.y, dtype));
+  }
+  if (rows == 0) return ok_status();
+  std::array<FourBitCall, kMaxFused4bitLayers> storage;
+  bool shared_types = true;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    storage[i] = make_4bit_call(context, x, layers[i], rows, in, compute_dtype, dtype, decode);
+    shared_types = shared_types && layers[i].weight.type == layers[0].weight.type &&
+                   layers[i].weight.weight_dtype == layers[0].weight.weight_dtype;
+  }
+  const std::span<const FourBitCall> calls(storage.data(), layers.size());
+  const int lane_chunks = shared_types ? tensor_core_lane_chunks(calls) : 0;
+  if (lane_chunks > 0) {
+    return cuda_status(
+        launch_tensor_core_gemv(calls, lane_chunks,
+                                silu_mul_epilogue ? GemvEpilogue::kSiluMul : GemvEpilogue::kStore),
+        "linear_4bit_layers: tensor-core GEMV kernel");
+  }
+  for (const FourBitLayer& layer : layers) {
+    KBIT_RETURN_IF_ERROR(linear_4bit(context, x, layer.weight, layer.bias, rows, in, layer.out,
+                                     compute_dtype, layer.y, dtype, decode));
+  }
+  if (!silu_mul_epilogue) return ok_status();
+  return cuda_status(
+      silu_mul(layers[0].y, layers[1].y, rows * layers[0].out, dtype, context.stream()),
+      "linear_4bit_layers: silu_mul");
 }
 
 }  // namespace kbit::kernels::cuda

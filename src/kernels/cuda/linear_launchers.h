@@ -108,20 +108,50 @@ struct FourBitWeightDevice {
 // Layouts: those of is_supported_4bit_layout, and in a multiple of 32. No pointer needs any
 // alignment beyond its element's (16-byte aligned x and packed take vector loads).
 //
-// The kernels, each reading every packed byte once (kAuto picks the first that applies):
-//   kTensorCoreGemv  rows <= kLinear4bitGemvMaxRows, compute dtype f16 or bf16, in a multiple of
-//                    128, x and packed 16-byte aligned: weights decoded in registers into MMAs.
-//   kGemv            rows <= kLinear4bitGemvMaxRows: decoded on the CUDA cores, any layout.
-//   kManyRows        any rows: chunks of weight dequantized into cuBLAS GEMMs.
+// The kernels, each reading every packed byte once (kAuto picks the first that applies, whole
+// lines only up to 4 rows, beyond which half lines measured faster):
+//   kTensorCoreGemvLines  rows <= kLinear4bitGemvMaxRows, compute dtype f16 or bf16, in a
+//                         multiple of 256, quantization blocks of at least 64 values, x and
+//                         packed 16-byte aligned: weights decoded in registers into MMAs, each
+//                         group of four lanes reading whole 128-byte lines of codes.
+//   kTensorCoreGemv       the same with in a multiple of 128 and any block size, half lines.
+//   kGemv                 rows <= kLinear4bitGemvMaxRows: decoded on the CUDA cores, any layout.
+//   kManyRows             any rows: chunks of weight dequantized into cuBLAS GEMMs.
 // The tests and the kernel workbench name one to check and time it; a named kernel that does not
 // apply to the call is an invalid argument.
 inline constexpr std::int64_t kLinear4bitGemvMaxRows = 8;
-enum class Linear4bitKernel { kAuto, kTensorCoreGemv, kGemv, kManyRows };
+enum class Linear4bitKernel { kAuto, kTensorCoreGemvLines, kTensorCoreGemv, kGemv, kManyRows };
 Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDevice& weight,
                    const void* bias, std::int64_t rows, std::int64_t in, std::int64_t out,
                    DType compute_dtype, void* y, DType dtype,
                    cpu::FourBitDecode decode = cpu::FourBitDecode::kExact,
                    Linear4bitKernel kernel = Linear4bitKernel::kAuto);
+
+// ---- Several 4-bit layers of one input ----------------------------------------------------------
+// One Linear4bit layer of a group that reads the same x.
+struct FourBitLayer {
+  FourBitWeightDevice weight;
+  const void* bias;  // [out] of the activation dtype, or nullptr
+  std::int64_t out;
+  void* y;  // [rows, out] of the activation dtype
+};
+inline constexpr std::size_t kMaxFused4bitLayers = 3;
+enum class Linear4bitEpilogue {
+  kStore,    // each layer's y gets its output
+  kSiluMul,  // two layers, gate and up: gate's y gets silu_mul(gate, up); up's y is scratch
+};
+// `layers` (1 to kMaxFused4bitLayers) applied to the same x [rows, in], each with the bits that
+// linear_4bit(context, x, layer.weight, layer.bias, rows, in, layer.out, compute_dtype, layer.y,
+// dtype, decode) gives, in one launch of the tensor-core GEMV where it applies to every layer
+// and their weights share the code type and dtype (a decode step's q, k and v; its gate and up),
+// else one linear_4bit call each. With kSiluMul the two layers have equal out, and gate's y
+// receives what silu_mul (llama_launchers.h) computes from the two outputs; up's y may be
+// overwritten. Every layer is validated as linear_4bit validates its call.
+Status linear_4bit_layers(LinearContext& context, const void* x,
+                          std::span<const FourBitLayer> layers, std::int64_t rows, std::int64_t in,
+                          DType compute_dtype, DType dtype,
+                          cpu::FourBitDecode decode = cpu::FourBitDecode::kExact,
+                          Linear4bitEpilogue epilogue = Linear4bitEpilogue::kStore);
 
 // ---- int8 ---------------------------------------------------------------------------------------
 struct Int8WeightDevice {

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <sstream>
@@ -34,6 +35,7 @@
 #include "kernels/cpu/quantized_linear.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
+#include "kernels/cuda/llama_launchers.h"
 #include "testing/shared_data.h"
 
 namespace kbit::kernels::cuda {
@@ -427,11 +429,13 @@ std::vector<float> row_of(const std::vector<float>& matrix, std::int64_t row, st
 
 // kAuto last: `actual` below is what the library picks.
 constexpr Linear4bitKernel kFourBitKernels[] = {
-    Linear4bitKernel::kTensorCoreGemv, Linear4bitKernel::kGemv, Linear4bitKernel::kManyRows,
-    Linear4bitKernel::kAuto};
+    Linear4bitKernel::kTensorCoreGemvLines, Linear4bitKernel::kTensorCoreGemv,
+    Linear4bitKernel::kGemv, Linear4bitKernel::kManyRows, Linear4bitKernel::kAuto};
 
 const char* kernel_name(Linear4bitKernel kernel) {
   switch (kernel) {
+    case Linear4bitKernel::kTensorCoreGemvLines:
+      return "whole-line tensor-core GEMV";
     case Linear4bitKernel::kTensorCoreGemv:
       return "tensor-core GEMV";
     case Linear4bitKernel::kGemv:
@@ -447,9 +451,12 @@ const char* kernel_name(Linear4bitKernel kernel) {
 // The contract of linear_launchers.h.
 bool kernel_applies(const FourBitCase& c, Linear4bitKernel kernel) {
   const bool gemv = c.rows <= kLinear4bitGemvMaxRows;
+  const bool tensor_cores = gemv && c.compute_dtype != DType::kF32 && !c.misaligned;
   switch (kernel) {
+    case Linear4bitKernel::kTensorCoreGemvLines:
+      return tensor_cores && c.in % 256 == 0 && c.block_size >= 64;
     case Linear4bitKernel::kTensorCoreGemv:
-      return gemv && c.compute_dtype != DType::kF32 && c.in % 128 == 0 && !c.misaligned;
+      return tensor_cores && c.in % 128 == 0;
     case Linear4bitKernel::kGemv:
       return gemv;
     case Linear4bitKernel::kManyRows:
@@ -604,6 +611,150 @@ TEST(CudaLinear4bit, RejectsBadCalls) {
   EXPECT_EQ(call(plain, 4096, 64, DType::kF32), StatusCode::kInvalidArgument);
   // No rows: nothing to do.
   EXPECT_EQ(call(plain, 0, 64, DType::kF32), StatusCode::kOk);
+}
+
+// ---- linear_4bit_layers.
+
+struct LayersCase {
+  std::int64_t rows;
+  std::int64_t in;
+  std::vector<std::int64_t> outs;
+  Linear4bitEpilogue epilogue;
+  FourBitType type;
+  std::int64_t block_size;
+  bool nested;
+  DType compute_dtype;
+  DType dtype;  // activations
+  bool bias;
+  FourBitDecode decode;
+  std::vector<FourBitType> types = {};  // per layer where they differ (which falls back)
+};
+
+// The layers in one launch give the bits of one linear_4bit call per layer (and silu_mul after
+// gate and up): the fused kernel sums each layer as the single-layer kernel does.
+void check_layers_case(const LayersCase& c, std::uint64_t seed) {
+  TestStream stream;
+  const std::int64_t widest = *std::max_element(c.outs.begin(), c.outs.end());
+  const auto context = make_context(stream, c.rows, c.in, widest);
+  const Tensor x_host = random_host({c.rows, c.in}, c.dtype, seed, 1.0f);
+  Tensor x_storage;
+  const void* x = upload(x_host.view(), 0, x_storage);
+  const std::size_t count = c.outs.size();
+  std::vector<DeviceFourBitWeight> weights(count);
+  std::vector<Tensor> bias_storage(count);
+  std::vector<Tensor> expected;
+  std::vector<Tensor> actual;
+  std::vector<FourBitLayer> layers;
+  for (std::size_t i = 0; i < count; ++i) {
+    const FourBitType type = c.types.empty() ? c.type : c.types[i];
+    const FourBitCase layer{c.rows,          c.outs[i], c.in,    type,   c.block_size, c.nested,
+                            c.compute_dtype, c.dtype,   c.dtype, c.bias, 0.02f};
+    upload_weight(layer, quantize_weight(layer, seed + 10 * (i + 1)), weights[i]);
+    const void* bias =
+        c.bias ? upload(random_host({c.outs[i]}, c.dtype, seed + 10 * i + 5, 0.5f).view(), 0,
+                        bias_storage[i])
+               : nullptr;
+    expected.push_back(poisoned_device({c.rows, c.outs[i]}, c.dtype));
+    actual.push_back(poisoned_device({c.rows, c.outs[i]}, c.dtype));
+    check(linear_4bit(*context, x, weights[i].view, bias, c.rows, c.in, c.outs[i], c.compute_dtype,
+                      expected[i].view().data(), c.dtype, c.decode));
+    layers.push_back({weights[i].view, bias, c.outs[i], actual[i].view().data()});
+  }
+  const bool silu = c.epilogue == Linear4bitEpilogue::kSiluMul;
+  if (silu) {
+    check_cuda(silu_mul(expected[0].view().data(), expected[1].view().data(), c.rows * c.outs[0],
+                        c.dtype, stream.get()),
+               "silu_mul");
+  }
+  check(linear_4bit_layers(*context, x, layers, c.rows, c.in, c.compute_dtype, c.dtype, c.decode,
+                           c.epilogue));
+  stream.synchronize();
+  for (std::size_t i = 0; i < (silu ? 1 : count); ++i) {
+    const std::vector<float> want = download(expected[i]);
+    const std::vector<float> got = download(actual[i]);
+    std::int64_t differing = 0;
+    for (std::size_t k = 0; k < want.size(); ++k) {
+      if (std::memcmp(&want[k], &got[k], sizeof(float)) != 0 && ++differing <= 5) {
+        ADD_FAILURE() << "layer " << i << ", y[" << k << "] = " << got[k] << ", one call gives "
+                      << want[k];
+      }
+    }
+    EXPECT_EQ(differing, 0) << "layer " << i;
+  }
+}
+
+TEST(CudaLinear4bitLayers, MatchSeparateCalls) {
+  KBIT_REQUIRE_CUDA();
+  constexpr auto kStore = Linear4bitEpilogue::kStore;
+  constexpr auto kSiluMul = Linear4bitEpilogue::kSiluMul;
+  constexpr auto kNf4 = FourBitType::kNf4;
+  constexpr auto kFp4 = FourBitType::kFp4;
+  constexpr auto kBnb = FourBitDecode::kBitsandbytes;
+  constexpr auto kExact = FourBitDecode::kExact;
+  const LayersCase cases[] = {
+      // q, k and v of a GQA shape: whole lines, then half lines (in % 256 != 0), then several
+      // rows with the exact decode, f32 activations and a bias.
+      {1, 512, {100, 32, 48}, kStore, kNf4, 64, true, DType::kBF16, DType::kBF16, false, kBnb},
+      {5, 384, {64, 16, 16}, kStore, kFp4, 32, false, DType::kF16, DType::kF32, true, kExact},
+      {8, 1024, {256, 64, 64}, kStore, kNf4, 128, false, DType::kBF16, DType::kBF16, true, kBnb},
+      // gate and up with silu_mul.
+      {1, 1024, {200, 200}, kSiluMul, kNf4, 64, true, DType::kBF16, DType::kBF16, false, kBnb},
+      {7, 256, {48, 48}, kSiluMul, kFp4, 64, false, DType::kBF16, DType::kF32, true, kExact},
+      // Falling back to one call per layer: an f32 compute dtype, 9 rows, mixed code types.
+      {3, 256, {40, 24, 24}, kStore, kNf4, 64, false, DType::kF32, DType::kF32, true, kExact},
+      {9, 256, {32, 32}, kSiluMul, kNf4, 64, true, DType::kBF16, DType::kBF16, false, kBnb},
+      {2,
+       512,
+       {64, 32},
+       kStore,
+       kNf4,
+       64,
+       false,
+       DType::kBF16,
+       DType::kBF16,
+       false,
+       kBnb,
+       {kNf4, kFp4}},
+  };
+  std::uint64_t seed = 5000;
+  for (const LayersCase& c : cases) {
+    SCOPED_TRACE("rows " + std::to_string(c.rows) + ", in " + std::to_string(c.in) + ", " +
+                 std::to_string(c.outs.size()) + " layers" +
+                 (c.epilogue == kSiluMul ? ", SiLU·mul" : ""));
+    check_layers_case(c, seed);
+    seed += 100;
+  }
+}
+
+TEST(CudaLinear4bitLayers, RejectsBadCalls) {
+  KBIT_REQUIRE_CUDA();
+  TestStream stream;
+  const auto context = make_context(stream, 1, 64, 64);
+  Tensor buffer = poisoned_device({64 * 64}, DType::kF32);
+  float* data = buffer.data_as<float>();
+  const FourBitWeightDevice weight{buffer.data_as<const std::uint8_t>(),
+                                   FourBitType::kNf4,
+                                   64,
+                                   data,
+                                   nullptr,
+                                   nullptr,
+                                   0.0f,
+                                   DType::kBF16};
+  const FourBitLayer layer{weight, nullptr, 64, data};
+  const FourBitLayer narrow{weight, nullptr, 32, data};
+  const auto call = [&](std::vector<FourBitLayer> layers, Linear4bitEpilogue epilogue) {
+    return linear_4bit_layers(*context, data, layers, 1, 64, DType::kBF16, DType::kBF16,
+                              FourBitDecode::kExact, epilogue)
+        .code();
+  };
+  EXPECT_EQ(call({}, Linear4bitEpilogue::kStore), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer, layer, layer, layer}, Linear4bitEpilogue::kStore),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer}, Linear4bitEpilogue::kSiluMul), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer, narrow}, Linear4bitEpilogue::kSiluMul), StatusCode::kInvalidArgument);
+  FourBitLayer bad = layer;
+  bad.weight.block_size = 48;
+  EXPECT_EQ(call({layer, bad}, Linear4bitEpilogue::kStore), StatusCode::kInvalidArgument);
 }
 
 // ---- LinearContext and the workspace layout.

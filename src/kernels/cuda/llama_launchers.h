@@ -44,7 +44,8 @@ cudaError_t add_residual(void* hidden, const void* delta, std::int64_t count, DT
 // inv_freq[i]; bf16: cos, sin, each product and the sum rounded), then the rotated k and v of
 // the `tokens` new positions written into the cache rows *first_position + t. q is rotated in
 // place; k and v are read only. The caller keeps *first_position + tokens <= the cache's
-// capacity: the job carries no capacity, so the kernel cannot check it.
+// capacity (a token past it is skipped, below). cudaErrorInvalidValue unless head_dim is even and
+// at most 256, heads + kv_heads <= 262 140 and sequences divides tokens.
 struct RopeAppendJob {
   void* q;        // [tokens, heads, head_dim]
   const void* k;  // [tokens, kv_heads, head_dim]

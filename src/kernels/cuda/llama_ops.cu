@@ -16,8 +16,9 @@
 //     the row length is a multiple of 8 and the pointers aligned, else single values. The norm
 //     reads the row twice (sum of squares, then the scaling), each thread the same elements both
 //     times, so the residual it wrote back needs no barrier.
-//   - rope_append_kv: one block per token; cos and sin of the token's angles once in shared
-//     memory, then one thread per (head, pair).
+//   - rope_append_kv: a block per (token, group of kRopeHeadsPerBlock heads of q and k), so that
+//     one decode token fills many SMs; cos and sin of the token's angles in shared memory, then
+//     one thread per (head, pair).
 //   - attention, decode (one query): flash-decoding. The keys [0, capacity) fall into chunks of
 //     kDecodeChunk; block (chunk, head) computes the partial softmax of the chunk's keys in the
 //     valid range (max m, sum l of exp(s − m), acc = Σ exp(s − m)·v) into the workspace, and a
@@ -51,6 +52,7 @@ constexpr std::int64_t kElementwiseMaxBlocks = 4096;  // grid-stride beyond this
 constexpr int kEmbeddingThreads = 256;
 constexpr int kNormMaxThreads = 1024;
 constexpr int kRopeThreads = 128;
+constexpr int kRopeHeadsPerBlock = 4;  // a token's heads spread over blocks: decode has one token
 constexpr int kMaxHeadDim = 256;
 
 constexpr int kDecodeChunk = 256;  // keys per decode block
@@ -172,14 +174,10 @@ struct AddOp {
   __device__ float operator()(float hidden, float delta) const { return __fadd_rn(hidden, delta); }
 };
 
-// silu_mul_reference: g / (1 + exp(−g)) · up, with silu's result rounded in bf16 (the store
-// rounds the product).
+// silu_mul_reference (silu_mul_value; the store rounds the product).
 template <typename T>
 struct SiluMulOp {
-  __device__ float operator()(float gate, float up) const {
-    const float silu = round_as<T>(__fdiv_rn(gate, __fadd_rn(1.0f, expf(-gate))));
-    return __fmul_rn(silu, up);
-  }
+  __device__ float operator()(float gate, float up) const { return silu_mul_value<T>(gate, up); }
 };
 
 // out[i] = In → Out (in[i]) for i in [0, count).
@@ -275,7 +273,9 @@ int row_threads(std::int64_t units, int max_threads) {
 
 // ---- RoPE and the cache append.
 
-// Block t takes token t (see rope_append_kv).
+// Block (t, g) takes token t's heads [g · kRopeHeadsPerBlock, + kRopeHeadsPerBlock) of the
+// heads + kv_heads rows of q and k (see rope_append_kv); the block that rotates k head h also
+// copies v head h into the cache.
 template <typename T>
 __global__ void __launch_bounds__(kRopeThreads) rope_append_kv_kernel(const RopeAppendJob job) {
   __shared__ float cos_of[kMaxHeadDim / 2];
@@ -289,6 +289,8 @@ __global__ void __launch_bounds__(kRopeThreads) rope_append_kv_kernel(const Rope
   const int half = head_dim / 2;
   const int heads = static_cast<int>(job.heads);
   const int kv_heads = static_cast<int>(job.kv_heads);
+  const int first_head = static_cast<int>(blockIdx.y) * kRopeHeadsPerBlock;
+  const int block_heads = min(kRopeHeadsPerBlock, heads + kv_heads - first_head);
 
   // rope_reference: angle = f32(position) · inv_freq[i], cos and sin in f32 (cosf and sinf, as
   // std::cos(float) and std::sin(float)), rounded to bf16 in a bf16 model.
@@ -303,8 +305,8 @@ __global__ void __launch_bounds__(kRopeThreads) rope_append_kv_kernel(const Rope
   T* q = static_cast<T*>(job.q) + t * heads * head_dim;
   const T* k = static_cast<const T*>(job.k) + t * kv_heads * head_dim;
   T* k_row = static_cast<T*>(job.k_cache) + cache_row * kv_heads * head_dim;
-  for (int pair = threadIdx.x; pair < (heads + kv_heads) * half; pair += blockDim.x) {
-    const int head = pair / half;
+  for (int pair = threadIdx.x; pair < block_heads * half; pair += blockDim.x) {
+    const int head = first_head + pair / half;
     const int i = pair % half;
     const bool is_query = head < heads;
     const T* source = is_query ? q + head * head_dim : k + (head - heads) * head_dim;
@@ -319,9 +321,15 @@ __global__ void __launch_bounds__(kRopeThreads) rope_append_kv_kernel(const Rope
         from_float<T>(__fadd_rn(round_as<T>(__fmul_rn(b, c)), round_as<T>(__fmul_rn(a, s))));
   }
 
+  const int first_kv_head = max(first_head - heads, 0);
+  const int last_kv_head = first_head + block_heads - heads;  // exclusive
+  if (last_kv_head <= first_kv_head) return;
   const T* v = static_cast<const T*>(job.v) + t * kv_heads * head_dim;
   T* v_row = static_cast<T*>(job.v_cache) + cache_row * kv_heads * head_dim;
-  for (int i = threadIdx.x; i < kv_heads * head_dim; i += blockDim.x) v_row[i] = v[i];
+  for (int i = first_kv_head * head_dim + static_cast<int>(threadIdx.x);
+       i < last_kv_head * head_dim; i += blockDim.x) {
+    v_row[i] = v[i];
+  }
 }
 
 // ---- Attention.
@@ -747,14 +755,18 @@ cudaError_t add_residual(void* hidden, const void* delta, std::int64_t count, DT
 cudaError_t rope_append_kv(const RopeAppendJob& job, cudaStream_t stream) {
   if (job.tokens < 0 || job.heads <= 0 || job.kv_heads <= 0 || job.head_dim <= 0 ||
       job.head_dim % 2 != 0 || job.head_dim > kMaxHeadDim || job.tokens > INT32_MAX ||
-      (job.heads + job.kv_heads) * job.head_dim > INT32_MAX || job.sequences < 1 ||
+      (job.heads + job.kv_heads) * job.head_dim > INT32_MAX ||
+      job.heads + job.kv_heads > std::int64_t{kRopeHeadsPerBlock} * 65535 || job.sequences < 1 ||
       job.tokens % job.sequences != 0) {
     return cudaErrorInvalidValue;
   }
   if (job.tokens == 0) return cudaSuccess;
   return visit_activation_dtype(job.dtype, [&](auto type) {
     using T = typename decltype(type)::type;
-    rope_append_kv_kernel<T><<<static_cast<unsigned>(job.tokens), kRopeThreads, 0, stream>>>(job);
+    const auto head_groups = static_cast<unsigned>(
+        (job.heads + job.kv_heads + kRopeHeadsPerBlock - 1) / kRopeHeadsPerBlock);
+    rope_append_kv_kernel<T>
+        <<<dim3(static_cast<unsigned>(job.tokens), head_groups), kRopeThreads, 0, stream>>>(job);
     return cudaGetLastError();
   });
 }

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "core/cuda_runtime.h"
 #include "kbit/core/allocator.h"
@@ -79,6 +81,19 @@ struct CudaLlama::Impl {
 
   DType dtype() const { return numerics.activation_dtype; }
 
+  static kc::FourBitWeightDevice four_bit_weight(const LinearWeight& w) {
+    const io::QuantState& state = w.quant_state();
+    const bool nested = state.nested.has_value();
+    return {w.packed().data_as<const std::uint8_t>(),
+            state.type,
+            state.blocksize,
+            nested ? nullptr : w.absmax().data_as<const float>(),
+            nested ? w.absmax().data_as<const std::uint8_t>() : nullptr,
+            nested ? w.nested_absmax().data_as<const float>() : nullptr,
+            nested ? state.nested->offset : 0.0f,
+            state.dtype};
+  }
+
   Status linear(KvCache::DeviceState& s, const DeviceLinear& layer, const void* x,
                 std::int64_t rows, void* y) const {
     const LinearWeight& w = layer.weight;
@@ -87,23 +102,11 @@ struct CudaLlama::Impl {
       case LinearFormat::kFloat:
         return kc::linear_float(*s.linear, x, w.float_weight().data(), bias, rows, w.in_features(),
                                 w.out_features(), y, dtype());
-      case LinearFormat::kFourBit: {
-        const io::QuantState& state = w.quant_state();
-        const bool nested = state.nested.has_value();
-        const kc::FourBitWeightDevice weight{
-            w.packed().data_as<const std::uint8_t>(),
-            state.type,
-            state.blocksize,
-            nested ? nullptr : w.absmax().data_as<const float>(),
-            nested ? w.absmax().data_as<const std::uint8_t>() : nullptr,
-            nested ? w.nested_absmax().data_as<const float>() : nullptr,
-            nested ? state.nested->offset : 0.0f,
-            state.dtype};
+      case LinearFormat::kFourBit:
         // Decode steps decode the weights as bitsandbytes' batch-1 kernel does.
-        return kc::linear_4bit(*s.linear, x, weight, bias, rows, w.in_features(), w.out_features(),
-                               numerics.compute_dtype, y, dtype(),
+        return kc::linear_4bit(*s.linear, x, four_bit_weight(w), bias, rows, w.in_features(),
+                               w.out_features(), numerics.compute_dtype, y, dtype(),
                                kernels::cpu::FourBitDecode::kBitsandbytes);
-      }
       case LinearFormat::kInt8: {
         const kc::Int8WeightDevice weight{w.codes().data_as<const std::int8_t>(),
                                           w.row_absmax().data_as<const float>()};
@@ -112,6 +115,35 @@ struct CudaLlama::Impl {
       }
     }
     return internal_error("unknown Linear format");
+  }
+
+  // Layers of the same x (q, k and v; gate and up), ys[i] = layers[i](x): in one launch where
+  // all are 4-bit (linear_4bit_layers), else one call each. With kSiluMul (gate, up), ys[0] =
+  // silu_mul(gate, up) and ys[1] is scratch.
+  Status linears(KvCache::DeviceState& s, std::initializer_list<const DeviceLinear*> layers,
+                 const void* x, std::int64_t rows, std::initializer_list<void*> ys,
+                 kc::Linear4bitEpilogue epilogue = kc::Linear4bitEpilogue::kStore) const {
+    const auto is_4bit = [](const DeviceLinear* layer) {
+      return layer->weight.format() == LinearFormat::kFourBit;
+    };
+    if (std::all_of(layers.begin(), layers.end(), is_4bit)) {
+      std::vector<kc::FourBitLayer> four_bit;
+      auto y = ys.begin();
+      for (const DeviceLinear* layer : layers) {
+        const void* bias = layer->bias.numel() > 0 ? layer->bias.view().data() : nullptr;
+        four_bit.push_back(
+            {four_bit_weight(layer->weight), bias, layer->weight.out_features(), *y++});
+      }
+      return kc::linear_4bit_layers(*s.linear, x, four_bit, rows,
+                                    (*layers.begin())->weight.in_features(), numerics.compute_dtype,
+                                    dtype(), kernels::cpu::FourBitDecode::kBitsandbytes, epilogue);
+    }
+    auto y = ys.begin();
+    for (const DeviceLinear* layer : layers) KBIT_RETURN_IF_ERROR(linear(s, *layer, x, rows, *y++));
+    if (epilogue == kc::Linear4bitEpilogue::kStore) return ok_status();
+    const std::int64_t count = rows * (*layers.begin())->weight.out_features();
+    return cuda_status(kc::silu_mul(*ys.begin(), *(ys.begin() + 1), count, dtype(), s.stream),
+                       "silu_mul");
   }
 
   // hidden (+= delta) and normed = rms_norm(hidden) · weight over `rows` rows.
@@ -193,18 +225,14 @@ struct CudaLlama::Impl {
     for (std::size_t l = 0; l < weights.layers.size(); ++l) {
       const DeviceLayer& layer = weights.layers[l];
       KBIT_RETURN_IF_ERROR(add_norm(s, pending_delta, layer.input_norm, rows));
-      KBIT_RETURN_IF_ERROR(linear(s, layer.q, s.normed.view().data(), rows, s.q.view().data()));
-      KBIT_RETURN_IF_ERROR(linear(s, layer.k, s.normed.view().data(), rows, s.k.view().data()));
-      KBIT_RETURN_IF_ERROR(linear(s, layer.v, s.normed.view().data(), rows, s.v.view().data()));
+      KBIT_RETURN_IF_ERROR(linears(s, {&layer.q, &layer.k, &layer.v}, s.normed.view().data(), rows,
+                                   {s.q.view().data(), s.k.view().data(), s.v.view().data()}));
       KBIT_RETURN_IF_ERROR(attention(s, l, first_sequence, sequences, per_sequence));
       KBIT_RETURN_IF_ERROR(linear(s, layer.o, s.attn.view().data(), rows, s.proj.view().data()));
       KBIT_RETURN_IF_ERROR(add_norm(s, true, layer.post_attention_norm, rows));
-      KBIT_RETURN_IF_ERROR(
-          linear(s, layer.gate, s.normed.view().data(), rows, s.gate.view().data()));
-      KBIT_RETURN_IF_ERROR(linear(s, layer.up, s.normed.view().data(), rows, s.up.view().data()));
-      KBIT_RETURN_IF_ERROR(cuda_status(kc::silu_mul(s.gate.view().data(), s.up.view().data(),
-                                                    rows * c.intermediate_size, dtype(), s.stream),
-                                       "silu_mul"));
+      KBIT_RETURN_IF_ERROR(linears(s, {&layer.gate, &layer.up}, s.normed.view().data(), rows,
+                                   {s.gate.view().data(), s.up.view().data()},
+                                   kc::Linear4bitEpilogue::kSiluMul));
       KBIT_RETURN_IF_ERROR(linear(s, layer.down, s.gate.view().data(), rows, s.proj.view().data()));
       pending_delta = true;
     }
