@@ -55,6 +55,17 @@ def labelled_targets(labels):
     return int((labels[:, 1:] != -100).sum())
 
 
+def reference_batch(script_file):
+    """What each reference script starts from: the shared folder, the repository root, the
+    shakespeare-llama2 folder, the batch (input_ids, labels) and its count of labelled targets, printed."""
+    shared, root = shared_dir_and_root(script_file)
+    model_dir = os.path.join(shared, "models/shakespeare-llama2")
+    input_ids, labels = make_batch(shared, model_dir)
+    labelled = labelled_targets(labels)
+    print("input_ids", input_ids.tolist(), "\nlabelled targets", labelled)
+    return shared, root, model_dir, input_ids, labels, labelled
+
+
 def causal_lm_loss(logits, labels):
     """transformers' ForCausalLMLoss without its logits.float(): position t predicts label t+1, mean over
     the labelled (not -100) targets of the whole batch, in the logits' dtype."""

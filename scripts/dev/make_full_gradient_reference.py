@@ -22,14 +22,13 @@ Needs torch, transformers and safetensors (the venv of make_lora_gradient_refere
 Single thread, deterministic: a rerun writes the same bytes.
 """
 import collections
-import os
 
 import safetensors
 import torch
 import transformers
 
-from llama_reference_common import (BOS, command_line, double_float, forward_loss, labelled_targets, load_base,
-                                    make_batch, shared_dir_and_root, write_safetensors)
+from llama_reference_common import (BOS, command_line, double_float, forward_loss, load_base, reference_batch,
+                                    write_safetensors)
 
 OUT_NAME = "src/train/testdata/full_gradients_shakespeare_llama2.safetensors"
 EMBEDDING = "model.embed_tokens.weight"
@@ -92,12 +91,7 @@ def report(loss32, loss64, grads32, grads64, rows):
 
 
 def main():
-    shared, root = shared_dir_and_root(__file__)
-    model_dir = os.path.join(shared, "models/shakespeare-llama2")
-
-    input_ids, labels = make_batch(shared, model_dir)
-    labelled = labelled_targets(labels)
-    print("input_ids", input_ids.tolist(), "\nlabelled targets", labelled)
+    shared, root, model_dir, input_ids, labels, labelled = reference_batch(__file__)
 
     model = load_base(model_dir)
     weights = {name: p.detach().clone() for name, p in model.named_parameters()}

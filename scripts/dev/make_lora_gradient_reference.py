@@ -40,8 +40,8 @@ import safetensors
 import torch
 import transformers
 
-from llama_reference_common import (command_line, double_float, forward_loss, labelled_targets, load_base,
-                                    make_batch, shared_dir_and_root, write_safetensors)
+from llama_reference_common import (command_line, double_float, forward_loss, load_base, reference_batch,
+                                    write_safetensors)
 
 R, ALPHA = 8, 16
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -193,12 +193,7 @@ def check_bnb_against_golden(shared):
 
 
 def main():
-    shared, root = shared_dir_and_root(__file__)
-    model_dir = os.path.join(shared, "models/shakespeare-llama2")
-
-    input_ids, labels = make_batch(shared, model_dir)
-    labelled = labelled_targets(labels)
-    print("input_ids", input_ids.tolist(), "\nlabelled targets", labelled)
+    shared, root, model_dir, input_ids, labels, labelled = reference_batch(__file__)
     check_bnb_against_golden(shared)
     init = lora_init(model_dir)
 

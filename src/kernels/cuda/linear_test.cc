@@ -584,6 +584,19 @@ TEST(CudaLinear4bit, MatchesCpuReference) {
   }
 }
 
+// A plain NF4 weight (block 64, bf16) over poisoned device memory: for calls that must be refused
+// before a kernel reads it.
+FourBitWeightDevice placeholder_weight(const Tensor& buffer) {
+  return {buffer.data_as<const std::uint8_t>(),
+          FourBitType::kNf4,
+          64,
+          buffer.data_as<const float>(),
+          nullptr,
+          nullptr,
+          0.0f,
+          DType::kBF16};
+}
+
 TEST(CudaLinear4bit, RejectsBadCalls) {
   KBIT_REQUIRE_CUDA();
   TestStream stream;
@@ -591,8 +604,7 @@ TEST(CudaLinear4bit, RejectsBadCalls) {
   Tensor buffer = poisoned_device({64 * 64}, DType::kF32);
   float* data = buffer.data_as<float>();
   const auto* bytes = buffer.data_as<const std::uint8_t>();
-  const FourBitWeightDevice plain{bytes,   FourBitType::kNf4, 64,   data,
-                                  nullptr, nullptr,           0.0f, DType::kBF16};
+  const FourBitWeightDevice plain = placeholder_weight(buffer);
   const auto call = [&](const FourBitWeightDevice& weight, std::int64_t rows, std::int64_t in,
                         DType dtype) {
     return linear_4bit(*context, data, weight, nullptr, rows, in, 64, DType::kBF16, data, dtype)
@@ -732,14 +744,7 @@ TEST(CudaLinear4bitLayers, RejectsBadCalls) {
   const auto context = make_context(stream, 1, 64, 64);
   Tensor buffer = poisoned_device({64 * 64}, DType::kF32);
   float* data = buffer.data_as<float>();
-  const FourBitWeightDevice weight{buffer.data_as<const std::uint8_t>(),
-                                   FourBitType::kNf4,
-                                   64,
-                                   data,
-                                   nullptr,
-                                   nullptr,
-                                   0.0f,
-                                   DType::kBF16};
+  const FourBitWeightDevice weight = placeholder_weight(buffer);
   const FourBitLayer layer{weight, nullptr, 64, data};
   const FourBitLayer narrow{weight, nullptr, 32, data};
   const auto call = [&](std::vector<FourBitLayer> layers, Linear4bitEpilogue epilogue) {

@@ -3,8 +3,10 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -127,14 +129,15 @@ struct CudaLlama::Impl {
       return layer->weight.format() == LinearFormat::kFourBit;
     };
     if (std::all_of(layers.begin(), layers.end(), is_4bit)) {
-      std::vector<kc::FourBitLayer> four_bit;
+      std::array<kc::FourBitLayer, kc::kMaxFused4bitLayers> four_bit{};
+      std::size_t count = 0;
       auto y = ys.begin();
       for (const DeviceLinear* layer : layers) {
         const void* bias = layer->bias.numel() > 0 ? layer->bias.view().data() : nullptr;
-        four_bit.push_back(
-            {four_bit_weight(layer->weight), bias, layer->weight.out_features(), *y++});
+        four_bit.at(count++) = {four_bit_weight(layer->weight), bias, layer->weight.out_features(),
+                                *y++};
       }
-      return kc::linear_4bit_layers(*s.linear, x, four_bit, rows,
+      return kc::linear_4bit_layers(*s.linear, x, std::span(four_bit.data(), count), rows,
                                     (*layers.begin())->weight.in_features(), numerics.compute_dtype,
                                     dtype(), kernels::cpu::FourBitDecode::kBitsandbytes, epilogue);
     }
