@@ -38,6 +38,7 @@
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
 #include "kernels/cuda/llama_launchers.h"
+#include "kernels/cuda/overlapped_launch.cuh"
 
 namespace kbit::kernels::cuda {
 namespace {
@@ -575,6 +576,8 @@ __global__ void __launch_bounds__(kMmaThreads)
   load_absmax_map(tables, absmax_map);
   Decoder::load(tables, decode_tables);
   __syncthreads();
+  // Up to here only weights and tables: x and y belong to the kernels around this one.
+  wait_for_previous_kernels();
 
   float sums[kPasses][4] = {};
 #pragma unroll
@@ -598,6 +601,9 @@ __global__ void __launch_bounds__(kMmaThreads)
     }
   }
   // D fragment: (g, columns 2t, 2t + 1) and (g + 8, the same columns).
+  // The next kernel's blocks may take SMs from here on: at the start, as the shorter kernels
+  // do, they took them unevenly and a layer of 256 blocks ran 30% slower (BENCHMARKS.md).
+  allow_next_kernel_start();
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
     partial_sums[pass][warp][group][2 * quad] = sums[pass][0];
@@ -795,10 +801,9 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
         using Decoder = std::conditional_t<decltype(product)::value, ProductDecode<C>,
                                            ExactDecode<C, decltype(w)>>;
         const auto launch = [&](auto kernel) {
-          kernel<<<static_cast<unsigned>(blocks), kMmaThreads, 0, first.stream>>>(
-              static_cast<const A*>(first.x), layers, first.tables, static_cast<int>(first.rows),
-              first.in);
-          return cudaGetLastError();
+          return launch_overlapped(kernel, static_cast<unsigned>(blocks), kMmaThreads, 0,
+                                   first.stream, static_cast<const A*>(first.x), layers,
+                                   first.tables, static_cast<int>(first.rows), first.in);
         };
         constexpr auto kStore = GemvEpilogue::kStore;
         constexpr auto kSiluMul = GemvEpilogue::kSiluMul;

@@ -9,7 +9,8 @@
 // x, bias and y hold values of the activation dtype `dtype` (kF32 or kBF16), stored in it.
 // Every pointer is device memory. Launchers queue work on the stream of `blas` and return the
 // first error; none synchronises or allocates, so they can be captured in a CUDA graph
-// (cuBLAS is given its workspace by LinearContext).
+// (cuBLAS is given its workspace by LinearContext). The tensor-core 4-bit GEMV is launched to
+// overlap the kernel before it (overlapped_launch.cuh); that changes no result.
 #pragma once
 
 #include <cublasLt.h>

@@ -8,7 +8,8 @@
 // launch error (cudaSuccess when queued); none synchronises, allocates or reads device memory
 // from the host, so a sequence of them can be captured in a CUDA graph. Positions are read from
 // device memory (`first_position`, an int32 the host or an earlier kernel wrote), so that a
-// captured decode step replays at every position.
+// captured decode step replays at every position. The norms, RoPE and decode attention are
+// launched to overlap the kernel before them (overlapped_launch.cuh); that changes no result.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -97,8 +98,9 @@ struct AttentionJob {
   float* workspace;  // attention_workspace_floats(...) floats
   std::int64_t sequences = 1;
 };
-// The decode partials, sequences × heads × ceil(capacity / 256) × (head_dim + 2) floats; the
-// tiled kernel needs none. `tokens` does not change it: a call with one token takes the decode
+// The decode partials, sequences × heads × chunks × (head_dim + 2) floats (chunks of 32 keys,
+// or more so that there are at most 256: ceil(capacity / 32) up to 8 192 rows); the tiled kernel
+// needs none. `tokens` does not change it: a call with one token takes the decode
 // path however many tokens the workspace was sized for.
 std::size_t attention_workspace_floats(std::int64_t tokens, std::int64_t heads,
                                        std::int64_t head_dim, std::int64_t capacity,

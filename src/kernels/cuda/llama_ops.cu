@@ -19,12 +19,14 @@
 //   - rope_append_kv: a block per (token, group of kRopeHeadsPerBlock heads of q and k), so that
 //     one decode token fills many SMs; cos and sin of the token's angles in shared memory, then
 //     one thread per (head, pair).
-//   - attention, decode (one query): flash-decoding. The keys [0, capacity) fall into chunks of
-//     kDecodeChunk; block (chunk, head) computes the partial softmax of the chunk's keys in the
-//     valid range (max m, sum l of exp(s − m), acc = Σ exp(s − m)·v) into the workspace, and a
-//     second kernel combines a head's partials, each rescaled by exp(m − M). The grid depends
-//     only on capacity; blocks whose chunk misses the valid range return at once, and the
-//     combine reads only the chunks in the range (both derive it from the same device position).
+//   - attention, decode (one query): flash-decoding. The keys [0, capacity) fall into chunks
+//     (decode_chunk_keys: 32 keys, more beyond 8 192 rows); block (chunk, kv head) computes, for
+//     each query head of the kv head, the partial softmax of the chunk's keys in the valid range
+//     (max m, sum l of exp(s − m), acc = Σ exp(s − m)·v) into the workspace, reading each key
+//     once for all its query heads, and a second kernel combines a head's partials, each
+//     rescaled by exp(m − M). The grid depends only on capacity; blocks whose chunk misses the
+//     valid range return at once, and the combine reads only the chunks in the range (both
+//     derive it from the same device position).
 //   - attention, prefill: block (query tile of kQueryTile tokens, head); key tiles of kKeyTile
 //     keys, K and then V staged in shared memory as f32, from the first key the tile's first
 //     query sees to the last key its last query sees. Each warp owns kRowsPerWarp queries: lane c
@@ -40,6 +42,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/llama_launchers.h"
+#include "kernels/cuda/overlapped_launch.cuh"
 
 namespace kbit::kernels::cuda {
 namespace {
@@ -55,10 +58,12 @@ constexpr int kRopeThreads = 128;
 constexpr int kRopeHeadsPerBlock = 4;  // a token's heads spread over blocks: decode has one token
 constexpr int kMaxHeadDim = 256;
 
-constexpr int kDecodeChunk = 256;  // keys per decode block
+constexpr int kDecodeTile = kWarpSize;  // keys per step of a decode block: lane c scores key c
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * kWarpSize;
-constexpr int kCombineThreads = 128;
+constexpr std::int64_t kMaxDecodeChunks = 256;
+constexpr int kCombineWarps = 8;
+constexpr int kCombineThreads = kCombineWarps * kWarpSize;
 
 constexpr int kKeyTile = kWarpSize;  // lane c owns key c of a tile
 constexpr int kRowsPerWarp = 4;
@@ -229,6 +234,8 @@ __global__ void __launch_bounds__(kNormMaxThreads)
                         const float* __restrict__ weight, std::int64_t cols, float eps,
                         T* __restrict__ y) {
   __shared__ float warp_partials[kNormMaxThreads / kWarpSize];
+  allow_next_kernel_start();
+  wait_for_previous_kernels();
   const std::int64_t row_offset = static_cast<std::int64_t>(blockIdx.x) * cols;
   T* x = hidden + row_offset;
   const std::int64_t step = static_cast<std::int64_t>(blockDim.x) * kWidth;
@@ -280,6 +287,8 @@ template <typename T>
 __global__ void __launch_bounds__(kRopeThreads) rope_append_kv_kernel(const RopeAppendJob job) {
   __shared__ float cos_of[kMaxHeadDim / 2];
   __shared__ float sin_of[kMaxHeadDim / 2];
+  allow_next_kernel_start();
+  wait_for_previous_kernels();
   const std::int64_t t = blockIdx.x;
   const std::int64_t per_sequence = job.tokens / job.sequences;
   const std::int64_t position = static_cast<std::int64_t>(*job.first_position) + t % per_sequence;
@@ -347,83 +356,167 @@ __device__ __forceinline__ KeyRange key_range(std::int64_t position, std::int64_
   return {first, min(position, capacity - 1)};
 }
 
-// The decode partial of chunk blockIdx.x of head blockIdx.y of sequence blockIdx.z: workspace
-// [sequences, heads, chunks, 2 + head_dim] holds m, l, acc[head_dim]. With bf16, exp(s − m) is
-// rounded before it multiplies V (the chunk max stands in for the global max of
+// The decode partials of chunk blockIdx.x (chunk_keys keys) for the query heads of kv head
+// blockIdx.y of sequence blockIdx.z, kQueries query heads per pass: workspace [sequences, heads,
+// chunks, 2 + head_dim] holds m, l, acc[head_dim] per query head. The chunk's keys go a tile of
+// kDecodeTile at a time. Scores: lane c of every warp takes key c, warp w the 8-value pieces w,
+// w + kDecodeWarps, … of it, for every query of the pass. Softmax: warp w keeps the running max m
+// and sum l of exp(s − m) of queries w, w + kDecodeWarps, …. Values: thread (piece, key group)
+// accumulates exp(s − m)·v over its piece of every key-groups-th key, rescaled by exp(m_old −
+// m_new) as the max grows; the key groups are summed at the end of the pass. With bf16,
+// exp(s − m) is rounded before it multiplies V (the running max stands in for the global max of
 // attention_reference).
-template <typename T>
+template <typename T, int kQueries>
 __global__ void __launch_bounds__(kDecodeThreads)
-    attention_decode_chunk_kernel(const AttentionJob job, bool aligned) {
-  __shared__ float probabilities[kDecodeChunk];
-  __shared__ float warp_partials[kDecodeWarps];
+    attention_decode_chunk_kernel(const AttentionJob job, std::int64_t chunk_keys, bool aligned) {
+  constexpr int kQueriesPerWarp = (kQueries + kDecodeWarps - 1) / kDecodeWarps;
+  __shared__ float q_tile[kQueries][kMaxHeadDim];
+  __shared__ float dot_parts[kDecodeWarps][kQueries][kDecodeTile];
+  __shared__ float probabilities[kQueries][kDecodeTile];
+  __shared__ float rescales[kQueries];
+  __shared__ float group_sums[kDecodeThreads * kChunk];
+  allow_next_kernel_start();
+  wait_for_previous_kernels();
   const std::int64_t chunk = blockIdx.x;
-  const std::int64_t head = blockIdx.y;
+  const std::int64_t kv_head = blockIdx.y;
   const std::int64_t sequence = blockIdx.z;
   const KeyRange range = key_range(*job.first_position, job.window, job.capacity);
-  const std::int64_t first = max(range.first, chunk * kDecodeChunk);
-  const std::int64_t last = min(range.last, chunk * kDecodeChunk + kDecodeChunk - 1);
+  const std::int64_t first = max(range.first, chunk * chunk_keys);
+  const std::int64_t last = min(range.last, chunk * chunk_keys + chunk_keys - 1);
   if (first > last) return;  // the same for every thread of the block
 
   const int head_dim = static_cast<int>(job.head_dim);
-  const std::int64_t kv_head = head / (job.heads / job.kv_heads);
+  const int pieces = head_dim / kChunk;  // at most 32
+  const int group = static_cast<int>(job.heads / job.kv_heads);
   const std::int64_t key_stride = job.kv_heads * head_dim;
   const std::int64_t cache_offset = sequence * job.capacity * key_stride + kv_head * head_dim;
   const T* k_cache = static_cast<const T*>(job.k_cache) + cache_offset;
   const T* v_cache = static_cast<const T*>(job.v_cache) + cache_offset;
-  const std::int64_t query = sequence * job.heads + head;
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int key_groups = kDecodeThreads / pieces;
+  const int piece = static_cast<int>(threadIdx.x) % pieces;
+  const int key_group = static_cast<int>(threadIdx.x) / pieces;  // idle for values if >= key_groups
 
-  // A warp per key: lane l holds dimensions [8l, 8l + 8) of q and of the key (head_dim <= 256).
-  const bool lane_has_slice = lane * kChunk < head_dim;
-  float q[kChunk] = {};
-  if (lane_has_slice) {
-    load_chunk(static_cast<const T*>(job.q) + query * head_dim + lane * kChunk, aligned, q);
-  }
-  float local_max = -INFINITY;
-  for (std::int64_t j = first + warp; j <= last; j += kDecodeWarps) {
-    float key[kChunk] = {};
-    if (lane_has_slice) load_chunk(k_cache + j * key_stride + lane * kChunk, aligned, key);
-    float dot = 0.0f;
+  for (int pass = 0; pass < group; pass += kQueries) {
+    const std::int64_t first_query = sequence * job.heads + kv_head * group + pass;
+    __syncthreads();  // the previous pass is done with q_tile and group_sums
+    for (int index = threadIdx.x; index < kQueries * pieces; index += blockDim.x) {
+      const int i = index / pieces;
+      const int offset = index % pieces * kChunk;
+      float values[kChunk];
+      load_chunk(static_cast<const T*>(job.q) + (first_query + i) * head_dim + offset, aligned,
+                 values);
 #pragma unroll
-    for (int k = 0; k < kChunk; ++k) dot += q[k] * key[k];
-    const float score = warp_reduce(dot, Sum{}) * job.scale;
-    if (lane == 0) probabilities[j - first] = score;
-    local_max = fmaxf(local_max, score);
-  }
-  const float max_score = block_reduce(local_max, Max{}, warp_partials);
-
-  const int count = static_cast<int>(last - first + 1);
-  float local_sum = 0.0f;
-  for (int index = threadIdx.x; index < count; index += blockDim.x) {
-    const float p = expf(probabilities[index] - max_score);
-    local_sum += p;
-    probabilities[index] = round_as<T>(p);
-  }
-  const float sum = block_reduce(local_sum, Sum{}, warp_partials);
-
-  float* partial = job.workspace + (query * gridDim.x + chunk) * (2 + head_dim);
-  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-    const T* v = v_cache + first * key_stride + i;
-    float acc = 0.0f;
-    for (int index = 0; index < count; ++index) {
-      acc += probabilities[index] * to_float(v[index * key_stride]);
+      for (int e = 0; e < kChunk; ++e) q_tile[i][offset + e] = values[e];
     }
-    partial[2 + i] = acc;
-  }
-  if (threadIdx.x == 0) {
-    partial[0] = max_score;
-    partial[1] = sum;
+    float running_max[kQueriesPerWarp];
+    float running_sum[kQueriesPerWarp];
+#pragma unroll
+    for (int s = 0; s < kQueriesPerWarp; ++s) {
+      running_max[s] = -INFINITY;
+      running_sum[s] = 0.0f;
+    }
+    float acc[kQueries][kChunk] = {};
+    __syncthreads();
+
+    for (std::int64_t tile = first; tile <= last; tile += kDecodeTile) {
+      const int count = static_cast<int>(min(std::int64_t{kDecodeTile}, last - tile + 1));
+      float dot[kQueries] = {};
+      if (lane < count) {
+        const T* key = k_cache + (tile + lane) * key_stride;
+        for (int p = warp; p < pieces; p += kDecodeWarps) {
+          float values[kChunk];
+          load_chunk(key + p * kChunk, aligned, values);
+#pragma unroll
+          for (int i = 0; i < kQueries; ++i) {
+#pragma unroll
+            for (int e = 0; e < kChunk; ++e) dot[i] += q_tile[i][p * kChunk + e] * values[e];
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kQueries; ++i) dot_parts[warp][i][lane] = dot[i];
+      __syncthreads();
+
+#pragma unroll
+      for (int s = 0; s < kQueriesPerWarp; ++s) {
+        const int i = warp + s * kDecodeWarps;
+        if (i < kQueries) {
+          float score = -INFINITY;
+          if (lane < count) {
+            float sum = 0.0f;
+            for (int w = 0; w < kDecodeWarps; ++w) sum += dot_parts[w][i][lane];
+            score = sum * job.scale;
+          }
+          const float new_max = fmaxf(running_max[s], warp_reduce(score, Max{}));  // finite
+          const float p = lane < count ? expf(score - new_max) : 0.0f;
+          const float rescale = expf(running_max[s] - new_max);  // 0 on the first tile
+          running_sum[s] = running_sum[s] * rescale + warp_reduce(p, Sum{});
+          running_max[s] = new_max;
+          probabilities[i][lane] = round_as<T>(p);
+          if (lane == 0) rescales[i] = rescale;
+        }
+      }
+      __syncthreads();  // the next tile's softmax, which rewrites these, waits at its first barrier
+
+      if (key_group < key_groups) {
+#pragma unroll
+        for (int i = 0; i < kQueries; ++i) {
+#pragma unroll
+          for (int e = 0; e < kChunk; ++e) acc[i][e] *= rescales[i];
+        }
+        for (int c = key_group; c < count; c += key_groups) {
+          float values[kChunk];
+          load_chunk(v_cache + (tile + c) * key_stride + piece * kChunk, aligned, values);
+#pragma unroll
+          for (int i = 0; i < kQueries; ++i) {
+#pragma unroll
+            for (int e = 0; e < kChunk; ++e) acc[i][e] += probabilities[i][c] * values[e];
+          }
+        }
+      }
+    }
+
+#pragma unroll
+    for (int i = 0; i < kQueries; ++i) {
+      float* partial = job.workspace + ((first_query + i) * gridDim.x + chunk) * (2 + head_dim);
+      __syncthreads();  // the previous query's sums are read
+      if (key_group < key_groups) {
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) {
+          group_sums[key_group * head_dim + piece * kChunk + e] = acc[i][e];
+        }
+      }
+      __syncthreads();
+      for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int g = 0; g < key_groups; ++g) sum += group_sums[g * head_dim + d];
+        partial[2 + d] = sum;
+      }
+      if (lane == 0 && warp == i % kDecodeWarps) {
+        partial[0] = running_max[i / kDecodeWarps];
+        partial[1] = running_sum[i / kDecodeWarps];
+      }
+    }
   }
 }
 
 // out row of head blockIdx.x of sequence blockIdx.y = Σ acc·exp(m − M) / Σ l·exp(m − M) over the
 // chunks in the valid range, M their largest m; the division as attention_reference: times
-// 1 / total.
+// 1 / total. Warp w sums the chunks w, w + kCombineWarps, … (lane c dimensions c, c + 32, …),
+// so that a long context's chunks are read by several warps at once; the warps' sums meet in
+// shared memory.
 template <typename T>
 __global__ void __launch_bounds__(kCombineThreads)
-    attention_decode_combine_kernel(const AttentionJob job, std::int64_t chunks) {
-  __shared__ float warp_partials[kCombineThreads / kWarpSize];
+    attention_decode_combine_kernel(const AttentionJob job, std::int64_t chunk_keys,
+                                    std::int64_t chunks) {
+  constexpr int kDimsPerLane = kMaxHeadDim / kWarpSize;
+  __shared__ float warp_partials[kCombineWarps];
+  __shared__ float weights[kMaxDecodeChunks];  // exp(m − M) of the chunks in the range
+  __shared__ float warp_sums[kCombineWarps][kMaxHeadDim];
+  allow_next_kernel_start();
+  wait_for_previous_kernels();
   const std::int64_t query = static_cast<std::int64_t>(blockIdx.y) * job.heads + blockIdx.x;
   const int head_dim = static_cast<int>(job.head_dim);
   T* out = static_cast<T*>(job.out) + query * head_dim;
@@ -432,30 +525,46 @@ __global__ void __launch_bounds__(kCombineThreads)
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) out[i] = from_float<T>(0.0f);
     return;
   }
-  const std::int64_t first_chunk = range.first / kDecodeChunk;
-  const std::int64_t last_chunk = range.last / kDecodeChunk;
+  const std::int64_t first_chunk = range.first / chunk_keys;
+  const int used = static_cast<int>(range.last / chunk_keys - first_chunk + 1);
   const std::int64_t partial_size = 2 + head_dim;
-  const float* partials = job.workspace + query * chunks * partial_size;
+  const float* partials = job.workspace + (query * chunks + first_chunk) * partial_size;
 
   float local_max = -INFINITY;
-  for (std::int64_t c = first_chunk + threadIdx.x; c <= last_chunk; c += blockDim.x) {
+  for (int c = threadIdx.x; c < used; c += blockDim.x) {
     local_max = fmaxf(local_max, partials[c * partial_size]);
   }
   const float max_score = block_reduce(local_max, Max{}, warp_partials);
   float local_sum = 0.0f;
-  for (std::int64_t c = first_chunk + threadIdx.x; c <= last_chunk; c += blockDim.x) {
+  for (int c = threadIdx.x; c < used; c += blockDim.x) {
     const float* partial = partials + c * partial_size;
-    local_sum += partial[1] * expf(partial[0] - max_score);
+    weights[c] = expf(partial[0] - max_score);
+    local_sum += partial[1] * weights[c];
   }
-  const float inv_total = 1.0f / block_reduce(local_sum, Sum{}, warp_partials);
+  const float inv_total = 1.0f / block_reduce(local_sum, Sum{}, warp_partials);  // a barrier
 
-  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-    float acc = 0.0f;
-    for (std::int64_t c = first_chunk; c <= last_chunk; ++c) {
-      const float* partial = partials + c * partial_size;
-      acc += partial[2 + i] * expf(partial[0] - max_score);
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  float acc[kDimsPerLane] = {};
+#pragma unroll 4
+  for (int c = warp; c < used; c += kCombineWarps) {
+    const float* values = partials + c * partial_size + 2;
+#pragma unroll
+    for (int k = 0; k < kDimsPerLane; ++k) {
+      const int i = lane + k * kWarpSize;
+      if (i < head_dim) acc[k] += values[i] * weights[c];
     }
-    out[i] = from_float<T>(acc * inv_total);
+  }
+#pragma unroll
+  for (int k = 0; k < kDimsPerLane; ++k) {
+    const int i = lane + k * kWarpSize;
+    if (i < head_dim) warp_sums[warp][i] = acc[k];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+    float total = 0.0f;
+    for (int w = 0; w < kCombineWarps; ++w) total += warp_sums[w][i];
+    out[i] = from_float<T>(total * inv_total);
   }
 }
 
@@ -611,8 +720,16 @@ std::size_t prefill_shared_bytes(std::int64_t head_dim) {
          sizeof(float);
 }
 
+// Keys per decode chunk: a tile, doubled until the capacity takes at most kMaxDecodeChunks.
+std::int64_t decode_chunk_keys(std::int64_t capacity) {
+  std::int64_t keys = kDecodeTile;
+  while (keys * kMaxDecodeChunks < capacity) keys *= 2;
+  return keys;
+}
+
 std::int64_t decode_chunks(std::int64_t capacity) {
-  return (capacity + kDecodeChunk - 1) / kDecodeChunk;
+  const std::int64_t keys = decode_chunk_keys(capacity);
+  return (capacity + keys - 1) / keys;
 }
 
 // ---- Host side.
@@ -644,19 +761,28 @@ cudaError_t launch_update(void* a, const void* b, std::int64_t count, Op op, cud
   return cudaGetLastError();
 }
 
+template <typename T, int kQueries>
+cudaError_t launch_decode(const AttentionJob& job, bool aligned, cudaStream_t stream) {
+  const std::int64_t chunk_keys = decode_chunk_keys(job.capacity);
+  const std::int64_t chunks = decode_chunks(job.capacity);
+  const auto sequences = static_cast<unsigned>(job.sequences);
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(job.kv_heads), sequences);
+  const cudaError_t error = launch_overlapped(attention_decode_chunk_kernel<T, kQueries>, grid,
+                                              kDecodeThreads, 0, stream, job, chunk_keys, aligned);
+  if (error != cudaSuccess) return error;
+  return launch_overlapped(attention_decode_combine_kernel<T>,
+                           dim3(static_cast<unsigned>(job.heads), sequences), kCombineThreads, 0,
+                           stream, job, chunk_keys, chunks);
+}
+
+// A kv head's query heads go in passes of the most of 8, 4, 2, 1 that divides their number.
 template <typename T>
 cudaError_t launch_decode(const AttentionJob& job, bool aligned, cudaStream_t stream) {
-  const std::int64_t chunks = decode_chunks(job.capacity);
-  const auto heads = static_cast<unsigned>(job.heads);
-  const auto sequences = static_cast<unsigned>(job.sequences);
-  attention_decode_chunk_kernel<T>
-      <<<dim3(static_cast<unsigned>(chunks), heads, sequences), kDecodeThreads, 0, stream>>>(
-          job, aligned);
-  const cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess) return error;
-  attention_decode_combine_kernel<T>
-      <<<dim3(heads, sequences), kCombineThreads, 0, stream>>>(job, chunks);
-  return cudaGetLastError();
+  const std::int64_t group = job.heads / job.kv_heads;
+  if (group % 8 == 0) return launch_decode<T, 8>(job, aligned, stream);
+  if (group % 4 == 0) return launch_decode<T, 4>(job, aligned, stream);
+  if (group % 2 == 0) return launch_decode<T, 2>(job, aligned, stream);
+  return launch_decode<T, 1>(job, aligned, stream);
 }
 
 template <typename T, int kDimsPerLane>
@@ -731,14 +857,12 @@ cudaError_t add_rms_norm(void* hidden, const void* delta, const float* weight, s
     T* typed_y = static_cast<T*>(y);
     const auto blocks = static_cast<unsigned>(rows);
     if (vectors) {
-      add_rms_norm_kernel<kChunk>
-          <<<blocks, row_threads(cols / kChunk, kNormMaxThreads), 0, stream>>>(
-              typed_hidden, typed_delta, weight, cols, eps, typed_y);
-    } else {
-      add_rms_norm_kernel<1><<<blocks, row_threads(cols, kNormMaxThreads), 0, stream>>>(
-          typed_hidden, typed_delta, weight, cols, eps, typed_y);
+      return launch_overlapped(add_rms_norm_kernel<kChunk, T>, blocks,
+                               row_threads(cols / kChunk, kNormMaxThreads), 0, stream, typed_hidden,
+                               typed_delta, weight, cols, eps, typed_y);
     }
-    return cudaGetLastError();
+    return launch_overlapped(add_rms_norm_kernel<1, T>, blocks, row_threads(cols, kNormMaxThreads),
+                             0, stream, typed_hidden, typed_delta, weight, cols, eps, typed_y);
   });
 }
 
@@ -765,9 +889,9 @@ cudaError_t rope_append_kv(const RopeAppendJob& job, cudaStream_t stream) {
     using T = typename decltype(type)::type;
     const auto head_groups = static_cast<unsigned>(
         (job.heads + job.kv_heads + kRopeHeadsPerBlock - 1) / kRopeHeadsPerBlock);
-    rope_append_kv_kernel<T>
-        <<<dim3(static_cast<unsigned>(job.tokens), head_groups), kRopeThreads, 0, stream>>>(job);
-    return cudaGetLastError();
+    return launch_overlapped(rope_append_kv_kernel<T>,
+                             dim3(static_cast<unsigned>(job.tokens), head_groups), kRopeThreads, 0,
+                             stream, job);
   });
 }
 

@@ -748,7 +748,7 @@ TEST(CudaLlamaOps, BatchedDecodeEqualsEachSequenceAlone) {
   constexpr std::int64_t kHeads = 8;
   constexpr std::int64_t kKvHeads = 2;
   constexpr std::int64_t kHeadDim = 64;
-  constexpr std::int64_t kCapacity = 600;  // three chunks of keys, the last partly used
+  constexpr std::int64_t kCapacity = 600;  // chunks of 32 keys, the last partly used
   constexpr std::int64_t kQRow = kHeads * kHeadDim;
   constexpr std::int64_t kKvRow = kKvHeads * kHeadDim;
   constexpr std::int64_t kCache = kCapacity * kKvRow;
@@ -836,17 +836,21 @@ TEST(CudaLlamaOps, AttentionDecodeMatchesReference) {
     std::int64_t kv_heads;
     std::int64_t head_dim;
   };
-  const Shape shapes[] = {{8, 2, 64}, {8, 2, 128}, {4, 4, 128}};
+  // GQA groups of 4 (one pass of kv head's queries), 8 (two) and 6 (a full pass and a partial
+  // one), no GQA; head_dim 80 (pieces not shared evenly by the warps) and 256 (two dimensions per
+  // thread).
+  const Shape shapes[] = {{8, 2, 64}, {8, 2, 128}, {4, 4, 128}, {16, 2, 80}, {6, 1, 256}};
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     for (const Shape& shape : shapes) {
-      // 2048 rows: 8 chunks of 256 keys; 1000 rows: a last chunk that is partly outside.
-      for (std::int64_t capacity : {2048, 1000}) {
+      // Chunks of 32 keys up to 8 192 rows: 1000 rows end in a partial chunk; 10 000 rows take
+      // chunks of 64 keys, each two tiles.
+      for (std::int64_t capacity : {2048, 1000, 10000}) {
         AttentionCase c{1, 0, shape.heads, shape.kv_heads, shape.head_dim, 0, capacity};
         const AttentionData data = random_attention_data(c, dtype, 60);
-        // Positions at and around the chunk boundaries, and the last row.
-        for (std::int64_t position : {0, 1, 255, 256, 257, 999, 1000, 2047}) {
+        // Positions at and around tile and chunk boundaries, and the last row.
+        for (std::int64_t position : {0, 1, 31, 32, 63, 64, 65, 255, 999, 1000, 2047, 9999}) {
           if (position >= capacity) continue;
-          // 1: the key at the position alone; 300: a window across a chunk boundary.
+          // 1: the key at the position alone; 300: a window across chunk boundaries.
           for (std::int64_t window : {0, 1, 300}) {
             c.first_position = position;
             c.window = window;
