@@ -257,14 +257,14 @@ __global__ void __launch_bounds__(kGemvThreads)
 // ---- The tensor-core GEMV (rows <= 8, compute dtype f16 or bf16).
 //
 // Each block owns kMmaOutputs = 16 output features (the M of mma.m16n8k16) of one Linear layer,
-// and its kMmaWarps warps split K: warp w takes steps w, w + kMmaWarps, … of kLaneChunks · 128
-// inputs. In a step lane (g, t) (g = lane / 4, t = lane % 4) reads kLaneChunks adjacent 16-byte
-// chunks of packed codes (32 values each) of features g and g + 8, at inputs
-// [step · kLaneChunks · 128 + t · kLaneChunks · 32, + kLaneChunks · 32), all of one quantization
-// block; decodes them in registers (ExactDecode or ProductDecode, below) and feeds them to
-// kLaneChunks · 8 MMAs. The lanes of group g < rows supply x[row g] at the same inputs as the B
-// operand, the others zeros. The MMA's k order is a permutation of the inputs, the same for A and
-// B, so the products are those of the reference; the tensor core sums them in f32. The warps'
+// and its kWarps warps (8, or 16 for long inputs) split K: warp w takes steps w, w + kWarps, …
+// of kLaneChunks · 128 inputs. In a step lane (g, t) (g = lane / 4, t = lane % 4) reads
+// kLaneChunks adjacent 16-byte chunks of packed codes (32 values each) of features g and g + 8,
+// at inputs [step · kLaneChunks · 128 + t · kLaneChunks · 32, + kLaneChunks · 32), all of one
+// quantization block; decodes them in registers (ExactDecode or ProductDecode, below) and feeds
+// them to kLaneChunks · 8 MMAs. The lanes of group g < rows supply x[row g] at the same inputs as
+// the B operand, the others zeros. The MMA's k order is a permutation of the inputs, the same for A
+// and B, so the products are those of the reference; the tensor core sums them in f32. The warps'
 // partial sums meet in shared memory, in a fixed order, for the epilogue.
 //
 // Two chunks per lane (kTensorCoreGemvLines) make each quad read whole 128-byte lines, which
@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(kGemvThreads)
 // computes the same 16 features of gate and of up, one after the other, and stores
 // silu(gate) · up.
 constexpr int kMmaWarps = 8;
-constexpr int kMmaThreads = kMmaWarps * kWarpSize;
+constexpr int kMmaWideWarps = 16;  // for long inputs (mma_gemv_warps)
 constexpr int kMmaOutputs = 16;
 constexpr int kMmaColumns = 8;
 constexpr int kChunkValues = 32;  // one 16-byte chunk of packed codes
@@ -363,12 +363,11 @@ struct ProductDecode {
   // thread's, and the high nibble, i / 128 + 2k, the same across a warp, so that half the
   // constant loads are uniform (a constant load is serialised over its distinct addresses).
   static __device__ __forceinline__ void load(const FourBitTables& tables, Tables& shared) {
-    static_assert(kMmaThreads == 256, "one thread per 16-byte chunk of a byte's 128 bytes");
-    const int i = static_cast<int>(threadIdx.x);
+    const int i = static_cast<int>(threadIdx.x) % 256;
     const float low = tables.code_values[i / 8 % 16];
     auto* chunks = reinterpret_cast<uint4*>(shared.code_pairs);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
+    for (int k = static_cast<int>(threadIdx.x) / 256; k < 8;
+         k += static_cast<int>(blockDim.x) / 256) {
       const std::uint32_t pair = pack_pair<C>(tables.code_values[i / 128 + 2 * k], low);
       chunks[i + 256 * k] = make_uint4(pair, pair, pair, pair);
     }
@@ -537,8 +536,9 @@ enum class GemvEpilogue { kStore, kSiluMul };
 // kMmaColumns, in a multiple of kMmaStepValues<kLaneChunks>, x and the packed weights 16-byte
 // aligned, blocks of at least kLaneChunks · 32 values. With kSiluMul, y of layer 0 =
 // silu_mul(its output, layer 1's output).
-template <typename A, typename C, typename Decoder, int kLaneChunks, GemvEpilogue kEpilogue>
-__global__ void __launch_bounds__(kMmaThreads)
+template <typename A, typename C, typename Decoder, int kLaneChunks, GemvEpilogue kEpilogue,
+          int kWarps>
+__global__ void __launch_bounds__(kWarps* kWarpSize)
     linear_4bit_mma_gemv_kernel(const A* __restrict__ x,
                                 const __grid_constant__ MmaGemvLayers<A> layers,
                                 const __grid_constant__ FourBitTables tables, int rows,
@@ -547,7 +547,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   constexpr int kStepValues = kMmaStepValues<kLaneChunks>;
   __shared__ typename Decoder::Tables decode_tables;
   __shared__ float absmax_map[256];
-  __shared__ float partial_sums[kPasses][kMmaWarps][kMmaOutputs][kMmaColumns];
+  __shared__ float partial_sums[kPasses][kWarps][kMmaOutputs][kMmaColumns];
 
   int layer = 0;
   while (layer + 1 < layers.count && static_cast<int>(blockIdx.x) >= layers.end_block[layer]) {
@@ -589,11 +589,11 @@ __global__ void __launch_bounds__(kMmaThreads)
       load_mma_codes(lane_weight, warp, inputs);
     }
     load_mma_absmax(weight, lane_weight, absmax_map, warp, inputs);
-    for (int step = warp; step < steps; step += kMmaWarps) {
+    for (int step = warp; step < steps; step += kWarps) {
       multiply_mma_step<A, C, Decoder>(inputs,
                                        x_lane + static_cast<std::int64_t>(step) * kStepValues,
                                        x_present, decode_tables, lane, sums[pass]);
-      const int next = step + kMmaWarps;
+      const int next = step + kWarps;
       if (next < steps) {
         load_mma_codes(lane_weight, next, inputs);
         load_mma_absmax(weight, lane_weight, absmax_map, next, inputs);
@@ -612,7 +612,8 @@ __global__ void __launch_bounds__(kMmaThreads)
     partial_sums[pass][warp][group + 8][2 * quad + 1] = sums[pass][3];
   }
   __syncthreads();
-  for (int i = static_cast<int>(threadIdx.x); i < kMmaOutputs * kMmaColumns; i += kMmaThreads) {
+  for (int i = static_cast<int>(threadIdx.x); i < kMmaOutputs * kMmaColumns;
+       i += kWarps * kWarpSize) {
     const int feature = i % kMmaOutputs;
     const int row = i / kMmaOutputs;
     const std::int64_t o = first_out + feature;
@@ -621,7 +622,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
     for (int pass = 0; pass < kPasses; ++pass) {
       totals[pass] = 0.0f;
-      for (int w = 0; w < kMmaWarps; ++w) totals[pass] += partial_sums[pass][w][feature][row];
+      for (int w = 0; w < kWarps; ++w) totals[pass] += partial_sums[pass][w][feature][row];
     }
     const std::int64_t index = row * out + o;
     if constexpr (kEpilogue == GemvEpilogue::kStore) {
@@ -773,6 +774,18 @@ int tensor_core_lane_chunks(std::span<const FourBitCall> calls) {
   return 0;
 }
 
+// Warps per block of the tensor-core GEMV: kMmaWideWarps from kMmaWideInputs inputs (32 or more
+// whole-line steps, 64 half-line ones). The MLP's down projection (4096 features, 14336 inputs)
+// has 256 blocks, a few per SM, each warp a long chain of dependent loads: twice the warps halve
+// the chains (BENCHMARKS.md: 16.6 -> 13.6 µs at one token, 28.1 -> 19.4 µs at eight). At 4096
+// inputs, with many blocks, the wide blocks measured slower. The choice depends on `in` alone,
+// so that fused layers and separate calls sum in the same order.
+constexpr std::int64_t kMmaWideInputs = 8192;
+
+int mma_gemv_warps(std::int64_t in) {
+  return in >= kMmaWideInputs ? kMmaWideWarps : kMmaWarps;
+}
+
 // One launch of the tensor-core GEMV for `calls`, which share x, rows, in, the dtypes, the code
 // type and the decode (see linear_4bit_layers), with lane_chunks (1 or 2) that apply to each.
 cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane_chunks,
@@ -800,20 +813,31 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
       return visit_decode<C>(first, [&](auto product) {
         using Decoder = std::conditional_t<decltype(product)::value, ProductDecode<C>,
                                            ExactDecode<C, decltype(w)>>;
-        const auto launch = [&](auto kernel) {
-          return launch_overlapped(kernel, static_cast<unsigned>(blocks), kMmaThreads, 0,
-                                   first.stream, static_cast<const A*>(first.x), layers,
-                                   first.tables, static_cast<int>(first.rows), first.in);
+        const int warps = mma_gemv_warps(first.in);
+        const auto launch = [&](auto chunks, auto kind) {
+          constexpr int kChunks = decltype(chunks)::value;
+          constexpr GemvEpilogue kKind = decltype(kind)::value;
+          const auto run = [&](auto kernel, int threads) {
+            return launch_overlapped(kernel, static_cast<unsigned>(blocks), threads, 0,
+                                     first.stream, static_cast<const A*>(first.x), layers,
+                                     first.tables, static_cast<int>(first.rows), first.in);
+          };
+          if (warps == kMmaWideWarps) {
+            return run(linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kMmaWideWarps>,
+                       kMmaWideWarps * kWarpSize);
+          }
+          return run(linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kMmaWarps>,
+                     kMmaWarps * kWarpSize);
         };
-        constexpr auto kStore = GemvEpilogue::kStore;
-        constexpr auto kSiluMul = GemvEpilogue::kSiluMul;
+        using Store = std::integral_constant<GemvEpilogue, GemvEpilogue::kStore>;
+        using SiluMul = std::integral_constant<GemvEpilogue, GemvEpilogue::kSiluMul>;
         if (lane_chunks == 2) {
-          return epilogue == kStore
-                     ? launch(linear_4bit_mma_gemv_kernel<A, C, Decoder, 2, kStore>)
-                     : launch(linear_4bit_mma_gemv_kernel<A, C, Decoder, 2, kSiluMul>);
+          using Two = std::integral_constant<int, 2>;
+          return epilogue == GemvEpilogue::kStore ? launch(Two{}, Store{})
+                                                  : launch(Two{}, SiluMul{});
         }
-        return epilogue == kStore ? launch(linear_4bit_mma_gemv_kernel<A, C, Decoder, 1, kStore>)
-                                  : launch(linear_4bit_mma_gemv_kernel<A, C, Decoder, 1, kSiluMul>);
+        using One = std::integral_constant<int, 1>;
+        return epilogue == GemvEpilogue::kStore ? launch(One{}, Store{}) : launch(One{}, SiluMul{});
       });
     }
   });
