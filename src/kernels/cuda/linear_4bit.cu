@@ -600,10 +600,10 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
       }
     }
   }
-  // D fragment: (g, columns 2t, 2t + 1) and (g + 8, the same columns).
   // The next kernel's blocks may take SMs from here on: at the start, as the shorter kernels
   // do, they took them unevenly and a layer of 256 blocks ran 30% slower (BENCHMARKS.md).
   allow_next_kernel_start();
+  // D fragment: (g, columns 2t, 2t + 1) and (g + 8, the same columns).
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
     partial_sums[pass][warp][group][2 * quad] = sums[pass][0];
