@@ -5,19 +5,17 @@
 // that no call finds its data in the cache. Inputs are normal random values (never zeros: they
 // would hide wrong indexing and can run faster than real data).
 //
-// Counters: GB/s = bytes read + bytes written per second (each input read once, each output
-// written once: the fewest bytes the operation must move), and copy_fraction = GB/s over the
-// device-to-device cudaMemcpy bandwidth measured in this program (the `copy` case, which counts
-// its bytes the same way). Run with --benchmark_repetitions (default 5 here) and read the medians.
+// Counters (cuda_bench_timing.h): GB/s = bytes read + bytes written per second (each input read
+// once, each output written once: the fewest bytes the operation must move), and copy_fraction.
+// The `copy` case times the device-to-device copy on these buffers. Read the medians.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime_api.h>
 
-#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <string>
-#include <vector>
 
+#include "cuda_bench_timing.h"
 #include "kbit/core/device.h"
 #include "kbit/core/random.h"
 #include "kbit/core/tensor.h"
@@ -29,6 +27,7 @@ namespace {
 
 using kbit::DType;
 using kbit::Tensor;
+using kbit::bench::report_fraction;
 
 constexpr std::int64_t kValues = std::int64_t{1} << 28;
 constexpr int kBufferSets = 3;
@@ -117,8 +116,7 @@ Buffers& buffers() {
   return instance;
 }
 
-// Times launch(set) once per iteration with CUDA events, rotating over the buffer sets, and
-// reports bytes_per_call as GB/s. Returns the GB/s (0 on failure).
+// Times launch(set) once per iteration, rotating over the buffer sets (cuda_bench_timing.h).
 template <typename Launch>
 double run_timed(benchmark::State& state, double bytes_per_call, Launch launch) {
   Buffers& all = buffers();
@@ -126,39 +124,9 @@ double run_timed(benchmark::State& state, double bytes_per_call, Launch launch) 
     state.SkipWithError(all.error.c_str());
     return 0.0;
   }
-  cudaEvent_t start = nullptr;
-  cudaEvent_t stop = nullptr;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  for (BufferSet& set : all.sets) launch(set);  // warm-up: module load, first-touch
-  cudaDeviceSynchronize();
-
-  double seconds = 0.0;
-  std::int64_t calls = 0;
-  int next = 0;
-  for (auto _ : state) {
-    cudaEventRecord(start);
-    const cudaError_t error = launch(all.sets[static_cast<std::size_t>(next)]);
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    if (error != cudaSuccess) {
-      state.SkipWithError(cudaGetErrorString(error));
-      break;
-    }
-    float milliseconds = 0.0f;
-    cudaEventElapsedTime(&milliseconds, start, stop);
-    state.SetIterationTime(milliseconds / 1e3);
-    seconds += milliseconds / 1e3;
-    ++calls;
-    next = (next + 1) % kBufferSets;
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  if (calls == 0 || seconds <= 0.0) return 0.0;
-  const double gb_per_s = bytes_per_call * static_cast<double>(calls) / seconds / 1e9;
-  state.counters["GB/s"] = gb_per_s;
-  state.SetBytesProcessed(static_cast<std::int64_t>(bytes_per_call) * state.iterations());
-  return gb_per_s;
+  return kbit::bench::run_timed(state, bytes_per_call, kBufferSets, [&](int index) {
+    return launch(all.sets[static_cast<std::size_t>(index)]);
+  });
 }
 
 // A device-to-device copy of one bf16 buffer into another: the bandwidth ceiling.
@@ -168,38 +136,6 @@ cudaError_t copy_once(BufferSet& set) {
 }
 
 constexpr double kCopyBytes = 2.0 * 2.0 * static_cast<double>(kValues);
-
-// The copy bandwidth in GB/s, measured once (median of 21 copies) for copy_fraction.
-double copy_gb_per_s() {
-  static const double measured = [] {
-    Buffers& all = buffers();
-    if (!all.error.empty()) return 0.0;
-    cudaEvent_t start = nullptr;
-    cudaEvent_t stop = nullptr;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
-    std::vector<float> milliseconds;
-    for (int i = 0; i < 22; ++i) {
-      cudaEventRecord(start);
-      copy_once(all.sets[static_cast<std::size_t>(i % kBufferSets)]);
-      cudaEventRecord(stop);
-      cudaEventSynchronize(stop);
-      float ms = 0.0f;
-      cudaEventElapsedTime(&ms, start, stop);
-      if (i > 0) milliseconds.push_back(ms);  // the first is a warm-up
-    }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    std::nth_element(milliseconds.begin(), milliseconds.begin() + 10, milliseconds.end());
-    return kCopyBytes / (static_cast<double>(milliseconds[10]) / 1e3) / 1e9;
-  }();
-  return measured;
-}
-
-void report_fraction(benchmark::State& state, double gb_per_s) {
-  const double copy = copy_gb_per_s();
-  if (gb_per_s > 0.0 && copy > 0.0) state.counters["copy_fraction"] = gb_per_s / copy;
-}
 
 void BM_Copy(benchmark::State& state) {
   report_fraction(state, run_timed(state, kCopyBytes, copy_once));
@@ -244,15 +180,6 @@ void BM_Dynamic8bitDequantizeBf16(benchmark::State& state) {
                         set.output.view().data(), DType::kBF16, nullptr);
                   }));
 }
-
-// Median of 5 repetitions; each repetition runs for at least 0.3 s of GPU time.
-#define KBIT_GPU_BENCHMARK(function)  \
-  BENCHMARK(function)                 \
-      ->UseManualTime()               \
-      ->Unit(benchmark::kMicrosecond) \
-      ->MinTime(0.3)                  \
-      ->Repetitions(5)                \
-      ->ReportAggregatesOnly(true)
 
 KBIT_GPU_BENCHMARK(BM_Copy);
 KBIT_GPU_BENCHMARK(BM_Nf4DequantizeBf16);

@@ -23,6 +23,7 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -149,7 +150,10 @@ kbit::Result<Measurement> measure(const std::vector<Parameter>& parameters,
   std::vector<optim::AdamWParameterState> states;
   states.reserve(parameters.size());
   for (std::size_t p = 0; p < parameters.size(); ++p) {
-    states.emplace_back(parameters[p].elements, eight_bit_optimizer);
+    KBIT_ASSIGN_OR_RETURN(
+        optim::AdamWParameterState state,
+        optim::AdamWParameterState::create(parameters[p].elements, eight_bit_optimizer));
+    states.push_back(std::move(state));
     const TensorView grad(gradient.data(), DType::kF32, Shape{parameters[p].elements});
     KBIT_RETURN_IF_ERROR(
         states.back().apply(optim::AdamWHyperparameters{}, view_of(values[p]), grad));

@@ -141,13 +141,17 @@ racecheck_beside_cublas() {  # time limit, test binary, gtest filter
 }
 kernel_tests="$build/src/kernels/cuda/kbit_cuda_tests"
 model_tests="$build/src/model/kbit_model_cuda_tests"
+optim_tests="$build/src/optim/kbit_optim_cuda_tests"
 if ! command -v compute-sanitizer >/dev/null; then
   say "compute-sanitizer is missing here: no memory and race checks"
 else
   # racecheck instruments every shared-memory access and takes minutes over the largest cases:
   # it leaves out the exhaustive approximate-math probes, the golden files and the largest
   # shapes, whose kernels the smaller cases run too.
-  if want sanitize-kernels; then sanitize memcheck 240 "$kernel_tests" '*'; fi
+  if want sanitize-kernels; then
+    sanitize memcheck 240 "$kernel_tests" '*'
+    sanitize memcheck 120 "$optim_tests" '*'
+  fi
   if want racecheck-kernels; then
     # The sampling cases left out run the kernels of CombinedFiltersMatchSampler again, at
     # 50-60 s each under racecheck.

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 shared="${KBIT_SHARED_DIR:-../shared}"
 shared_files=(golden/quant4bit.safetensors golden/quant8bit_blockwise.safetensors
-              golden/int8.safetensors golden/codebooks.safetensors golden/README.md
+              golden/int8.safetensors golden/codebooks.safetensors golden/optim8bit.safetensors golden/README.md
               golden/model-shakespeare-llama2.safetensors golden/model-shakespeare-llama3.safetensors
               golden/greedy-f32.safetensors golden/checkpoints/shakespeare-llama2-bnb-nf4_dq
               golden/checkpoints/shakespeare-llama2-bnb-nf4 golden/checkpoints/shakespeare-llama2-bnb-fp4
@@ -26,6 +26,7 @@ shared_files=(golden/quant4bit.safetensors golden/quant8bit_blockwise.safetensor
 executables=(build/cuda/kbit build/cuda/src/kernels/cuda/kbit_cuda_tests
              build/cuda/src/model/kbit_model_cuda_tests
              build/cuda/src/generate/kbit_gpu_perplexity_tests
+             build/cuda/src/optim/kbit_optim_cuda_tests
              build/cuda/bench/kbit_cuda_bench build/cuda/bench/kbit_kernel_workbench)
 carry_limit_mib=48  # with the working tree (~13 MiB) within the tool's 64 MiB
 

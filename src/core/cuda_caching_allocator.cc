@@ -14,7 +14,6 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -23,6 +22,7 @@
 #include <vector>
 
 #include "core/cuda_runtime.h"
+#include "core/describe_bytes.h"
 #include "kbit/core/allocator.h"
 
 namespace kbit {
@@ -40,19 +40,6 @@ std::size_t size_class(std::size_t bytes) {
   std::size_t power = 64 * kMiB;
   while (power * 2 <= bytes) power *= 2;
   return round_up(bytes, power / 8);
-}
-
-// "1.50 GiB (1610612736 bytes)"
-std::string describe_bytes(std::size_t bytes) {
-  char text[64];
-  const double gib = static_cast<double>(bytes) / static_cast<double>(1024 * kMiB);
-  const double mib = static_cast<double>(bytes) / static_cast<double>(kMiB);
-  if (gib >= 1.0) {
-    std::snprintf(text, sizeof(text), "%.2f GiB", gib);
-  } else {
-    std::snprintf(text, sizeof(text), "%.2f MiB", mib);
-  }
-  return std::string(text) + " (" + std::to_string(bytes) + " bytes)";
 }
 
 // Makes `ordinal` the current device for the guard's lifetime.
@@ -150,23 +137,25 @@ class CudaCachingAllocator final : public Allocator {
     if (error == cudaSuccess) return ptr;
     cudaGetLastError();
     if (error != cudaErrorMemoryAllocation) {
-      return detail::status_from_cuda_error(error, ("cudaMalloc of " + describe_bytes(block_size) +
-                                                    " on CUDA device " + std::to_string(ordinal_))
-                                                       .c_str());
+      return detail::status_from_cuda_error(
+          error, ("cudaMalloc of " + detail::describe_bytes(block_size) + " on CUDA device " +
+                  std::to_string(ordinal_))
+                     .c_str());
     }
     std::size_t free_bytes = 0;
     std::size_t total_bytes = 0;
     std::string free_text = "the free amount is unknown (cudaMemGetInfo failed)";
     if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
-      free_text = describe_bytes(free_bytes) + " of " + describe_bytes(total_bytes) +
-                  " are free (cudaMemGetInfo)";
+      free_text = detail::describe_bytes(free_bytes) + " of " +
+                  detail::describe_bytes(total_bytes) + " are free (cudaMemGetInfo)";
     } else {
       cudaGetLastError();
     }
     return out_of_memory("CUDA device " + std::to_string(ordinal_) + ": cannot allocate " +
-                         describe_bytes(bytes) + " (block of " + describe_bytes(block_size) +
+                         detail::describe_bytes(bytes) + " (block of " +
+                         detail::describe_bytes(block_size) +
                          ") even after returning kbit's cached blocks to the driver; " + free_text +
-                         " and kbit's live tensors hold " + describe_bytes(stats_.in_use) +
+                         " and kbit's live tensors hold " + detail::describe_bytes(stats_.in_use) +
                          ". Free tensors you no longer need, process the data in smaller "
                          "pieces, or use a GPU with more memory");
   }

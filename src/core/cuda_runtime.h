@@ -17,6 +17,12 @@ Status cuda_copy(void* dst, const void* src, std::size_t bytes);
 Status cuda_copy_on_stream(void* dst, const void* src, std::size_t bytes, void* stream);
 // Free and total memory of CUDA device `ordinal` (cudaMemGetInfo).
 Status cuda_memory_info(int ordinal, std::size_t* free_bytes, std::size_t* total_bytes);
+// Sets `bytes` bytes of device or managed memory to zero and waits for completion.
+Status cuda_zero(void* ptr, std::size_t bytes);
+// Queues, on `stream`, the migration of managed memory [ptr, ptr + bytes) to device `ordinal`, so
+// that kernels queued after it find the pages there. Does nothing where the device cannot access
+// managed memory concurrently with the host (the pages then move on first touch).
+Status cuda_prefetch_to_device(const void* ptr, std::size_t bytes, int ordinal, void* stream);
 // Waits for all work on CUDA device `ordinal`.
 Status cuda_synchronize(int ordinal);
 // kOk for cudaSuccess (0); otherwise kInternal (kOutOfMemory for allocation failures) with

@@ -81,4 +81,22 @@ Status cuda_synchronize(int ordinal) {
   return status;
 }
 
+Status cuda_zero(void* ptr, std::size_t bytes) {
+  return status_from_cuda_error(cudaMemset(ptr, 0, bytes), "cudaMemset");
+}
+
+Status cuda_prefetch_to_device(const void* ptr, std::size_t bytes, int ordinal, void* stream) {
+  int concurrent = 0;
+  KBIT_RETURN_IF_ERROR(status_from_cuda_error(
+      cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, ordinal),
+      "cudaDeviceGetAttribute(cudaDevAttrConcurrentManagedAccess)"));
+  if (concurrent == 0 || bytes == 0) return ok_status();
+  cudaMemLocation location{};
+  location.type = cudaMemLocationTypeDevice;
+  location.id = ordinal;
+  return status_from_cuda_error(
+      cudaMemPrefetchAsync(ptr, bytes, location, 0, static_cast<cudaStream_t>(stream)),
+      "cudaMemPrefetchAsync");
+}
+
 }  // namespace kbit::detail

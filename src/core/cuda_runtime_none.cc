@@ -25,6 +25,12 @@ Status cuda_memory_info(int, std::size_t*, std::size_t*) {
 Status cuda_synchronize(int) {
   return unimplemented("this kbit was built without CUDA; rebuild with the `cuda` preset");
 }
+Status cuda_zero(void*, std::size_t) {
+  return unimplemented("this kbit was built without CUDA; rebuild with the `cuda` preset");
+}
+Status cuda_prefetch_to_device(const void*, std::size_t, int, void*) {
+  return unimplemented("this kbit was built without CUDA; rebuild with the `cuda` preset");
+}
 Status status_from_cuda_error(int error, const char* what) {
   if (error == 0) return ok_status();
   return internal_error(std::string(what) + ": CUDA error in a build without CUDA");
@@ -41,5 +47,9 @@ CachingAllocatorStats cuda_allocator_stats(int) {
 void cuda_allocator_reset_peak(int) {}
 
 void cuda_allocator_release_cache(int) {}
+
+Result<Allocator*> cuda_managed_allocator(int) {
+  return unimplemented("this kbit was built without CUDA; rebuild with the `cuda` preset");
+}
 
 }  // namespace kbit

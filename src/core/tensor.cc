@@ -97,12 +97,25 @@ Result<Tensor> Tensor::empty(Shape shape, DType dtype, Device device) {
   if (device.is_cuda()) {
     KBIT_ASSIGN_OR_RETURN(allocator, cuda_allocator(device.index));
   }
+  return empty_from(*allocator, shape, dtype, device);
+}
+
+Result<Tensor> Tensor::empty_from(Allocator& allocator, Shape shape, DType dtype, Device device) {
   const std::size_t bytes = static_cast<std::size_t>(shape.numel()) * dtype_size(dtype);
-  KBIT_ASSIGN_OR_RETURN(void* data, allocator->allocate(bytes));
+  KBIT_ASSIGN_OR_RETURN(void* data, allocator.allocate(bytes));
   Tensor tensor;
-  tensor.storage_ = std::unique_ptr<void, Release>(data, Release{allocator});
+  tensor.storage_ = std::unique_ptr<void, Release>(data, Release{&allocator});
   tensor.view_ = TensorView(data, dtype, shape, device);
   return tensor;
+}
+
+Status zero_tensor(TensorView tensor) {
+  if (!tensor.is_contiguous()) {
+    return invalid_argument("zero_tensor needs a contiguous tensor, got " + tensor.describe());
+  }
+  if (tensor.device().is_cuda()) return detail::cuda_zero(tensor.data(), tensor.nbytes());
+  std::memset(tensor.data(), 0, tensor.nbytes());
+  return ok_status();
 }
 
 Status copy_tensor(const TensorView& src, TensorView dst) {

@@ -1,5 +1,6 @@
 // AdamW's hyperparameter and argument checks, and the 32-bit step (bitsandbytes'
-// kOptimizer32bit2State with OPTIMIZER = ADAM).
+// kOptimizer32bit2State with OPTIMIZER = ADAM): on the CPU here, on CUDA devices in
+// kernels/cuda/adamw.cu.
 #include "kbit/optim/adamw.h"
 
 #include <cmath>
@@ -7,6 +8,7 @@
 #include <limits>
 #include <string>
 
+#include "core/cuda_runtime.h"
 #include "optim/adamw_common.h"
 #include "quant/checks.h"
 
@@ -77,32 +79,38 @@ Status check_step_arguments(const AdamWHyperparameters& hyperparameters, const T
   }
   KBIT_RETURN_IF_ERROR(quant::check_tensor(param, "param", {DType::kF32}, param.numel()));
   KBIT_RETURN_IF_ERROR(quant::check_tensor(grad, "grad", {DType::kF32}, param.numel()));
-  for (const TensorView* tensor : {&param, &grad}) {
-    if (!tensor->device().is_cpu()) {
-      return unimplemented("AdamW steps run on the CPU only for now; " + tensor->describe() +
-                           " is not a host tensor");
-    }
-  }
-  return ok_status();
+  KBIT_RETURN_IF_ERROR(quant::check_same_device({&param, &grad}));
+  return quant::check_device_supported(param);
 }
 
 }  // namespace detail
 
 Status adamw32bit_step(const AdamWHyperparameters& hyperparameters, TensorView param,
-                       const TensorView& grad, AdamW32bitState* state) {
+                       const TensorView& grad, AdamW32bitState* state,
+                       const ExecutionOptions& options) {
   if (state == nullptr) return invalid_argument("adamw32bit_step: state is null");
   KBIT_RETURN_IF_ERROR(detail::check_step_arguments(hyperparameters, param, grad, state->step));
   const std::int64_t n = param.numel();
   KBIT_RETURN_IF_ERROR(quant::check_tensor(state->state1, "state1 (m)", {DType::kF32}, n));
   KBIT_RETURN_IF_ERROR(quant::check_tensor(state->state2, "state2 (v)", {DType::kF32}, n));
-  for (const TensorView* tensor : {&state->state1, &state->state2}) {
-    if (!tensor->device().is_cpu()) {
-      return unimplemented("AdamW steps run on the CPU only for now; state " + tensor->describe() +
-                           " is not a host tensor");
-    }
-  }
+  KBIT_RETURN_IF_ERROR(quant::check_same_device({&param, &state->state1, &state->state2}));
 
   const std::int64_t step = state->step + 1;
+  if (param.device().is_cuda()) {
+#if defined(KBIT_WITH_CUDA)
+    KBIT_RETURN_IF_ERROR(kbit::detail::status_from_cuda_error(
+        kernels::cuda::adamw32bit_step(
+            detail::kernel_hyperparameters(hyperparameters), static_cast<int>(step),
+            param.data_as<float>(), grad.data_as<const float>(), state->state1.data_as<float>(),
+            state->state2.data_as<float>(), n, static_cast<cudaStream_t>(options.stream.handle)),
+        "adamw32bit_step"));
+    state->step = step;
+    return ok_status();
+#else
+    (void)options;
+    return internal_error("unreachable: CUDA tensor in a build without CUDA");
+#endif
+  }
   const detail::StepFactors factors = detail::step_factors(hyperparameters, step);
   const float beta1 = hyperparameters.beta1;
   const float beta2 = hyperparameters.beta2;

@@ -1,12 +1,14 @@
 // The 8-bit AdamW step (bitsandbytes' kOptimizerStatic8bit2StateBlockwise with OPTIMIZER = ADAM,
-// one 256-thread CUDA block per 256 elements; spec 7.3), one block of the state at a time. The
-// blocks are independent, so they are split over the thread pool: the same bits for any count.
+// one 256-thread CUDA block per 256 elements; spec 7.3): on CUDA devices in
+// kernels/cuda/adamw.cu; on the CPU here, one block of the state at a time. The blocks are
+// independent, so they are split over the thread pool: the same bits for any count.
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <limits>
 #include <string>
 
+#include "core/cuda_runtime.h"
 #include "kbit/core/parallel.h"
 #include "kbit/optim/adamw.h"
 #include "kbit/quant/codebooks.h"
@@ -27,18 +29,17 @@ constexpr std::int64_t kBlocksPerTask = 256;
 constexpr std::uint8_t kPaddingCode1 = 128;
 constexpr std::uint8_t kPaddingCode2 = 0;
 
-Status check_state(const AdamW8bitState& state, std::int64_t n) {
+// The state's shapes and device; on the CPU also its absmax values.
+Status check_state(const AdamW8bitState& state, const TensorView& param) {
+  const std::int64_t n = param.numel();
   KBIT_RETURN_IF_ERROR(quant::check_tensor(state.state1, "state1 (codes of m)", {DType::kU8}, n));
   KBIT_RETURN_IF_ERROR(quant::check_tensor(state.state2, "state2 (codes of v)", {DType::kU8}, n));
   const std::int64_t blocks = adamw8bit_block_count(n);
   KBIT_RETURN_IF_ERROR(quant::check_tensor(state.absmax1, "absmax1", {DType::kF32}, blocks));
   KBIT_RETURN_IF_ERROR(quant::check_tensor(state.absmax2, "absmax2", {DType::kF32}, blocks));
-  for (const TensorView* tensor : {&state.state1, &state.state2, &state.absmax1, &state.absmax2}) {
-    if (!tensor->device().is_cpu()) {
-      return unimplemented("AdamW steps run on the CPU only for now; state " + tensor->describe() +
-                           " is not a host tensor");
-    }
-  }
+  KBIT_RETURN_IF_ERROR(quant::check_same_device(
+      {&param, &state.state1, &state.state2, &state.absmax1, &state.absmax2}));
+  if (param.device().is_cuda()) return ok_status();
   for (const TensorView* tensor : {&state.absmax1, &state.absmax2}) {
     const float* absmax = tensor->data_as<const float>();
     for (std::int64_t block = 0; block < blocks; ++block) {
@@ -82,13 +83,31 @@ Moments updated_moments(std::uint8_t code1, std::uint8_t code2, float g, const B
 }  // namespace
 
 Status adamw8bit_step(const AdamWHyperparameters& hyperparameters, TensorView param,
-                      const TensorView& grad, AdamW8bitState* state) {
+                      const TensorView& grad, AdamW8bitState* state,
+                      const ExecutionOptions& options) {
   if (state == nullptr) return invalid_argument("adamw8bit_step: state is null");
   KBIT_RETURN_IF_ERROR(detail::check_step_arguments(hyperparameters, param, grad, state->step));
   const std::int64_t n = param.numel();
-  KBIT_RETURN_IF_ERROR(check_state(*state, n));
+  KBIT_RETURN_IF_ERROR(check_state(*state, param));
 
   const std::int64_t step = state->step + 1;
+  if (param.device().is_cuda()) {
+#if defined(KBIT_WITH_CUDA)
+    KBIT_RETURN_IF_ERROR(kbit::detail::status_from_cuda_error(
+        kernels::cuda::adamw8bit_step(
+            detail::kernel_hyperparameters(hyperparameters), static_cast<int>(step),
+            param.data_as<float>(), grad.data_as<const float>(),
+            state->state1.data_as<std::uint8_t>(), state->state2.data_as<std::uint8_t>(),
+            state->absmax1.data_as<float>(), state->absmax2.data_as<float>(), n,
+            static_cast<cudaStream_t>(options.stream.handle)),
+        "adamw8bit_step"));
+    state->step = step;
+    return ok_status();
+#else
+    (void)options;
+    return internal_error("unreachable: CUDA tensor in a build without CUDA");
+#endif
+  }
   const detail::StepFactors factors = detail::step_factors(hyperparameters, step);
   float* p = param.data_as<float>();
   const float* g = grad.data_as<const float>();

@@ -9,13 +9,16 @@
 #include "kbit/core/tensor.h"
 #include "kbit/optim/adamw.h"
 #include "kernels/cpu/gpu_approx_math.h"
+#if defined(KBIT_WITH_CUDA)
+#include "kernels/cuda/optim_launchers.h"
+#endif
 
 namespace kbit::optim::detail {
 
 // The factors of step t that bitsandbytes' kernels compute once per thread (spec 7.3):
 //   c1 = 1 − __powf(beta1, t)       c2 = sqrtf(1 − __powf(beta2, t))
 //   step_size = −lr·c2 / c1          (approximate division, as under --use_fast_math)
-//   decay = 1 − lr·weight_decay     (nvcc contracts it into one fma)
+//   decay = 1 − lr·weight_decay     (the product rounded first: nvcc does not contract it)
 // beta^t is the correctly rounded float32 of the exact power of the float32 beta, and the square
 // root the IEEE one: the GPU's __powf and sqrt.approx are not reproduced (adamw.h).
 struct StepFactors {
@@ -34,7 +37,7 @@ inline StepFactors step_factors(const AdamWHyperparameters& hyperparameters, std
   StepFactors factors;
   factors.correction2 = correction2;
   factors.step_size = kernels::cpu::div_approx_ftz(-hyperparameters.lr * correction2, correction1);
-  factors.decay = std::fma(-hyperparameters.lr, hyperparameters.weight_decay, 1.0f);
+  factors.decay = 1.0f - hyperparameters.lr * hyperparameters.weight_decay;
   return factors;
 }
 
@@ -54,8 +57,16 @@ inline float updated_parameter(float param, float m, float v, const StepFactors&
 }
 
 // The checks every step makes before touching anything: hyperparameters, the step count, and
-// param / grad (f32, contiguous, same element count, n >= 1, on the CPU).
+// param / grad (f32, contiguous, same element count, n >= 1, on one device this build supports).
 Status check_step_arguments(const AdamWHyperparameters& hyperparameters, const TensorView& param,
                             const TensorView& grad, std::int64_t completed_steps);
+
+#if defined(KBIT_WITH_CUDA)
+inline kernels::cuda::AdamWKernelHyperparameters kernel_hyperparameters(
+    const AdamWHyperparameters& hyperparameters) {
+  return {hyperparameters.lr, hyperparameters.beta1, hyperparameters.beta2, hyperparameters.eps,
+          hyperparameters.weight_decay};
+}
+#endif
 
 }  // namespace kbit::optim::detail

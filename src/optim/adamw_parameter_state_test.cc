@@ -15,7 +15,8 @@ namespace {
 TEST(AdamWParameterStateTest, KindTensorsAndBytesFollowTheSizeRule) {
   for (const std::int64_t n : {std::int64_t{1000}, kMin8bitStateSize, std::int64_t{70000}}) {
     for (const bool eight_bit_optimizer : {false, true}) {
-      AdamWParameterState state(n, eight_bit_optimizer);
+      AdamWParameterState state = AdamWParameterState::create(n, eight_bit_optimizer).value();
+      EXPECT_FALSE(state.paged());
       EXPECT_EQ(state.eight_bit(), adamw_state_is_8bit(n, eight_bit_optimizer));
       EXPECT_EQ(state.bytes(), adamw_state_bytes(n, eight_bit_optimizer));
       std::int64_t tensor_bytes = 0;
@@ -26,6 +27,21 @@ TEST(AdamWParameterStateTest, KindTensorsAndBytesFollowTheSizeRule) {
       EXPECT_EQ(state.tensors().size(), state.eight_bit() ? 4u : 2u);
     }
   }
+}
+
+TEST(AdamWParameterStateTest, StartsFromTheZeroState) {
+  AdamWParameterState state = AdamWParameterState::create(5000, true).value();
+  for (const auto& [role, tensor] : state.tensors()) {
+    const auto* bytes = static_cast<const unsigned char*>(tensor.data());
+    for (std::size_t i = 0; i < tensor.nbytes(); ++i) ASSERT_EQ(bytes[i], 0) << role << " " << i;
+  }
+}
+
+TEST(AdamWParameterStateTest, PagingChangesNothingOnTheCpu) {
+  AdamWParameterState state =
+      AdamWParameterState::create(kPagedStateMinSize, true, {Device::cpu(), true}).value();
+  EXPECT_FALSE(state.paged());
+  EXPECT_EQ(state.bytes(), adamw_state_bytes(kPagedStateMinSize, true));
 }
 
 TEST(AdamWParameterStateTest, ApplyStepsAsTheStateFunctions) {
@@ -42,8 +58,8 @@ TEST(AdamWParameterStateTest, ApplyStepsAsTheStateFunctions) {
     const auto view = [](std::vector<float>& v) {
       return TensorView(v.data(), DType::kF32, Shape{static_cast<std::int64_t>(v.size())});
     };
-    AdamWParameterState state(n, eight_bit_optimizer);
-    AdamWParameterState reference(n, eight_bit_optimizer);
+    AdamWParameterState state = AdamWParameterState::create(n, eight_bit_optimizer).value();
+    AdamWParameterState reference = AdamWParameterState::create(n, eight_bit_optimizer).value();
     for (int step = 0; step < 2; ++step) {
       ASSERT_TRUE(state.apply(hyperparameters, view(param), view(grad)).ok());
       std::vector<std::pair<std::string, TensorView>> tensors = reference.tensors();

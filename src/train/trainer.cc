@@ -130,7 +130,10 @@ Result<Trainer> Trainer::create(TrainableModel& model, const TrainingRows& rows,
   auto state = std::make_unique<State>(State{&model, &rows, options, model.parameters(), {}});
   const bool eight_bit = options.optimizer != OptimizerKind::kAdamW;
   for (const TrainableParameter& parameter : state->parameters) {
-    state->optimizer.emplace_back(static_cast<std::int64_t>(parameter.values.size()), eight_bit);
+    KBIT_ASSIGN_OR_RETURN(optim::AdamWParameterState optimizer_state,
+                          optim::AdamWParameterState::create(
+                              static_cast<std::int64_t>(parameter.values.size()), eight_bit));
+    state->optimizer.push_back(std::move(optimizer_state));
   }
   return Trainer(std::move(state));
 }

@@ -38,4 +38,10 @@ void cuda_allocator_reset_peak(int ordinal);
 // Returns every cached block to the driver.
 void cuda_allocator_release_cache(int ordinal);
 
+// Managed (unified) memory of CUDA device `ordinal`, for paged optimizer state: usable by kernels
+// on the device, moved by the driver between the device and the host as memory runs short. Each
+// request is one cudaMallocManaged; one larger than the device's free memory at that moment fails
+// with kOutOfMemory naming both. kUnimplemented in a build without CUDA or for an invalid ordinal.
+Result<Allocator*> cuda_managed_allocator(int ordinal);
+
 }  // namespace kbit

@@ -81,6 +81,9 @@ class Tensor {
   // Uninitialised contiguous storage on `device`. Fails with kOutOfMemory, or kUnimplemented
   // for a CUDA device in a build without CUDA.
   static Result<Tensor> empty(Shape shape, DType dtype, Device device = Device::cpu());
+  // As empty(), with the storage from `allocator` (which must outlive the tensor and give memory
+  // usable on `device`), e.g. cuda_managed_allocator() for paged state.
+  static Result<Tensor> empty_from(Allocator& allocator, Shape shape, DType dtype, Device device);
 
   const TensorView& view() const { return view_; }
   operator const TensorView&() const { return view_; }  // NOLINT: a Tensor is usable as a view
@@ -102,6 +105,10 @@ class Tensor {
   std::unique_ptr<void, Release> storage_{nullptr, Release{nullptr}};
   TensorView view_;
 };
+
+// Sets every byte of `tensor` (contiguous) to zero on its device; CUDA work completes before
+// returning.
+Status zero_tensor(TensorView tensor);
 
 // Copies src into dst: same dtype and shape, both contiguous, any devices (host <-> CUDA and
 // CUDA <-> CUDA go through cudaMemcpy and complete before returning).

@@ -1,4 +1,5 @@
-// AdamW steps as bitsandbytes' CUDA kernels compute them, on the CPU (spec bnb-compat.md 7).
+// AdamW steps as bitsandbytes' CUDA kernels compute them, on the CPU and on CUDA devices (spec
+// bnb-compat.md 7).
 //
 // One step of AdamW on a parameter p [n] with gradient g [n], t = the step being applied (1 for
 // the first), all in float32:
@@ -18,22 +19,30 @@
 //           (all codes 0, absmax 0) is the initial one. Paging changes where bitsandbytes keeps
 //           the state, not the arithmetic: PagedAdamW8bit steps with adamw8bit_step.
 //
-// What matches bitsandbytes' CUDA results: the 8-bit state (codes and absmax) bit for bit, and
-// the 32-bit state bit for bit — the CPU reproduces the GPU's approximate division and the
-// fused multiply-adds nvcc forms (spec 7.3). The parameters match within a few float32 ulps
-// plus a small relative error of the update (not bit for bit): bitsandbytes' kernels compute
-// beta^t with the GPU's approximate __powf and sqrt with sqrt.approx, which the CPU does not
-// reproduce; it uses the correctly rounded beta^t and sqrt (adamw_test.cc derives the bound).
+// Where the step runs: on the device of its tensors. On the CPU, one block of the state at a
+// time over the thread pool; on a CUDA device, one kernel queued on options.stream (the call
+// returns once it is queued). The tensors of one call must all be on one device; the state may be
+// in managed memory (paged optimizers).
+//
+// What matches bitsandbytes' CUDA results:
+//   * CUDA: the parameters and the state bit for bit. The kernels issue the instructions
+//     bitsandbytes' compile to under --use_fast_math (kernels/cuda/adamw.cu).
+//   * CPU: the state bit for bit (the CPU reproduces the GPU's approximate division and the fused
+//     multiply-adds nvcc forms, spec 7.3); the parameters within a few float32 ulps plus a small
+//     relative error of the update: beta^t and the square root are the correctly rounded ones,
+//     not the GPU's approximate __powf and sqrt.approx (adamw_test.cc derives the bound), and
+//     subnormal values are not flushed to zero.
 //
 // Not supported: gradient-norm scaling (percentile clipping), max_unorm, skip_zeros, parameters
-// other than float32, CUDA tensors (kUnimplemented).
+// other than float32.
 //
 // Thread safety: the functions touch only their arguments; calls on distinct tensors may run
-// concurrently. Each call runs on the calling thread.
+// concurrently.
 #pragma once
 
 #include <cstdint>
 
+#include "kbit/core/execution.h"
 #include "kbit/core/status.h"
 #include "kbit/core/tensor.h"
 
@@ -89,19 +98,24 @@ struct AdamW8bitState {
 };
 
 // Applies step state->step + 1 to `param` with `grad` (both f32 with n >= 1 elements, any shape,
-// contiguous, on the CPU) and updates *state in place, including its step count.
+// contiguous, with the state on one device) and updates *state in place, including its step
+// count (at once, also for CUDA work still queued).
 // Fails with kInvalidArgument, changing nothing, on: a bad hyperparameter; a parameter, gradient
-// or state tensor of the wrong dtype, element count or layout; a step count below 0 or at 2^31 − 1
-// (bitsandbytes' kernels take an int). kUnimplemented for CUDA tensors.
+// or state tensor of the wrong dtype, element count, layout or device; a step count below 0 or at
+// 2^31 − 1 (bitsandbytes' kernels take an int). kUnimplemented for CUDA tensors in a build
+// without CUDA; kInternal if the kernel cannot be queued.
 // A gradient of NaN or ±inf is used as it is (as bitsandbytes' 32-bit kernel does).
 Status adamw32bit_step(const AdamWHyperparameters& hyperparameters, TensorView param,
-                       const TensorView& grad, AdamW32bitState* state);
+                       const TensorView& grad, AdamW32bitState* state,
+                       const ExecutionOptions& options = {});
 
-// As adamw32bit_step, with the 8-bit state. Also fails if an absmax is negative or not finite.
+// As adamw32bit_step, with the 8-bit state. On the CPU it also fails if an absmax is negative or
+// not finite (on a CUDA device that check would cost a copy per step, and is not made).
 // Where a gradient element is NaN or ±inf, its m and v are reset to 0 and its parameter element
 // is left as it is (bitsandbytes' kernel). Where a block's new max |m| is 0 (m identically 0 in the
 // block), its state1 codes become 255 (= +1 · 0), as in bitsandbytes' kernel (spec 7.3).
 Status adamw8bit_step(const AdamWHyperparameters& hyperparameters, TensorView param,
-                      const TensorView& grad, AdamW8bitState* state);
+                      const TensorView& grad, AdamW8bitState* state,
+                      const ExecutionOptions& options = {});
 
 }  // namespace kbit::optim

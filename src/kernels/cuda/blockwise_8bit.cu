@@ -14,36 +14,16 @@
 #include "kbit/quant/codebooks.h"
 #include "kernels/code_rules.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/dynamic_map_table.cuh"
 #include "kernels/cuda/quant_launchers.h"
 
 namespace kbit::kernels::cuda {
 namespace {
 
-// A dynamic map of codebooks.h (1 KiB), passed by value as a kernel parameter.
-struct DynamicMapTable {
-  float values[256];
-};
-
 constexpr int kQuantizeThreads = 256;
 constexpr int kCodesPerUnit = 8;  // dequantize: one 8-byte load
 constexpr int kDequantizeThreads = 256;
 constexpr int kUnitsInFlight = 4;
-
-DynamicMapTable make_map_table(quant::DynamicMap map) {
-  const auto& values =
-      map == quant::DynamicMap::kSigned ? quant::kDynamicSignedMap : quant::kDynamicUnsignedMap;
-  DynamicMapTable table{};
-  for (int k = 0; k < 256; ++k) table.values[k] = values[k];
-  return table;
-}
-
-// Copies the map into shared memory, where the search's data-dependent reads are fast.
-__device__ __forceinline__ void load_map(const DynamicMapTable& table, float* shared_map) {
-  for (int k = static_cast<int>(threadIdx.x); k < 256; k += static_cast<int>(blockDim.x)) {
-    shared_map[k] = table.values[k];
-  }
-  __syncthreads();
-}
 
 // input [n] -> codes [n], absmax [ceil(n / block_size)]. Each block of block_size values belongs
 // to a group of block_size / 8 = 2^log2_group_threads threads. Every value has `offset`
