@@ -155,10 +155,12 @@ else
   if want racecheck-kernels; then
     # The sampling cases left out run the kernels of CombinedFiltersMatchSampler again, at
     # 50-60 s each under racecheck.
-    sanitize racecheck 130 "$kernel_tests" 'CudaLlamaOps.*'
+    sanitize racecheck 240 "$kernel_tests" 'CudaLlamaOps.*'
     sanitize racecheck 170 "$kernel_tests" \
       'SampleToken.*:MarkSeen.*:SamplerUniform.*-*ManyDraws*:*LargeVocabularies*:*TopK*:*TopP*'
     sanitize racecheck 150 "$kernel_tests" 'CudaQuant*:CudaNestedAbsmax.*:CudaInt8Rowwise.*'
+    sanitize racecheck 150 "$kernel_tests" \
+      'CudaAttentionBackward.*:CudaLlamaBackward.*-*Deterministic*'
   fi
   if want racecheck-linear; then
     # The int8 tests run cuBLAS too (the outlier columns' GEMM).

@@ -1,7 +1,8 @@
 // Backward kernels of the Llama forward (llama_ops.h), in f32: for each op, the gradient of a loss
 // with respect to the op's inputs given the gradient with respect to its output (the d* arrays).
-// These are the reference kernels, the definitions, written to be read; training's fast kernels
-// will be checked against them as the forward's are.
+// These are the reference kernels, the definitions, written to be read; the CUDA kernels of
+// training (kernels/cuda/llama_backward_launchers.h, lora_launchers.h and linear_4bit's input
+// gradient) are checked against them as the forward's are.
 //
 //   linear      y = x · Wᵀ                       dx = dy · W,  dW += dyᵀ · x
 //   lora        y += s · (x̃ · Aᵀ) · Bᵀ,           h = x̃ · Aᵀ, dh = s · dy · B: dB += s · dyᵀ · h,

@@ -945,6 +945,46 @@ Status linear_4bit_many_rows(LinearContext& context, const FourBitCall& call) {
       "linear_4bit: bias and output rounding");
 }
 
+// dx [rows, in] = dy · W (call.x is dy [rows, out]; see linear_4bit_backward_input): each chunk
+// of W's output features dequantized, then its product with dy's matching columns added to the
+// f32 sums by one cublasGemmEx, and the sums rounded to dx's dtype at the end (f32 dx holds
+// the sums).
+Status multiply_input_gradient_in_chunks(LinearContext& context, const FourBitCall& call,
+                                         const LinearWorkspaceLayout& layout, const void* dy) {
+  const float alpha = 1.0f;
+  const cudaDataType_t type = cuda_data_type(call.compute_dtype);
+  const cublasComputeType_t compute =
+      call.compute_dtype == DType::kF32 ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F;
+  char* workspace = static_cast<char*>(context.workspace());
+  void* weight_chunk = workspace + layout.four_bit_weight_chunk;
+  // f32 dx takes the sums itself.
+  const bool direct = call.dtype == DType::kF32;
+  auto* sums = direct ? static_cast<float*>(call.y)
+                      : reinterpret_cast<float*>(workspace + layout.gemm_output);
+  const std::size_t element_bytes = dtype_size(call.compute_dtype);
+  const int in = static_cast<int>(call.in);
+  for (std::int64_t first_out = 0; first_out < call.out; first_out += layout.four_bit_chunk_out) {
+    const std::int64_t count = std::min(layout.four_bit_chunk_out, call.out - first_out);
+    KBIT_RETURN_IF_ERROR(cuda_status(dequantize_rows(call, first_out, count, weight_chunk),
+                                     "linear_4bit_backward_input: weight dequantization"));
+    // Column-major sums[in, rows] (+)= W_chunk[in, count] · dy_chunk[count, rows], dy_chunk
+    // being columns [first_out, first_out + count) of the row-major [rows, out] dy.
+    const float beta = first_out == 0 ? 0.0f : 1.0f;
+    KBIT_RETURN_IF_ERROR(linear_cublas_status(
+        cublasGemmEx(
+            context.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, in, static_cast<int>(call.rows),
+            static_cast<int>(count), &alpha, weight_chunk, type, in,
+            static_cast<const char*>(dy) + static_cast<std::size_t>(first_out) * element_bytes,
+            type, static_cast<int>(call.out), &beta, sums, CUDA_R_32F, in, compute,
+            CUBLAS_GEMM_DEFAULT),
+        "linear_4bit_backward_input: cublasGemmEx"));
+  }
+  if (direct) return ok_status();
+  return cuda_status(
+      convert(sums, DType::kF32, call.rows * call.in, call.y, call.dtype, call.stream),
+      "linear_4bit_backward_input: rounding dx");
+}
+
 bool is_float_dtype(DType dtype) {
   return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16;
 }
@@ -1081,6 +1121,33 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
       break;
   }
   return linear_4bit_many_rows(context, call);
+}
+
+Status linear_4bit_backward_input(LinearContext& context, const void* dy,
+                                  const FourBitWeightDevice& weight, std::int64_t rows,
+                                  std::int64_t in, std::int64_t out, DType compute_dtype, void* dx,
+                                  DType dtype, cpu::FourBitDecode decode) {
+  KBIT_RETURN_IF_ERROR(check_4bit_call(dy, weight, rows, in, out, compute_dtype, dx, dtype));
+  if (rows == 0) return ok_status();
+  const LinearWorkspaceLayout layout = linear_input_gradient_workspace_layout(rows, in, out);
+  if (layout.total_bytes > context.workspace_bytes()) {
+    return invalid_argument("linear_4bit_backward_input: " + std::to_string(rows) + " rows × " +
+                            std::to_string(in) + " inputs × " + std::to_string(out) +
+                            " outputs exceed the sizes its LinearContext was created for (create "
+                            "it with this shape and input_gradient set)");
+  }
+  // The call as the forward's: x is dy here, y is dx; the dequantization reads only the weight.
+  const FourBitCall call = make_4bit_call(context, dy, {weight, nullptr, out, dx}, rows, in,
+                                          compute_dtype, dtype, decode);
+  const void* converted_dy = dy;
+  if (compute_dtype != dtype) {
+    char* target = static_cast<char*>(context.workspace()) + layout.four_bit_x;
+    KBIT_RETURN_IF_ERROR(
+        cuda_status(convert(dy, dtype, rows * out, target, compute_dtype, context.stream()),
+                    "linear_4bit_backward_input: dy to the compute dtype"));
+    converted_dy = target;
+  }
+  return multiply_input_gradient_in_chunks(context, call, layout, converted_dy);
 }
 
 Status linear_4bit_layers(LinearContext& context, const void* x,

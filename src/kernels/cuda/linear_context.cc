@@ -69,7 +69,11 @@ Result<std::unique_ptr<LinearContext>> LinearContext::create(cudaStream_t stream
                               std::to_string(call.rows) + " rows, " + std::to_string(call.in) +
                               " inputs, " + std::to_string(call.out) + " outputs)");
     }
-    bytes = std::max(bytes, workspace_bytes_for(call.rows, call.in, call.out));
+    bytes = std::max(
+        bytes,
+        call.input_gradient
+            ? linear_input_gradient_workspace_layout(call.rows, call.in, call.out).total_bytes
+            : workspace_bytes_for(call.rows, call.in, call.out));
   }
   if (bytes == 0) return invalid_argument("a Linear context needs at least one call shape");
   // The destructor releases whatever was made before a failure.

@@ -42,6 +42,7 @@ class LinearContext {
     std::int64_t rows = 1;
     std::int64_t in = 1;
     std::int64_t out = 1;
+    bool input_gradient = false;  // a linear_4bit_backward_input call of this shape
   };
   // A context for calls of the shapes `calls` or smaller in every dimension (the workspace is
   // sized for the largest need among them, laid out as linear_workspace.h says, and taken from
@@ -153,6 +154,20 @@ Status linear_4bit_layers(LinearContext& context, const void* x,
                           DType compute_dtype, DType dtype,
                           cpu::FourBitDecode decode = cpu::FourBitDecode::kExact,
                           Linear4bitEpilogue epilogue = Linear4bitEpilogue::kStore);
+
+// ---- 4-bit input gradient ----------------------------------------------------------------------
+// The gradient of linear_4bit's output with respect to its input, as bitsandbytes' MatMul4Bit
+// backward computes it: dx [rows, in] = dy [rows, out] · W [out, in], with W dequantized by
+// `decode` to compute_dtype (f32, f16 or bf16) and dy converted to it, the products summed in
+// f32 and rounded once to dtype (f32 or bf16, of dy and dx). W is dequantized a chunk of output
+// features at a time into the context's workspace (never whole beyond kFourBitChunkElements
+// values), each chunk's product added to f32 sums by cuBLAS. The context must have been created
+// for the call's shape with input_gradient set. Layouts and refusals: those of linear_4bit.
+Status linear_4bit_backward_input(LinearContext& context, const void* dy,
+                                  const FourBitWeightDevice& weight, std::int64_t rows,
+                                  std::int64_t in, std::int64_t out, DType compute_dtype, void* dx,
+                                  DType dtype,
+                                  cpu::FourBitDecode decode = cpu::FourBitDecode::kExact);
 
 // ---- int8 ---------------------------------------------------------------------------------------
 struct Int8WeightDevice {

@@ -625,6 +625,110 @@ TEST(CudaLinear4bit, RejectsBadCalls) {
   EXPECT_EQ(call(plain, 0, 64, DType::kF32), StatusCode::kOk);
 }
 
+// ---- linear_4bit_backward_input.
+
+// dx = dy · W on the CPU: dy rounded to the compute dtype times the weight as the matmul sees it
+// (through the CPU linear kernel with Wᵀ as its weight), and the Σ|dy|·|W| of each output.
+struct InputGradientReference {
+  std::vector<float> dx;    // [rows, in], rounded to the activation dtype
+  std::vector<float> sums;  // [rows, in]
+};
+
+InputGradientReference input_gradient_reference(const FourBitCase& c,
+                                                const HostFourBitWeight& weight,
+                                                const std::vector<float>& dy) {
+  std::vector<float> transposed(weight.matmul_values.size());
+  for (std::int64_t o = 0; o < c.out; ++o) {
+    for (std::int64_t i = 0; i < c.in; ++i) {
+      transposed[static_cast<std::size_t>(i * c.out + o)] =
+          weight.matmul_values[static_cast<std::size_t>(o * c.in + i)];
+    }
+  }
+  const std::vector<float> dy_compute = rounded_all(c.compute_dtype, dy);
+  InputGradientReference reference;
+  reference.dx.resize(static_cast<std::size_t>(c.rows * c.in));
+  const cpu::LinearJob job{
+      dy_compute.data(),  transposed.data(), DType::kF32, nullptr, c.rows, c.out, c.in,
+      reference.dx.data()};
+  cpu::linear_op(job, ExecutionOptions{});
+  reference.dx = rounded_all(c.dtype, std::move(reference.dx));
+  reference.sums = abs_sums(dy_compute, transposed, {}, c.rows, c.out, c.in);
+  return reference;
+}
+
+void check_input_gradient_case(const FourBitCase& c, std::uint64_t seed) {
+  const HostFourBitWeight weight = quantize_weight(c, seed);
+  const Tensor dy_host = random_host({c.rows, c.out}, c.dtype, seed + 1, 1.0f);
+  const InputGradientReference reference =
+      input_gradient_reference(c, weight, values_of(dy_host.view()));
+
+  TestStream stream;
+  const LinearContext::CallShape shape{c.rows, c.in, c.out, /*input_gradient=*/true};
+  const auto context = must(
+      LinearContext::create(stream.get(), std::span<const LinearContext::CallShape>(&shape, 1)));
+  DeviceFourBitWeight device;
+  upload_weight(c, weight, device);
+  Tensor dy_storage;
+  const void* dy_device =
+      upload(dy_host.view(), c.misaligned ? dtype_size(c.dtype) : 0, dy_storage);
+  Tensor dx = poisoned_device({c.rows, c.in}, c.dtype);
+  check(linear_4bit_backward_input(*context, dy_device, device.view, c.rows, c.in, c.out,
+                                   c.compute_dtype, dx.view().data(), c.dtype));
+  stream.synchronize();
+  // K = out terms per sum, rounded once to the activation dtype (the compute dtype's roundings of
+  // dy and W are in the reference's inputs).
+  const Comparison comparison{c.rows, c.out, c.in, {c.dtype}};
+  EXPECT_EQ(count_mismatches(comparison, reference.dx, download(dx), reference.sums, describe(c)),
+            0);
+}
+
+TEST(CudaLinear4bitInputGradient, MatchesCpuReference) {
+  KBIT_REQUIRE_CUDA();
+  constexpr auto kNf4 = FourBitType::kNf4;
+  constexpr auto kFp4 = FourBitType::kFp4;
+  constexpr DType kF32 = DType::kF32;
+  constexpr DType kF16 = DType::kF16;
+  constexpr DType kBF16 = DType::kBF16;
+  // rows, out, in, type, block, nested, compute, activations, weight, bias (unused), stddev
+  const FourBitCase cases[] = {
+      {1, 64, 32, kNf4, 32, false, kF32, kF32, kF32, false, 0.02f},
+      {300, 96, 160, kNf4, 32, false, kBF16, kBF16, kBF16, false, 0.02f},
+      {9, 96, 160, kFp4, 32, true, kF16, kBF16, kF16, false, 1.0f, true},
+      // Several chunks of dequantized weight (kFourBitChunkElements): f32 dx takes the sums,
+      // bf16 dx their rounding.
+      {64, 4200, 4096, kNf4, 64, true, kBF16, kF32, kBF16, false, 0.02f},
+      {17, 8192, 4096, kNf4, 64, false, kBF16, kBF16, kBF16, false, 0.02f},
+      // The shapes of a Llama-3.1-8B MLP: down's input gradient (in 14336) and up's (out 14336).
+      {33, 4096, 14336, kNf4, 64, true, kBF16, kBF16, kBF16, false, 0.02f},
+      {33, 14336, 4096, kFp4, 128, true, kBF16, kBF16, kBF16, false, 0.02f},
+  };
+  std::uint64_t seed = 5000;
+  for (const FourBitCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    check_input_gradient_case(c, seed);
+    seed += 10;
+  }
+}
+
+TEST(CudaLinear4bitInputGradient, RejectsBadCalls) {
+  KBIT_REQUIRE_CUDA();
+  TestStream stream;
+  // A context for the forward call of the shape: too small for its input gradient.
+  const auto context = make_context(stream, 1024, 32, 64);
+  Tensor buffer = poisoned_device({1024 * 64}, DType::kF32);
+  float* data = buffer.data_as<float>();
+  const FourBitWeightDevice plain = placeholder_weight(buffer);
+  const auto call = [&](std::int64_t rows, std::int64_t in, DType dtype) {
+    return linear_4bit_backward_input(*context, data, plain, rows, in, 64, DType::kBF16, data,
+                                      dtype)
+        .code();
+  };
+  EXPECT_EQ(call(1024, 32, DType::kF32), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call(1, 32, DType::kF16), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call(1, 48, DType::kF32), StatusCode::kInvalidArgument);  // in % 32 != 0
+  EXPECT_EQ(call(0, 32, DType::kF32), StatusCode::kOk);
+}
+
 // ---- linear_4bit_layers.
 
 struct LayersCase {

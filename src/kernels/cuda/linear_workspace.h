@@ -8,6 +8,7 @@
 // then two families laid over the same bytes (one launcher call uses one family, and calls on
 // one stream run one after another):
 //   4-bit many-token path   four_bit_weight_chunk  [four_bit_chunk_out, in] compute dtype
+//   (and its input gradient, linear_input_gradient_workspace_layout)
 //                           four_bit_x             [rows, in] compute dtype
 //                           gemm_output            [rows, out] compute dtype (4 bytes reserved
 //                                                   per element, so f32 fits)
@@ -106,6 +107,20 @@ constexpr LinearWorkspaceLayout linear_workspace_layout(std::int64_t rows, std::
       layout.int8_outlier_sums + linear_workspace_aligned(count(rows * out) * 4);
 
   layout.total_bytes = std::max(four_bit_end, int8_end);
+  layout.four_bit_chunk_out = four_bit_chunk_out(in, out);
+  return layout;
+}
+
+// The layout of a linear_4bit_backward_input call, dx [rows, in] = dy [rows, out] · W [out, in]:
+// the 4-bit family with four_bit_weight_chunk holding chunks of W as in the forward,
+// four_bit_x dy in the compute dtype [rows, out] and gemm_output the f32 sums [rows, in]. The
+// forward layout of a call with max(in, out) inputs and outputs has room for each, and grows with
+// every size as that one does.
+constexpr LinearWorkspaceLayout linear_input_gradient_workspace_layout(std::int64_t rows,
+                                                                       std::int64_t in,
+                                                                       std::int64_t out) {
+  const std::int64_t wide = std::max(in, out);
+  LinearWorkspaceLayout layout = linear_workspace_layout(rows, wide, wide);
   layout.four_bit_chunk_out = four_bit_chunk_out(in, out);
   return layout;
 }
