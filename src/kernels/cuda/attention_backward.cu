@@ -32,6 +32,11 @@
 // to the activation dtype. Kernels 2 and 3 hold four tiles, 128 · head_dim + 64 floats of shared
 // memory: 64 KiB at head_dim 128, 128 KiB at 256 (GPUs with 99 KiB per block, sm_86 and sm_89,
 // take head_dim up to 192).
+//
+// bf16 at head_dim 64 and 128, the training shapes, takes a tensor-core path instead (see
+// "Tensor-core path" below): the same three steps on mma.sync, with P and dS rounded to bf16
+// as the products' inputs, and kernels 2 and 3 in one launch. f32, the other head_dims and
+// unaligned arrays keep the CUDA-core kernels.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -138,29 +143,35 @@ __device__ void store_rows(const float (&acc)[kRowsPerWarp][kDimsPerLane], T* ta
 
 // ---- Where a block works.
 
-// The block's own tile: blockIdx.x = rank · sequences + sequence, ranks from the tile with the
+// A block's own tile: its tile block = rank · sequences + sequence, ranks from the tile with the
 // most work, so that the long blocks start in the first wave and short ones fill the tail.
 struct Tile {
   std::int64_t sequence_row;  // token row of the sequence's position 0
   int length;                 // positions of a sequence
   int count;                  // tiles of a sequence
   int index;                  // of this tile in its sequence
-  int first;                  // position of its first row: index · kTile
-  int rows;                   // of its kTile rows, those within the sequence
+  int first;                  // position of its first row: index · size
+  int rows;                   // of its size rows, those within the sequence
 };
 
 // Query tiles see more keys the later they sit, key tiles more queries the earlier:
-// `last_first` for query tiles.
-__device__ Tile block_tile(const AttentionBackwardJob& job, bool last_first) {
+// `last_first` for query tiles. `size` positions a tile.
+__device__ Tile tile_of(const AttentionBackwardJob& job, bool last_first, int size,
+                        unsigned tile_block) {
   Tile tile;
   tile.length = static_cast<int>(job.tokens / job.sequences);
-  tile.count = (tile.length + kTile - 1) / kTile;
-  const auto rank = static_cast<int>(blockIdx.x / job.sequences);
-  tile.sequence_row = blockIdx.x % job.sequences * tile.length;
+  tile.count = (tile.length + size - 1) / size;
+  const auto rank = static_cast<int>(tile_block / job.sequences);
+  tile.sequence_row = tile_block % job.sequences * tile.length;
   tile.index = last_first ? tile.count - 1 - rank : rank;
-  tile.first = tile.index * kTile;
-  tile.rows = min(kTile, tile.length - tile.first);
+  tile.first = tile.index * size;
+  tile.rows = min(size, tile.length - tile.first);
   return tile;
+}
+
+// The CUDA-core kernels' tile: tile block blockIdx.x, heads along blockIdx.y.
+__device__ Tile block_tile(const AttentionBackwardJob& job, bool last_first) {
+  return tile_of(job, last_first, kTile, blockIdx.x);
 }
 
 // Whether the query at position `query` sees the key at `key` (positions of one sequence).
@@ -390,6 +401,536 @@ __global__ void __launch_bounds__(kThreads)
   store_rows(dq, static_cast<T*>(job.dq) + query_offset, query_stride, queries.rows, head_dim);
 }
 
+// ---- Tensor-core path: bf16 activations, head_dim 64 or 128.
+//
+// The same three kernels with the tile products on mma.sync m16n8k16 (bf16 inputs, f32
+// accumulators). Tiles are kMmaTile positions; a block is kMmaWarps warps and warp w owns rows
+// [16 · w, + 16) of the block's own tile, so that every gradient element still has one owner
+// (its accumulator lane) that sums its terms in a fixed order. Tiles sit in shared memory as
+// bf16 with row stride head_dim + 8: the 8 row addresses of one ldmatrix then lie 16 bytes apart
+// modulo 128 bytes, in distinct banks. The tiles the block loops over are double-buffered and
+// loaded with cp.async while the previous one is multiplied.
+//
+// P and dS are computed in f32 from the f32 accumulators and rounded to bf16 only as the inputs
+// of the products dv += Pᵀ·d_out, dk += dSᵀ·q and dq += dS·k, as FlashAttention-2 does; an
+// accumulator fragment of m16n8 is, pair by pair, the A fragment of the next m16k16 product, so
+// P and dS never leave registers.
+
+constexpr int kMmaTile = 64;
+constexpr int kMmaRows = 16;  // the M of m16n8k16: rows of a warp
+constexpr int kMmaWarps = kMmaTile / kMmaRows;
+constexpr int kMmaThreads = kMmaWarps * kWarpSize;
+// Kernel 2 takes its query tile in passes of this many queries, so that the f32 scores and dP of
+// a pass fit in registers beside dk and dv.
+constexpr int kKeyPassQueries = 32;
+
+using bf16 = __nv_bfloat16;
+
+template <int kHeadDim>
+constexpr int kSharedStride = kHeadDim + 8;
+
+template <int kHeadDim>
+constexpr int kSharedTileElements = kMmaTile* kSharedStride<kHeadDim>;
+
+__device__ __forceinline__ std::uint32_t shared_address(const void* pointer) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+__device__ __forceinline__ void copy_async_16(void* shared, const void* global) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared)),
+               "l"(global)
+               : "memory");
+}
+
+__device__ __forceinline__ void copy_async_4(void* shared, const void* global) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address(shared)),
+               "l"(global)
+               : "memory");
+}
+
+__device__ __forceinline__ void commit_copies() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most kPending of the committed copy groups are in flight.
+template <int kPending>
+__device__ __forceinline__ void wait_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+__device__ __forceinline__ void load_matrices(std::uint32_t (&r)[4], const bf16* address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(address))
+               : "memory");
+}
+
+__device__ __forceinline__ void load_matrices_transposed(std::uint32_t (&r)[4],
+                                                         const bf16* address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(address))
+               : "memory");
+}
+
+// d += a (16×16, row-major fragment) · b (16×8, column-major fragment b0, b1).
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const std::uint32_t (&a)[4],
+                                         std::uint32_t b0, std::uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two values rounded to bf16, `low` in the low half: the order of a fragment's pairs.
+__device__ __forceinline__ std::uint32_t pack_bf16(float low, float high) {
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
+  std::uint32_t bits;
+  std::memcpy(&bits, &pair, sizeof(bits));
+  return bits;
+}
+
+// Rows [0, rows) of a kMmaTile-row tile from source (row r at source + r · source_stride) into
+// the shared tile (stride kSharedStride), asynchronously; the other rows are zeroed, so that
+// positions beyond the sequence multiply nothing non-finite.
+template <int kHeadDim>
+__device__ void load_tile_async(const bf16* source, std::int64_t source_stride, int rows,
+                                bf16* tile) {
+  constexpr int kChunksPerRow = kHeadDim / kChunk;
+  for (int index = static_cast<int>(threadIdx.x); index < kMmaTile * kChunksPerRow;
+       index += kMmaThreads) {
+    const int row = index / kChunksPerRow;
+    const int column = index % kChunksPerRow * kChunk;
+    bf16* target = tile + row * kSharedStride<kHeadDim> + column;
+    if (row < rows) {
+      copy_async_16(target, source + row * source_stride + column);
+    } else {
+      *reinterpret_cast<uint4*>(target) = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// The warp's accumulator lane layout (m16n8): element e of n-tile j sits at row
+// lane / 4 + 8 · (e / 2) and column 8 · j + 2 · (lane % 4) + e % 2.
+__device__ __forceinline__ int fragment_row(int e) {
+  return static_cast<int>(threadIdx.x) % kWarpSize / 4 + e / 2 * 8;
+}
+__device__ __forceinline__ int fragment_column(int j, int e) {
+  return j * 8 + static_cast<int>(threadIdx.x) % 4 * 2 + e % 2;
+}
+
+// acc (16 × kColumns) += rows[row0, + 16) · columns[first_column, + kColumns)ᵀ, both shared tiles
+// [position, head_dim]: scores and dP.
+template <int kHeadDim, int kColumns>
+__device__ __forceinline__ void multiply_by_transposed(float (&acc)[kColumns / 8][4],
+                                                       const bf16* rows, int row0,
+                                                       const bf16* columns, int first_column) {
+  constexpr int kStride = kSharedStride<kHeadDim>;
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+#pragma unroll
+  for (int k0 = 0; k0 < kHeadDim; k0 += 16) {
+    std::uint32_t a[4];
+    load_matrices(a, rows + (row0 + lane % 16) * kStride + k0 + lane / 16 * 8);
+#pragma unroll
+    for (int n0 = 0; n0 < kColumns; n0 += 16) {
+      std::uint32_t b[4];
+      load_matrices(b, columns + (first_column + n0 + lane % 8 + lane / 16 * 8) * kStride + k0 +
+                           lane / 8 % 2 * 8);
+      mma_bf16(acc[n0 / 8], a, b[0], b[1]);
+      mma_bf16(acc[n0 / 8 + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// The accumulators of a 16 × kColumns product as the bf16 A fragments of its 16-column chunks.
+template <int kColumns>
+__device__ __forceinline__ void to_operands(const float (&acc)[kColumns / 8][4],
+                                            std::uint32_t (&a)[kColumns / 16][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kColumns / 16; ++kk) {
+    a[kk][0] = pack_bf16(acc[2 * kk][0], acc[2 * kk][1]);
+    a[kk][1] = pack_bf16(acc[2 * kk][2], acc[2 * kk][3]);
+    a[kk][2] = pack_bf16(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+    a[kk][3] = pack_bf16(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+  }
+}
+
+// acc (16 × head_dim) += weights (16 × kColumns, A fragments) · tile[first_row, + kColumns), a
+// shared tile [position, head_dim]: the gradient products.
+template <int kHeadDim, int kColumns>
+__device__ __forceinline__ void accumulate_product(float (&acc)[kHeadDim / 8][4],
+                                                   const std::uint32_t (&weights)[kColumns / 16][4],
+                                                   const bf16* tile, int first_row) {
+  constexpr int kStride = kSharedStride<kHeadDim>;
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+#pragma unroll
+  for (int kk = 0; kk < kColumns / 16; ++kk) {
+#pragma unroll
+    for (int n0 = 0; n0 < kHeadDim; n0 += 16) {
+      std::uint32_t b[4];
+      load_matrices_transposed(
+          b, tile + (first_row + kk * 16 + lane % 8 + lane / 8 % 2 * 8) * kStride + n0 +
+                 lane / 16 * 8);
+      mma_bf16(acc[n0 / 8], weights[kk], b[0], b[1]);
+      mma_bf16(acc[n0 / 8 + 1], weights[kk], b[2], b[3]);
+    }
+  }
+}
+
+// Stores the warp's rows of acc (rows row0 + fragment_row of the tile starting at target, rows
+// of row_stride elements), those below `rows`.
+template <int kHeadDim>
+__device__ void store_fragments(const float (&acc)[kHeadDim / 8][4], bf16* target,
+                                std::int64_t row_stride, int row0, int rows) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row0 + fragment_row(2 * half);
+    if (row >= rows) continue;
+#pragma unroll
+    for (int j = 0; j < kHeadDim / 8; ++j) {
+      const std::uint32_t pair = pack_bf16(acc[j][2 * half], acc[j][2 * half + 1]);
+      std::memcpy(target + row * row_stride + fragment_column(j, 0), &pair, sizeof(pair));
+    }
+  }
+}
+
+// Kernel 1 on tensor cores, block (query tile, head) = (blockIdx.x / heads, blockIdx.x % heads),
+// ranked as attention_gradients_mma_kernel's: the lse and delta of its queries. Each lane keeps its
+// own running max and sum over the columns it holds; the four lanes of a row combine theirs at the
+// end. Dynamic shared memory: 3 tiles (q, k double-buffered).
+template <int kHeadDim>
+__global__ void __launch_bounds__(kMmaThreads)
+    attention_row_statistics_mma_kernel(const AttentionBackwardJob job) {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  constexpr int kTileElements = kSharedTileElements<kHeadDim>;
+  bf16* query_rows = reinterpret_cast<bf16*>(shared_bytes);  // [kMmaTile, kSharedStride]
+  bf16* key_tiles = query_rows + kTileElements;              // [2][kMmaTile, kSharedStride]
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int row0 = warp * kMmaRows;
+  const Tile queries = tile_of(job, true, kMmaTile, blockIdx.x / job.heads);
+  const std::int64_t head = blockIdx.x % job.heads;
+  const std::int64_t kv_head = head / (job.heads / job.kv_heads);
+  const std::int64_t first_row = queries.sequence_row + queries.first;
+  const auto* k = static_cast<const bf16*>(job.k);
+  const auto load_keys = [&](int key_tile) {
+    const int first_key = key_tile * kMmaTile;
+    load_tile_async<kHeadDim>(
+        k + ((queries.sequence_row + first_key) * job.kv_heads + kv_head) * kHeadDim,
+        job.kv_heads * kHeadDim, min(kMmaTile, queries.length - first_key),
+        key_tiles + key_tile % 2 * kTileElements);
+  };
+  load_tile_async<kHeadDim>(
+      static_cast<const bf16*>(job.q) + (first_row * job.heads + head) * kHeadDim,
+      job.heads * kHeadDim, queries.rows, query_rows);
+  load_keys(0);
+  commit_copies();
+
+  // delta straight from global memory, kLanesPerRow lanes a row: each value is read once.
+  constexpr int kLanesPerRow = kHeadDim / kChunk;
+  constexpr int kRowsPerPass = kWarpSize / kLanesPerRow;
+  for (int r = lane / kLanesPerRow; r < kMmaRows; r += kRowsPerPass) {
+    const int position = queries.first + row0 + r;
+    const std::int64_t offset = ((queries.sequence_row + position) * job.heads + head) * kHeadDim +
+                                lane % kLanesPerRow * kChunk;
+    float partial = 0.0f;
+    if (position < queries.length) {
+      float d_out[kChunk];
+      float out[kChunk];
+      load_chunk(static_cast<const bf16*>(job.d_out) + offset, true, d_out);
+      load_chunk(static_cast<const bf16*>(job.out) + offset, true, out);
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) partial += d_out[i] * out[i];
+    }
+#pragma unroll
+    for (int width = kLanesPerRow / 2; width > 0; width /= 2) {
+      partial += __shfl_xor_sync(kFullWarp, partial, width);
+    }
+    if (lane % kLanesPerRow == 0 && position < queries.length) {
+      delta_of(job, head)[queries.sequence_row + position] = partial;
+    }
+  }
+
+  float max_score[2] = {-INFINITY, -INFINITY};  // rows fragment_row(0) and fragment_row(2)
+  float sum[2] = {0.0f, 0.0f};
+  for (int key_tile = 0; key_tile <= queries.index; ++key_tile) {
+    if (key_tile < queries.index) {
+      load_keys(key_tile + 1);
+      commit_copies();
+      wait_copies<1>();
+    } else {
+      wait_copies<0>();
+    }
+    __syncthreads();
+    float scores[kMmaTile / 8][4] = {};
+    multiply_by_transposed<kHeadDim, kMmaTile>(scores, query_rows, row0,
+                                               key_tiles + key_tile % 2 * kTileElements, 0);
+    const int first_key = key_tile * kMmaTile;
+    // Only the diagonal tile holds keys after a query (or beyond the sequence); the lse of a query
+    // beyond the sequence is not stored.
+    const bool masked = key_tile == queries.index;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int query = queries.first + row0 + fragment_row(2 * half);
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < kMmaTile / 8; ++j) {
+#pragma unroll
+        for (int e = 2 * half; e < 2 * half + 2; ++e) {
+          const bool seen =
+              !masked || sees(query, first_key + fragment_column(j, e), queries.length);
+          scores[j][e] = seen ? scores[j][e] * job.scale : -INFINITY;
+          tile_max = fmaxf(tile_max, scores[j][e]);
+        }
+      }
+      const float new_max = fmaxf(max_score[half], tile_max);
+      // A lane that has seen no key yet keeps max -inf: exp is then taken relative to 0.
+      const float reference = new_max == -INFINITY ? 0.0f : new_max;
+      float tile_sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kMmaTile / 8; ++j) {
+        tile_sum += expf(scores[j][2 * half] - reference);
+        tile_sum += expf(scores[j][2 * half + 1] - reference);
+      }
+      sum[half] = sum[half] * expf(max_score[half] - reference) + tile_sum;
+      max_score[half] = new_max;
+    }
+    __syncthreads();  // the key tile is read before the next iteration loads over it
+  }
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float row_max = max_score[half];
+    row_max = fmaxf(row_max, __shfl_xor_sync(kFullWarp, row_max, 1));
+    row_max = fmaxf(row_max, __shfl_xor_sync(kFullWarp, row_max, 2));
+    const float reference = row_max == -INFINITY ? 0.0f : row_max;
+    float row_sum = sum[half] * expf(max_score[half] - reference);
+    row_sum += __shfl_xor_sync(kFullWarp, row_sum, 1);
+    row_sum += __shfl_xor_sync(kFullWarp, row_sum, 2);
+    const int position = queries.first + row0 + fragment_row(2 * half);
+    if (lane % 4 == 0 && position < queries.length) {
+      lse_of(job, head)[queries.sequence_row + position] = row_max + logf(row_sum);
+    }
+  }
+}
+
+// Kernel 2 on tensor cores, block (key tile of tile_block, kv_head): dk and dv of its keys, warp w
+// those of keys [16 · w, + 16) in f32 accumulators. It steps through (head of the group, query
+// tile that sees its keys) in order; P and dS are computed transposed (key rows, query columns)
+// so that they are the A operands of dv and dk. Dynamic shared memory: 6 tiles (k, v; q and
+// d_out double-buffered) and the lse and delta of the query tiles, double-buffered.
+template <int kHeadDim>
+__device__ void key_gradients_mma(const AttentionBackwardJob& job, unsigned tile_block,
+                                  std::int64_t kv_head, unsigned char* shared_bytes) {
+  static_assert(kMmaThreads == 2 * kMmaTile, "one thread loads each query's lse or delta");
+  constexpr int kTileElements = kSharedTileElements<kHeadDim>;
+  bf16* key_rows = reinterpret_cast<bf16*>(shared_bytes);  // [kMmaTile, kSharedStride]
+  bf16* value_rows = key_rows + kTileElements;             // [kMmaTile, kSharedStride]
+  bf16* query_tiles = value_rows + kTileElements;          // [2][kMmaTile, kSharedStride]
+  bf16* grad_tiles = query_tiles + 2 * kTileElements;      // [2][kMmaTile, kSharedStride], d_out
+  // [2][lse, delta][kMmaTile]
+  float* statistics = reinterpret_cast<float*>(grad_tiles + 2 * kTileElements);
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int row0 = warp * kMmaRows;
+  const Tile keys = tile_of(job, false, kMmaTile, tile_block);
+  const std::int64_t group = job.heads / job.kv_heads;
+  const std::int64_t key_offset =
+      ((keys.sequence_row + keys.first) * job.kv_heads + kv_head) * kHeadDim;
+  const std::int64_t key_stride = job.kv_heads * kHeadDim;
+  const std::int64_t query_stride = job.heads * kHeadDim;
+  const int query_tiles_per_head = keys.count - keys.index;
+  const int steps = static_cast<int>(group) * query_tiles_per_head;
+  const auto first_query_of = [&](int step) {
+    return (keys.index + step % query_tiles_per_head) * kMmaTile;
+  };
+  const auto load_step = [&](int step) {
+    const int buffer = step % 2;
+    const std::int64_t head = kv_head * group + step / query_tiles_per_head;
+    const int first_query = first_query_of(step);
+    const int queries = min(kMmaTile, keys.length - first_query);
+    const std::int64_t first_row = keys.sequence_row + first_query;
+    const std::int64_t offset = (first_row * job.heads + head) * kHeadDim;
+    load_tile_async<kHeadDim>(static_cast<const bf16*>(job.q) + offset, query_stride, queries,
+                              query_tiles + buffer * kTileElements);
+    load_tile_async<kHeadDim>(static_cast<const bf16*>(job.d_out) + offset, query_stride, queries,
+                              grad_tiles + buffer * kTileElements);
+    const int query = static_cast<int>(threadIdx.x) % kMmaTile;
+    const float* source = threadIdx.x < kMmaTile ? lse_of(job, head) : delta_of(job, head);
+    float* target = statistics + buffer * 2 * kMmaTile + threadIdx.x;
+    if (query < queries) {
+      copy_async_4(target, source + first_row + query);
+    } else {
+      *target = 0.0f;
+    }
+  };
+  load_tile_async<kHeadDim>(static_cast<const bf16*>(job.k) + key_offset, key_stride, keys.rows,
+                            key_rows);
+  load_tile_async<kHeadDim>(static_cast<const bf16*>(job.v) + key_offset, key_stride, keys.rows,
+                            value_rows);
+  load_step(0);
+  commit_copies();
+
+  float dk[kHeadDim / 8][4] = {};
+  float dv[kHeadDim / 8][4] = {};
+  for (int step = 0; step < steps; ++step) {
+    if (step + 1 < steps) {
+      load_step(step + 1);
+      commit_copies();
+      wait_copies<1>();
+    } else {
+      wait_copies<0>();
+    }
+    __syncthreads();
+    const int buffer = step % 2;
+    const bf16* query_tile = query_tiles + buffer * kTileElements;
+    const bf16* grad_tile = grad_tiles + buffer * kTileElements;
+    const float* lse = statistics + buffer * 2 * kMmaTile;
+    const float* delta = lse + kMmaTile;
+    const int first_query = first_query_of(step);
+    // Off the diagonal tile every key precedes every query, and a query beyond the sequence has
+    // zero q and d_out: only these tiles need the mask.
+    const bool masked = first_query == keys.first;
+#pragma unroll
+    for (int pass = 0; pass < kMmaTile; pass += kKeyPassQueries) {
+      float p[kKeyPassQueries / 8][4] = {};  // scores until exp
+      multiply_by_transposed<kHeadDim, kKeyPassQueries>(p, key_rows, row0, query_tile, pass);
+#pragma unroll
+      for (int j = 0; j < kKeyPassQueries / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int column = pass + fragment_column(j, e);
+          const int key = keys.first + row0 + fragment_row(e);
+          const bool seen = !masked || sees(first_query + column, key, keys.length);
+          p[j][e] = seen ? expf(p[j][e] * job.scale - lse[column]) : 0.0f;
+        }
+      }
+      std::uint32_t operands[kKeyPassQueries / 16][4];
+      to_operands<kKeyPassQueries>(p, operands);
+      accumulate_product<kHeadDim, kKeyPassQueries>(dv, operands, grad_tile, pass);
+      float ds[kKeyPassQueries / 8][4] = {};  // dP until dS
+      multiply_by_transposed<kHeadDim, kKeyPassQueries>(ds, value_rows, row0, grad_tile, pass);
+#pragma unroll
+      for (int j = 0; j < kKeyPassQueries / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          ds[j][e] = p[j][e] * (ds[j][e] - delta[pass + fragment_column(j, e)]) * job.scale;
+        }
+      }
+      to_operands<kKeyPassQueries>(ds, operands);
+      accumulate_product<kHeadDim, kKeyPassQueries>(dk, operands, query_tile, pass);
+    }
+    __syncthreads();  // the buffers are read before the next iteration loads over them
+  }
+
+  store_fragments<kHeadDim>(dk, static_cast<bf16*>(job.dk) + key_offset, key_stride, row0,
+                            keys.rows);
+  store_fragments<kHeadDim>(dv, static_cast<bf16*>(job.dv) + key_offset, key_stride, row0,
+                            keys.rows);
+}
+
+// Kernel 3 on tensor cores, block (query tile of tile_block, head): dq of its queries, warp w those
+// of queries [16 · w, + 16). Dynamic shared memory: 6 tiles (q, d_out; k and v
+// double-buffered).
+template <int kHeadDim>
+__device__ void query_gradients_mma(const AttentionBackwardJob& job, unsigned tile_block,
+                                    std::int64_t head, unsigned char* shared_bytes) {
+  constexpr int kTileElements = kSharedTileElements<kHeadDim>;
+  bf16* query_rows = reinterpret_cast<bf16*>(shared_bytes);  // [kMmaTile, kSharedStride]
+  bf16* grad_rows = query_rows + kTileElements;              // [kMmaTile, kSharedStride], d_out
+  bf16* key_tiles = grad_rows + kTileElements;               // [2][kMmaTile, kSharedStride]
+  bf16* value_tiles = key_tiles + 2 * kTileElements;         // [2][kMmaTile, kSharedStride]
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int row0 = warp * kMmaRows;
+  const Tile queries = tile_of(job, true, kMmaTile, tile_block);
+  const std::int64_t kv_head = head / (job.heads / job.kv_heads);
+  const std::int64_t first_row = queries.sequence_row + queries.first;
+  const std::int64_t query_offset = (first_row * job.heads + head) * kHeadDim;
+  const std::int64_t query_stride = job.heads * kHeadDim;
+  const auto load_keys = [&](int key_tile) {
+    const int first_key = key_tile * kMmaTile;
+    const std::int64_t offset =
+        ((queries.sequence_row + first_key) * job.kv_heads + kv_head) * kHeadDim;
+    const int keys = min(kMmaTile, queries.length - first_key);
+    load_tile_async<kHeadDim>(static_cast<const bf16*>(job.k) + offset, job.kv_heads * kHeadDim,
+                              keys, key_tiles + key_tile % 2 * kTileElements);
+    load_tile_async<kHeadDim>(static_cast<const bf16*>(job.v) + offset, job.kv_heads * kHeadDim,
+                              keys, value_tiles + key_tile % 2 * kTileElements);
+  };
+  load_tile_async<kHeadDim>(static_cast<const bf16*>(job.q) + query_offset, query_stride,
+                            queries.rows, query_rows);
+  load_tile_async<kHeadDim>(static_cast<const bf16*>(job.d_out) + query_offset, query_stride,
+                            queries.rows, grad_rows);
+  load_keys(0);
+  commit_copies();
+
+  float lse[2];  // rows fragment_row(0) and fragment_row(2)
+  float delta[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row0 + fragment_row(2 * half);
+    const bool valid = row < queries.rows;
+    lse[half] = valid ? lse_of(job, head)[first_row + row] : 0.0f;
+    delta[half] = valid ? delta_of(job, head)[first_row + row] : 0.0f;
+  }
+
+  float dq[kHeadDim / 8][4] = {};
+  for (int key_tile = 0; key_tile <= queries.index; ++key_tile) {
+    if (key_tile < queries.index) {
+      load_keys(key_tile + 1);
+      commit_copies();
+      wait_copies<1>();
+    } else {
+      wait_copies<0>();
+    }
+    __syncthreads();
+    const bf16* key_tile_rows = key_tiles + key_tile % 2 * kTileElements;
+    float p[kMmaTile / 8][4] = {};   // scores until exp
+    float ds[kMmaTile / 8][4] = {};  // dP until dS
+    multiply_by_transposed<kHeadDim, kMmaTile>(p, query_rows, row0, key_tile_rows, 0);
+    multiply_by_transposed<kHeadDim, kMmaTile>(ds, grad_rows, row0,
+                                               value_tiles + key_tile % 2 * kTileElements, 0);
+    const int first_key = key_tile * kMmaTile;
+    // Only the diagonal tile holds keys after a query; a query beyond the sequence has zero q
+    // and d_out, lse and delta 0, and is not stored.
+    const bool masked = key_tile == queries.index;
+#pragma unroll
+    for (int j = 0; j < kMmaTile / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int query = queries.first + row0 + fragment_row(e);
+        const bool seen = !masked || sees(query, first_key + fragment_column(j, e), queries.length);
+        const float probability = seen ? expf(p[j][e] * job.scale - lse[e / 2]) : 0.0f;
+        ds[j][e] = probability * (ds[j][e] - delta[e / 2]) * job.scale;
+      }
+    }
+    std::uint32_t operands[kMmaTile / 16][4];
+    to_operands<kMmaTile>(ds, operands);
+    accumulate_product<kHeadDim, kMmaTile>(dq, operands, key_tile_rows, 0);
+    __syncthreads();  // the buffers are read before the next iteration loads over them
+  }
+
+  store_fragments<kHeadDim>(dq, static_cast<bf16*>(job.dq) + query_offset, query_stride, row0,
+                            queries.rows);
+}
+
+// Kernels 2 and 3 on tensor cores in one launch, so that the SMs which kernel 2's short blocks
+// leave take kernel 3's blocks rather than idle until its long ones end. Blocks [0, key_blocks)
+// are kernel 2's, (key tile, kv head) = (block / kv_heads, block % kv_heads), the others
+// kernel 3's, (query tile, head) likewise; each part ranked from the most work. Dynamic shared
+// memory: kKeyGradientsMmaBytes, kernel 2's, the larger.
+template <int kHeadDim>
+__global__ void __launch_bounds__(kMmaThreads)
+    attention_gradients_mma_kernel(const AttentionBackwardJob job, unsigned key_blocks) {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  if (blockIdx.x < key_blocks) {
+    key_gradients_mma<kHeadDim>(job, blockIdx.x / job.kv_heads, blockIdx.x % job.kv_heads,
+                                shared_bytes);
+  } else {
+    const unsigned block = blockIdx.x - key_blocks;
+    query_gradients_mma<kHeadDim>(job, block / job.heads, block % job.heads, shared_bytes);
+  }
+}
+
 // ---- Host side.
 
 std::size_t statistics_shared_bytes(std::int64_t head_dim) {
@@ -400,15 +941,70 @@ std::size_t gradients_shared_bytes(std::int64_t head_dim) {
   return 2 * statistics_shared_bytes(head_dim);
 }
 
-template <typename... Parameters>
-cudaError_t launch_with_shared(void (*kernel)(Parameters...), dim3 grid, std::size_t shared_bytes,
-                               cudaStream_t stream, const AttentionBackwardJob& job, bool aligned) {
+template <typename... Parameters, typename... Arguments>
+cudaError_t launch_with_shared(void (*kernel)(Parameters...), dim3 grid, int threads,
+                               std::size_t shared_bytes, cudaStream_t stream,
+                               Arguments... arguments) {
   // Beyond 48 KiB a kernel must opt in to more dynamic shared memory.
   const cudaError_t error = cudaFuncSetAttribute(
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
   if (error != cudaSuccess) return error;
-  kernel<<<grid, kThreads, shared_bytes, stream>>>(job, aligned);
+  kernel<<<grid, threads, shared_bytes, stream>>>(arguments...);
   return cudaGetLastError();
+}
+
+// The tensor-core kernels' dynamic shared memory: bf16 tiles, and kernel 2's lse and delta.
+template <int kHeadDim>
+constexpr std::size_t mma_shared_bytes(int tiles, int statistics_floats) {
+  return static_cast<std::size_t>(tiles) * kSharedTileElements<kHeadDim> * sizeof(bf16) +
+         static_cast<std::size_t>(statistics_floats) * sizeof(float);
+}
+
+template <int kHeadDim>
+constexpr std::size_t kKeyGradientsMmaBytes = mma_shared_bytes<kHeadDim>(6, 4 * kMmaTile);
+
+// Tiles of kMmaTile positions over the sequences.
+std::int64_t mma_tile_blocks(const AttentionBackwardJob& job) {
+  const std::int64_t length = job.tokens / job.sequences;
+  return (length + kMmaTile - 1) / kMmaTile * job.sequences;
+}
+
+template <int kHeadDim>
+cudaError_t launch_attention_backward_mma(const AttentionBackwardJob& job, cudaStream_t stream) {
+  const std::int64_t tile_blocks = mma_tile_blocks(job);
+  const auto key_blocks = static_cast<unsigned>(tile_blocks * job.kv_heads);
+  const auto query_blocks = static_cast<unsigned>(tile_blocks * job.heads);
+  const cudaError_t error =
+      launch_with_shared(attention_row_statistics_mma_kernel<kHeadDim>, dim3(query_blocks),
+                         kMmaThreads, mma_shared_bytes<kHeadDim>(3, 0), stream, job);
+  if (error != cudaSuccess) return error;
+  return launch_with_shared(attention_gradients_mma_kernel<kHeadDim>,
+                            dim3(key_blocks + query_blocks), kMmaThreads,
+                            kKeyGradientsMmaBytes<kHeadDim>, stream, job, key_blocks);
+}
+
+// Whether the tensor-core path takes the job: bf16, head_dim 64 or 128, 16-byte aligned arrays
+// (cp.async and vector loads), its blocks within grid.x (INT32_MAX) and kernel 2's shared memory
+// within the GPU's (103 KiB at head_dim 128: not on sm_86 and sm_89, which keep the CUDA-core
+// path).
+bool takes_mma_path(const AttentionBackwardJob& job) {
+  if (job.dtype != DType::kBF16 || (job.head_dim != 64 && job.head_dim != 128)) return false;
+  if (mma_tile_blocks(job) * (job.heads + job.kv_heads) > INT32_MAX) return false;
+  for (const void* array :
+       {job.q, job.k, job.v, job.out, job.d_out, static_cast<const void*>(job.dq),
+        static_cast<const void*>(job.dk), static_cast<const void*>(job.dv)}) {
+    if (!is_aligned_16(array)) return false;
+  }
+  int device = 0;
+  int shared_limit = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&shared_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess) {
+    return false;
+  }
+  const std::size_t needed =
+      job.head_dim == 64 ? kKeyGradientsMmaBytes<64> : kKeyGradientsMmaBytes<128>;
+  return needed <= static_cast<std::size_t>(shared_limit);
 }
 
 template <typename T, int kDimsPerLane>
@@ -420,15 +1016,15 @@ cudaError_t launch_attention_backward(const AttentionBackwardJob& job, cudaStrea
   const dim3 query_grid(tile_blocks, static_cast<unsigned>(job.heads));
   const dim3 key_grid(tile_blocks, static_cast<unsigned>(job.kv_heads));
   cudaError_t error =
-      launch_with_shared(attention_row_statistics_kernel<T>, query_grid,
+      launch_with_shared(attention_row_statistics_kernel<T>, query_grid, kThreads,
                          statistics_shared_bytes(job.head_dim), stream, job, aligned);
   if (error != cudaSuccess) return error;
   const std::size_t bytes = gradients_shared_bytes(job.head_dim);
-  error = launch_with_shared(attention_key_gradients_kernel<T, kDimsPerLane>, key_grid, bytes,
-                             stream, job, aligned);
+  error = launch_with_shared(attention_key_gradients_kernel<T, kDimsPerLane>, key_grid, kThreads,
+                             bytes, stream, job, aligned);
   if (error != cudaSuccess) return error;
-  return launch_with_shared(attention_query_gradients_kernel<T, kDimsPerLane>, query_grid, bytes,
-                            stream, job, aligned);
+  return launch_with_shared(attention_query_gradients_kernel<T, kDimsPerLane>, query_grid, kThreads,
+                            bytes, stream, job, aligned);
 }
 
 template <typename T>
@@ -462,6 +1058,10 @@ std::size_t attention_backward_workspace_floats(std::int64_t tokens, std::int64_
 cudaError_t attention_backward(const AttentionBackwardJob& job, cudaStream_t stream) {
   if (!valid_attention_backward_job(job)) return cudaErrorInvalidValue;
   if (job.dtype == DType::kF32) return launch_attention_backward<float>(job, stream);
+  if (takes_mma_path(job)) {
+    return job.head_dim == 64 ? launch_attention_backward_mma<64>(job, stream)
+                              : launch_attention_backward_mma<128>(job, stream);
+  }
   return launch_attention_backward<__nv_bfloat16>(job, stream);
 }
 

@@ -10,7 +10,8 @@
 //
 // Tolerances are derived per element from the sizes of the terms each result sums (see
 // gradient_magnitudes and gradient_bounds): both sides compute in f32, in different orders,
-// and the GPU takes delta from d_out · out where the reference sums P · dP.
+// and the GPU takes delta from d_out · out where the reference sums P · dP; in bf16 at head_dim
+// 64 and 128 the GPU's tensor-core path also rounds P and dS to bf16 before multiplying.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -144,13 +145,19 @@ Gradients cpu_gradients(const BackwardCase& c, const BackwardData& data) {
 //                    delta's errors (the GPU's d_out·out carries out's, the reference's P·dP its
 //                    P's and dP's);
 //   dq_out, dk_out:  the same for out's rounding to bf16, which moves delta by at most
-//                    2^-8·Σ|d_out|·|out|: scale·P·Σ|d_out|·|out| · |q| for dk, · |k| for dq.
+//                    2^-8·Σ|d_out|·|out|: scale·P·Σ|d_out|·|out| · |q| for dk, · |k| for dq;
+//   dq_mma, dk_mma,  Σ|term| of each result, the size of the tensor-core path's rounding of P
+//   dv_mma:          (in dv's terms P·d_out) and dS = scale·P·(dP − delta) (in dk's dS·q and
+//                    dq's dS·k) to bf16.
 struct Magnitudes {
   std::vector<double> dq;
   std::vector<double> dk;
   std::vector<double> dv;
   std::vector<double> dq_out;
   std::vector<double> dk_out;
+  std::vector<double> dq_mma;
+  std::vector<double> dk_mma;
+  std::vector<double> dv_mma;
 };
 
 // One query's exact softmax over its keys and the sizes of its terms (see Magnitudes).
@@ -209,9 +216,10 @@ Magnitudes gradient_magnitudes(const BackwardCase& c, const BackwardData& data) 
   const std::int64_t group = c.heads / c.kv_heads;
   const std::int64_t kv_stride = c.kv_heads * d;
   const double scale = c.scale();
-  Magnitudes m{std::vector<double>(at(c.q_size())), std::vector<double>(at(c.kv_size())),
+  Magnitudes m{std::vector<double>(at(c.q_size())),  std::vector<double>(at(c.kv_size())),
                std::vector<double>(at(c.kv_size())), std::vector<double>(at(c.q_size())),
-               std::vector<double>(at(c.kv_size()))};
+               std::vector<double>(at(c.kv_size())), std::vector<double>(at(c.q_size())),
+               std::vector<double>(at(c.kv_size())), std::vector<double>(at(c.kv_size()))};
   for (std::int64_t s = 0; s < c.sequences; ++s) {
     for (std::int64_t t = 0; t < c.length(); ++t) {
       for (std::int64_t h = 0; h < c.heads; ++h) {
@@ -227,6 +235,7 @@ Magnitudes gradient_magnitudes(const BackwardCase& c, const BackwardData& data) 
                            (terms.alpha[k] * std::fabs(terms.dp[k] - terms.delta) + terms.b[k] +
                             terms.delta_error);
           const double g_out = scale * p * terms.out_size;
+          const double ds = scale * p * std::fabs(terms.dp[k] - terms.delta);
           for (std::int64_t i = 0; i < d; ++i) {
             const std::size_t qi = at(query + i);
             const std::size_t ki = at(first_key + j * kv_stride + i);
@@ -235,6 +244,9 @@ Magnitudes gradient_magnitudes(const BackwardCase& c, const BackwardData& data) 
             m.dk_out[ki] += g_out * std::fabs(data.q[qi]);
             m.dq[qi] += g * std::fabs(data.k[ki]);
             m.dq_out[qi] += g_out * std::fabs(data.k[ki]);
+            m.dv_mma[ki] += p * std::fabs(data.d_out[qi]);
+            m.dk_mma[ki] += ds * std::fabs(data.q[qi]);
+            m.dq_mma[qi] += ds * std::fabs(data.k[ki]);
           }
         }
       }
@@ -244,7 +256,7 @@ Magnitudes gradient_magnitudes(const BackwardCase& c, const BackwardData& data) 
 }
 
 // bound = 2^-20 · rounding (a Magnitudes' dq, dk or dv), plus in bf16 2^-8 · out_rounding
-// (dq_out or dk_out) and the store's rounding.
+// (dq_out or dk_out), 2^-8 · mma_rounding (dq_mma, dk_mma or dv_mma) and the store's rounding.
 //
 // 2^-20 is 16·u, u = 2^-24 the relative rounding of one f32 operation. In `rounding` each term
 // carries the size of its own errors in units of u: P's through alpha (the dot product's rounding,
@@ -255,17 +267,25 @@ Magnitudes gradient_magnitudes(const BackwardCase& c, const BackwardData& data) 
 // of the kernels' order of operations stays within 1.2·u·rounding on these cases; 16·u leaves a
 // margin for the GPU's expf and logf (within 2 and 1 ulps, glibc's within 1).
 //
+// The tensor-core path accumulates its products in f32 too (bf16 products are exact in f32); its
+// adder may truncate rather than round, a few u more per dot product, which the margin takes.
+//
 // bf16: out is rounded to bf16 (by at most 2^-8 relative), which moves the GPU's delta and not
-// the reference's; the GPU's f32 result x is rounded on store, by at most
+// the reference's; the tensor-core path (head_dim 64 and 128) rounds each P and dS to bf16
+// before its products, so each term P·d_out, dS·q or dS·k gains at most 2^-8 of its size, at most
+// 2^-8 · mma_rounding in all (the CUDA-core path keeps them in f32 and is only held to a looser
+// bound); the GPU's f32 result x is rounded on store, by at most
 // 2^-8·|x| <= 2^-8·(|expected| + the f32 bound).
 std::vector<float> gradient_bounds(const std::vector<float>& expected,
                                    const std::vector<double>& rounding,
-                                   const std::vector<double>* out_rounding, DType dtype) {
+                                   const std::vector<double>* out_rounding,
+                                   const std::vector<double>& mma_rounding, DType dtype) {
   std::vector<float> bound(expected.size());
   for (std::size_t i = 0; i < bound.size(); ++i) {
     double error = std::ldexp(rounding[i], -20);
     if (dtype == DType::kBF16) {
       if (out_rounding != nullptr) error += std::ldexp((*out_rounding)[i], -8);
+      error += std::ldexp(mma_rounding[i], -8);
       error += std::ldexp(std::fabs(expected[i]) + error, -8);
     }
     bound[i] = static_cast<float>(error);
@@ -338,13 +358,15 @@ class GpuAttentionBackward {
 
 TEST(CudaAttentionBackward, MatchesReference) {
   KBIT_REQUIRE_CUDA();
-  // {tokens, sequences, heads, kv_heads, head_dim}: one token; tiles of 32 partial (37, 130,
-  // 300, sequences of 100 and 37 whose tiles start off the array's multiples of 32) and full (3
-  // sequences of 32); GQA groups 1, 4 and 8; head_dim 8 (fewer dimensions than lanes), 64, 80
-  // (not a multiple of 32), 128 and 256 (beyond 48 KiB of shared memory).
+  // {tokens, sequences, heads, kv_heads, head_dim}: one token; tiles of 32 (CUDA cores) and 64
+  // (tensor cores) partial (37, 130, 300, 600, sequences of 100, 37 and 300 whose tiles start
+  // off the array's multiples of 32 and 64) and full (3 sequences of 32, 2 of 128); GQA groups
+  // 1, 4 and 8; head_dim 8 (fewer dimensions than lanes), 64 and 128 (in bf16 on the tensor
+  // cores), 80 (not a multiple of 32) and 256 (beyond 48 KiB of shared memory) on the CUDA cores.
   const BackwardCase cases[] = {{1, 1, 4, 4, 64},    {37, 1, 8, 2, 80},   {130, 1, 8, 1, 128},
                                 {300, 3, 8, 2, 64},  {300, 1, 4, 4, 128}, {111, 3, 4, 1, 256},
-                                {96, 3, 16, 2, 128}, {45, 1, 2, 1, 8}};
+                                {96, 3, 16, 2, 128}, {45, 1, 2, 1, 8},    {37, 1, 4, 1, 64},
+                                {600, 2, 8, 2, 128}, {256, 2, 8, 1, 64},  {600, 1, 4, 1, 128}};
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     std::uint64_t seed = dtype == DType::kF32 ? 100 : 200;
     for (const BackwardCase& c : cases) {
@@ -354,11 +376,14 @@ TEST(CudaAttentionBackward, MatchesReference) {
       const Gradients actual = GpuAttentionBackward(c, data, dtype).run();
       const Gradients expected = cpu_gradients(c, data);
       const Magnitudes m = gradient_magnitudes(c, data);
-      expect_close(expected.dq, actual.dq, gradient_bounds(expected.dq, m.dq, &m.dq_out, dtype),
-                   1.0, what + ": dq");
-      expect_close(expected.dk, actual.dk, gradient_bounds(expected.dk, m.dk, &m.dk_out, dtype),
-                   1.0, what + ": dk");
-      expect_close(expected.dv, actual.dv, gradient_bounds(expected.dv, m.dv, nullptr, dtype), 1.0,
+      expect_close(expected.dq, actual.dq,
+                   gradient_bounds(expected.dq, m.dq, &m.dq_out, m.dq_mma, dtype), 1.0,
+                   what + ": dq");
+      expect_close(expected.dk, actual.dk,
+                   gradient_bounds(expected.dk, m.dk, &m.dk_out, m.dk_mma, dtype), 1.0,
+                   what + ": dk");
+      expect_close(expected.dv, actual.dv,
+                   gradient_bounds(expected.dv, m.dv, nullptr, m.dv_mma, dtype), 1.0,
                    what + ": dv");
     }
   }

@@ -74,10 +74,13 @@ cudaError_t cross_entropy_backward(void* logits, const std::int32_t* labels, std
 // The backward of causal grouped-query self-attention over each of `sequences` sequences of
 // tokens / sequences rows (query t of a sequence sees its keys 0..t; no cache offset, no
 // window), as attention_backward_reference: every probability recomputed from q and k (no
-// stored probabilities), in f32. dq, dk and dv are overwritten. cudaErrorInvalidValue (and
-// nothing launched) unless every pointer is set, tokens > 0, 0 < heads <= 65535, kv_heads
-// divides heads, 0 < head_dim <= 256 is a multiple of 8, sequences divides tokens and dtype is
-// kF32 or kBF16.
+// stored probabilities), in f32. bf16 at head_dim 64 and 128 with 16-byte aligned arrays runs on
+// tensor cores, which multiply P and dS rounded to bf16 as FlashAttention-2 does (at head_dim
+// 128 only where a block may take 103 KiB of shared memory: sm_80 and sm_90, not sm_86 or
+// sm_89). dq, dk and dv are overwritten, the same bits for the same inputs (no atomics).
+// cudaErrorInvalidValue (and nothing launched) unless every pointer is set, tokens > 0,
+// 0 < heads <= 65535, kv_heads divides heads, 0 < head_dim <= 256 is a multiple of 8, sequences
+// divides tokens and dtype is kF32 or kBF16.
 struct AttentionBackwardJob {
   const void* q;      // [tokens, heads, head_dim], rotated
   const void* k;      // [tokens, kv_heads, head_dim], rotated
