@@ -20,6 +20,7 @@
 #include "cuda_bench_timing.h"
 #include "kbit/core/device.h"
 #include "kbit/core/dtype.h"
+#include "kbit/core/status.h"
 #include "kbit/quant/blockwise_4bit.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/llama_backward_launchers.h"
@@ -74,11 +75,16 @@ bool usable(benchmark::State& state) {
   return false;
 }
 
-// Reports the time per call and, for `flops` per call, TFLOP/s.
-void report_flops(benchmark::State& state, double flops, double gb_per_s, double bytes) {
-  if (gb_per_s <= 0.0) return;
-  const double seconds = bytes / (gb_per_s * 1e9);
-  state.counters["TFLOP/s"] = flops / seconds / 1e12;
+// Times launch() (run_timed: GB/s for `bytes` per call) and reports TFLOP/s for `flops` per call.
+template <typename Launch>
+void run_timed_flops(benchmark::State& state, double flops, double bytes, Launch launch) {
+  const double gb_per_s = kbit::bench::run_timed(state, bytes, 1, [&](int) { return launch(); });
+  if (gb_per_s > 0.0) state.counters["TFLOP/s"] = flops / (bytes / (gb_per_s * 1e9)) / 1e12;
+}
+
+// The launch error run_timed expects from a launcher that returns a Status.
+cudaError_t launch_error(const kbit::Status& status) {
+  return status.ok() ? cudaSuccess : cudaErrorUnknown;
 }
 
 // ---- Attention backward: argument 0 = sequences (1 × 2048 or 4 × 512).
@@ -106,9 +112,7 @@ void BM_AttentionBackward(benchmark::State& state) {
   // The bytes are only the clock for the TFLOP/s counter: q, k, v, out, d_out read once, the
   // gradients written once.
   const double bytes = 2.0 * static_cast<double>(4 * q_count + 2 * kv_count + q_count);
-  const double gb_per_s = kbit::bench::run_timed(
-      state, bytes, 1, [&](int) { return cuda::attention_backward(job, nullptr); });
-  report_flops(state, flops, gb_per_s, bytes);
+  run_timed_flops(state, flops, bytes, [&] { return cuda::attention_backward(job, nullptr); });
 }
 
 // ---- Row kernels.
@@ -199,14 +203,10 @@ void BM_Linear4bitForward(benchmark::State& state) {
   }
   const double flops = 2.0 * static_cast<double>(kTokens * in) * static_cast<double>(out);
   const double bytes = static_cast<double>(in * out) / 2.0;
-  const double gb_per_s = kbit::bench::run_timed(state, bytes, 1, [&](int) {
-    return cuda::linear_4bit(**context, x.data(), weight.view, nullptr, kTokens, in, out,
-                             DType::kBF16, y.data(), DType::kBF16)
-                   .ok()
-               ? cudaSuccess
-               : cudaErrorUnknown;
+  run_timed_flops(state, flops, bytes, [&] {
+    return launch_error(cuda::linear_4bit(**context, x.data(), weight.view, nullptr, kTokens, in,
+                                          out, DType::kBF16, y.data(), DType::kBF16));
   });
-  report_flops(state, flops, gb_per_s, bytes);
 }
 
 // The same product with a bf16 weight (cuBLAS alone): what the 4-bit path adds to.
@@ -222,14 +222,10 @@ void BM_LinearBf16Forward(benchmark::State& state) {
   }
   const double flops = 2.0 * static_cast<double>(kTokens * in) * static_cast<double>(out);
   const double bytes = 2.0 * static_cast<double>(in * out);
-  const double gb_per_s = kbit::bench::run_timed(state, bytes, 1, [&](int) {
-    return cuda::linear_float(**context, x.data(), weight.data(), nullptr, kTokens, in, out,
-                              y.data(), DType::kBF16)
-                   .ok()
-               ? cudaSuccess
-               : cudaErrorUnknown;
+  run_timed_flops(state, flops, bytes, [&] {
+    return launch_error(cuda::linear_float(**context, x.data(), weight.data(), nullptr, kTokens, in,
+                                           out, y.data(), DType::kBF16));
   });
-  report_flops(state, flops, gb_per_s, bytes);
 }
 
 // Its input gradient dx = dy · W (linear_4bit_backward_input).
@@ -246,14 +242,11 @@ void BM_Linear4bitInputGradient(benchmark::State& state) {
   }
   const double flops = 2.0 * static_cast<double>(kTokens * in) * static_cast<double>(out);
   const double bytes = static_cast<double>(in * out) / 2.0;
-  const double gb_per_s = kbit::bench::run_timed(state, bytes, 1, [&](int) {
-    return cuda::linear_4bit_backward_input(**context, dy.data(), weight.view, kTokens, in, out,
-                                            DType::kBF16, dx.data(), DType::kBF16)
-                   .ok()
-               ? cudaSuccess
-               : cudaErrorUnknown;
+  run_timed_flops(state, flops, bytes, [&] {
+    return launch_error(cuda::linear_4bit_backward_input(**context, dy.data(), weight.view, kTokens,
+                                                         in, out, DType::kBF16, dx.data(),
+                                                         DType::kBF16));
   });
-  report_flops(state, flops, gb_per_s, bytes);
 }
 
 // The LoRA term of rank 16, forward then backward with dx.
@@ -288,15 +281,14 @@ void BM_LoraForwardBackward(benchmark::State& state) {
   const double flops =
       2.0 * 3.0 * static_cast<double>(kTokens * kLoraRank) * static_cast<double>(in + out);
   const double bytes = 2.0 * static_cast<double>(kTokens * (in + out));
-  const double gb_per_s = kbit::bench::run_timed(state, bytes, 1, [&](int) {
-    const bool ok =
+  run_timed_flops(state, flops, bytes, [&] {
+    const kbit::Status forward =
         cuda::lora_forward(**context, adapter, shape, x.data(), nullptr, DType::kBF16,
-                           x_dropped.as<float>(), h.as<float>(), term.as<float>(), y.data())
-            .ok() &&
-        cuda::lora_backward(**context, adapter, shape, buffers, DType::kBF16).ok();
-    return ok ? cudaSuccess : cudaErrorUnknown;
+                           x_dropped.as<float>(), h.as<float>(), term.as<float>(), y.data());
+    return launch_error(forward.ok()
+                            ? cuda::lora_backward(**context, adapter, shape, buffers, DType::kBF16)
+                            : forward);
   });
-  report_flops(state, flops, gb_per_s, bytes);
 }
 
 KBIT_GPU_BENCHMARK(BM_AttentionBackward)->Arg(1)->Arg(4);
