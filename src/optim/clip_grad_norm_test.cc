@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace kbit::optim {
@@ -88,6 +89,39 @@ TEST(ClipGradNorm, RejectsBadArguments) {
   std::vector<std::uint16_t> half(8);
   const std::vector<TensorView> wrong_dtype = {TensorView(half.data(), DType::kBF16, Shape{8})};
   EXPECT_EQ(clip_grad_norm(wrong_dtype, 1.0f).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Refused before any gradient is read: the views on CUDA devices here point at host memory,
+// which is never touched, so this runs in every build, with or without a GPU.
+TEST(ClipGradNorm, RejectsGradientsOnDifferentDevices) {
+  std::vector<float> host = random_values(8, 7, 1.0f);
+  std::vector<float> other = random_values(8, 8, 1.0f);
+  const std::vector<float> host_before = host;
+  const TensorView on_host = view_of(host);
+  const TensorView on_cuda0(other.data(), DType::kF32, Shape{8}, Device::cuda(0));
+  const TensorView on_cuda1(other.data(), DType::kF32, Shape{8}, Device::cuda(1));
+  const std::vector<std::vector<TensorView>> mixes = {
+      {on_host, on_cuda0}, {on_cuda0, on_host}, {on_cuda0, on_cuda1}};
+  for (const std::vector<TensorView>& views : mixes) {
+    const Status status = clip_grad_norm(views, 1e-3f).status();
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.to_string();
+    EXPECT_NE(status.message().find(views[0].device().to_string()), std::string::npos)
+        << status.to_string();
+    EXPECT_NE(status.message().find(views[1].device().to_string()), std::string::npos)
+        << status.to_string();
+  }
+  EXPECT_EQ(host, host_before);
+}
+
+TEST(ClipGradNorm, CudaGradientsNeedACudaBuild) {
+#if defined(KBIT_WITH_CUDA)
+  GTEST_SKIP() << "a CUDA build: clip_grad_norm_cuda_test.cc clips CUDA gradients";
+#else
+  std::vector<float> values = random_values(8, 9, 1.0f);
+  const std::vector<TensorView> views = {
+      TensorView(values.data(), DType::kF32, Shape{8}, Device::cuda(0))};
+  EXPECT_EQ(clip_grad_norm(views, 1e-3f).status().code(), StatusCode::kUnimplemented);
+#endif
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Host-side launchers of the CUDA Linear layers, with the numerics of the CPU kernels they are
 // tested against (kernels/cpu/llama_ops.h linear, kernels/cpu/quantized_linear.h):
 //   linear_float  y = x · Wᵀ (+ bias), W in the activation dtype (f32 or bf16), through cuBLAS
-//                 with f32 accumulation (never TF32)
+//                 with f32 accumulation (never TF32); linear_float_backward_input its dx = dy · W
 //   linear_4bit   bitsandbytes' Linear4bit: the weight dequantized inside the matmul
 //   linear_int8   LLM.int8 (spec 6.3): activations quantized row-wise, outlier columns in
 //                 floating point, int8 × int8 → int32 for the rest
@@ -90,6 +90,14 @@ class LinearContext {
 // accumulation; with bf16 the sum (bias included) is rounded once, as linear_reference.
 Status linear_float(LinearContext& context, const void* x, const void* weight, const void* bias,
                     std::int64_t rows, std::int64_t in, std::int64_t out, void* y, DType dtype);
+
+// The gradient of linear_float's output with respect to its input: dx[rows, in] = dy[rows, out] ·
+// W[out, in], all of `dtype` (f32 or bf16), f32 accumulation (never TF32); with bf16 the sum is
+// rounded once. Uses no workspace but cuBLAS's, so a context of any sizes on the right stream
+// serves. Refusals (kInvalidArgument): those of linear_float; rows = 0 does nothing.
+Status linear_float_backward_input(LinearContext& context, const void* dy, const void* weight,
+                                   std::int64_t rows, std::int64_t in, std::int64_t out, void* dx,
+                                   DType dtype);
 
 // ---- 4-bit --------------------------------------------------------------------------------------
 // A 4-bit weight in device memory, as kernels/cpu/quantized_linear.h's FourBitWeight describes.

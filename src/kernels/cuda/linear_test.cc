@@ -1,5 +1,6 @@
 // GPU tests of the float and 4-bit Linear launchers (linear_launchers.h) against the CPU
-// reference kernels (linear_reference, linear_4bit_reference) on fresh random data.
+// reference kernels (linear_reference, linear_4bit_reference) on fresh random data, and of
+// linear_float_backward_input against a float64 computation.
 //
 // The GPU sums in another order than the reference, so results agree within a bound, not bit
 // for bit. For one output, with K terms t_i = x_i · w_i (the bias counted as one more):
@@ -310,6 +311,112 @@ TEST(CudaLinearFloat, RejectsBadCalls) {
   EXPECT_EQ(empty_in.code(), StatusCode::kInvalidArgument) << empty_in.to_string();
   // No rows: nothing to do, nothing written.
   check(linear_float(*context, nullptr, nullptr, nullptr, 0, 32, 32, nullptr, DType::kF32));
+}
+
+// ---- linear_float_backward_input.
+
+struct FloatInputGradientCase {
+  std::int64_t rows;
+  std::int64_t in;
+  std::int64_t out;
+  DType dtype;
+  bool misaligned;  // dy and W one element past 16-byte alignment
+};
+
+std::string describe(const FloatInputGradientCase& c) {
+  std::ostringstream text;
+  text << "linear_float_backward_input rows " << c.rows << ", in " << c.in << ", out " << c.out
+       << ", " << dtype_name(c.dtype) << (c.misaligned ? ", misaligned" : "");
+  return text.str();
+}
+
+// dx = dy · W in float64, rounded to the dtype, and each output's Σ_o |dy[r, o]| · |W[o, i]|.
+// The bound is the header comment's with K = out terms: the GPU's f32 sum against the exact one,
+// and with bf16 one ulp for its one rounding.
+void check_float_input_gradient_case(const FloatInputGradientCase& c, std::uint64_t seed) {
+  const Tensor dy_host = random_host({c.rows, c.out}, c.dtype, seed, 1.0f);
+  const Tensor w_host = random_host({c.out, c.in}, c.dtype, seed + 1, 0.05f);
+  const std::vector<float> dy = values_of(dy_host.view());
+  const std::vector<float> w = values_of(w_host.view());
+  std::vector<float> expected(static_cast<std::size_t>(c.rows * c.in));
+  std::vector<float> sums(expected.size());
+  parallel_ranges(c.rows, [&](std::int64_t first, std::int64_t end) {
+    std::vector<double> exact(static_cast<std::size_t>(c.in));
+    std::vector<double> magnitude(exact.size());
+    for (std::int64_t r = first; r < end; ++r) {
+      std::fill(exact.begin(), exact.end(), 0.0);
+      std::fill(magnitude.begin(), magnitude.end(), 0.0);
+      for (std::int64_t o = 0; o < c.out; ++o) {
+        const double d = dy[static_cast<std::size_t>(r * c.out + o)];
+        const float* w_row = w.data() + o * c.in;
+        for (std::size_t i = 0; i < exact.size(); ++i) {
+          exact[i] += d * w_row[i];
+          magnitude[i] += std::fabs(d * w_row[i]);
+        }
+      }
+      for (std::size_t i = 0; i < exact.size(); ++i) {
+        const auto k = static_cast<std::size_t>(r * c.in) + i;
+        expected[k] = rounded_to(c.dtype, static_cast<float>(exact[i]));
+        sums[k] = static_cast<float>(magnitude[i]);
+      }
+    }
+  });
+
+  TestStream stream;
+  // The smallest context: the launcher needs no workspace but cuBLAS's.
+  const auto context = make_context(stream, 1, 1, 1);
+  const std::size_t offset = c.misaligned ? dtype_size(c.dtype) : 0;
+  Tensor dy_storage;
+  Tensor w_storage;
+  const void* dy_device = upload(dy_host.view(), offset, dy_storage);
+  const void* w_device = upload(w_host.view(), offset, w_storage);
+  Tensor dx = poisoned_device({c.rows, c.in}, c.dtype);
+  check(linear_float_backward_input(*context, dy_device, w_device, c.rows, c.in, c.out,
+                                    dx.view().data(), c.dtype));
+  stream.synchronize();
+  const Comparison comparison{
+      c.rows, c.out, c.in,
+      c.dtype == DType::kBF16 ? std::vector<DType>{DType::kBF16} : std::vector<DType>{}};
+  EXPECT_EQ(count_mismatches(comparison, expected, download(dx), sums, describe(c)), 0);
+}
+
+TEST(CudaLinearFloatInputGradient, MatchesFloat64Reference) {
+  KBIT_REQUIRE_CUDA();
+  const FloatInputGradientCase cases[] = {
+      {1, 33, 7, DType::kF32, false},
+      {7, 160, 96, DType::kBF16, true},
+      {300, 777, 1000, DType::kF32, true},
+      {300, 4096, 1024, DType::kBF16, false},
+      // An lm_head's input gradient: the sum runs over a 32000-token vocabulary.
+      {1, 256, 32000, DType::kBF16, false},
+      {7, 256, 32000, DType::kF32, false},
+      {300, 256, 32000, DType::kF32, false},
+      {300, 256, 32000, DType::kBF16, false},
+  };
+  std::uint64_t seed = 9000;
+  for (const FloatInputGradientCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    check_float_input_gradient_case(c, seed);
+    seed += 10;
+  }
+}
+
+TEST(CudaLinearFloatInputGradient, RejectsBadCalls) {
+  KBIT_REQUIRE_CUDA();
+  TestStream stream;
+  const auto context = make_context(stream, 4, 32, 32);
+  Tensor buffer = poisoned_device({4, 32}, DType::kF32);
+  void* data = buffer.view().data();
+  const auto call = [&](const void* dy, std::int64_t rows, std::int64_t in, DType dtype) {
+    return linear_float_backward_input(*context, dy, data, rows, in, 32, data, dtype).code();
+  };
+  EXPECT_EQ(call(data, 1, 32, DType::kF16), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call(data, 1, 0, DType::kF32), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call(data, -1, 32, DType::kF32), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call(nullptr, 1, 32, DType::kF32), StatusCode::kInvalidArgument);
+  // No rows: nothing to do, nothing read or written.
+  EXPECT_EQ(call(nullptr, 0, 32, DType::kF32), StatusCode::kOk);
+  stream.synchronize();
 }
 
 // ---- linear_4bit.

@@ -11,6 +11,7 @@
 
 #include "core/cuda_runtime.h"
 #include "kernels/cuda/activation_parts.cuh"
+#include "kernels/cuda/counter_hash.cuh"
 #include "kernels/cuda/linear_workspace.h"
 #include "kernels/cuda/llama_launchers.h"
 #include "kernels/cuda/lora_launchers.h"
@@ -49,6 +50,22 @@ __global__ void __launch_bounds__(kThreads)
        i += stride) {
     const float addend = keep == nullptr ? term[i] : keep[i] * term[i];
     target[i] = from_float<T>(__fadd_rn(to_float(target[i]), addend));
+  }
+}
+
+// keep[i] = 0 where element i of stream `stream_seed` is dropped (its uniform draw below p),
+// `kept` elsewhere, i in [0, count).
+__global__ void __launch_bounds__(kThreads)
+    dropout_keep_kernel(float* __restrict__ keep, std::int64_t count, std::uint64_t stream_seed,
+                        double p, float kept) {
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    // 53 bits convert to double exactly and the scaling by 2^-53 is exact: the CPU's uniform.
+    const double uniform =
+        static_cast<double>(random_bits(stream_seed, static_cast<std::uint64_t>(i)) >> 11) *
+        0x1p-53;
+    keep[i] = uniform < p ? 0.0f : kept;
   }
 }
 
@@ -170,6 +187,19 @@ Status lora_backward(LinearContext& context, const LoraAdapterDevice& adapter,
                                 shape.in, "lora_backward: dh · A"));
   return add_f32(buffers.dx, buffers.dx_term, buffers.keep, rows * shape.in, dtype, stream,
                  "lora_backward: dx += keep ⊙ dh · A");
+}
+
+cudaError_t lora_dropout_keep(float* keep, std::int64_t count, std::uint64_t stream_seed, double p,
+                              cudaStream_t stream) {
+  if (!(p >= 0.0 && p <= 1.0) || count < 0 || (count > 0 && keep == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  if (count == 0) return cudaSuccess;
+  // Computed on the host, in double and then rounded, as draw_dropout does.
+  const float kept = p < 1.0 ? static_cast<float>(1.0 / (1.0 - p)) : 0.0f;
+  dropout_keep_kernel<<<blocks_for(count), kThreads, 0, stream>>>(keep, count, stream_seed, p,
+                                                                  kept);
+  return cudaGetLastError();
 }
 
 }  // namespace kbit::kernels::cuda

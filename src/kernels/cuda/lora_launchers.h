@@ -17,6 +17,8 @@
 // reads again (kept, or recomputed by a second forward).
 #pragma once
 
+#include <cuda_runtime_api.h>
+
 #include <cstdint>
 
 #include "kbit/core/dtype.h"
@@ -61,5 +63,16 @@ struct LoraBackwardBuffers {
 };
 Status lora_backward(LinearContext& context, const LoraAdapterDevice& adapter,
                      const LoraShape& shape, const LoraBackwardBuffers& buffers, DType dtype);
+
+// The dropout's factors `keep` of one Linear's input, as LayerAdapters::draw_dropout
+// (train/layer_pass.cc) draws them on the CPU for nn.Dropout(p): element i is dropped where
+//   u_i = (random_bits(stream_seed, i) >> 11) · 2^-53 < p     (kbit::random_bits, in double)
+// and keep[i] = 0 there, f32(1 / (1 − p)) elsewhere (0 everywhere for p = 1). stream_seed is the
+// Linear's stream, random_bits(seed, j), which the caller derives on the host; the factors are
+// then the CPU's bit for bit. keep f32 [count], device memory, written whole.
+// Queues one kernel on `stream` and returns the launch error; cudaErrorInvalidValue, queueing
+// nothing, for p outside [0, 1] (NaN included), count < 0, or keep null with count > 0.
+cudaError_t lora_dropout_keep(float* keep, std::int64_t count, std::uint64_t stream_seed, double p,
+                              cudaStream_t stream);
 
 }  // namespace kbit::kernels::cuda

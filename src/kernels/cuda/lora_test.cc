@@ -1,6 +1,7 @@
 // GPU tests of the LoRA launchers (lora_launchers.h): the forward against a CPU computation of
 // PEFT's term in double, the backward against lora_backward_reference (kernels/cpu/
-// llama_backward.h), in f32 and bf16 activations, with and without dropout, on fresh random data.
+// llama_backward.h), in f32 and bf16 activations, with and without dropout, on fresh random data;
+// and the dropout's factors (lora_dropout_keep) against the CPU's draw, bit for bit.
 //
 // Tolerance: every value here is a chain of f32 sums (x̃·Aᵀ over in, ·Bᵀ over rank, dyᵀ·h over
 // rows, dy·B over out, ...), each within (terms + 2)·u of the sum of its terms' magnitudes. The
@@ -11,6 +12,8 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -18,6 +21,7 @@
 #include <vector>
 
 #include "kbit/core/dtype.h"
+#include "kbit/core/random.h"
 #include "kbit/core/status.h"
 #include "kernels/cpu/llama_backward.h"
 #include "kernels/cuda/cuda_kernel_test_support.h"
@@ -240,6 +244,67 @@ TEST(CudaLora, RejectsBadCalls) {
   EXPECT_EQ(cuda::lora_backward(*context, adapter, shape, missing_dx_term, DType::kF32).code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
+// ---- The dropout's factors (lora_dropout_keep).
+
+// LayerAdapters::draw_dropout's factors (train/layer_pass.cc) of one Linear's stream, on the host.
+std::vector<float> host_dropout_keep(std::int64_t count, std::uint64_t stream_seed, double p) {
+  const float kept = p < 1 ? static_cast<float>(1.0 / (1.0 - p)) : 0.0f;
+  std::vector<float> keep(static_cast<std::size_t>(count));
+  for (std::size_t i = 0; i < keep.size(); ++i) {
+    const double uniform = static_cast<double>(kbit::random_bits(stream_seed, i) >> 11) * 0x1p-53;
+    keep[i] = uniform < p ? 0.0f : kept;
+  }
+  return keep;
+}
+
+// Every factor the CPU's bit for bit, for several seeds, rates and counts (one element, around
+// the 256-thread block, and a grid-stride of many blocks). The number dropped, D ~ Binomial(count,
+// p) for a good hash, must also lie within 6 standard deviations of count · p (plus one for
+// rounding): a false failure about once in 5·10^8 checks, while a stuck or biased draw, or p
+// applied the wrong way round, fails it by far.
+TEST(CudaLoraDropout, FactorsAreTheCpusBitForBit) {
+  KBIT_REQUIRE_CUDA();
+  const NonBlockingStream stream;
+  for (const std::uint64_t seed : {std::uint64_t{1}, std::uint64_t{20260101}, ~std::uint64_t{0}}) {
+    for (const double p : {0.05, 0.5, 1.0, 0.0}) {
+      for (const std::int64_t count : {std::int64_t{1}, std::int64_t{255}, std::int64_t{257},
+                                       std::int64_t{4096 * 3 + 1}, std::int64_t{4096 * 256 + 77}}) {
+        const std::string what = "seed " + std::to_string(seed) + ", p " + std::to_string(p) +
+                                 ", count " + std::to_string(count);
+        SCOPED_TRACE(what);
+        // The stream of Linear j = 3 of a layer, as draw_dropout derives it.
+        const std::uint64_t stream_seed = kbit::random_bits(seed, 3);
+        const DeviceArray keep(count, DType::kF32);
+        check(cudaDeviceSynchronize());  // the poison, on the legacy stream, is in place
+        finish(cuda::lora_dropout_keep(keep.as<float>(), count, stream_seed, p, stream.get()));
+        const std::vector<float> actual = keep.to_floats();
+        expect_same_bits(host_dropout_keep(count, stream_seed, p), actual, what);
+        const auto dropped = static_cast<double>(std::count(actual.begin(), actual.end(), 0.0f));
+        const double n = static_cast<double>(count);
+        EXPECT_LE(std::fabs(dropped - n * p), 6.0 * std::sqrt(n * p * (1.0 - p)) + 1.0)
+            << dropped << " of " << count << " dropped";
+      }
+    }
+  }
+}
+
+TEST(CudaLoraDropout, RejectsBadCalls) {
+  KBIT_REQUIRE_CUDA();
+  const DeviceArray keep(8, DType::kF32);
+  float* data = keep.as<float>();
+  for (const double p : {-0.1, 1.5, std::nan("")}) {
+    EXPECT_EQ(cuda::lora_dropout_keep(data, 8, 1, p, nullptr), cudaErrorInvalidValue) << p;
+  }
+  EXPECT_EQ(cuda::lora_dropout_keep(data, -1, 1, 0.5, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::lora_dropout_keep(nullptr, 8, 1, 0.5, nullptr), cudaErrorInvalidValue);
+  // Nothing to draw: nothing queued, nothing written.
+  EXPECT_EQ(cuda::lora_dropout_keep(nullptr, 0, 1, 0.5, nullptr), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  for (const float value : keep.to_floats()) {
+    EXPECT_EQ(std::bit_cast<std::uint32_t>(value), 0xABABABABu);
+  }
 }
 
 }  // namespace

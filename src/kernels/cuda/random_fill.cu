@@ -5,17 +5,11 @@
 #include <cstdint>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/counter_hash.cuh"
 #include "kernels/cuda/random_fill.h"
 
 namespace kbit::kernels::cuda {
 namespace {
-
-__host__ __device__ __forceinline__ std::uint64_t mix(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 // A uniform double in (0, 1]: never 0, so log() is finite.
 __device__ __forceinline__ double uniform(std::uint64_t bits) {
