@@ -15,7 +15,8 @@
 # racecheck-kernels racecheck-linear sanitize-model bench": memcheck of the kernel tests, racecheck
 # of them (the linear kernels', which run beside cuBLAS, apart), both on the model tests; the
 # step "workbench" runs the kernel workbench alone, which "bench" includes; "bench-shapes" runs
-# kbit bench on the Llama-2-7B and 70B shapes, into bench-<config>-<mode>.json); the device
+# kbit bench on the Llama-2-7B and 70B shapes, into bench-<config>-<mode>.json; "bench-finetune"
+# runs kbit finetune-bench on the Llama-3.1-8B shape, into finetune-<rows>x<length>.json); the device
 # tool's 10-minute limit per command may need them run a few at a time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -235,6 +236,19 @@ fi
 if want bench-shapes; then
   for config in llama-2-7b llama-3.1-70b-8-layers llama-3.1-70b-16-layers; do
     for mode in "${modes[@]}"; do bench_mode "$config" "$mode" "$out/bench-$config-$mode.json"; done
+  done
+fi
+
+# ---- kbit finetune-bench (random weights): QLoRA steps of the Llama-3.1-8B shape in nf4_dq, LoRA
+# r 16 on every Linear, PagedAdamW8bit, at 1 x 2048 and 4 x 512 tokens (issue 8's must-show 6).
+if want bench-finetune; then
+  for shape in 1x2048 4x512; do
+    rows="${shape%x*}"; length="${shape#*x}"
+    say "kbit finetune-bench --random-weights bench/configs/llama-3.1-8b.json --load-in-4bit --double-quant --compute-dtype bf16 -b $rows -l $length"
+    timeout 400 "$build/kbit" finetune-bench --random-weights bench/configs/llama-3.1-8b.json \
+      --load-in-4bit --double-quant --compute-dtype bf16 -b "$rows" -l "$length" --json \
+      >"$out/finetune-$shape.json" 2>>"$log" || { say "kbit finetune-bench failed at $shape"; status=1; }
+    cat "$out/finetune-$shape.json" >>"$log"
   done
 fi
 

@@ -27,6 +27,7 @@ executables=(build/cuda/kbit build/cuda/src/kernels/cuda/kbit_cuda_tests
              build/cuda/src/model/kbit_model_cuda_tests
              build/cuda/src/generate/kbit_gpu_perplexity_tests
              build/cuda/src/optim/kbit_optim_cuda_tests
+             build/cuda/src/train/kbit_train_cuda_tests
              build/cuda/bench/kbit_cuda_bench build/cuda/bench/kbit_kernel_workbench)
 carry_limit_mib=48  # with the working tree (~13 MiB) within the tool's 64 MiB
 

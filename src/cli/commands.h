@@ -25,6 +25,7 @@ Action add_quantize_command(CLI::App& app);
 Action add_info_command(CLI::App& app);
 Action add_bench_command(CLI::App& app);
 Action add_finetune_command(CLI::App& app);
+Action add_finetune_bench_command(CLI::App& app);
 Action add_merge_command(CLI::App& app);
 
 }  // namespace kbit::cli

@@ -17,6 +17,7 @@
 #include "cli/progress_bar.h"
 #include "kbit/generate/chat_template.h"
 #include "kbit/io/training_jsonl.h"
+#include "kbit/train/cuda_lora_training_model.h"
 #include "kbit/train/full_training_model.h"
 #include "kbit/train/lora_training_model.h"
 #include "kbit/train/trainer.h"
@@ -123,6 +124,13 @@ Result<std::unique_ptr<train::TrainableModel>> trainable_model(const FinetuneFla
   }
   KBIT_ASSIGN_OR_RETURN(train::LoraState state,
                         train::LoraState::create(base.config(), lora_config(flags), flags.seed));
+  if (base.device().is_cuda()) {
+    // A micro-batch of rows runs through the layers at once.
+    KBIT_ASSIGN_OR_RETURN(train::CudaLoraTrainingModel model,
+                          train::CudaLoraTrainingModel::create(base, state, flags.batch_size));
+    return std::unique_ptr<train::TrainableModel>(
+        std::make_unique<train::CudaLoraTrainingModel>(std::move(model)));
+  }
   KBIT_ASSIGN_OR_RETURN(train::LoraTrainingModel model,
                         train::LoraTrainingModel::create(base, std::move(state)));
   return std::unique_ptr<train::TrainableModel>(
@@ -136,7 +144,10 @@ nlohmann::json metrics_json(const train::StepMetrics& m, double seconds) {
 }
 
 Status run(const FinetuneFlags& flags) {
-  KBIT_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(flags.model));
+  ModelFlags model_flags = flags.model;
+  // Full fine-tuning runs on the CPU only for now: --device auto means the CPU there.
+  if (flags.full && model_flags.device == "auto") model_flags.device = "cpu";
+  KBIT_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(model_flags));
   KBIT_ASSIGN_OR_RETURN(const train::TrainingRows rows, training_rows(flags, loaded.tokenizer));
   KBIT_ASSIGN_OR_RETURN(const std::int64_t steps, total_steps(flags, rows.rows()));
   KBIT_ASSIGN_OR_RETURN(const train::TrainerOptions options, trainer_options(flags, steps));
@@ -160,7 +171,8 @@ Status run(const FinetuneFlags& flags) {
   }
   std::size_t values = 0;
   const std::vector<train::TrainableParameter> parameters = model->parameters();
-  for (const train::TrainableParameter& parameter : parameters) values += parameter.values.size();
+  for (const train::TrainableParameter& parameter : parameters)
+    values += static_cast<std::size_t>(parameter.values.numel());
   fmt::print(stderr,
              "finetune: {} rows of {} tokens, {} steps of {} rows, {} trained tensors of {} "
              "values, {:.1f} MB of optimizer state\n",
@@ -195,7 +207,6 @@ Status run(const FinetuneFlags& flags) {
 
 Action add_finetune_command(CLI::App& app) {
   auto flags = std::make_shared<FinetuneFlags>();
-  flags->model.device = "cpu";  // training runs on the CPU for now
   CLI::App* command = app.add_subcommand(
       "finetune",
       "fine-tuning on a JSONL dataset (text, prompt/completion or messages): LoRA, saved as a "

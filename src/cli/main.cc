@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   actions.push_back(kbit::cli::add_quantize_command(app));
   actions.push_back(kbit::cli::add_info_command(app));
   actions.push_back(kbit::cli::add_bench_command(app));
+  actions.push_back(kbit::cli::add_finetune_bench_command(app));
   actions.push_back(kbit::cli::add_finetune_command(app));
   actions.push_back(kbit::cli::add_merge_command(app));
 

@@ -436,4 +436,8 @@ const CpuLlama* cpu_llama(const LlamaModel& model) {
   return model.impl_->gpu ? nullptr : &model.impl_->cpu;
 }
 
+const cuda::CudaLlama* cuda_llama(const LlamaModel& model) {
+  return model.impl_->gpu.get();
+}
+
 }  // namespace kbit::model

@@ -181,21 +181,25 @@ Status check_training_batch(const model::LlamaConfig& c, std::span<const std::in
   return ok_status();
 }
 
+ShiftedTargets shift_labels(std::span<const std::int32_t> labels, std::int64_t batch) {
+  const auto tokens = static_cast<std::int64_t>(labels.size()) / batch;
+  ShiftedTargets shifted{std::vector<std::int32_t>(labels.size(), k::kIgnoreLabel), 0};
+  for (std::int64_t b = 0; b < batch; ++b) {
+    for (std::int64_t t = 0; t + 1 < tokens; ++t) {
+      const std::int32_t label = labels[static_cast<std::size_t>(b * tokens + t + 1)];
+      shifted.targets[static_cast<std::size_t>(b * tokens + t)] = label;
+      shifted.labelled += label != k::kIgnoreLabel;
+    }
+  }
+  return shifted;
+}
+
 double causal_lm_loss_and_gradients(const model::CpuLlama& m, const TrainedParts& parts,
                                     std::span<const std::int32_t> input_ids,
                                     std::span<const std::int32_t> labels, std::int64_t batch,
                                     std::uint64_t dropout_seed) {
   const auto tokens = static_cast<std::int64_t>(input_ids.size()) / batch;
-  // Sequence b's targets: position t predicts labels[b][t + 1]; the last position nothing.
-  std::vector<std::int32_t> targets(input_ids.size(), k::kIgnoreLabel);
-  std::int64_t labelled = 0;
-  for (std::int64_t b = 0; b < batch; ++b) {
-    for (std::int64_t t = 0; t + 1 < tokens; ++t) {
-      const std::int32_t label = labels[static_cast<std::size_t>(b * tokens + t + 1)];
-      targets[static_cast<std::size_t>(b * tokens + t)] = label;
-      labelled += label != k::kIgnoreLabel;
-    }
-  }
+  const auto [targets, labelled] = shift_labels(labels, batch);
   const float gradient_scale = 1.0f / static_cast<float>(labelled);
   double loss = 0.0;
   for (std::int64_t b = 0; b < batch; ++b) {

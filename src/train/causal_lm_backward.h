@@ -47,6 +47,15 @@ Status check_training_batch(const model::LlamaConfig& config,
                             std::span<const std::int32_t> input_ids,
                             std::span<const std::int32_t> labels, std::int64_t batch);
 
+// The targets of a batch that check_training_batch accepts, [batch, T]: position t of sequence b
+// predicts labels[b][t + 1], the last position of each sequence nothing (−100); and how many are
+// labelled.
+struct ShiftedTargets {
+  std::vector<std::int32_t> targets;
+  std::int64_t labelled = 0;
+};
+ShiftedTargets shift_labels(std::span<const std::int32_t> labels, std::int64_t batch);
+
 // The mean cross-entropy over the labelled targets of a batch that check_training_batch
 // accepts, as LoraTrainingModel::loss_and_gradients says, adding its gradient with respect to
 // everything `parts` names. Dropout masks come from `dropout_seed`.

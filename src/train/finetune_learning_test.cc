@@ -129,7 +129,8 @@ TEST(FinetuneLearning, FullFineTuningLowersHeldOutPerplexity) {
   const TrainerOptions options = one_epoch(data.rows, OptimizerKind::kAdamW8bit, 1e-4f);
   Trainer trainer = Trainer::create(model, data.rows, options).value();
   std::size_t parameters = 0;
-  for (const TrainableParameter& p : model.parameters()) parameters += p.values.size();
+  for (const TrainableParameter& p : model.parameters())
+    parameters += static_cast<std::size_t>(p.values.numel());
   const double state_bytes_per_parameter =
       static_cast<double>(trainer.optimizer_state_bytes()) / static_cast<double>(parameters);
   EXPECT_LT(state_bytes_per_parameter, 2.1);  // 2 + absmax, and the norms' 8

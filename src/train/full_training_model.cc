@@ -157,7 +157,7 @@ Result<FullTrainingModel> FullTrainingModel::create(const model::LlamaModel& bas
 std::vector<TrainableParameter> FullTrainingModel::parameters() {
   std::vector<TrainableParameter> parameters;
   for (FullParameter& p : weights_->parameters) {
-    parameters.push_back({p.name, p.values, p.gradient});
+    parameters.push_back({p.name, host_vector_view(p.values), host_vector_view(p.gradient)});
   }
   return parameters;
 }

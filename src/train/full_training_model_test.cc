@@ -62,9 +62,8 @@ TEST(FullTrainingModel, ParametersAreEveryWeight) {
     }
     const io::SafetensorsFile file = io::SafetensorsFile::open(dir / "model.safetensors").value();
     for (const TrainableParameter& p : parameters) {
-      EXPECT_EQ(p.values.size(), static_cast<std::size_t>(file.tensor(p.name).value().numel()))
-          << p.name;
-      EXPECT_EQ(p.gradient.size(), p.values.size()) << p.name;
+      EXPECT_EQ(p.values.numel(), file.tensor(p.name).value().numel()) << p.name;
+      EXPECT_EQ(p.gradient.numel(), p.values.numel()) << p.name;
     }
   }
 }
@@ -81,8 +80,9 @@ TEST(FullTrainingModel, SavedWeightsLoadAndGiveTheSameLoss) {
 
   std::uint64_t stream = 77;
   for (const TrainableParameter& p : model.parameters()) {
-    for (std::size_t i = 0; i < p.values.size(); ++i) {
-      p.values[i] += static_cast<float>(0.05 * normal_sample(stream, i));
+    const std::span<float> values = p.host_values();
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      values[i] += static_cast<float>(0.05 * normal_sample(stream, i));
     }
     ++stream;
   }
@@ -111,7 +111,8 @@ TEST(FullTrainingModel, FastKernelsMatchTheReference) {
     FullTrainingModel model = full_model(base, dir);
     loss(model, tiny_batch());
     for (const TrainableParameter& p : model.parameters()) {
-      gradients[kernel == CpuKernel::kFast].emplace_back(p.gradient.begin(), p.gradient.end());
+      gradients[kernel == CpuKernel::kFast].emplace_back(p.host_gradient().begin(),
+                                                         p.host_gradient().end());
     }
   }
   for (std::size_t p = 0; p < gradients[0].size(); ++p) {

@@ -92,13 +92,13 @@ inline double check_gradients(TrainableModel& model, const Batch& batch, double 
                               double tolerance) {
   const std::vector<TrainableParameter> parameters = model.parameters();
   for (const TrainableParameter& p : parameters) {
-    std::fill(p.gradient.begin(), p.gradient.end(), 0.0f);
+    std::ranges::fill(p.host_gradient(), 0.0f);
   }
   loss(model, batch);
   // The analytic gradients, before the finite differences add to them.
   std::vector<std::vector<float>> analytic;
   for (const TrainableParameter& p : parameters) {
-    analytic.emplace_back(p.gradient.begin(), p.gradient.end());
+    analytic.emplace_back(p.host_gradient().begin(), p.host_gradient().end());
   }
   double largest = 0.0;
   std::uint64_t stream = 500;
@@ -116,7 +116,7 @@ inline double check_gradients(TrainableModel& model, const Batch& batch, double 
       expected.push_back(dot);
     }
     const double error = kbit::testing::relative_error<double>(
-        expected, numeric_derivatives(model, batch, parameters[p].values, directions, step));
+        expected, numeric_derivatives(model, batch, parameters[p].host_values(), directions, step));
     EXPECT_LT(error, tolerance) << parameters[p].name;
     largest = std::max(largest, error);
   }

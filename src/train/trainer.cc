@@ -22,11 +22,6 @@
 namespace kbit::train {
 namespace {
 
-// A one-dimensional view of a parameter's values or gradient.
-TensorView view_of(std::span<float> values) {
-  return TensorView(values.data(), DType::kF32, Shape{static_cast<std::int64_t>(values.size())});
-}
-
 Status check_options(const TrainerOptions& options, const TrainingRows& rows) {
   KBIT_RETURN_IF_ERROR(optim::check_adamw_hyperparameters(options.adamw));
   KBIT_RETURN_IF_ERROR(optim::check_lr_schedule(options.schedule));
@@ -129,10 +124,11 @@ Result<Trainer> Trainer::create(TrainableModel& model, const TrainingRows& rows,
   KBIT_RETURN_IF_ERROR(check_options(options, rows));
   auto state = std::make_unique<State>(State{&model, &rows, options, model.parameters(), {}});
   const bool eight_bit = options.optimizer != OptimizerKind::kAdamW;
+  const bool paged = options.optimizer == OptimizerKind::kPagedAdamW8bit;
   for (const TrainableParameter& parameter : state->parameters) {
     KBIT_ASSIGN_OR_RETURN(optim::AdamWParameterState optimizer_state,
-                          optim::AdamWParameterState::create(
-                              static_cast<std::int64_t>(parameter.values.size()), eight_bit));
+                          optim::AdamWParameterState::create(parameter.values.numel(), eight_bit,
+                                                             {parameter.values.device(), paged}));
     state->optimizer.push_back(std::move(optimizer_state));
   }
   return Trainer(std::move(state));
@@ -167,12 +163,25 @@ Status Trainer::save_checkpoint(const std::filesystem::path& dir) const {
   };
   if (Status saved = s.model->save(temporary); !saved.ok()) return fail(saved);
   std::vector<io::NamedTensor> tensors;
+  std::vector<Tensor> host_copies;  // of the tensors on a device, for the writer
+  const auto add = [&](const std::string& name, const TensorView& tensor) -> Status {
+    if (tensor.device().is_cpu()) {
+      tensors.push_back({name, tensor});
+      return ok_status();
+    }
+    KBIT_ASSIGN_OR_RETURN(Tensor copy, Tensor::empty(tensor.shape(), tensor.dtype()));
+    KBIT_RETURN_IF_ERROR(copy_tensor(tensor, copy.view()));
+    tensors.push_back({name, copy.view()});
+    host_copies.push_back(std::move(copy));
+    return ok_status();
+  };
   for (std::size_t p = 0; p < s.parameters.size(); ++p) {
     const std::string& name = s.parameters[p].name;
-    tensors.push_back({name, view_of(s.parameters[p].values)});
+    Status added = add(name, s.parameters[p].values);
     for (auto& [role, tensor] : s.optimizer[p].tensors()) {
-      tensors.push_back({name + "." + role, tensor});
+      if (added.ok()) added = add(name + "." + role, tensor);
     }
+    if (!added.ok()) return fail(added);
   }
   std::map<std::string, std::string> metadata = s.run_identity();
   metadata["step"] = std::to_string(s.steps_done);
@@ -229,13 +238,14 @@ Status Trainer::restore_checkpoint(const std::filesystem::path& dir) {
   };
   for (std::size_t p = 0; p < s.parameters.size(); ++p) {
     const std::string& name = s.parameters[p].name;
-    KBIT_RETURN_IF_ERROR(expect(name, view_of(s.parameters[p].values)));
+    KBIT_RETURN_IF_ERROR(expect(name, s.parameters[p].values));
     for (auto& [role, tensor] : s.optimizer[p].tensors()) {
       KBIT_RETURN_IF_ERROR(expect(name + "." + role, tensor));
     }
   }
   for (auto& [destination, source] : copies) {
-    std::memcpy(destination.data(), source.data(), source.nbytes());
+    KBIT_RETURN_IF_ERROR(
+        copy_tensor(TensorView(source.data(), source.dtype(), destination.shape()), destination));
   }
   for (optim::AdamWParameterState& state : s.optimizer) state.set_step(optimizer_step);
   s.steps_done = step;
@@ -271,15 +281,13 @@ Result<StepMetrics> Trainer::step() {
     }
   }
   for (const TrainableParameter& parameter : s.parameters) {
-    std::fill(parameter.gradient.begin(), parameter.gradient.end(), 0.0f);
+    KBIT_RETURN_IF_ERROR(zero_tensor(parameter.gradient));
   }
   s.model->set_dropout_seed(random_bits(s.options.seed, static_cast<std::uint64_t>(s.steps_done)));
   KBIT_ASSIGN_OR_RETURN(metrics.loss, s.model->loss_and_gradients(ids, labels, count));
 
   std::vector<TensorView> gradients;
-  for (const TrainableParameter& parameter : s.parameters) {
-    gradients.push_back(view_of(parameter.gradient));
-  }
+  for (const TrainableParameter& parameter : s.parameters) gradients.push_back(parameter.gradient);
   const float max_norm =
       s.options.max_grad_norm > 0 ? s.options.max_grad_norm : std::numeric_limits<float>::max();
   KBIT_ASSIGN_OR_RETURN(metrics.grad_norm, optim::clip_grad_norm(gradients, max_norm));
@@ -291,9 +299,11 @@ Result<StepMetrics> Trainer::step() {
   adamw.lr = static_cast<float>(metrics.lr);
   for (std::size_t p = 0; p < s.parameters.size(); ++p) {
     const TrainableParameter& parameter = s.parameters[p];
-    KBIT_RETURN_IF_ERROR(
-        s.optimizer[p].apply(adamw, view_of(parameter.values), view_of(parameter.gradient)));
+    KBIT_RETURN_IF_ERROR(s.optimizer[p].apply(adamw, parameter.values, parameter.gradient));
   }
+  // A device's steps are queued on its default stream: done before the model computes again.
+  if (!s.parameters.empty())
+    KBIT_RETURN_IF_ERROR(synchronize(s.parameters.front().values.device()));
   return metrics;
 }
 

@@ -197,8 +197,7 @@ void expect_checkpoint_resumes_the_same_run(
     const std::vector<TrainableParameter> expected = straight->parameters();
     ASSERT_EQ(resumed.size(), expected.size());
     for (std::size_t p = 0; p < resumed.size(); ++p) {
-      EXPECT_TRUE(std::equal(resumed[p].values.begin(), resumed[p].values.end(),
-                             expected[p].values.begin(), expected[p].values.end()))
+      EXPECT_TRUE(std::ranges::equal(resumed[p].host_values(), expected[p].host_values()))
           << resumed[p].name;
     }
     std::filesystem::remove_all(out);

@@ -46,6 +46,9 @@
 namespace kbit::model {
 
 struct CpuLlama;  // the CPU model's weights and forward steps, internal (src/model/cpu_llama.h)
+namespace cuda {
+class CudaLlama;  // the GPU model's, internal (src/model/cuda/llama_cuda.h)
+}
 
 struct LlamaLoadOptions {
   // Where the model runs: the CPU, or a CUDA device (the weights and caches then live there).
@@ -175,6 +178,7 @@ class LlamaModel {
 
  private:
   friend const CpuLlama* cpu_llama(const LlamaModel& model);
+  friend const cuda::CudaLlama* cuda_llama(const LlamaModel& model);
   struct Impl;
   explicit LlamaModel(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

@@ -30,6 +30,7 @@
 // reference kernels of kernels/cpu/llama_backward.h.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -82,7 +83,7 @@ class LoraTrainingModel final : public TrainableModel {
   LoraState state_;
   // For each decoder layer and each of its Linears (linear_modules() order), the index of its
   // module in state_, or −1 where it has no LoRA.
-  std::vector<std::vector<int>> module_of_linear_;
+  std::vector<std::array<int, model::kLinearsPerLayer>> placement_;
   std::uint64_t dropout_seed_ = 0;
 };
 

@@ -10,16 +10,32 @@
 #include <vector>
 
 #include "kbit/core/status.h"
+#include "kbit/core/tensor.h"
 
 namespace kbit::train {
 
 // One trained tensor: its f32 values and the gradient loss_and_gradients() adds to, of the same
-// size, both owned by the model. The optimizer changes the values, never the sizes.
+// size, both owned by the model, contiguous and on the device the model computes on (the host,
+// or a CUDA device). The optimizer changes the values, never the sizes.
 struct TrainableParameter {
-  std::string name;  // unique in the model; names the parameter's tensors in a checkpoint
-  std::span<float> values;
-  std::span<float> gradient;
+  std::string name;     // unique in the model; names the parameter's tensors in a checkpoint
+  TensorView values;    // f32 [n]
+  TensorView gradient;  // f32 [n]
+
+  // The values and gradient as host spans: only for a parameter on the host.
+  std::span<float> host_values() const { return host_span(values); }
+  std::span<float> host_gradient() const { return host_span(gradient); }
+
+ private:
+  static std::span<float> host_span(const TensorView& view) {
+    return {view.data_as<float>(), static_cast<std::size_t>(view.numel())};
+  }
 };
+
+// A host vector as the one-dimensional f32 view a TrainableParameter holds.
+inline TensorView host_vector_view(std::span<float> values) {
+  return TensorView(values.data(), DType::kF32, Shape{static_cast<std::int64_t>(values.size())});
+}
 
 class TrainableModel {
  public:

@@ -4,13 +4,17 @@
 // them (transformers since 4.46 divides by the accumulated batch's count of labelled targets,
 // num_items_in_batch), clips the gradients' global norm (max_grad_norm; 0 turns it off), then
 // updates every parameter with AdamW at the learning rate of the schedule for that step. The CPU
-// model runs one row at a time whatever the split, so a step costs the same for any batch_size ×
-// grad_accum of the same product.
+// models run one row at a time whatever the split, so a step costs the same for any batch_size ×
+// grad_accum of the same product; the CUDA model runs its passes of as many rows as it was made
+// for (CudaLoraTrainingModel: kbit finetune makes it for batch_size).
 //
 // Optimizers (bitsandbytes', kbit/optim/adamw.h): "adamw" (32-bit states), "adamw_8bit" and
 // "paged_adamw_8bit" (blockwise 8-bit states; a parameter of fewer than 4 096 elements keeps
-// 32-bit states, as bitsandbytes' min_8bit_size does). On the CPU paging changes nothing: the
-// paged optimizer's arithmetic is the 8-bit one's.
+// 32-bit states, as bitsandbytes' min_8bit_size does). The states live where the parameters do;
+// on a CUDA device the paged optimizer keeps the large ones in managed memory
+// (kbit/optim/adamw_parameter_state.h), and on the CPU paging changes nothing: its arithmetic is
+// the 8-bit one's. Gradient clipping and the steps run on the parameters' device; a step returns
+// with the device's work finished.
 //
 // Rows are taken in order, wrapping around to the first after the last (a new epoch).
 //

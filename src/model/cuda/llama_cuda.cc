@@ -15,6 +15,7 @@
 #include "kbit/model/rope.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/llama_launchers.h"
+#include "model/cuda/device_linear.h"
 
 namespace kbit::model {
 
@@ -83,40 +84,11 @@ struct CudaLlama::Impl {
 
   DType dtype() const { return numerics.activation_dtype; }
 
-  static kc::FourBitWeightDevice four_bit_weight(const LinearWeight& w) {
-    const io::QuantState& state = w.quant_state();
-    const bool nested = state.nested.has_value();
-    return {w.packed().data_as<const std::uint8_t>(),
-            state.type,
-            state.blocksize,
-            nested ? nullptr : w.absmax().data_as<const float>(),
-            nested ? w.absmax().data_as<const std::uint8_t>() : nullptr,
-            nested ? w.nested_absmax().data_as<const float>() : nullptr,
-            nested ? state.nested->offset : 0.0f,
-            state.dtype};
-  }
-
   Status linear(KvCache::DeviceState& s, const DeviceLinear& layer, const void* x,
                 std::int64_t rows, void* y) const {
-    const LinearWeight& w = layer.weight;
-    const void* bias = layer.bias.numel() > 0 ? layer.bias.view().data() : nullptr;
-    switch (w.format()) {
-      case LinearFormat::kFloat:
-        return kc::linear_float(*s.linear, x, w.float_weight().data(), bias, rows, w.in_features(),
-                                w.out_features(), y, dtype());
-      case LinearFormat::kFourBit:
-        // Decode steps decode the weights as bitsandbytes' batch-1 kernel does.
-        return kc::linear_4bit(*s.linear, x, four_bit_weight(w), bias, rows, w.in_features(),
-                               w.out_features(), numerics.compute_dtype, y, dtype(),
-                               kernels::cpu::FourBitDecode::kBitsandbytes);
-      case LinearFormat::kInt8: {
-        const kc::Int8WeightDevice weight{w.codes().data_as<const std::int8_t>(),
-                                          w.row_absmax().data_as<const float>()};
-        return kc::linear_int8(*s.linear, x, weight, bias, rows, w.in_features(), w.out_features(),
-                               numerics.int8_threshold, y, dtype());
-      }
-    }
-    return internal_error("unknown Linear format");
+    // Decode steps decode the weights as bitsandbytes' batch-1 kernel does.
+    return device_linear_forward(*s.linear, layer, numerics, x, rows, y,
+                                 kernels::cpu::FourBitDecode::kBitsandbytes);
   }
 
   // Layers of the same x (q, k and v; gate and up), ys[i] = layers[i](x): in one launch where
@@ -134,8 +106,8 @@ struct CudaLlama::Impl {
       auto y = ys.begin();
       for (const DeviceLinear* layer : layers) {
         const void* bias = layer->bias.numel() > 0 ? layer->bias.view().data() : nullptr;
-        four_bit.at(count++) = {four_bit_weight(layer->weight), bias, layer->weight.out_features(),
-                                *y++};
+        four_bit.at(count++) = {four_bit_weight_device(layer->weight), bias,
+                                layer->weight.out_features(), *y++};
       }
       return kc::linear_4bit_layers(*s.linear, x, std::span(four_bit.data(), count), rows,
                                     (*layers.begin())->weight.in_features(), numerics.compute_dtype,
@@ -357,6 +329,22 @@ Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const LlamaConfig& config, 
   impl->window = config.sliding_window.value_or(0);
   impl->attention_scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
   return std::unique_ptr<CudaLlama>(new CudaLlama(std::move(impl)));
+}
+
+const LlamaConfig& CudaLlama::config() const {
+  return impl_->config;
+}
+
+Device CudaLlama::device() const {
+  return impl_->device;
+}
+
+const LinearNumerics& CudaLlama::numerics() const {
+  return impl_->numerics;
+}
+
+const DeviceWeights& CudaLlama::weights() const {
+  return impl_->weights;
 }
 
 std::size_t CudaLlama::weight_bytes() const {

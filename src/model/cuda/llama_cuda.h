@@ -61,6 +61,12 @@ class CudaLlama {
   // Bytes of the weights in device memory.
   std::size_t weight_bytes() const;
 
+  // What create() was given (training reads the weights to run its own passes).
+  const LlamaConfig& config() const;
+  Device device() const;
+  const LinearNumerics& numerics() const;
+  const DeviceWeights& weights() const;
+
   // A cache for `batch` sequences of up to max_tokens positions each, with its stream and
   // scratch. On out-of-memory the error says what was needed and free, and what to try.
   Result<std::shared_ptr<KvCache::DeviceState>> new_cache_state(std::int64_t max_tokens,
@@ -84,3 +90,10 @@ class CudaLlama {
 };
 
 }  // namespace kbit::model::cuda
+
+namespace kbit::model {
+
+// The GPU side of a loaded model; nullptr for a model on the CPU.
+const cuda::CudaLlama* cuda_llama(const LlamaModel& model);
+
+}  // namespace kbit::model

@@ -3,7 +3,11 @@
 
 namespace kbit::model::cuda {
 
-struct CudaLlama::Impl {};
+struct CudaLlama::Impl {
+  LlamaConfig config;
+  LinearNumerics numerics;
+  DeviceWeights weights;
+};
 
 CudaLlama::CudaLlama(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaLlama::~CudaLlama() = default;
@@ -11,6 +15,22 @@ CudaLlama::~CudaLlama() = default;
 Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const LlamaConfig&, Device,
                                                      const LinearNumerics&, DeviceWeights) {
   return unimplemented("this build of kbit has no CUDA support; run on the CPU (--device cpu)");
+}
+
+const LlamaConfig& CudaLlama::config() const {
+  return impl_->config;
+}
+
+Device CudaLlama::device() const {
+  return Device::cpu();
+}
+
+const LinearNumerics& CudaLlama::numerics() const {
+  return impl_->numerics;
+}
+
+const DeviceWeights& CudaLlama::weights() const {
+  return impl_->weights;
 }
 
 std::size_t CudaLlama::weight_bytes() const {

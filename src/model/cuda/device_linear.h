@@ -1,0 +1,31 @@
+// One Linear of a model on a CUDA device (DeviceLinear, model/cuda/llama_cuda.h) run by the
+// launcher of its weight's format (kernels/cuda/linear_launchers.h): the forward that inference
+// and training share, and the input gradient training takes through a frozen Linear.
+#pragma once
+
+#include <cstdint>
+
+#include "kbit/core/status.h"
+#include "kernels/cuda/linear_launchers.h"
+#include "model/cuda/llama_cuda.h"
+
+namespace kbit::model::cuda {
+
+// The device pointers of a 4-bit weight on the device.
+kernels::cuda::FourBitWeightDevice four_bit_weight_device(const LinearWeight& weight);
+
+// y [rows, out] = layer(x [rows, in]), x and y of numerics.activation_dtype; 4-bit weights
+// decoded by `decode`.
+Status device_linear_forward(kernels::cuda::LinearContext& context, const DeviceLinear& layer,
+                             const LinearNumerics& numerics, const void* x, std::int64_t rows,
+                             void* y, kernels::cpu::FourBitDecode decode);
+
+// dx [rows, in] = dy [rows, out] · W, overwritten, as bitsandbytes' backward takes it through a
+// frozen layer (the weight dequantized on the fly for 4-bit ones). The context must have been
+// created with the input-gradient call shape for 4-bit weights. kUnimplemented for int8 weights
+// (training on an int8 base runs on the CPU for now).
+Status device_linear_backward_input(kernels::cuda::LinearContext& context,
+                                    const DeviceLinear& layer, const LinearNumerics& numerics,
+                                    const void* dy, std::int64_t rows, void* dx);
+
+}  // namespace kbit::model::cuda
