@@ -23,8 +23,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct BenchFlags {
-  ModelFlags model;  // model.model_dir may stay empty with --random-weights
-  std::filesystem::path random_config;
+  BenchModelFlags source;
   std::int64_t prompt_tokens = 512;
   std::int64_t generated_tokens = 128;
   std::vector<std::int64_t> batches = {1};
@@ -117,29 +116,23 @@ std::string quantized_mode_name(const io::BnbQuantizationConfig& q) {
 }
 
 Status run(BenchFlags flags) {
-  const bool random_weights = !flags.random_config.empty();
-  if (random_weights == !flags.model.model_dir.empty()) {
-    return invalid_argument("give the model as -m DIR or as --random-weights CONFIG.json");
-  }
   if (flags.prompt_tokens < 1 || flags.generated_tokens < 1 || flags.repetitions < 1) {
     return invalid_argument("-p, -n and --repetitions must each be at least 1");
   }
   for (std::int64_t batch : flags.batches) {
     if (batch < 1) return invalid_argument("-b: batch sizes must be at least 1");
   }
-  KBIT_ASSIGN_OR_RETURN(const model::LlamaLoadOptions options, model_load_options(flags.model));
+  KBIT_ASSIGN_OR_RETURN(const model::LlamaLoadOptions options,
+                        model_load_options(flags.source.model));
   if (!options.device.is_cuda() &&
       std::any_of(flags.batches.begin(), flags.batches.end(), [](auto b) { return b > 1; })) {
     return invalid_argument("-b: batches of more than one sequence run on a GPU only");
   }
   const auto load_start = Clock::now();
   KBIT_ASSIGN_OR_RETURN(const model::LlamaModel model,
-                        random_weights
-                            ? model::LlamaModel::random(flags.random_config, options, flags.seed)
-                            : model::LlamaModel::load(flags.model.model_dir, options));
+                        load_bench_model(flags.source, options, flags.seed));
   const double load_seconds = seconds_since(load_start);
-  const std::string source = random_weights ? flags.random_config.string() + " (random weights)"
-                                            : flags.model.model_dir.string();
+  const std::string source = bench_model_source(flags.source);
   const std::string dtype = options.activation_dtype == DType::kBF16 ? "bf16" : "f32";
   const std::string mode =
       model.quantization() ? quantized_mode_name(*model.quantization()) : dtype;
@@ -195,17 +188,8 @@ Action add_bench_command(CLI::App& app) {
   auto flags = std::make_shared<BenchFlags>();
   CLI::App* command = app.add_subcommand(
       "bench", "Prompt and generation speed and peak device memory (as llama-bench)");
-  command->add_option("-m,--model", flags->model.model_dir, "model folder");
-  command->add_option("--random-weights", flags->random_config,
-                      "a config.json: random weights of its shape (on a GPU)");
-  add_device_flag(*command, flags->model.device);
-  command->add_option("--threads", flags->model.threads, "CPU threads (0: all)");
-  command
-      ->add_option("--dtype", flags->model.dtype,
-                   "activation dtype: f32 or bf16; auto: f32 on the CPU, bf16 on a GPU")
-      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
-      ->capture_default_str();
-  add_quant_flags(*command, flags->model.quant);
+  add_bench_model_flags(*command, flags->source);
+  command->add_option("--threads", flags->source.model.threads, "CPU threads (0: all)");
   command->add_option("-p,--prompt-tokens", flags->prompt_tokens, "prompt tokens per sequence")
       ->capture_default_str();
   command->add_option("-n,--gen-tokens", flags->generated_tokens, "generated tokens per sequence")

@@ -24,8 +24,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct FinetuneBenchFlags {
-  ModelFlags model;  // model.model_dir may stay empty with --random-weights
-  std::filesystem::path random_config;
+  BenchModelFlags source;
   std::int64_t batch = 1;
   std::int64_t length = 2048;
   std::int64_t lora_r = 16;
@@ -52,21 +51,16 @@ train::TrainingRows random_rows(const FinetuneBenchFlags& flags, std::int64_t vo
 }
 
 Status run(const FinetuneBenchFlags& flags) {
-  const bool random_weights = !flags.random_config.empty();
-  if (random_weights == !flags.model.model_dir.empty()) {
-    return invalid_argument("give the model as -m DIR or as --random-weights CONFIG.json");
-  }
   if (flags.batch < 1 || flags.length < 2 || flags.steps < 1) {
     return invalid_argument("--batch and --steps must be at least 1, --length at least 2");
   }
-  KBIT_ASSIGN_OR_RETURN(const model::LlamaLoadOptions options, model_load_options(flags.model));
+  KBIT_ASSIGN_OR_RETURN(const model::LlamaLoadOptions options,
+                        model_load_options(flags.source.model));
   if (!options.device.is_cuda()) {
     return invalid_argument("finetune-bench measures a GPU: use --device cuda");
   }
   KBIT_ASSIGN_OR_RETURN(const model::LlamaModel model,
-                        random_weights
-                            ? model::LlamaModel::random(flags.random_config, options, flags.seed)
-                            : model::LlamaModel::load(flags.model.model_dir, options));
+                        load_bench_model(flags.source, options, flags.seed));
   io::PeftLoraConfig lora;
   lora.r = flags.lora_r;
   lora.lora_alpha = flags.lora_alpha;
@@ -102,20 +96,18 @@ Status run(const FinetuneBenchFlags& flags) {
   const std::size_t optimizer = trainer.optimizer_state_bytes();
   KBIT_ASSIGN_OR_RETURN(const DeviceMemory memory, device_memory(model.device()));
   const std::size_t in_use = memory.total - memory.free;
-  const nlohmann::json out = {
-      {"model", random_weights ? flags.random_config.string() + " (random weights)"
-                               : flags.model.model_dir.string()},
-      {"device", model.device().to_string()},
-      {"batch", flags.batch},
-      {"length", flags.length},
-      {"lora_r", flags.lora_r},
-      {"optimizer", flags.optimizer},
-      {"step_seconds", seconds},
-      {"tokens_per_second", tokens_per_second},
-      {"last_loss", last_loss},
-      {"allocator_peak_bytes", peak},
-      {"optimizer_state_bytes", optimizer},
-      {"device_in_use_bytes", in_use}};
+  const nlohmann::json out = {{"model", bench_model_source(flags.source)},
+                              {"device", model.device().to_string()},
+                              {"batch", flags.batch},
+                              {"length", flags.length},
+                              {"lora_r", flags.lora_r},
+                              {"optimizer", flags.optimizer},
+                              {"step_seconds", seconds},
+                              {"tokens_per_second", tokens_per_second},
+                              {"last_loss", last_loss},
+                              {"allocator_peak_bytes", peak},
+                              {"optimizer_state_bytes", optimizer},
+                              {"device_in_use_bytes", in_use}};
   if (flags.json) {
     fmt::print("{}\n", out.dump());
     return ok_status();
@@ -134,16 +126,7 @@ Action add_finetune_bench_command(CLI::App& app) {
   auto flags = std::make_shared<FinetuneBenchFlags>();
   CLI::App* command = app.add_subcommand(
       "finetune-bench", "QLoRA fine-tuning speed and peak device memory (LoRA on every Linear)");
-  command->add_option("-m,--model", flags->model.model_dir, "model folder");
-  command->add_option("--random-weights", flags->random_config,
-                      "a config.json: random weights of its shape (on a GPU)");
-  add_device_flag(*command, flags->model.device);
-  command
-      ->add_option("--dtype", flags->model.dtype,
-                   "activation dtype: f32 or bf16; auto: bf16 on a GPU")
-      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
-      ->capture_default_str();
-  add_quant_flags(*command, flags->model.quant);
+  add_bench_model_flags(*command, flags->source);
   command->add_option("-b,--batch", flags->batch, "rows per step")->capture_default_str();
   command->add_option("-l,--length", flags->length, "tokens per row")->capture_default_str();
   command->add_option("--lora-r", flags->lora_r, "LoRA rank")->capture_default_str();

@@ -99,6 +99,19 @@ Result<Device> resolve_device(const std::string& device) {
   return parsed;
 }
 
+namespace {
+
+void add_dtype_flag(CLI::App& command, std::string& dtype) {
+  command
+      .add_option("--dtype", dtype,
+                  "activation dtype: f32, or bf16 as transformers with torch.bfloat16; auto: f32 "
+                  "on the CPU, bf16 on a GPU")
+      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
+      ->capture_default_str();
+}
+
+}  // namespace
+
 void add_model_flags(CLI::App& command, ModelFlags& flags) {
   command
       .add_option("-m,--model", flags.model_dir,
@@ -106,16 +119,36 @@ void add_model_flags(CLI::App& command, ModelFlags& flags) {
       ->required();
   add_device_flag(command, flags.device);
   command.add_option("--threads", flags.threads, "CPU threads (0: all)")->capture_default_str();
-  command
-      .add_option("--dtype", flags.dtype,
-                  "activation dtype: f32, or bf16 as transformers with torch.bfloat16; auto: f32 "
-                  "on the CPU, bf16 on a GPU")
-      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
-      ->capture_default_str();
+  add_dtype_flag(command, flags.dtype);
   command.add_option("--adapter", flags.adapters,
                      "PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors); "
                      "repeat to sum several; CPU only for now");
   add_quant_flags(command, flags.quant);
+}
+
+void add_bench_model_flags(CLI::App& command, BenchModelFlags& flags) {
+  command.add_option("-m,--model", flags.model.model_dir, "model folder");
+  command.add_option("--random-weights", flags.random_config,
+                     "a config.json: random weights of its shape (on a GPU)");
+  add_device_flag(command, flags.model.device);
+  add_dtype_flag(command, flags.model.dtype);
+  add_quant_flags(command, flags.model.quant);
+}
+
+Result<model::LlamaModel> load_bench_model(const BenchModelFlags& flags,
+                                           const model::LlamaLoadOptions& options,
+                                           std::uint64_t seed) {
+  const bool random_weights = !flags.random_config.empty();
+  if (random_weights == !flags.model.model_dir.empty()) {
+    return invalid_argument("give the model as -m DIR or as --random-weights CONFIG.json");
+  }
+  return random_weights ? model::LlamaModel::random(flags.random_config, options, seed)
+                        : model::LlamaModel::load(flags.model.model_dir, options);
+}
+
+std::string bench_model_source(const BenchModelFlags& flags) {
+  return flags.random_config.empty() ? flags.model.model_dir.string()
+                                     : flags.random_config.string() + " (random weights)";
 }
 
 Result<model::LlamaLoadOptions> model_load_options(const ModelFlags& flags) {

@@ -61,6 +61,25 @@ void add_model_flags(CLI::App& command, ModelFlags& flags);
 // adapters). With adapters, --device auto is the CPU, where adapters run.
 Result<model::LlamaLoadOptions> model_load_options(const ModelFlags& flags);
 
+// The model of a benchmark: a checkpoint (-m) or random weights of a config's shape
+// (--random-weights), so that shapes can be measured without their weights.
+struct BenchModelFlags {
+  ModelFlags model;  // model.model_dir stays empty with --random-weights
+  std::filesystem::path random_config;
+};
+
+// -m/--model, --random-weights, --device, --dtype and the quantization flags.
+void add_bench_model_flags(CLI::App& command, BenchModelFlags& flags);
+
+// The model the flags name, loaded with `options` (random weights from `seed`); kInvalidArgument
+// unless exactly one of -m and --random-weights is given.
+Result<model::LlamaModel> load_bench_model(const BenchModelFlags& flags,
+                                           const model::LlamaLoadOptions& options,
+                                           std::uint64_t seed);
+
+// How reports name that model: the folder, or "CONFIG (random weights)".
+std::string bench_model_source(const BenchModelFlags& flags);
+
 struct LoadedModel {
   model::LlamaModel model;
   tokenizer::Tokenizer tokenizer;

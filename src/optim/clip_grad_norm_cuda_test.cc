@@ -26,10 +26,13 @@
 
 #include "kbit/core/tensor.h"
 #include "kbit/optim/clip_grad_norm.h"
+#include "kernels/cuda/cuda_kernel_test_support.h"
 #include "testing/shared_data.h"
 
 namespace kbit::optim {
 namespace {
+
+using kernels::cuda_test::expect_same_bits;
 
 constexpr std::int64_t kPadding = 13;  // 0xAB-poisoned floats after every device gradient
 constexpr float kNoClipping = 3e38f;   // a max_norm the coefficient never goes below 1 for
@@ -129,22 +132,6 @@ std::vector<TensorView> views_of(std::vector<std::vector<float>>& host) {
   return views;
 }
 
-// Elements whose bits differ, reporting the first few.
-std::int64_t differing_bits(const std::vector<float>& expected, const std::vector<float>& actual,
-                            const std::string& what) {
-  std::int64_t differing = 0;
-  for (std::size_t i = 0; i < expected.size(); ++i) {
-    if (std::bit_cast<std::uint32_t>(expected[i]) == std::bit_cast<std::uint32_t>(actual[i])) {
-      continue;
-    }
-    if (++differing <= 5) {
-      ADD_FAILURE() << what << " element " << i << ": expected " << expected[i] << ", got "
-                    << actual[i];
-    }
-  }
-  return differing;
-}
-
 // Clips `sizes` gradients on the device and on the host and compares as the header says.
 void check_against_cpu(const std::vector<std::int64_t>& sizes, std::uint64_t seed, float max_norm,
                        bool expect_clipped) {
@@ -178,9 +165,9 @@ void check_against_cpu(const std::vector<std::int64_t>& sizes, std::uint64_t see
     const std::vector<float> actual = device[t].values();
     std::vector<float> expected = before[t];
     for (float& value : expected) value *= coefficient;
-    EXPECT_EQ(differing_bits(expected, actual, what + " against g · c from the GPU's total"), 0);
+    expect_same_bits(expected, actual, what + " against g · c from the GPU's total");
     if (same_total) {
-      EXPECT_EQ(differing_bits(host[t], actual, what + " against the CPU's"), 0);
+      expect_same_bits(host[t], actual, what + " against the CPU's");
     }
     EXPECT_TRUE(device[t].padding_untouched()) << what;
   }
@@ -217,7 +204,7 @@ TEST(ClipGradNormCuda, NonFiniteGradientsAreReportedAndLeftAlone) {
     EXPECT_FALSE(std::isfinite(total.value())) << total.value();
     EXPECT_EQ(std::isnan(total.value()), std::isnan(bad)) << total.value();
     for (std::size_t t = 0; t < before.size(); ++t) {
-      EXPECT_EQ(differing_bits(before[t], device[t].values(), "gradient " + std::to_string(t)), 0);
+      expect_same_bits(before[t], device[t].values(), "gradient " + std::to_string(t));
     }
   }
 }
@@ -244,7 +231,7 @@ TEST(ClipGradNormCuda, GradientsOnHostAndDeviceAreRefusedAndLeftAlone) {
   EXPECT_NE(status.message().find("cuda:0"), std::string::npos) << status.to_string();
   EXPECT_NE(status.message().find("cpu"), std::string::npos) << status.to_string();
   EXPECT_EQ(host, host_before);
-  EXPECT_EQ(differing_bits(device_before[0], device[0].values(), "device gradient"), 0);
+  expect_same_bits(device_before[0], device[0].values(), "device gradient");
 }
 
 }  // namespace

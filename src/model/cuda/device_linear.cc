@@ -40,6 +40,13 @@ Status device_linear_forward(kc::LinearContext& context, const DeviceLinear& lay
   return internal_error("unknown Linear format");
 }
 
+Status check_device_input_gradient(const DeviceLinear& layer) {
+  if (layer.weight.format() != LinearFormat::kInt8) return ok_status();
+  return unimplemented(
+      "training on an int8 base runs on the CPU only for now; load the base in 4-bit "
+      "(--load-in-4bit) or 16-bit on the GPU, or train on the CPU (--device cpu)");
+}
+
 Status device_linear_backward_input(kc::LinearContext& context, const DeviceLinear& layer,
                                     const LinearNumerics& numerics, const void* dy,
                                     std::int64_t rows, void* dx) {
@@ -54,9 +61,7 @@ Status device_linear_backward_input(kc::LinearContext& context, const DeviceLine
                                             w.in_features(), w.out_features(),
                                             numerics.compute_dtype, dx, dtype);
     case LinearFormat::kInt8:
-      return unimplemented(
-          "training on an int8 base runs on the CPU only for now; load the base in 4-bit "
-          "(--load-in-4bit) or 16-bit on the GPU, or train on the CPU (--device cpu)");
+      return check_device_input_gradient(layer);
   }
   return internal_error("unknown Linear format");
 }

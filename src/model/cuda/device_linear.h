@@ -20,10 +20,15 @@ Status device_linear_forward(kernels::cuda::LinearContext& context, const Device
                              const LinearNumerics& numerics, const void* x, std::int64_t rows,
                              void* y, kernels::cpu::FourBitDecode decode);
 
+// Ok where device_linear_backward_input takes the layer's format: float and 4-bit weights;
+// kUnimplemented for int8 ones (training on an int8 base runs on the CPU for now), saying what to
+// do instead.
+Status check_device_input_gradient(const DeviceLinear& layer);
+
 // dx [rows, in] = dy [rows, out] · W, overwritten, as bitsandbytes' backward takes it through a
 // frozen layer (the weight dequantized on the fly for 4-bit ones). The context must have been
-// created with the input-gradient call shape for 4-bit weights. kUnimplemented for int8 weights
-// (training on an int8 base runs on the CPU for now).
+// created with the input-gradient call shape for 4-bit weights. Fails as
+// check_device_input_gradient for the formats it does not take.
 Status device_linear_backward_input(kernels::cuda::LinearContext& context,
                                     const DeviceLinear& layer, const LinearNumerics& numerics,
                                     const void* dy, std::int64_t rows, void* dx);

@@ -70,7 +70,9 @@ TensorView flat(const Tensor& tensor) {
 
 struct CudaLoraTrainingModel::Impl {
   const model::cuda::CudaLlama* base = nullptr;
-  io::PeftLoraConfig lora_config;
+  // The state create() was given without its values (the device holds them), its modules in the
+  // order of `modules`: what state() fills from the device.
+  LoraState host_state;
   float scaling = 1.0f;
   std::vector<DeviceLoraModule> modules;
   LoraPlacement placement;
@@ -117,7 +119,8 @@ struct CudaLoraTrainingModel::Impl {
   std::int64_t q_width() const { return config().num_attention_heads * config().head_dim; }
   std::int64_t kv_width() const { return config().num_key_value_heads * config().head_dim; }
   float eps() const { return static_cast<float>(config().rms_norm_eps); }
-  bool dropout() const { return lora_config.lora_dropout > 0; }
+  double dropout_probability() const { return host_state.config().lora_dropout; }
+  bool dropout() const { return dropout_probability() > 0; }
   const DeviceLinear& base_linear(std::size_t l, int j) const {
     return *linears_of(base->weights().layers[l])[static_cast<std::size_t>(j)];
   }
@@ -276,7 +279,7 @@ Status CudaLoraTrainingModel::Impl::draw_dropout(std::size_t l, std::int64_t fir
       const std::uint64_t stream_seed = random_bits(layer_seed, static_cast<std::uint64_t>(j));
       float* factors = keep[static_cast<std::size_t>(j)].data_as<float>() + b * count;
       KBIT_RETURN_IF_ERROR(cuda_status(
-          kc::lora_dropout_keep(factors, count, stream_seed, lora_config.lora_dropout, stream),
+          kc::lora_dropout_keep(factors, count, stream_seed, dropout_probability(), stream),
           "lora_dropout_keep"));
     }
   }
@@ -640,17 +643,13 @@ Result<CudaLoraTrainingModel> CudaLoraTrainingModel::create(const model::LlamaMo
   }
   for (const DeviceLayer& layer : gpu->weights().layers) {
     for (const DeviceLinear* linear : linears_of(layer)) {
-      if (linear->weight.format() == model::LinearFormat::kInt8) {
-        return unimplemented(
-            "training on an int8 base runs on the CPU only for now; load the base in 4-bit or "
-            "16-bit on the GPU, or train on the CPU (--device cpu)");
-      }
+      KBIT_RETURN_IF_ERROR(model::cuda::check_device_input_gradient(*linear));
     }
   }
   KBIT_ASSIGN_OR_RETURN(LoraPlacement placement, place_lora_modules(base.config(), state));
   auto impl = std::make_unique<Impl>();
   impl->base = gpu;
-  impl->lora_config = state.config();
+  impl->host_state = state;
   impl->scaling = state.scaling();
   impl->placement = std::move(placement);
   impl->sequences_per_pass = sequences_per_pass;
@@ -674,6 +673,11 @@ Result<CudaLoraTrainingModel> CudaLoraTrainingModel::create(const model::LlamaMo
     KBIT_RETURN_IF_ERROR(upload(m.b, module.b, {m.out, m.rank}));
     KBIT_RETURN_IF_ERROR(upload(m.grad_a, module.grad_a, {m.rank, m.in}));
     KBIT_RETURN_IF_ERROR(upload(m.grad_b, module.grad_b, {m.out, m.rank}));
+  }
+  for (LoraModule& module : impl->host_state.modules()) {
+    for (std::vector<float>* values : {&module.a, &module.b, &module.grad_a, &module.grad_b}) {
+      *values = std::vector<float>();
+    }
   }
   return CudaLoraTrainingModel(std::move(impl));
 }
@@ -716,22 +720,18 @@ void CudaLoraTrainingModel::set_dropout_seed(std::uint64_t seed) {
 }
 
 Result<LoraState> CudaLoraTrainingModel::state() const {
-  KBIT_ASSIGN_OR_RETURN(LoraState state,
-                        LoraState::create(impl_->base->config(), impl_->lora_config, 0));
-  for (LoraModule& module : state.modules()) {
-    const auto found =
-        std::find_if(impl_->modules.begin(), impl_->modules.end(),
-                     [&](const DeviceLoraModule& m) { return m.name == module.name; });
-    if (found == impl_->modules.end()) {
-      return internal_error("LoRA module '" + module.name + "' missing on the device");
-    }
-    const auto download = [](const Tensor& tensor, std::vector<float>& values) {
-      return copy_tensor(tensor.view(), TensorView(values.data(), DType::kF32, tensor.shape()));
-    };
-    KBIT_RETURN_IF_ERROR(download(found->a, module.a));
-    KBIT_RETURN_IF_ERROR(download(found->b, module.b));
-    KBIT_RETURN_IF_ERROR(download(found->grad_a, module.grad_a));
-    KBIT_RETURN_IF_ERROR(download(found->grad_b, module.grad_b));
+  LoraState state = impl_->host_state;
+  const auto download = [](const Tensor& tensor, std::vector<float>& values) {
+    values.resize(static_cast<std::size_t>(tensor.numel()));
+    return copy_tensor(tensor.view(), TensorView(values.data(), DType::kF32, tensor.shape()));
+  };
+  for (std::size_t i = 0; i < impl_->modules.size(); ++i) {
+    const DeviceLoraModule& device = impl_->modules[i];
+    LoraModule& module = state.modules()[i];
+    KBIT_RETURN_IF_ERROR(download(device.a, module.a));
+    KBIT_RETURN_IF_ERROR(download(device.b, module.b));
+    KBIT_RETURN_IF_ERROR(download(device.grad_a, module.grad_a));
+    KBIT_RETURN_IF_ERROR(download(device.grad_b, module.grad_b));
   }
   return state;
 }
