@@ -21,7 +21,8 @@ shared_files=(golden/quant4bit.safetensors golden/quant8bit_blockwise.safetensor
               golden/model-shakespeare-llama2.safetensors golden/model-shakespeare-llama3.safetensors
               golden/greedy-f32.safetensors golden/checkpoints/shakespeare-llama2-bnb-nf4_dq
               golden/checkpoints/shakespeare-llama2-bnb-nf4 golden/checkpoints/shakespeare-llama2-bnb-fp4
-              golden/checkpoints/shakespeare-llama2-bnb-int8 models/shakespeare-llama3
+              golden/checkpoints/shakespeare-llama2-bnb-int8 golden/qlora-adapter-logits.safetensors
+              golden/checkpoints/shakespeare-llama3-qlora-adapter models/shakespeare-llama3
               data/tinyshakespeare.txt)
 executables=(build/cuda/kbit build/cuda/src/kernels/cuda/kbit_cuda_tests
              build/cuda/src/model/kbit_model_cuda_tests

@@ -15,6 +15,8 @@
 #include "cli/commands.h"
 #include "cli/model_flags.h"
 #include "cli/progress_bar.h"
+#include "kbit/core/allocator.h"
+#include "kbit/core/memory_stats.h"
 #include "kbit/generate/chat_template.h"
 #include "kbit/io/training_jsonl.h"
 #include "kbit/train/cuda_lora_training_model.h"
@@ -137,10 +139,23 @@ Result<std::unique_ptr<train::TrainableModel>> trainable_model(const FinetuneFla
       std::make_unique<train::LoraTrainingModel>(std::move(model)));
 }
 
-nlohmann::json metrics_json(const train::StepMetrics& m, double seconds) {
-  return {{"step", m.step},        {"loss", m.loss},   {"grad_norm", m.grad_norm},
-          {"learning_rate", m.lr}, {"epoch", m.epoch}, {"tokens", m.tokens},
-          {"seconds", seconds}};
+// The memory the run has held at most: on a GPU the caching allocator's peak (weights, adapters,
+// activations, scratch, optimizer state) plus paged optimizer state, which is managed memory the
+// allocator does not see; on the CPU the process's peak resident set (0 where the system does
+// not say).
+std::size_t peak_memory_bytes(Device device, const train::TrainerOptions& options,
+                              const train::Trainer& trainer) {
+  if (!device.is_cuda()) return static_cast<std::size_t>(peak_resident_bytes().value_or(0));
+  const bool paged = options.optimizer == train::OptimizerKind::kPagedAdamW8bit;
+  return cuda_allocator_stats(device.index).peak_in_use +
+         (paged ? trainer.optimizer_state_bytes() : 0);
+}
+
+nlohmann::json metrics_json(const train::StepMetrics& m, double seconds, std::size_t peak_memory) {
+  return {{"step", m.step},           {"loss", m.loss},
+          {"grad_norm", m.grad_norm}, {"learning_rate", m.lr},
+          {"epoch", m.epoch},         {"tokens", m.tokens},
+          {"seconds", seconds},       {"peak_memory_bytes", peak_memory}};
 }
 
 Status run(const FinetuneFlags& flags) {
@@ -186,16 +201,21 @@ Status run(const FinetuneFlags& flags) {
     ++steps_here;
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (metrics.is_open()) metrics << metrics_json(step, seconds).dump() << std::endl;
+    const std::size_t peak_memory = peak_memory_bytes(loaded.model.device(), options, trainer);
+    if (metrics.is_open()) metrics << metrics_json(step, seconds, peak_memory).dump() << std::endl;
     bar.update(step.step, steps);
     if (flags.save_every > 0 && step.step % flags.save_every == 0) {
       KBIT_RETURN_IF_ERROR(
           trainer.save_checkpoint(flags.output / ("checkpoint-" + std::to_string(step.step))));
     }
     if (step.step == 1 || step.step == steps || step.step % 10 == 0) {
-      fmt::print(stderr, "step {}/{}  loss {:.4f}  lr {:.3g}  grad norm {:.3f}  {:.0f} tok/s\n",
+      fmt::print(stderr,
+                 "step {}/{}  loss {:.4f}  lr {:.3g}  grad norm {:.3f}  {:.0f} tok/s  peak {} "
+                 "{:.2f} GiB\n",
                  step.step, steps, step.loss, step.lr, step.grad_norm,
-                 static_cast<double>(steps_here * step.tokens) / seconds);
+                 static_cast<double>(steps_here * step.tokens) / seconds,
+                 loaded.model.device().is_cuda() ? "device" : "RSS",
+                 static_cast<double>(peak_memory) / (1 << 30));
     }
   }
   KBIT_RETURN_IF_ERROR(model->save(flags.output));

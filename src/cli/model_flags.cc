@@ -122,7 +122,7 @@ void add_model_flags(CLI::App& command, ModelFlags& flags) {
   add_dtype_flag(command, flags.dtype);
   command.add_option("--adapter", flags.adapters,
                      "PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors); "
-                     "repeat to sum several; CPU only for now");
+                     "repeat to sum several");
   add_quant_flags(command, flags.quant);
 }
 
@@ -153,8 +153,7 @@ std::string bench_model_source(const BenchModelFlags& flags) {
 
 Result<model::LlamaLoadOptions> model_load_options(const ModelFlags& flags) {
   model::LlamaLoadOptions options;
-  const bool adapters_on_cpu = flags.device == "auto" && !flags.adapters.empty();
-  KBIT_ASSIGN_OR_RETURN(options.device, resolve_device(adapters_on_cpu ? "cpu" : flags.device));
+  KBIT_ASSIGN_OR_RETURN(options.device, resolve_device(flags.device));
   options.execution.threads = flags.threads;
   const bool bf16 = flags.dtype == "bf16" || (flags.dtype == "auto" && options.device.is_cuda());
   options.activation_dtype = bf16 ? DType::kBF16 : DType::kF32;

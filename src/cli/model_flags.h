@@ -50,7 +50,7 @@ struct ModelFlags {
   // Activation dtype: "f32" or "bf16"; "auto": f32 on the CPU, bf16 on a GPU.
   std::string dtype = "auto";
   QuantFlags quant;
-  // --adapter DIR (repeatable): PEFT LoRA adapter folders, summed (CPU only for now).
+  // --adapter DIR (repeatable): PEFT LoRA adapter folders, summed.
   std::vector<std::filesystem::path> adapters;
 };
 
@@ -58,7 +58,7 @@ struct ModelFlags {
 void add_model_flags(CLI::App& command, ModelFlags& flags);
 
 // The load options the flags ask for (device, threads, activation dtype, quantization,
-// adapters). With adapters, --device auto is the CPU, where adapters run.
+// adapters).
 Result<model::LlamaLoadOptions> model_load_options(const ModelFlags& flags);
 
 // The model of a benchmark: a checkpoint (-m) or random weights of a config's shape

@@ -6,6 +6,7 @@
 #include "kbit/core/random.h"
 #include "kernels/cpu/llama_ops.h"
 #include "model/llama_checkpoint.h"
+#include "model/lora.h"
 
 namespace kbit::model {
 namespace {
@@ -84,6 +85,21 @@ Result<LinearWeight> device_linear_weight(const DeviceLoadPlan& plan, cuda::Devi
   return weight;
 }
 
+// The adapters' LoRA terms on `module`, widened to f32 on the device.
+Result<std::vector<cuda::DeviceLoraTerm>> device_lora_terms(const DeviceLoadPlan& plan,
+                                                            cuda::DeviceLoader& loader,
+                                                            const LinearModule& module) {
+  KBIT_ASSIGN_OR_RETURN(const std::vector<LoraTerm> terms, lora_terms(plan.adapters, module));
+  std::vector<cuda::DeviceLoraTerm> device_terms;
+  for (const LoraTerm& term : terms) {
+    cuda::DeviceLoraTerm& uploaded = device_terms.emplace_back();
+    KBIT_ASSIGN_OR_RETURN(uploaded.a, loader.upload(term.a, DType::kF32));
+    KBIT_ASSIGN_OR_RETURN(uploaded.b, loader.upload(term.b, DType::kF32));
+    uploaded.scaling = term.scaling;
+  }
+  return device_terms;
+}
+
 Result<cuda::DeviceLinear> device_linear(const DeviceLoadPlan& plan, cuda::DeviceLoader& loader,
                                          const LinearModule& module) {
   cuda::DeviceLinear linear;
@@ -94,6 +110,7 @@ Result<cuda::DeviceLinear> device_linear(const DeviceLoadPlan& plan, cuda::Devic
     KBIT_ASSIGN_OR_RETURN(linear.bias, device_float(plan, loader, module.name + ".bias",
                                                     {module.out_features}, plan.activation_dtype));
   }
+  KBIT_ASSIGN_OR_RETURN(linear.lora, device_lora_terms(plan, loader, module));
   return linear;
 }
 
@@ -119,8 +136,9 @@ Result<cuda::DeviceWeights> load_device_weights(const DeviceLoadPlan& plan,
     KBIT_ASSIGN_OR_RETURN(w.lm_head.weight,
                           device_linear_weight(plan, loader, "lm_head", source, c.vocab_size, e));
   }
-  KBIT_ASSIGN_OR_RETURN(w.final_norm, device_norm(plan, loader, "model.norm.weight", e));
   const std::vector<LinearModule> modules = linear_modules(c);
+  KBIT_ASSIGN_OR_RETURN(w.lm_head.lora, device_lora_terms(plan, loader, modules.back()));
+  KBIT_ASSIGN_OR_RETURN(w.final_norm, device_norm(plan, loader, "model.norm.weight", e));
   for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     cuda::DeviceLayer layer;

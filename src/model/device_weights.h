@@ -1,18 +1,20 @@
 // Loading a Llama model's weights onto a GPU (kbit/model/llama.h, model/cuda/llama_cuda.h): one
 // tensor at a time from the mapped checkpoint through the DeviceLoader's pinned staging, each
 // float weight converted to the activation dtype on the device, each weight to quantize
-// quantized there (with bitsandbytes' bits), each pre-quantized one uploaded as stored. Pages of
-// the mapping are released once uploaded. Or, for benchmarks, random weights of the same shapes
-// made on the device.
+// quantized there (with bitsandbytes' bits), each pre-quantized one uploaded as stored, each
+// adapter's LoRA weights widened to f32. Pages of the mapping are released once uploaded. Or, for
+// benchmarks, random weights of the same shapes made on the device.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <span>
 
 #include "kbit/core/execution.h"
 #include "kbit/core/status.h"
 #include "kbit/io/checkpoint.h"
+#include "kbit/io/peft_adapter.h"
 #include "kbit/model/llama_config.h"
 #include "kbit/model/quantize_options.h"
 #include "model/cuda/device_loader.h"
@@ -35,6 +37,8 @@ struct DeviceLoadPlan {
   // from random_seed and its name.
   std::uint64_t random_seed = 0;
   DType random_dtype = DType::kBF16;
+  // PEFT adapters whose LoRA terms the Linear layers take (checked to fit the model).
+  std::span<const io::PeftAdapter> adapters = {};
 };
 
 Result<cuda::DeviceWeights> load_device_weights(const DeviceLoadPlan& plan,

@@ -158,9 +158,6 @@ Status check_load_options(const LlamaLoadOptions& options) {
                             std::string(dtype_name(*options.compute_dtype)) +
                             " is not one of f32, f16, bf16");
   }
-  if (options.device.is_cuda() && !options.adapters.empty()) {
-    return unimplemented("LoRA adapters run on the CPU for now; use --device cpu");
-  }
   if (options.device.is_cuda() && !cuda_available()) {
     return unimplemented("device " + options.device.to_string() +
                          " is not usable: this build of kbit has no CUDA support or no CUDA GPU "
@@ -185,7 +182,8 @@ Status LlamaModel::Impl::load_on_device(const std::filesystem::path& dir,
                             options.activation_dtype,
                             options.execution,
                             random_seed,
-                            cpu.config.dtype.value_or(DType::kBF16)};
+                            cpu.config.dtype.value_or(DType::kBF16),
+                            adapters};
   Result<cuda::DeviceWeights> weights = load_device_weights(plan, *loader);
   if (weights.status().code() == StatusCode::kOutOfMemory) {
     return weights.status().with_context(
@@ -226,6 +224,11 @@ Result<LlamaModel> LlamaModel::random(const std::filesystem::path& config_path,
                             " has a quantization_config; random weights take their "
                             "quantization from the options (--load-in-4bit, --load-in-8bit)");
   }
+  if (!options.adapters.empty()) {
+    return invalid_argument(
+        "random weights take no LoRA adapters: an adapter is trained for "
+        "the weights of one model; load that model instead");
+  }
   auto impl = std::make_unique<Impl>(std::move(config), options.execution, std::nullopt);
   impl->device = options.device;
   impl->set_numerics(options.quantize, options);
@@ -254,6 +257,9 @@ Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
   const std::optional<QuantizeOptions> quantization =
       stored ? std::optional<QuantizeOptions>(QuantizeOptions{*stored, 0}) : options.quantize;
   impl->set_numerics(quantization, options);
+  const std::vector<LinearModule> modules = linear_modules(impl->cpu.config);
+  KBIT_ASSIGN_OR_RETURN(impl->adapters, open_adapters(options.adapters));
+  KBIT_RETURN_IF_ERROR(check_adapters_fit(impl->adapters, modules));
   if (options.device.is_cuda()) {
     KBIT_RETURN_IF_ERROR(
         impl->load_on_device(model_dir, quantization, stored.has_value(), options, 0));
@@ -266,9 +272,6 @@ Result<LlamaModel> LlamaModel::load(const std::filesystem::path& model_dir,
   const LlamaConfig& c = m.config;
   const io::Checkpoint& ck = *impl->checkpoint;
   const std::int64_t e = c.hidden_size;
-  const std::vector<LinearModule> modules = linear_modules(c);
-  KBIT_ASSIGN_OR_RETURN(impl->adapters, open_adapters(options.adapters));
-  KBIT_RETURN_IF_ERROR(check_adapters_fit(impl->adapters, modules));
   KBIT_ASSIGN_OR_RETURN(
       m.embed, expect_float_tensor(ck, model_dir, "model.embed_tokens.weight", {c.vocab_size, e}));
   // Tied, transformers points lm_head at the embedding and ignores any lm_head.weight stored.

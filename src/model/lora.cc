@@ -17,7 +17,7 @@ Result<std::vector<io::PeftAdapter>> open_adapters(const std::vector<std::filesy
   return adapters;
 }
 
-Result<std::vector<LoraTerm>> lora_terms(const std::vector<io::PeftAdapter>& adapters,
+Result<std::vector<LoraTerm>> lora_terms(std::span<const io::PeftAdapter> adapters,
                                          const LinearModule& module) {
   std::vector<LoraTerm> terms;
   for (const io::PeftAdapter& adapter : adapters) {
@@ -30,7 +30,7 @@ Result<std::vector<LoraTerm>> lora_terms(const std::vector<io::PeftAdapter>& ada
   return terms;
 }
 
-Status check_adapters_fit(const std::vector<io::PeftAdapter>& adapters,
+Status check_adapters_fit(std::span<const io::PeftAdapter> adapters,
                           const std::vector<LinearModule>& modules) {
   std::set<std::string> names;
   for (const LinearModule& module : modules) names.insert(module.name);

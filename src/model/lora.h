@@ -43,12 +43,12 @@ Result<std::vector<io::PeftAdapter>> open_adapters(const std::vector<std::filesy
 
 // The terms of Linear `module` [out, in]: one per adapter whose config targets it, checked for
 // shape (the error names the adapter's and the model's shapes).
-Result<std::vector<LoraTerm>> lora_terms(const std::vector<io::PeftAdapter>& adapters,
+Result<std::vector<LoraTerm>> lora_terms(std::span<const io::PeftAdapter> adapters,
                                          const LinearModule& module);
 
 // kInvalidArgument if an adapter has weights for a module that is not among `modules` (the
 // model's Linear layers), naming it: such an adapter was made for another architecture.
-Status check_adapters_fit(const std::vector<io::PeftAdapter>& adapters,
+Status check_adapters_fit(std::span<const io::PeftAdapter> adapters,
                           const std::vector<LinearModule>& modules);
 
 // y [rows, out] = base(x) holds the base Linear's output (in the activation dtype); adds each

@@ -81,15 +81,6 @@ TEST(LoraGolden, DecodeMatchesPrompt) {
   EXPECT_LE(c.mean_abs_diff, 0.015);
 }
 
-TEST(LoraErrors, RefusedOnAGpu) {
-  LlamaLoadOptions options;
-  options.device = Device::cuda(0);
-  options.adapters = {"some/adapter"};
-  const Status status = LlamaModel::load("some/model", options).status();
-  EXPECT_EQ(status.code(), StatusCode::kUnimplemented) << status.to_string();
-  EXPECT_NE(status.message().find("--device cpu"), std::string::npos) << status.to_string();
-}
-
 class LoraAdapterErrors : public ::testing::Test {
  protected:
   // A copy of the golden adapter's config in a fresh folder, edited by `edit`.

@@ -77,8 +77,8 @@ struct LlamaLoadOptions {
   // PEFT LoRA adapter folders (kbit/io/peft_adapter.h) applied to the Linear layers their configs
   // target, as PeftModel runs them unmerged (spec 9.5); several are summed, as PEFT sums its
   // active adapters. Each must fit the model (every targeted Linear has LoRA weights of its
-  // shape), or load() fails naming the adapter, the tensor and both shapes. CPU only for now:
-  // with a CUDA device, load() fails with kUnimplemented.
+  // shape), or load() fails naming the adapter, the tensor and both shapes. On a GPU their
+  // weights are copied to the device in f32. Random weights (random()) take none.
   std::vector<std::filesystem::path> adapters;
 };
 

@@ -40,16 +40,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// target[i] = T(f32(target[i]) + keep[i] · term[i]) (keep nullptr: + term[i]).
+// target[i] = T(f32(target[i]) + keep[i] · term[i]) (keep nullptr: + term[i]); with
+// round_addend, the addend is rounded to T first.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     add_f32_kernel(T* __restrict__ target, const float* __restrict__ term,
-                   const float* __restrict__ keep, std::int64_t count) {
+                   const float* __restrict__ keep, std::int64_t count, bool round_addend) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += stride) {
     const float addend = keep == nullptr ? term[i] : keep[i] * term[i];
-    target[i] = from_float<T>(__fadd_rn(to_float(target[i]), addend));
+    const float rounded = round_addend ? round_as<T>(addend) : addend;
+    target[i] = from_float<T>(__fadd_rn(to_float(target[i]), rounded));
   }
 }
 
@@ -106,18 +108,19 @@ Status check_lora_call(const LoraAdapterDevice& adapter, const LoraShape& shape,
   return ok_status();
 }
 
-// target (dtype) += keep ⊙ term, elementwise over count values.
+// target (dtype) += keep ⊙ term, elementwise over count values (the addend rounded to dtype
+// first with round_addend).
 Status add_f32(void* target, const float* term, const float* keep, std::int64_t count, DType dtype,
-               cudaStream_t stream, const char* what) {
-  return cuda_status(visit_activation_dtype(dtype,
-                                            [&](auto type) {
-                                              using T = typename decltype(type)::type;
-                                              add_f32_kernel<T>
-                                                  <<<blocks_for(count), kThreads, 0, stream>>>(
-                                                      static_cast<T*>(target), term, keep, count);
-                                              return cudaGetLastError();
-                                            }),
-                     what);
+               bool round_addend, cudaStream_t stream, const char* what) {
+  return cuda_status(
+      visit_activation_dtype(dtype,
+                             [&](auto type) {
+                               using T = typename decltype(type)::type;
+                               add_f32_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
+                                   static_cast<T*>(target), term, keep, count, round_addend);
+                               return cudaGetLastError();
+                             }),
+      what);
 }
 
 }  // namespace
@@ -150,7 +153,8 @@ Status lora_forward(LinearContext& context, const LoraAdapterDevice& adapter,
   KBIT_RETURN_IF_ERROR(gemm_f32(context, CUBLAS_OP_T, CUBLAS_OP_N, shape.out, rows, adapter.rank,
                                 adapter.scaling, adapter.b, adapter.rank, h, adapter.rank, 0.0f,
                                 term, shape.out, "lora_forward: scaling · h · Bᵀ"));
-  return add_f32(y, term, nullptr, rows * shape.out, dtype, stream, "lora_forward: y += term");
+  return add_f32(y, term, nullptr, rows * shape.out, dtype, adapter.term_rounded_first, stream,
+                 "lora_forward: y += term");
 }
 
 Status lora_backward(LinearContext& context, const LoraAdapterDevice& adapter,
@@ -185,7 +189,7 @@ Status lora_backward(LinearContext& context, const LoraAdapterDevice& adapter,
   KBIT_RETURN_IF_ERROR(gemm_f32(context, CUBLAS_OP_N, CUBLAS_OP_N, shape.in, rows, rank, 1.0f,
                                 adapter.a, shape.in, buffers.dh, rank, 0.0f, buffers.dx_term,
                                 shape.in, "lora_backward: dh · A"));
-  return add_f32(buffers.dx, buffers.dx_term, buffers.keep, rows * shape.in, dtype, stream,
+  return add_f32(buffers.dx, buffers.dx_term, buffers.keep, rows * shape.in, dtype, false, stream,
                  "lora_backward: dx += keep ⊙ dh · A");
 }
 

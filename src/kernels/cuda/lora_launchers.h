@@ -7,6 +7,7 @@
 //   x̃ = keep ⊙ f32(x)                 [rows, in]    keep: the dropout's factors, or none
 //   h = x̃ · Aᵀ                         [rows, rank]
 //   y = round(y + scaling · h · Bᵀ)                  y: the base Linear's output, [rows, out]
+//     (y = round(y + round(scaling · h · Bᵀ)) on a bitsandbytes base: term_rounded_first)
 // and, given dy [rows, out]:
 //   dB += scaling · dyᵀ · h    dh = scaling · dy · B    dA += dhᵀ · x̃
 //   dx = round(dx + keep ⊙ (dh · A))                 dx: the base Linear's input gradient
@@ -33,6 +34,10 @@ struct LoraAdapterDevice {
   const float* b;  // lora_B [out, rank]
   std::int64_t rank;
   float scaling;  // lora_alpha / rank, or / sqrt(rank) with rsLoRA
+  // The base is a bitsandbytes layer (4-bit or int8): PEFT's LoRA for those casts the term to
+  // the activation dtype before adding it (peft/tuners/lora/bnb.py), a second rounding in bf16;
+  // a float base adds the f32 term and rounds once. As model/lora.h's add_lora_terms.
+  bool term_rounded_first = false;
 };
 
 // The shape of one call: x [rows, in], y [rows, out].

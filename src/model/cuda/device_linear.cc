@@ -17,6 +17,12 @@ kc::FourBitWeightDevice four_bit_weight_device(const LinearWeight& w) {
           state.dtype};
 }
 
+kc::LoraAdapterDevice lora_adapter_on(const DeviceLinear& layer, const Tensor& a, const Tensor& b,
+                                      float scaling) {
+  return {a.data_as<const float>(), b.data_as<const float>(), a.shape()[0], scaling,
+          layer.weight.format() != LinearFormat::kFloat};
+}
+
 Status device_linear_forward(kc::LinearContext& context, const DeviceLinear& layer,
                              const LinearNumerics& numerics, const void* x, std::int64_t rows,
                              void* y, kernels::cpu::FourBitDecode decode) {

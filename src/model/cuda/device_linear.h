@@ -7,6 +7,7 @@
 
 #include "kbit/core/status.h"
 #include "kernels/cuda/linear_launchers.h"
+#include "kernels/cuda/lora_launchers.h"
 #include "model/cuda/llama_cuda.h"
 
 namespace kbit::model::cuda {
@@ -14,8 +15,13 @@ namespace kbit::model::cuda {
 // The device pointers of a 4-bit weight on the device.
 kernels::cuda::FourBitWeightDevice four_bit_weight_device(const LinearWeight& weight);
 
-// y [rows, out] = layer(x [rows, in]), x and y of numerics.activation_dtype; 4-bit weights
-// decoded by `decode`.
+// LoRA weights a f32 [rank, in] and b f32 [out, rank] on the device, with `scaling`, as the LoRA
+// launchers take them on `layer`: PEFT's rounding for the layer's kind of base.
+kernels::cuda::LoraAdapterDevice lora_adapter_on(const DeviceLinear& layer, const Tensor& a,
+                                                 const Tensor& b, float scaling);
+
+// y [rows, out] = layer(x [rows, in]) without its LoRA terms, x and y of
+// numerics.activation_dtype; 4-bit weights decoded by `decode`.
 Status device_linear_forward(kernels::cuda::LinearContext& context, const DeviceLinear& layer,
                              const LinearNumerics& numerics, const void* x, std::int64_t rows,
                              void* y, kernels::cpu::FourBitDecode decode);

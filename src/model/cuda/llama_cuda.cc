@@ -15,6 +15,7 @@
 #include "kbit/model/rope.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/llama_launchers.h"
+#include "kernels/cuda/lora_launchers.h"
 #include "model/cuda/device_linear.h"
 
 namespace kbit::model {
@@ -29,18 +30,22 @@ struct KvCache::DeviceState {
   std::unique_ptr<kc::LinearContext> linear;
   std::int64_t batch = 1;
   std::int64_t capacity = 0;
-  std::int64_t rows = 0;                 // rows of the activation buffers
-  Tensor keys, values;                   // [layers, batch, capacity, kv_heads, head_dim]
-  Tensor hidden, normed, proj;           // [rows, hidden]
-  Tensor q, attn;                        // [rows, heads · head_dim]
-  Tensor k, v;                           // [rows, kv_heads · head_dim]
-  Tensor gate, up;                       // [rows, intermediate]
-  Tensor logits_act;                     // [kLogitChunkRows, vocab] in the activation dtype
-  Tensor logits;                         // [kLogitChunkRows, vocab] f32
-  Tensor token_ids;                      // i32 [rows]
-  Tensor position;                       // i32 [1]: the position of the step's first token
-  Tensor inv_freq;                       // f32 [head_dim / 2]
-  Tensor attention_workspace;            // f32
+  std::int64_t rows = 0;        // rows of the activation buffers
+  Tensor keys, values;          // [layers, batch, capacity, kv_heads, head_dim]
+  Tensor hidden, normed, proj;  // [rows, hidden]
+  Tensor q, attn;               // [rows, heads · head_dim]
+  Tensor k, v;                  // [rows, kv_heads · head_dim]
+  Tensor gate, up;              // [rows, intermediate]
+  Tensor logits_act;            // [kLogitChunkRows, vocab] in the activation dtype
+  Tensor logits;                // [kLogitChunkRows, vocab] f32
+  Tensor token_ids;             // i32 [rows]
+  Tensor position;              // i32 [1]: the position of the step's first token
+  Tensor inv_freq;              // f32 [head_dim / 2]
+  Tensor attention_workspace;   // f32
+  // The LoRA terms' f32 scratch, made when the model has adapters: [rows, widest in], [rows,
+  // largest rank] and [rows, widest out] of the Linears with terms, rows those of the
+  // activations or of a logit chunk, whichever is more.
+  Tensor lora_input, lora_hidden, lora_term;
   std::vector<float> uploaded_inv_freq;  // what inv_freq holds
   // The captured one-token step of `graph_batch` sequences.
   cudaGraphExec_t graph = nullptr;
@@ -67,6 +72,28 @@ std::string gib_text(std::size_t bytes) {
   return text;
 }
 
+// The widest input and output and the largest rank among the Linears with LoRA terms (all 0
+// without adapters).
+struct LoraWidths {
+  std::int64_t in = 0, out = 0, rank = 0;
+};
+
+LoraWidths lora_widths(const DeviceWeights& weights) {
+  LoraWidths widths;
+  const auto visit = [&](const DeviceLinear& linear) {
+    for (const DeviceLoraTerm& term : linear.lora) {
+      widths.in = std::max(widths.in, linear.weight.in_features());
+      widths.out = std::max(widths.out, linear.weight.out_features());
+      widths.rank = std::max(widths.rank, term.a.shape()[0]);
+    }
+  };
+  visit(weights.lm_head);
+  for (const DeviceLayer& layer : weights.layers) {
+    for (const DeviceLinear* linear : layer.linears()) visit(*linear);
+  }
+  return widths;
+}
+
 void* row_pointer(const Tensor& tensor, std::int64_t row, std::int64_t row_elements) {
   return static_cast<std::byte*>(tensor.view().data()) +
          static_cast<std::size_t>(row * row_elements) * dtype_size(tensor.dtype());
@@ -84,23 +111,32 @@ struct CudaLlama::Impl {
 
   DType dtype() const { return numerics.activation_dtype; }
 
+  // y [rows, out] = layer(x [rows, in]) with its LoRA terms.
   Status linear(KvCache::DeviceState& s, const DeviceLinear& layer, const void* x,
                 std::int64_t rows, void* y) const {
     // Decode steps decode the weights as bitsandbytes' batch-1 kernel does.
-    return device_linear_forward(*s.linear, layer, numerics, x, rows, y,
-                                 kernels::cpu::FourBitDecode::kBitsandbytes);
+    KBIT_RETURN_IF_ERROR(device_linear_forward(*s.linear, layer, numerics, x, rows, y,
+                                               kernels::cpu::FourBitDecode::kBitsandbytes));
+    const kc::LoraShape shape{rows, layer.weight.in_features(), layer.weight.out_features()};
+    for (const DeviceLoraTerm& term : layer.lora) {
+      KBIT_RETURN_IF_ERROR(
+          kc::lora_forward(*s.linear, lora_adapter_on(layer, term.a, term.b, term.scaling), shape,
+                           x, nullptr, dtype(), s.lora_input.data_as<float>(),
+                           s.lora_hidden.data_as<float>(), s.lora_term.data_as<float>(), y));
+    }
+    return ok_status();
   }
 
   // Layers of the same x (q, k and v; gate and up), ys[i] = layers[i](x): in one launch where
-  // all are 4-bit (linear_4bit_layers), else one call each. With kSiluMul (gate, up), ys[0] =
-  // silu_mul(gate, up) and ys[1] is scratch.
+  // all are 4-bit without LoRA (linear_4bit_layers), else one call each. With kSiluMul (gate,
+  // up), ys[0] = silu_mul(gate, up) and ys[1] is scratch.
   Status linears(KvCache::DeviceState& s, std::initializer_list<const DeviceLinear*> layers,
                  const void* x, std::int64_t rows, std::initializer_list<void*> ys,
                  kc::Linear4bitEpilogue epilogue = kc::Linear4bitEpilogue::kStore) const {
-    const auto is_4bit = [](const DeviceLinear* layer) {
-      return layer->weight.format() == LinearFormat::kFourBit;
+    const auto fusable = [](const DeviceLinear* layer) {
+      return layer->weight.format() == LinearFormat::kFourBit && layer->lora.empty();
     };
-    if (std::all_of(layers.begin(), layers.end(), is_4bit)) {
+    if (std::all_of(layers.begin(), layers.end(), fusable)) {
       std::array<kc::FourBitLayer, kc::kMaxFused4bitLayers> four_bit{};
       std::size_t count = 0;
       auto y = ys.begin();
@@ -350,7 +386,9 @@ const DeviceWeights& CudaLlama::weights() const {
 std::size_t CudaLlama::weight_bytes() const {
   const DeviceWeights& w = impl_->weights;
   const auto linear_bytes = [](const DeviceLinear& linear) {
-    return linear.weight.nbytes() + linear.bias.nbytes();
+    std::size_t bytes = linear.weight.nbytes() + linear.bias.nbytes();
+    for (const DeviceLoraTerm& term : linear.lora) bytes += term.a.nbytes() + term.b.nbytes();
+    return bytes;
   };
   std::size_t total = w.embed.nbytes() + w.final_norm.nbytes();
   const bool tied = w.lm_head.weight.format() == LinearFormat::kFloat &&
@@ -358,10 +396,7 @@ std::size_t CudaLlama::weight_bytes() const {
   if (!tied) total += linear_bytes(w.lm_head);
   for (const DeviceLayer& layer : w.layers) {
     total += layer.input_norm.nbytes() + layer.post_attention_norm.nbytes();
-    for (const DeviceLinear* linear :
-         {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down}) {
-      total += linear_bytes(*linear);
-    }
+    for (const DeviceLinear* linear : layer.linears()) total += linear_bytes(*linear);
   }
   return total;
 }
@@ -416,6 +451,13 @@ Result<std::shared_ptr<KvCache::DeviceState>> CudaLlama::new_cache_state(std::in
          std::max({c.intermediate_size, q_width, c.hidden_size})},
         {logit_rows, c.hidden_size, c.vocab_size}};
     KBIT_ASSIGN_OR_RETURN(s->linear, kc::LinearContext::create(s->stream, calls));
+    const LoraWidths lora = lora_widths(impl_->weights);
+    if (lora.rank > 0) {
+      const std::int64_t lora_rows = std::max(r, logit_rows);
+      KBIT_ASSIGN_OR_RETURN(s->lora_input, Tensor::empty({lora_rows, lora.in}, DType::kF32, d));
+      KBIT_ASSIGN_OR_RETURN(s->lora_hidden, Tensor::empty({lora_rows, lora.rank}, DType::kF32, d));
+      KBIT_ASSIGN_OR_RETURN(s->lora_term, Tensor::empty({lora_rows, lora.out}, DType::kF32, d));
+    }
     return ok_status();
   };
   const Status made = attempt();

@@ -7,10 +7,16 @@
 // chunks of at most kPrefillChunkTokens tokens per sequence, so the scratch a cache holds is
 // bounded whatever the prompt length.
 //
+// LoRA adapters run unmerged, as on the CPU (model/lora.h): each term in f32 after its Linear's
+// base product. With bf16 activations on a float base the GPU adds the term to the base output
+// already rounded to bf16 where the CPU adds it to the f32 product: one more rounding, within
+// the bf16 tolerances; on a bitsandbytes base both follow PEFT's rule and round the same way.
+//
 // This header is free of CUDA types, so that llama.cc compiles in builds without CUDA; there
 // (llama_cuda_none.cc) create() fails with kUnimplemented.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -28,15 +34,28 @@ inline constexpr std::int64_t kPrefillChunkTokens = 512;
 // Logit rows computed at once when every position's logits are asked for.
 inline constexpr std::int64_t kLogitChunkRows = 64;
 
+// One adapter's LoRA term on a Linear (model/lora.h), widened to f32 on the device.
+struct DeviceLoraTerm {
+  Tensor a;  // f32 [rank, in]
+  Tensor b;  // f32 [out, rank]
+  float scaling = 1.0f;
+};
+
 struct DeviceLinear {
   LinearWeight weight;  // on the device (a float weight in the activation dtype)
   Tensor bias;          // [out] in the activation dtype; empty: none
+  // The adapters' terms, added in order after the base product; empty: none.
+  std::vector<DeviceLoraTerm> lora;
 };
 
 struct DeviceLayer {
   Tensor input_norm;           // f32 [hidden] (bf16 values in a bf16 model)
   Tensor post_attention_norm;  // f32 [hidden]
   DeviceLinear q, k, v, o, gate, up, down;
+  // The seven in kLinearsPerLayer order.
+  std::array<const DeviceLinear*, kLinearsPerLayer> linears() const {
+    return {&q, &k, &v, &o, &gate, &up, &down};
+  }
 };
 
 struct DeviceWeights {

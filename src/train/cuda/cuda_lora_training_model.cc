@@ -48,10 +48,6 @@ void* at_row(const Tensor& tensor, std::int64_t row, std::int64_t width) {
          static_cast<std::size_t>(row * width) * dtype_size(tensor.dtype());
 }
 
-std::array<const DeviceLinear*, model::kLinearsPerLayer> linears_of(const DeviceLayer& layer) {
-  return {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down};
-}
-
 // One module's adapter and its gradients, f32 on the device.
 struct DeviceLoraModule {
   std::string name;
@@ -122,7 +118,7 @@ struct CudaLoraTrainingModel::Impl {
   double dropout_probability() const { return host_state.config().lora_dropout; }
   bool dropout() const { return dropout_probability() > 0; }
   const DeviceLinear& base_linear(std::size_t l, int j) const {
-    return *linears_of(base->weights().layers[l])[static_cast<std::size_t>(j)];
+    return *base->weights().layers[l].linears()[static_cast<std::size_t>(j)];
   }
   const DeviceLoraModule* module(std::size_t l, int j) const {
     const int index = placement[l][static_cast<std::size_t>(j)];
@@ -134,6 +130,10 @@ struct CudaLoraTrainingModel::Impl {
   float* lora_input_of(int j) const { return lora_input[lora_input_slot(j)].data_as<float>(); }
   const float* keep_of(int j) const {
     return dropout() ? keep[static_cast<std::size_t>(j)].data_as<const float>() : nullptr;
+  }
+  // Module m, on Linear j of layer l, as the launchers take it.
+  kc::LoraAdapterDevice adapter(std::size_t l, int j, const DeviceLoraModule& m) const {
+    return model::cuda::lora_adapter_on(base_linear(l, j), m.a, m.b, scaling);
   }
 
   Status allocate();
@@ -227,7 +227,7 @@ Status CudaLoraTrainingModel::Impl::allocate() {
 
   // Every Linear's shape, forward and input gradient; lm_head on a chunk of loss rows.
   std::vector<kc::LinearContext::CallShape> calls;
-  for (const DeviceLinear* layer : linears_of(base->weights().layers.front())) {
+  for (const DeviceLinear* layer : base->weights().layers.front().linears()) {
     const std::int64_t in = layer->weight.in_features();
     const std::int64_t out = layer->weight.out_features();
     calls.push_back({r, in, out, false});
@@ -299,8 +299,7 @@ Status CudaLoraTrainingModel::Impl::linear_forward(std::size_t l, int j, const v
   const DeviceLoraModule* m = module(l, j);
   if (m == nullptr) return ok_status();
   return kc::lora_forward(
-      *linear, {m->a.data_as<const float>(), m->b.data_as<const float>(), m->rank, scaling},
-      {rows(), m->in, m->out}, x, keep_of(j), dtype(), lora_input_of(j),
+      *linear, adapter(l, j, *m), {rows(), m->in, m->out}, x, keep_of(j), dtype(), lora_input_of(j),
       lora_h[static_cast<std::size_t>(j)].data_as<float>(), lora_term.data_as<float>(), y);
 }
 
@@ -330,9 +329,7 @@ Status CudaLoraTrainingModel::Impl::linear_backward(std::size_t l, int j, const 
                                         lora_dy.data_as<float>(),
                                         lora_dh.data_as<float>(),
                                         lora_dx.data_as<float>()};
-  return kc::lora_backward(
-      *linear, {m->a.data_as<const float>(), m->b.data_as<const float>(), m->rank, scaling},
-      {rows(), m->in, m->out}, buffers, dtype());
+  return kc::lora_backward(*linear, adapter(l, j, *m), {rows(), m->in, m->out}, buffers, dtype());
 }
 
 // Layer l on x [rows, hidden] (which stays: the backward reads it again), keeping the
@@ -642,7 +639,7 @@ Result<CudaLoraTrainingModel> CudaLoraTrainingModel::create(const model::LlamaMo
                             std::to_string(sequences_per_pass));
   }
   for (const DeviceLayer& layer : gpu->weights().layers) {
-    for (const DeviceLinear* linear : linears_of(layer)) {
+    for (const DeviceLinear* linear : layer.linears()) {
       KBIT_RETURN_IF_ERROR(model::cuda::check_device_input_gradient(*linear));
     }
   }
