@@ -249,33 +249,42 @@ void BM_Linear4bitInputGradient(benchmark::State& state) {
   });
 }
 
-// The LoRA term of rank 16, forward then backward with dx.
+// The LoRA term of rank 16, forward then backward with dx, in f32 (third argument 0) or bf16 (1).
 void BM_LoraForwardBackward(benchmark::State& state) {
   if (!usable(state)) return;
   const std::int64_t in = state.range(0), out = state.range(1);
+  const bool bf16_lora = state.range(2) == 1;
   const DeviceBuffer x(kTokens * in, DType::kBF16, 40), y(kTokens * out, DType::kBF16, 41),
       dy(kTokens * out, DType::kBF16, 42), dx(kTokens * in, DType::kBF16, 43),
       a(kLoraRank * in, DType::kF32, 44, 0.02f), b(out * kLoraRank, DType::kF32, 45, 0.02f),
       da(kLoraRank * in, DType::kF32, 46), db(out * kLoraRank, DType::kF32, 47),
       x_dropped(kTokens * in, DType::kF32), h(kTokens * kLoraRank, DType::kF32),
       term(kTokens * out, DType::kF32), dy_f32(kTokens * out, DType::kF32),
-      dh(kTokens * kLoraRank, DType::kF32), dx_term(kTokens * in, DType::kF32);
+      dh(kTokens * kLoraRank, DType::kF32), dx_term(kTokens * in, DType::kF32),
+      a_bf16(kLoraRank * in, DType::kBF16, 48, 0.02f),
+      b_bf16(out * kLoraRank, DType::kBF16, 49, 0.02f);
   auto context = cuda::LinearContext::create(nullptr, kTokens, in, out);
   if (!context.ok()) {
     state.SkipWithError(context.status().to_string().c_str());
     return;
   }
-  const cuda::LoraAdapterDevice adapter{a.as<const float>(), b.as<const float>(), kLoraRank, 2.0f};
+  cuda::LoraAdapterDevice adapter{a.as<const float>(), b.as<const float>(), kLoraRank, 2.0f};
+  if (bf16_lora) {
+    adapter.precision = cuda::LoraPrecision::kBf16;
+    adapter.a_bf16 = a_bf16.data();
+    adapter.b_bf16 = b_bf16.data();
+  }
   const cuda::LoraShape shape{kTokens, in, out};
-  const cuda::LoraBackwardBuffers buffers{x_dropped.as<const float>(),
-                                          h.as<const float>(),
+  // bf16 LoRA without dropout multiplies x itself.
+  const cuda::LoraBackwardBuffers buffers{bf16_lora ? x.data() : x_dropped.data(),
+                                          h.data(),
                                           dy.data(),
                                           nullptr,
                                           da.as<float>(),
                                           db.as<float>(),
                                           dx.data(),
                                           dy_f32.as<float>(),
-                                          dh.as<float>(),
+                                          dh.data(),
                                           dx_term.as<float>()};
   // Six products of tokens × rank × (in or out) multiply-adds.
   const double flops =
@@ -284,7 +293,7 @@ void BM_LoraForwardBackward(benchmark::State& state) {
   run_timed_flops(state, flops, bytes, [&] {
     const kbit::Status forward =
         cuda::lora_forward(**context, adapter, shape, x.data(), nullptr, DType::kBF16,
-                           x_dropped.as<float>(), h.as<float>(), term.as<float>(), y.data());
+                           {x_dropped.data(), h.data(), term.as<float>()}, y.data());
     return launch_error(forward.ok()
                             ? cuda::lora_backward(**context, adapter, shape, buffers, DType::kBF16)
                             : forward);
@@ -307,7 +316,9 @@ KBIT_GPU_BENCHMARK(BM_Linear4bitInputGradient)
     ->Args({kHidden, kIntermediate})
     ->Args({kIntermediate, kHidden});
 KBIT_GPU_BENCHMARK(BM_LoraForwardBackward)
-    ->Args({kHidden, kHidden})
-    ->Args({kHidden, kIntermediate});
+    ->Args({kHidden, kHidden, 0})
+    ->Args({kHidden, kIntermediate, 0})
+    ->Args({kHidden, kHidden, 1})
+    ->Args({kHidden, kIntermediate, 1});
 
 }  // namespace

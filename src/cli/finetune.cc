@@ -36,6 +36,7 @@ struct FinetuneFlags {
   double lora_alpha = 32;
   double lora_dropout = 0;
   bool use_rslora = false;
+  std::string lora_dtype = "auto";
   std::vector<std::string> target_modules{"all-linear"};
   std::string optimizer = "paged_adamw_8bit";
   float lr = 2e-4f;
@@ -126,10 +127,13 @@ Result<std::unique_ptr<train::TrainableModel>> trainable_model(const FinetuneFla
   }
   KBIT_ASSIGN_OR_RETURN(train::LoraState state,
                         train::LoraState::create(base.config(), lora_config(flags), flags.seed));
+  KBIT_ASSIGN_OR_RETURN(const DType lora_dtype, resolve_lora_dtype(flags.lora_dtype, base.device(),
+                                                                   base.activation_dtype()));
   if (base.device().is_cuda()) {
     // A micro-batch of rows runs through the layers at once.
-    KBIT_ASSIGN_OR_RETURN(train::CudaLoraTrainingModel model,
-                          train::CudaLoraTrainingModel::create(base, state, flags.batch_size));
+    KBIT_ASSIGN_OR_RETURN(
+        train::CudaLoraTrainingModel model,
+        train::CudaLoraTrainingModel::create(base, state, flags.batch_size, lora_dtype));
     return std::unique_ptr<train::TrainableModel>(
         std::make_unique<train::CudaLoraTrainingModel>(std::move(model)));
   }
@@ -247,6 +251,7 @@ Action add_finetune_command(CLI::App& app) {
       command->add_option("--lora-dropout", flags->lora_dropout, "dropout on the LoRA input")
           ->capture_default_str(),
       command->add_flag("--use-rslora", flags->use_rslora, "scale by alpha / sqrt(r)"),
+      add_lora_dtype_flag(*command, flags->lora_dtype),
       command
           ->add_option("--target-modules", flags->target_modules,
                        "all-linear, or module names separated by commas (q_proj,v_proj)")

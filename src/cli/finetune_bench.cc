@@ -30,6 +30,7 @@ struct FinetuneBenchFlags {
   std::int64_t lora_r = 16;
   double lora_alpha = 32;
   double lora_dropout = 0;
+  std::string lora_dtype = "auto";
   std::string optimizer = "paged_adamw_8bit";
   int steps = 5;
   std::uint64_t seed = 0;
@@ -70,8 +71,11 @@ Status run(const FinetuneBenchFlags& flags) {
                         train::LoraState::create(model.config(), lora, flags.seed));
   const int device = model.device().index;
   cuda_allocator_reset_peak(device);
-  KBIT_ASSIGN_OR_RETURN(train::CudaLoraTrainingModel trained,
-                        train::CudaLoraTrainingModel::create(model, state, flags.batch));
+  KBIT_ASSIGN_OR_RETURN(const DType lora_dtype, resolve_lora_dtype(flags.lora_dtype, model.device(),
+                                                                   model.activation_dtype()));
+  KBIT_ASSIGN_OR_RETURN(
+      train::CudaLoraTrainingModel trained,
+      train::CudaLoraTrainingModel::create(model, state, flags.batch, lora_dtype));
   const train::TrainingRows rows = random_rows(flags, model.config().vocab_size);
   train::TrainerOptions trainer_options;
   KBIT_ASSIGN_OR_RETURN(trainer_options.optimizer, train::parse_optimizer(flags.optimizer));
@@ -101,6 +105,7 @@ Status run(const FinetuneBenchFlags& flags) {
                               {"batch", flags.batch},
                               {"length", flags.length},
                               {"lora_r", flags.lora_r},
+                              {"lora_dtype", dtype_name(lora_dtype)},
                               {"optimizer", flags.optimizer},
                               {"step_seconds", seconds},
                               {"tokens_per_second", tokens_per_second},
@@ -131,6 +136,7 @@ Action add_finetune_bench_command(CLI::App& app) {
   command->add_option("-l,--length", flags->length, "tokens per row")->capture_default_str();
   command->add_option("--lora-r", flags->lora_r, "LoRA rank")->capture_default_str();
   command->add_option("--lora-alpha", flags->lora_alpha, "LoRA alpha")->capture_default_str();
+  add_lora_dtype_flag(*command, flags->lora_dtype);
   command->add_option("--lora-dropout", flags->lora_dropout, "dropout on the LoRA input")
       ->capture_default_str();
   command->add_option("--optim", flags->optimizer, "adamw, adamw_8bit or paged_adamw_8bit")

@@ -126,6 +126,26 @@ void add_model_flags(CLI::App& command, ModelFlags& flags) {
   add_quant_flags(command, flags.quant);
 }
 
+CLI::Option* add_lora_dtype_flag(CLI::App& command, std::string& lora_dtype) {
+  return command
+      .add_option("--lora-dtype", lora_dtype,
+                  "precision of the LoRA terms on a GPU: f32 (PEFT without autocast), or bf16 "
+                  "(PEFT under autocast, as transformers' Trainer with bf16=True); auto: bf16 "
+                  "with bf16 activations")
+      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
+      ->capture_default_str();
+}
+
+Result<DType> resolve_lora_dtype(const std::string& lora_dtype, Device device, DType activations) {
+  const bool bf16_runs = device.is_cuda() && activations == DType::kBF16;
+  if (lora_dtype == "auto") return bf16_runs ? DType::kBF16 : DType::kF32;
+  if (lora_dtype == "f32") return DType::kF32;
+  if (lora_dtype == "bf16" && bf16_runs) return DType::kBF16;
+  return invalid_argument("--lora-dtype " + lora_dtype +
+                          ": bf16 LoRA runs on a GPU with bf16 activations (--dtype bf16); use "
+                          "--lora-dtype f32 here");
+}
+
 void add_bench_model_flags(CLI::App& command, BenchModelFlags& flags) {
   command.add_option("-m,--model", flags.model.model_dir, "model folder");
   command.add_option("--random-weights", flags.random_config,

@@ -54,6 +54,15 @@ struct ModelFlags {
   std::vector<std::filesystem::path> adapters;
 };
 
+// --lora-dtype auto|f32|bf16 (into `lora_dtype`): the precision of LoRA terms trained on a GPU.
+CLI::Option* add_lora_dtype_flag(CLI::App& command, std::string& lora_dtype);
+
+// The dtype --lora-dtype asks for on a base with `activations` on `device`: auto is bf16 with
+// bf16 activations on a GPU (what transformers' Trainer with bf16=True runs: PEFT under
+// autocast), f32 otherwise; kInvalidArgument for bf16 where it does not run (the CPU, f32
+// activations).
+Result<DType> resolve_lora_dtype(const std::string& lora_dtype, Device device, DType activations);
+
 // -m/--model (required), --device, --threads, --dtype, --adapter and the quantization flags.
 void add_model_flags(CLI::App& command, ModelFlags& flags);
 

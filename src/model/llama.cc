@@ -126,6 +126,10 @@ Device LlamaModel::device() const {
   return impl_->device;
 }
 
+DType LlamaModel::activation_dtype() const {
+  return impl_->cpu.numerics.activation_dtype;
+}
+
 std::size_t LlamaModel::weight_bytes() const {
   if (impl_->gpu) return impl_->gpu->weight_bytes();
   const CpuLlama& m = impl_->cpu;

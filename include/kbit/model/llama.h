@@ -154,8 +154,9 @@ class LlamaModel {
   // Bytes of the weights as this model holds them (quantized data and statistics included).
   std::size_t weight_bytes() const;
 
-  // Where the model runs.
+  // Where the model runs, and the dtype of its activations (f32 or bf16).
   Device device() const;
+  DType activation_dtype() const;
 
   // An empty cache for `batch` sequences (more than one on a GPU only) of up to max_tokens
   // positions each (prompt and generated tokens together).

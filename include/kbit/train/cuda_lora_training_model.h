@@ -5,7 +5,11 @@
 //
 // Numerics: as the base model computes (LlamaModel::forward on the GPU): activations stored in
 // its activation dtype (f32 or bf16: transformers' Trainer with bf16=True), arithmetic in f32;
-// the LoRA terms in f32 as PEFT computes them; the base Linears' input gradients as bitsandbytes'
+// the LoRA terms in f32 as PEFT computes them (lora_dtype kF32: LoraTrainingModel's terms), or
+// with bf16 activations in bf16 as PEFT under torch.autocast(bf16) computes them, which is what
+// transformers' Trainer with bf16=True runs (kBF16: A and B rounded to bf16 for the products,
+// f32 accumulation, f32 gradients of A and B; kernels/cuda/lora_launchers.h); the base Linears'
+// input gradients as bitsandbytes'
 // backward (the 4-bit weight dequantized a chunk at a time, never stored whole); attention's
 // backward from recomputed probabilities (FlashAttention-2). With f32 activations the results
 // are the CPU model's up to the order of f32 sums.
@@ -26,6 +30,7 @@
 #include <span>
 #include <vector>
 
+#include "kbit/core/dtype.h"
 #include "kbit/core/status.h"
 #include "kbit/model/llama.h"
 #include "kbit/train/lora_state.h"
@@ -39,9 +44,11 @@ class CudaLoraTrainingModel final : public TrainableModel {
   // without adapters, with float or 4-bit Linears (int8: kUnimplemented, train on the CPU), and
   // must outlive the result. Every module of the state must be a Linear of the base's decoder
   // layers with its shape (kInvalidArgument naming the module otherwise). sequences_per_pass
-  // >= 1. kUnimplemented in a build without CUDA.
+  // >= 1. lora_dtype: kF32, or kBF16 on a base with bf16 activations (see Numerics).
+  // kUnimplemented in a build without CUDA.
   static Result<CudaLoraTrainingModel> create(const model::LlamaModel& base, const LoraState& state,
-                                              std::int64_t sequences_per_pass);
+                                              std::int64_t sequences_per_pass,
+                                              DType lora_dtype = DType::kF32);
 
   CudaLoraTrainingModel(CudaLoraTrainingModel&&) noexcept;
   CudaLoraTrainingModel& operator=(CudaLoraTrainingModel&&) noexcept;

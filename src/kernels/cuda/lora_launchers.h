@@ -1,9 +1,10 @@
 // Host-side launchers of PEFT's LoRA term on a Linear (spec 9.5), forward and backward, for
 // training on a CUDA device. The CPU reference of the backward is lora_backward_reference
-// (kernels/cpu/llama_backward.h). As PEFT computes the term with its adapters upcast to f32
-// (autocast_adapter_dtype) and the input cast to their dtype, everything here is f32 but the
-// Linear's own activations, of the activation dtype `dtype` (kF32 or kBF16):
+// (kernels/cpu/llama_backward.h). Two precisions (LoraPrecision):
 //
+// kF32, PEFT's computation without autocast: the adapters upcast to f32 (autocast_adapter_dtype)
+// and the input cast to their dtype, so everything is f32 but the Linear's own activations, of
+// the activation dtype `dtype` (kF32 or kBF16):
 //   x̃ = keep ⊙ f32(x)                 [rows, in]    keep: the dropout's factors, or none
 //   h = x̃ · Aᵀ                         [rows, rank]
 //   y = round(y + scaling · h · Bᵀ)                  y: the base Linear's output, [rows, out]
@@ -11,11 +12,19 @@
 // and, given dy [rows, out]:
 //   dB += scaling · dyᵀ · h    dh = scaling · dy · B    dA += dhᵀ · x̃
 //   dx = round(dx + keep ⊙ (dh · A))                 dx: the base Linear's input gradient
+// The products run as cuBLAS f32 GEMMs (never TF32).
 //
-// The products run as cuBLAS f32 GEMMs (never TF32) on the context's stream, the rest as
-// elementwise kernels on it. Every pointer is device memory; nothing synchronises or allocates.
-// The f32 scratch the calls take is the caller's: x̃ and h are the forward's results the backward
-// reads again (kept, or recomputed by a second forward).
+// kBf16, as under torch.autocast(bfloat16), which transformers' Trainer with bf16=True runs
+// (bf16 activations only): the products take A and B rounded to bf16 (the caller's copies a_bf16,
+// b_bf16), x̃ = bf16(keep ⊙ x) (x itself without dropout), h and dh in bf16, on tensor cores with
+// f32 accumulation. The GEMM adds the term to y itself, y = round(y + scaling · h · Bᵀ), one
+// rounding where PyTorch rounds the term, its scaling and the sum (term_rounded_first does not
+// apply); dh = bf16(scaling · dy · B) likewise; dA and dB accumulate in f32, as autocast's casts
+// hand PyTorch's f32 parameters their gradients. No f32 copy of an activation is made.
+//
+// The calls queue on the context's stream; every pointer is device memory; nothing
+// synchronises or allocates. The scratch the calls take is the caller's: x̃ and h are the
+// forward's results the backward reads again (kept, or recomputed by a second forward).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -28,16 +37,22 @@
 
 namespace kbit::kernels::cuda {
 
+enum class LoraPrecision { kF32, kBf16 };
+
 // One Linear's adapter in device memory.
 struct LoraAdapterDevice {
   const float* a;  // lora_A [rank, in]
   const float* b;  // lora_B [out, rank]
   std::int64_t rank;
   float scaling;  // lora_alpha / rank, or / sqrt(rank) with rsLoRA
-  // The base is a bitsandbytes layer (4-bit or int8): PEFT's LoRA for those casts the term to
-  // the activation dtype before adding it (peft/tuners/lora/bnb.py), a second rounding in bf16;
-  // a float base adds the f32 term and rounds once. As model/lora.h's add_lora_terms.
+  // kF32: the base is a bitsandbytes layer (4-bit or int8): PEFT's LoRA for those casts the term
+  // to the activation dtype before adding it (peft/tuners/lora/bnb.py), a second rounding in
+  // bf16; a float base adds the f32 term and rounds once. As model/lora.h's add_lora_terms.
   bool term_rounded_first = false;
+  LoraPrecision precision = LoraPrecision::kF32;
+  // kBf16: a and b rounded to bf16 (convert_floats), [rank, in] and [out, rank]; else unused.
+  const void* a_bf16 = nullptr;
+  const void* b_bf16 = nullptr;
 };
 
 // The shape of one call: x [rows, in], y [rows, out].
@@ -47,24 +62,32 @@ struct LoraShape {
   std::int64_t out;
 };
 
-// The forward: x̃ and h written, y updated in place. keep [rows, in] or nullptr; x_dropped f32
-// [rows, in]; h f32 [rows, rank]; term f32 [rows, out], scratch.
+// What the forward writes and uses as scratch. kF32: all f32. kBf16: x_dropped and h bf16, and
+// x_dropped written only with dropout (without, x̃ is x); term unused.
+struct LoraForwardBuffers {
+  void* x_dropped;  // [rows, in]: x̃
+  void* h;          // [rows, rank]
+  float* term;      // [rows, out] scratch
+};
+
+// The forward: x̃ and h written, y updated in place. keep [rows, in] or nullptr.
 Status lora_forward(LinearContext& context, const LoraAdapterDevice& adapter,
                     const LoraShape& shape, const void* x, const float* keep, DType dtype,
-                    float* x_dropped, float* h, float* term, void* y);
+                    const LoraForwardBuffers& buffers, void* y);
 
-// What the backward reads, writes and uses as scratch (all f32 unless said).
+// What the backward reads, writes and uses as scratch: f32 unless said; with kBf16, x_dropped,
+// h and dh are bf16, dy_f32 is unused and dx_term is used only with dropout.
 struct LoraBackwardBuffers {
-  const float* x_dropped;  // [rows, in], the forward's x̃
-  const float* h;          // [rows, rank], the forward's h
-  const void* dy;          // [rows, out] of dtype
-  const float* keep;       // [rows, in] or nullptr: the forward's
-  float* da;               // [rank, in], accumulated into
-  float* db;               // [out, rank], accumulated into
-  void* dx;                // [rows, in] of dtype, accumulated into; nullptr: not wanted
-  float* dy_f32;           // [rows, out] scratch
-  float* dh;               // [rows, rank] scratch
-  float* dx_term;          // [rows, in] scratch; unused without dx
+  const void* x_dropped;  // [rows, in], the forward's x̃ (x itself for kBf16 without dropout)
+  const void* h;          // [rows, rank], the forward's h
+  const void* dy;         // [rows, out] of dtype
+  const float* keep;      // [rows, in] or nullptr: the forward's
+  float* da;              // [rank, in], accumulated into
+  float* db;              // [out, rank], accumulated into
+  void* dx;               // [rows, in] of dtype, accumulated into; nullptr: not wanted
+  float* dy_f32;          // [rows, out] scratch
+  void* dh;               // [rows, rank] scratch
+  float* dx_term;         // [rows, in] scratch; unused without dx
 };
 Status lora_backward(LinearContext& context, const LoraAdapterDevice& adapter,
                      const LoraShape& shape, const LoraBackwardBuffers& buffers, DType dtype);

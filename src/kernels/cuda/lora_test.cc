@@ -7,8 +7,10 @@
 // rows, dy·B over out, ...), each within (terms + 2)·u of the sum of its terms' magnitudes. The
 // bound takes the longest chain's term count, rows + in + out + rank + 8, times 2u, times the
 // magnitude the same computation gives on absolute values (the CPU reference run on |x|, |A|,
-// |B|, |dy|), plus the half ulp of a bf16 store. A transposed or misindexed product errs by the
-// size of the values themselves.
+// |B|, |dy|), plus the half ulp of a bf16 store. bf16 LoRA rounds its operands (x̃, A, B) and
+// its intermediates (h, dh) to bf16, each a relative error of half a bf16 ulp that reaches a
+// result in proportion to that magnitude: 2.5 bf16 ulps of it cover the five. A transposed or
+// misindexed product errs by the size of the values themselves.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -53,13 +55,15 @@ struct LoraCase {
   DType dtype;
   bool dropout;
   bool term_rounded_first;  // a bitsandbytes base's rule (LoraAdapterDevice)
+  cuda::LoraPrecision precision = cuda::LoraPrecision::kF32;
 };
 
 std::string describe(const LoraCase& c) {
   return dtype_label(c.dtype) + ", rows " + std::to_string(c.rows) + ", in " +
          std::to_string(c.in) + ", out " + std::to_string(c.out) + ", rank " +
          std::to_string(c.rank) + (c.dropout ? ", dropout" : "") +
-         (c.term_rounded_first ? ", term rounded first" : "");
+         (c.term_rounded_first ? ", term rounded first" : "") +
+         (c.precision == cuda::LoraPrecision::kBf16 ? ", bf16 LoRA" : "");
 }
 
 std::vector<float> absolute(std::vector<float> values) {
@@ -134,30 +138,41 @@ void check_lora_case(const LoraCase& c, std::uint64_t seed) {
   const DeviceArray device_dx(dx0, c.dtype);
   const DeviceArray device_keep(c.dropout ? keep : std::vector<float>{1.0f}, DType::kF32);
   const float* keep_pointer = c.dropout ? device_keep.as<const float>() : nullptr;
-  const DeviceArray x_dropped(c.rows * c.in, DType::kF32);
-  const DeviceArray h(c.rows * c.rank, DType::kF32);
+  const bool bf16_lora = c.precision == cuda::LoraPrecision::kBf16;
+  const DType lora_dtype = bf16_lora ? DType::kBF16 : DType::kF32;
+  const DeviceArray a_bf16(a, DType::kBF16);
+  const DeviceArray b_bf16(b, DType::kBF16);
+  const DeviceArray x_dropped(c.rows * c.in, lora_dtype);
+  const DeviceArray h(c.rows * c.rank, lora_dtype);
   const DeviceArray term(c.rows * c.out, DType::kF32);
   const DeviceArray dy_f32(c.rows * c.out, DType::kF32);
-  const DeviceArray dh(c.rows * c.rank, DType::kF32);
+  const DeviceArray dh(c.rows * c.rank, lora_dtype);
   const DeviceArray dx_term(c.rows * c.in, DType::kF32);
 
-  const cuda::LoraAdapterDevice adapter{device_a.as<const float>(), device_b.as<const float>(),
-                                        c.rank, scaling, c.term_rounded_first};
+  cuda::LoraAdapterDevice adapter{device_a.as<const float>(), device_b.as<const float>(), c.rank,
+                                  scaling, c.term_rounded_first};
+  if (bf16_lora) {
+    adapter.precision = c.precision;
+    adapter.a_bf16 = a_bf16.data();
+    adapter.b_bf16 = b_bf16.data();
+  }
   const cuda::LoraShape shape{c.rows, c.in, c.out};
   const Status forward =
       cuda::lora_forward(*context, adapter, shape, device_x.data(), keep_pointer, c.dtype,
-                         x_dropped.as<float>(), h.as<float>(), term.as<float>(), device_y.data());
+                         {x_dropped.data(), h.data(), term.as<float>()}, device_y.data());
   ASSERT_TRUE(forward.ok()) << forward.to_string();
-  const cuda::LoraBackwardBuffers buffers{x_dropped.as<const float>(),
-                                          h.as<const float>(),
-                                          device_dy.data(),
-                                          keep_pointer,
-                                          device_da.as<float>(),
-                                          device_db.as<float>(),
-                                          device_dx.data(),
-                                          dy_f32.as<float>(),
-                                          dh.as<float>(),
-                                          dx_term.as<float>()};
+  // bf16 LoRA without dropout multiplies x itself.
+  const cuda::LoraBackwardBuffers buffers{
+      bf16_lora && !c.dropout ? device_x.data() : x_dropped.data(),
+      h.data(),
+      device_dy.data(),
+      keep_pointer,
+      device_da.as<float>(),
+      device_db.as<float>(),
+      device_dx.data(),
+      dy_f32.as<float>(),
+      dh.data(),
+      dx_term.as<float>()};
   const Status backward = cuda::lora_backward(*context, adapter, shape, buffers, c.dtype);
   ASSERT_TRUE(backward.ok()) << backward.to_string();
   finish(cudaStreamSynchronize(stream.get()));
@@ -166,6 +181,8 @@ void check_lora_case(const LoraCase& c, std::uint64_t seed) {
   const std::vector<double> expected_y = forward_reference(c, x, keep, a, b, scaling, y);
   const std::vector<double> magnitude_y = forward_reference(
       c, absolute(x), keep, absolute(a), absolute(b), scaling, std::vector<float>(y.size(), 0.0f));
+  // bf16 LoRA's roundings of operands and intermediates, per unit of magnitude.
+  const float operand_rounding = bf16_lora ? 2.5f * kBf16Ulp : 0.0f;
   std::vector<float> expected_y_f32(expected_y.size());
   std::vector<float> y_bound(expected_y.size());
   for (std::size_t i = 0; i < expected_y.size(); ++i) {
@@ -174,7 +191,8 @@ void check_lora_case(const LoraCase& c, std::uint64_t seed) {
     const float term_rounding =
         c.term_rounded_first ? 0.5f * kBf16Ulp * static_cast<float>(magnitude_y[i]) : 0.0f;
     y_bound[i] =
-        chain * static_cast<float>(magnitude_y[i]) + kF32Ulp * std::fabs(y[i]) +
+        (chain + operand_rounding) * static_cast<float>(magnitude_y[i]) +
+        kF32Ulp * std::fabs(y[i]) +
         (c.dtype == DType::kBF16 ? 0.5f * kBf16Ulp * std::fabs(expected_y_f32[i]) + term_rounding
                                  : 0.0f);
   }
@@ -198,7 +216,7 @@ void check_lora_case(const LoraCase& c, std::uint64_t seed) {
     std::vector<float> bound(magnitude.size());
     for (std::size_t i = 0; i < bound.size(); ++i) {
       bound[i] =
-          chain * magnitude[i] + kF32Ulp * std::fabs(start[i]) +
+          (chain + operand_rounding) * magnitude[i] + kF32Ulp * std::fabs(start[i]) +
           (stored_in_dtype && c.dtype == DType::kBF16 ? 0.5f * kBf16Ulp * std::fabs(expected[i])
                                                       : 0.0f);
     }
@@ -215,16 +233,22 @@ void check_lora_case(const LoraCase& c, std::uint64_t seed) {
 TEST(CudaLora, ForwardAndBackwardMatchReference) {
   KBIT_REQUIRE_CUDA();
   std::uint64_t seed = 700;
+  const auto f32 = cuda::LoraPrecision::kF32;
+  const auto bf16 = cuda::LoraPrecision::kBf16;
   for (const DType dtype : {DType::kF32, DType::kBF16}) {
-    for (const bool dropout : {false, true}) {
-      // A small odd shape; a Llama-3.1-8B k_proj (4096 → 1024) at rank 16; one row, rank 1.
-      // The bitsandbytes rule on the first and the last.
-      for (const LoraCase& c : {LoraCase{37, 160, 96, 8, dtype, dropout, true},
-                                LoraCase{300, 4096, 1024, 16, dtype, dropout, false},
-                                LoraCase{1, 64, 32, 1, dtype, dropout, true}}) {
-        SCOPED_TRACE(describe(c));
-        check_lora_case(c, seed);
-        seed += 10;
+    for (const cuda::LoraPrecision precision : {f32, bf16}) {
+      if (precision == bf16 && dtype != DType::kBF16) continue;
+      for (const bool dropout : {false, true}) {
+        // A small odd shape; a Llama-3.1-8B k_proj (4096 → 1024) at rank 16; one row, rank 1.
+        // In f32, the bitsandbytes rule on the first and the last.
+        const bool bnb = precision == f32;
+        for (const LoraCase& c : {LoraCase{37, 160, 96, 8, dtype, dropout, bnb, precision},
+                                  LoraCase{300, 4096, 1024, 16, dtype, dropout, false, precision},
+                                  LoraCase{1, 64, 32, 1, dtype, dropout, bnb, precision}}) {
+          SCOPED_TRACE(describe(c));
+          check_lora_case(c, seed);
+          seed += 10;
+        }
       }
     }
   }
@@ -238,14 +262,28 @@ TEST(CudaLora, RejectsBadCalls) {
   float* f = buffer.as<float>();
   const cuda::LoraAdapterDevice adapter{f, f, 4, 1.0f};
   const cuda::LoraShape shape{4, 64, 64};
+  const cuda::LoraForwardBuffers buffers{f, f, f};
   EXPECT_EQ(
-      cuda::lora_forward(*context, adapter, shape, f, nullptr, DType::kF16, f, f, f, f).code(),
+      cuda::lora_forward(*context, adapter, shape, f, nullptr, DType::kF16, buffers, f).code(),
       StatusCode::kInvalidArgument);
   EXPECT_EQ(
-      cuda::lora_forward(*context, {f, f, 0, 1.0f}, shape, f, nullptr, DType::kF32, f, f, f, f)
+      cuda::lora_forward(*context, {f, f, 0, 1.0f}, shape, f, nullptr, DType::kF32, buffers, f)
           .code(),
       StatusCode::kInvalidArgument);
-  EXPECT_EQ(cuda::lora_forward(*context, adapter, shape, f, nullptr, DType::kF32, nullptr, f, f, f)
+  EXPECT_EQ(
+      cuda::lora_forward(*context, adapter, shape, f, nullptr, DType::kF32, {nullptr, f, f}, f)
+          .code(),
+      StatusCode::kInvalidArgument);
+  // bf16 LoRA: bf16 activations and the bf16 copies of A and B.
+  cuda::LoraAdapterDevice bf16_adapter = adapter;
+  bf16_adapter.precision = cuda::LoraPrecision::kBf16;
+  bf16_adapter.a_bf16 = f;
+  bf16_adapter.b_bf16 = f;
+  EXPECT_EQ(
+      cuda::lora_forward(*context, bf16_adapter, shape, f, nullptr, DType::kF32, buffers, f).code(),
+      StatusCode::kInvalidArgument);
+  bf16_adapter.b_bf16 = nullptr;
+  EXPECT_EQ(cuda::lora_forward(*context, bf16_adapter, shape, f, nullptr, DType::kBF16, buffers, f)
                 .code(),
             StatusCode::kInvalidArgument);
   const cuda::LoraBackwardBuffers missing_dx_term{f, f, f, nullptr, f, f, f, f, f, nullptr};

@@ -119,10 +119,11 @@ struct CudaLlama::Impl {
                                                kernels::cpu::FourBitDecode::kBitsandbytes));
     const kc::LoraShape shape{rows, layer.weight.in_features(), layer.weight.out_features()};
     for (const DeviceLoraTerm& term : layer.lora) {
-      KBIT_RETURN_IF_ERROR(
-          kc::lora_forward(*s.linear, lora_adapter_on(layer, term.a, term.b, term.scaling), shape,
-                           x, nullptr, dtype(), s.lora_input.data_as<float>(),
-                           s.lora_hidden.data_as<float>(), s.lora_term.data_as<float>(), y));
+      KBIT_RETURN_IF_ERROR(kc::lora_forward(
+          *s.linear, lora_adapter_on(layer, term.a, term.b, term.scaling), shape, x, nullptr,
+          dtype(),
+          {s.lora_input.view().data(), s.lora_hidden.view().data(), s.lora_term.data_as<float>()},
+          y));
     }
     return ok_status();
   }

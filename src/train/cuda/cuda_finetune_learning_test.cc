@@ -1,8 +1,8 @@
 // Learning works on the GPU (must-show 4's GPU half): QLoRA fine-tuning of shakespeare-llama3 in
 // nf4_dq with CudaLoraTrainingModel, on the text and with the recipe of the CPU's learning test
-// (train/learning_test_support.h), in the GPU's training precision (bf16 activations and compute),
-// lowers the held-out perplexity scored on the GPU with the saved adapter. Label `cuda`: skips
-// visibly without a GPU.
+// (train/learning_test_support.h), in the GPU's training precision (bf16 activations and compute,
+// bf16 LoRA as under autocast: kbit finetune's default on a GPU), lowers the held-out perplexity
+// scored on the GPU with the saved adapter. Label `cuda`: skips visibly without a GPU.
 #include <gtest/gtest.h>
 
 #include <iostream>
@@ -28,7 +28,8 @@ TEST(CudaFinetuneLearning, QloraLowersHeldOutPerplexity) {
 
   CudaLoraTrainingModel model =
       CudaLoraTrainingModel::create(
-          base, LoraState::create(base.config(), learning_lora_config(), 42).value(), 4)
+          base, LoraState::create(base.config(), learning_lora_config(), 42).value(), 4,
+          DType::kBF16)
           .value();
   const TrainerOptions options = one_epoch(data.rows, OptimizerKind::kPagedAdamW8bit, 1e-3f);
   Trainer trainer = Trainer::create(model, data.rows, options).value();

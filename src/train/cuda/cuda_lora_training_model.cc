@@ -35,7 +35,8 @@ constexpr std::int64_t kLossChunkRows = 512;
 
 // Which input each Linear of a layer reads (the normed hidden state for q, k and v, the
 // attention for o, the second normed state for gate and up, the activation for down): without
-// dropout the Linears of one input share the f32 copy of it their LoRA terms take.
+// dropout the Linears of one input share the copy of it their f32 LoRA terms take, and bf16 terms
+// read the input itself.
 constexpr std::array<int, model::kLinearsPerLayer> kInputOfLinear = {0, 0, 0, 1, 2, 2, 3};
 
 Status cuda_status(cudaError_t error, const char* what) {
@@ -55,6 +56,7 @@ struct DeviceLoraModule {
   std::int64_t in = 0;
   std::int64_t out = 0;
   Tensor a, b, grad_a, grad_b;  // [rank, in], [out, rank] and their gradients
+  Tensor a_bf16, b_bf16;        // bf16 LoRA: a and b rounded, refreshed before each batch
 };
 
 // A 1-D view of a whole tensor.
@@ -70,6 +72,7 @@ struct CudaLoraTrainingModel::Impl {
   // order of `modules`: what state() fills from the device.
   LoraState host_state;
   float scaling = 1.0f;
+  kc::LoraPrecision precision = kc::LoraPrecision::kF32;
   std::vector<DeviceLoraModule> modules;
   LoraPlacement placement;
   std::int64_t sequences_per_pass = 1;
@@ -84,19 +87,21 @@ struct CudaLoraTrainingModel::Impl {
   std::int64_t capacity_rows = 0;
   std::int64_t capacity_tokens = 0;
   std::unique_ptr<kc::LinearContext> linear;
-  Tensor checkpoints;                                   // [layers + 1, rows, hidden]
-  Tensor normed, h, proj, d_hidden, d_normed, scratch;  // [rows, hidden]
-  Tensor q, attn, d_attn, dq;                           // [rows, heads · head_dim]
-  Tensor k, v, k_rotated, v_cache, dk, dv;              // [rows, kv_heads · head_dim]
-  Tensor gate, up, activation, d_activation;            // [rows, intermediate]
-  Tensor logits;                                        // [kLossChunkRows, vocab]
-  Tensor row_loss;                                      // f32 [rows]
-  Tensor token_ids, targets;                            // i32 [rows]
-  Tensor position;                                      // i32 [1]: 0
-  Tensor inv_freq;                                      // f32 [head_dim / 2]
+  Tensor checkpoints;  // [layers + 1, rows, hidden]
+  // [rows, hidden]; normed_attention and normed are the inputs of q, k, v and of gate, up.
+  Tensor normed_attention, normed, h, proj, d_hidden, d_normed, scratch;
+  Tensor q, attn, d_attn, dq;                 // [rows, heads · head_dim]
+  Tensor k, v, k_rotated, v_cache, dk, dv;    // [rows, kv_heads · head_dim]
+  Tensor gate, up, activation, d_activation;  // [rows, intermediate]
+  Tensor logits;                              // [kLossChunkRows, vocab]
+  Tensor row_loss;                            // f32 [rows]
+  Tensor token_ids, targets;                  // i32 [rows]
+  Tensor position;                            // i32 [1]: 0
+  Tensor inv_freq;                            // f32 [head_dim / 2]
   Tensor norm_workspace, attention_workspace, attention_backward_workspace;  // f32
-  // LoRA's f32 buffers: each input's copy (one per Linear with dropout), each Linear's x · Aᵀ
-  // and dropout factors, and the backward's scratch.
+  // LoRA's buffers (f32, or bf16 for bf16 terms where lora_launchers.h says): each input's copy
+  // (one per Linear with dropout; none for bf16 terms without), each Linear's x · Aᵀ and dropout
+  // factors, and the backward's scratch.
   std::array<Tensor, model::kLinearsPerLayer> lora_input, lora_h, keep;
   Tensor lora_term, lora_dy, lora_dh, lora_dx;
   std::vector<float> uploaded_inv_freq;
@@ -127,14 +132,31 @@ struct CudaLoraTrainingModel::Impl {
   std::size_t lora_input_slot(int j) const {
     return static_cast<std::size_t>(dropout() ? j : kInputOfLinear[static_cast<std::size_t>(j)]);
   }
-  float* lora_input_of(int j) const { return lora_input[lora_input_slot(j)].data_as<float>(); }
+  bool bf16_lora() const { return precision == kc::LoraPrecision::kBf16; }
+  // The layer's input of Linear j, live from its layer_forward through its layer_backward.
+  const void* input_of(int j) const {
+    const Tensor* inputs[] = {&normed_attention, &attn, &normed, &activation};
+    return inputs[kInputOfLinear[static_cast<std::size_t>(j)]]->view().data();
+  }
+  // x̃ of Linear j's LoRA term: the input itself for bf16 terms without dropout.
+  void* lora_input_of(int j) const {
+    if (bf16_lora() && !dropout()) return const_cast<void*>(input_of(j));
+    return lora_input[lora_input_slot(j)].view().data();
+  }
   const float* keep_of(int j) const {
     return dropout() ? keep[static_cast<std::size_t>(j)].data_as<const float>() : nullptr;
   }
   // Module m, on Linear j of layer l, as the launchers take it.
   kc::LoraAdapterDevice adapter(std::size_t l, int j, const DeviceLoraModule& m) const {
-    return model::cuda::lora_adapter_on(base_linear(l, j), m.a, m.b, scaling);
+    kc::LoraAdapterDevice adapter =
+        model::cuda::lora_adapter_on(base_linear(l, j), m.a, m.b, scaling);
+    adapter.precision = precision;
+    adapter.a_bf16 = m.a_bf16.numel() > 0 ? m.a_bf16.view().data() : nullptr;
+    adapter.b_bf16 = m.b_bf16.numel() > 0 ? m.b_bf16.view().data() : nullptr;
+    return adapter;
   }
+
+  Status round_lora_weights();
 
   Status allocate();
   Status upload_pass(std::span<const std::int32_t> ids, std::span<const std::int32_t> targets);
@@ -167,7 +189,7 @@ Status CudaLoraTrainingModel::Impl::allocate() {
     return Shape{static_cast<std::int64_t>(std::max<std::size_t>(n, 1))};
   };
   KBIT_RETURN_IF_ERROR(make(checkpoints, {c.num_hidden_layers + 1, r, e}, act));
-  for (Tensor* t : {&normed, &h, &proj, &d_hidden, &d_normed, &scratch}) {
+  for (Tensor* t : {&normed_attention, &normed, &h, &proj, &d_hidden, &d_normed, &scratch}) {
     KBIT_RETURN_IF_ERROR(make(*t, {r, e}, act));
   }
   for (Tensor* t : {&q, &attn, &d_attn, &dq}) KBIT_RETURN_IF_ERROR(make(*t, {r, q_width()}, act));
@@ -211,19 +233,27 @@ Status CudaLoraTrainingModel::Impl::allocate() {
       rank = std::max(rank, m->rank);
     }
   }
+  const DType lora_dtype = bf16_lora() ? DType::kBF16 : DType::kF32;
   for (Tensor& input : lora_input) input = Tensor();
   for (int j = 0; j < model::kLinearsPerLayer; ++j) {
     const auto u = static_cast<std::size_t>(j);
     if (in_of[u] == 0) continue;
     Tensor& input = lora_input[lora_input_slot(j)];
-    if (input.numel() < r * in_of[u]) KBIT_RETURN_IF_ERROR(make(input, {r, in_of[u]}, DType::kF32));
-    KBIT_RETURN_IF_ERROR(make(lora_h[u], {r, rank_of[u]}, DType::kF32));
+    if ((!bf16_lora() || dropout()) && input.numel() < r * in_of[u]) {
+      KBIT_RETURN_IF_ERROR(make(input, {r, in_of[u]}, lora_dtype));
+    }
+    KBIT_RETURN_IF_ERROR(make(lora_h[u], {r, rank_of[u]}, lora_dtype));
     if (dropout()) KBIT_RETURN_IF_ERROR(make(keep[u], {r, in_of[u]}, DType::kF32));
   }
-  KBIT_RETURN_IF_ERROR(make(lora_term, {r, widest_out}, DType::kF32));
-  KBIT_RETURN_IF_ERROR(make(lora_dy, {r, widest_out}, DType::kF32));
-  KBIT_RETURN_IF_ERROR(make(lora_dh, {r, rank}, DType::kF32));
-  KBIT_RETURN_IF_ERROR(make(lora_dx, {r, widest_in}, DType::kF32));
+  lora_term = Tensor();
+  lora_dy = Tensor();
+  lora_dx = Tensor();
+  if (!bf16_lora()) {
+    KBIT_RETURN_IF_ERROR(make(lora_term, {r, widest_out}, DType::kF32));
+    KBIT_RETURN_IF_ERROR(make(lora_dy, {r, widest_out}, DType::kF32));
+  }
+  KBIT_RETURN_IF_ERROR(make(lora_dh, {r, rank}, lora_dtype));
+  if (!bf16_lora() || dropout()) KBIT_RETURN_IF_ERROR(make(lora_dx, {r, widest_in}, DType::kF32));
 
   // Every Linear's shape, forward and input gradient; lm_head on a chunk of loss rows.
   std::vector<kc::LinearContext::CallShape> calls;
@@ -298,9 +328,11 @@ Status CudaLoraTrainingModel::Impl::linear_forward(std::size_t l, int j, const v
   }
   const DeviceLoraModule* m = module(l, j);
   if (m == nullptr) return ok_status();
-  return kc::lora_forward(
-      *linear, adapter(l, j, *m), {rows(), m->in, m->out}, x, keep_of(j), dtype(), lora_input_of(j),
-      lora_h[static_cast<std::size_t>(j)].data_as<float>(), lora_term.data_as<float>(), y);
+  return kc::lora_forward(*linear, adapter(l, j, *m), {rows(), m->in, m->out}, x, keep_of(j),
+                          dtype(),
+                          {lora_input_of(j), lora_h[static_cast<std::size_t>(j)].view().data(),
+                           lora_term.data_as<float>()},
+                          y);
 }
 
 // dx [rows, in] (+)= dy [rows, out] · W of Linear j of layer l (added when `accumulate`, then
@@ -320,14 +352,14 @@ Status CudaLoraTrainingModel::Impl::linear_backward(std::size_t l, int j, const 
   const DeviceLoraModule* m = module(l, j);
   if (m == nullptr) return ok_status();
   const kc::LoraBackwardBuffers buffers{lora_input_of(j),
-                                        lora_h[static_cast<std::size_t>(j)].data_as<const float>(),
+                                        lora_h[static_cast<std::size_t>(j)].view().data(),
                                         dy,
                                         keep_of(j),
                                         m->grad_a.data_as<float>(),
                                         m->grad_b.data_as<float>(),
                                         dx,
                                         lora_dy.data_as<float>(),
-                                        lora_dh.data_as<float>(),
+                                        lora_dh.view().data(),
                                         lora_dx.data_as<float>()};
   return kc::lora_backward(*linear, adapter(l, j, *m), {rows(), m->in, m->out}, buffers, dtype());
 }
@@ -344,14 +376,13 @@ Status CudaLoraTrainingModel::Impl::layer_forward(std::size_t l, const void* x, 
       static_cast<std::size_t>(r * c.hidden_size) * dtype_size(dtype());
   KBIT_RETURN_IF_ERROR(cuda_status(
       kc::add_rms_norm(const_cast<void*>(x), nullptr, layer.input_norm.data_as<const float>(), r,
-                       c.hidden_size, eps(), normed.view().data(), dtype(), stream),
+                       c.hidden_size, eps(), normed_attention.view().data(), dtype(), stream),
       "add_rms_norm"));
-  KBIT_RETURN_IF_ERROR(
-      linear_forward(l, model::kQProj, normed.view().data(), q.view().data(), true));
-  KBIT_RETURN_IF_ERROR(
-      linear_forward(l, model::kKProj, normed.view().data(), k.view().data(), true));
-  KBIT_RETURN_IF_ERROR(
-      linear_forward(l, model::kVProj, normed.view().data(), v.view().data(), true));
+  for (const int j : {model::kQProj, model::kKProj, model::kVProj}) {
+    Tensor* outputs[] = {&q, &k, &v};
+    KBIT_RETURN_IF_ERROR(
+        linear_forward(l, j, normed_attention.view().data(), outputs[j]->view().data(), true));
+  }
   // RoPE on q in place; the rotated k and v written as each sequence's own cache.
   const kc::RopeAppendJob rope{q.view().data(),
                                k.view().data(),
@@ -576,9 +607,11 @@ Result<double> CudaLoraTrainingModel::Impl::run_pass(std::span<const std::int32_
 std::size_t CudaLoraTrainingModel::Impl::device_bytes() const {
   std::size_t total = linear ? linear->workspace_bytes() : 0;
   for (const DeviceLoraModule& m : modules) {
-    total += m.a.nbytes() + m.b.nbytes() + m.grad_a.nbytes() + m.grad_b.nbytes();
+    total += m.a.nbytes() + m.b.nbytes() + m.grad_a.nbytes() + m.grad_b.nbytes() +
+             m.a_bf16.nbytes() + m.b_bf16.nbytes();
   }
   for (const Tensor* t : {&checkpoints,
+                          &normed_attention,
                           &normed,
                           &h,
                           &proj,
@@ -627,7 +660,8 @@ CudaLoraTrainingModel::~CudaLoraTrainingModel() = default;
 
 Result<CudaLoraTrainingModel> CudaLoraTrainingModel::create(const model::LlamaModel& base,
                                                             const LoraState& state,
-                                                            std::int64_t sequences_per_pass) {
+                                                            std::int64_t sequences_per_pass,
+                                                            DType lora_dtype) {
   const model::cuda::CudaLlama* gpu = model::cuda_llama(base);
   if (gpu == nullptr) {
     return invalid_argument(
@@ -637,6 +671,12 @@ Result<CudaLoraTrainingModel> CudaLoraTrainingModel::create(const model::LlamaMo
   if (sequences_per_pass < 1) {
     return invalid_argument("sequences per pass must be at least 1, got " +
                             std::to_string(sequences_per_pass));
+  }
+  if (lora_dtype != DType::kF32 &&
+      (lora_dtype != DType::kBF16 || gpu->numerics().activation_dtype != DType::kBF16)) {
+    return invalid_argument("LoRA in " + std::string(dtype_name(lora_dtype)) + " on a base with " +
+                            std::string(dtype_name(gpu->numerics().activation_dtype)) +
+                            " activations: LoRA runs in f32, or in bf16 on bf16 activations");
   }
   for (const DeviceLayer& layer : gpu->weights().layers) {
     for (const DeviceLinear* linear : layer.linears()) {
@@ -650,6 +690,7 @@ Result<CudaLoraTrainingModel> CudaLoraTrainingModel::create(const model::LlamaMo
   impl->scaling = state.scaling();
   impl->placement = std::move(placement);
   impl->sequences_per_pass = sequences_per_pass;
+  if (lora_dtype == DType::kBF16) impl->precision = kc::LoraPrecision::kBf16;
   const Device device = gpu->device();
   KBIT_RETURN_IF_ERROR(cuda_status(cudaSetDevice(device.index), "cudaSetDevice"));
   KBIT_RETURN_IF_ERROR(cuda_status(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking),
@@ -670,6 +711,10 @@ Result<CudaLoraTrainingModel> CudaLoraTrainingModel::create(const model::LlamaMo
     KBIT_RETURN_IF_ERROR(upload(m.b, module.b, {m.out, m.rank}));
     KBIT_RETURN_IF_ERROR(upload(m.grad_a, module.grad_a, {m.rank, m.in}));
     KBIT_RETURN_IF_ERROR(upload(m.grad_b, module.grad_b, {m.out, m.rank}));
+    if (impl->bf16_lora()) {
+      KBIT_ASSIGN_OR_RETURN(m.a_bf16, Tensor::empty({m.rank, m.in}, DType::kBF16, device));
+      KBIT_ASSIGN_OR_RETURN(m.b_bf16, Tensor::empty({m.out, m.rank}, DType::kBF16, device));
+    }
   }
   for (LoraModule& module : impl->host_state.modules()) {
     for (std::vector<float>* values : {&module.a, &module.b, &module.grad_a, &module.grad_b}) {
@@ -697,6 +742,7 @@ Result<double> CudaLoraTrainingModel::loss_and_gradients(std::span<const std::in
   const ShiftedTargets shifted = shift_labels(labels, batch);
   const float gradient_scale = 1.0f / static_cast<float>(shifted.labelled);
   const auto tokens = static_cast<std::int64_t>(input_ids.size()) / batch;
+  KBIT_RETURN_IF_ERROR(m.round_lora_weights());
   double loss = 0.0;
   for (std::int64_t first = 0; first < batch; first += m.sequences_per_pass) {
     m.sequences = std::min(m.sequences_per_pass, batch - first);
@@ -710,6 +756,20 @@ Result<double> CudaLoraTrainingModel::loss_and_gradients(std::span<const std::in
     loss += pass_loss;
   }
   return loss / static_cast<double>(shifted.labelled);
+}
+
+// bf16 terms: a_bf16 and b_bf16 from the current f32 values, which the optimizer has moved.
+Status CudaLoraTrainingModel::Impl::round_lora_weights() {
+  if (!bf16_lora()) return ok_status();
+  for (DeviceLoraModule& m : modules) {
+    for (const auto& [from, to] : {std::pair{&m.a, &m.a_bf16}, {&m.b, &m.b_bf16}}) {
+      KBIT_RETURN_IF_ERROR(
+          cuda_status(kc::convert_floats(from->view().data(), DType::kF32, to->view().data(),
+                                         DType::kBF16, from->numel(), stream),
+                      "convert_floats (LoRA weights to bf16)"));
+    }
+  }
+  return ok_status();
 }
 
 void CudaLoraTrainingModel::set_dropout_seed(std::uint64_t seed) {

@@ -11,7 +11,7 @@ CudaLoraTrainingModel& CudaLoraTrainingModel::operator=(CudaLoraTrainingModel&&)
 CudaLoraTrainingModel::~CudaLoraTrainingModel() = default;
 
 Result<CudaLoraTrainingModel> CudaLoraTrainingModel::create(const model::LlamaModel&,
-                                                            const LoraState&, std::int64_t) {
+                                                            const LoraState&, std::int64_t, DType) {
   return unimplemented("this build of kbit has no CUDA support; train on the CPU (--device cpu)");
 }
 

@@ -116,14 +116,14 @@ struct Tolerance {
 };
 
 void expect_gpu_matches_cpu(const std::string& mode, DType gpu_activations,
-                            const Tolerance& tolerance) {
+                            const Tolerance& tolerance, DType lora_dtype = DType::kF32) {
   KBIT_REQUIRE_SHARED_DIR();
   KBIT_REQUIRE_CUDA();
   const model::LlamaModel cpu_base = load_base(Device::cpu(), mode, DType::kF32);
   const model::LlamaModel gpu_base = load_base(Device::cuda(0), mode, gpu_activations);
   const LoraState state = random_state(cpu_base);
   LoraTrainingModel cpu = LoraTrainingModel::create(cpu_base, state).value();
-  Result<CudaLoraTrainingModel> gpu = CudaLoraTrainingModel::create(gpu_base, state, 2);
+  Result<CudaLoraTrainingModel> gpu = CudaLoraTrainingModel::create(gpu_base, state, 2, lora_dtype);
   ASSERT_TRUE(gpu.ok()) << gpu.status().to_string();
   const Batch batch = random_batch(2, cpu_base.config().vocab_size);
   const Gradients expected = gradients_of(cpu, batch);
@@ -131,8 +131,9 @@ void expect_gpu_matches_cpu(const std::string& mode, DType gpu_activations,
   const double loss_error = std::fabs(got.loss - expected.loss) / expected.loss;
   const double gradient_error = largest_gradient_error(got, expected);
   std::cout << "[ train] " << mode << ", GPU activations " << dtype_name(gpu_activations)
-            << ": loss " << got.loss << " (CPU " << expected.loss << ", relative error "
-            << loss_error << "), largest gradient error " << gradient_error << "\n";
+            << ", LoRA " << dtype_name(lora_dtype) << ": loss " << got.loss << " (CPU "
+            << expected.loss << ", relative error " << loss_error << "), largest gradient error "
+            << gradient_error << "\n";
   EXPECT_LT(loss_error, tolerance.loss);
   EXPECT_LT(gradient_error, tolerance.gradient);
 }
@@ -151,6 +152,20 @@ TEST(CudaLoraTraining, MatchesTheCpuModelOnAnNf4BaseWithF32Activations) {
 
 TEST(CudaLoraTraining, StaysNearTheCpuModelWithBf16Activations) {
   expect_gpu_matches_cpu("nf4_dq", DType::kBF16, {1e-4, 5e-2});
+}
+
+// bf16 LoRA (autocast's) on top of bf16 activations rounds A, B, x̃, h and dh as well.
+TEST(CudaLoraTraining, StaysNearTheCpuModelWithBf16Lora) {
+  expect_gpu_matches_cpu("nf4_dq", DType::kBF16, {1e-3, 1e-1}, DType::kBF16);
+}
+
+TEST(CudaLoraTraining, RefusesBf16LoraOnF32Activations) {
+  KBIT_REQUIRE_SHARED_DIR();
+  KBIT_REQUIRE_CUDA();
+  const model::LlamaModel base = load_base(Device::cuda(0), "nf4", DType::kF32);
+  const Result<CudaLoraTrainingModel> model =
+      CudaLoraTrainingModel::create(base, random_state(base), 1, DType::kBF16);
+  EXPECT_EQ(model.status().code(), StatusCode::kInvalidArgument) << model.status().to_string();
 }
 
 TEST(CudaLoraTraining, PassesOfFewerSequencesGiveTheSameGradients) {
