@@ -2,12 +2,13 @@
 // and 8 key-value heads of 128, MLP 14 336, vocabulary 128 256), bf16 activations, for the two
 // batches of the fine-tuning benchmark: one sequence of 2 048 tokens and four of 512.
 //
-// Each case times one launcher call (llama_backward_launchers.h, lora_launchers.h,
-// linear_launchers.h) between two CUDA events, on normal random data made on the device (never
-// zeros). Counters: TFLOP/s for the products, counting 2 flops per multiply-add of the math
-// (for attention's backward 10 per head dimension and causal (query, key) pair: the FLOP count
-// FlashAttention-2 reports, 2.5 times the forward's, though these kernels recompute more); GB/s
-// for the row kernels, the bytes they must read and write. Correctness is the tests' (each
+// Each case times one launcher call (llama_launchers.h, llama_backward_launchers.h,
+// lora_launchers.h, linear_launchers.h), or the attention forward's one call per sequence,
+// between two CUDA events, on normal random data made on the device (never zeros). Counters:
+// TFLOP/s for the products, counting 2 flops per multiply-add of the math (for attention 4 per
+// head dimension and causal (query, key) pair forward and 10 backward: the FLOP counts
+// FlashAttention-2 reports, though the backward kernels recompute more); GB/s for the row
+// kernels, the bytes they must read and write. Correctness is the tests' (each
 // launcher's *_test.cc compares it with its CPU reference); this program only times.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime_api.h>
@@ -24,6 +25,7 @@
 #include "kbit/quant/blockwise_4bit.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/llama_backward_launchers.h"
+#include "kernels/cuda/llama_launchers.h"
 #include "kernels/cuda/lora_launchers.h"
 #include "kernels/cuda/quant_launchers.h"
 #include "kernels/cuda/random_fill.h"
@@ -85,6 +87,54 @@ void run_timed_flops(benchmark::State& state, double flops, double bytes, Launch
 // The launch error run_timed expects from a launcher that returns a Status.
 cudaError_t launch_error(const kbit::Status& status) {
   return status.ok() ? cudaSuccess : cudaErrorUnknown;
+}
+
+// ---- Attention forward: argument 0 = sequences (1 × 2048 or 4 × 512), argument 1 = 1 to run
+// the CUDA-core kernel instead of the tensor-core one, for comparison.
+
+// As training runs it (CudaLoraTrainingModel): one attention() call per sequence, over the
+// sequence's own cache of `length` rows, from position 0. A window as long as the sequence
+// changes no result but keeps the job off the tensor-core path.
+void BM_AttentionForward(benchmark::State& state) {
+  if (!usable(state)) return;
+  const std::int64_t sequences = state.range(0);
+  const bool cuda_cores = state.range(1) != 0;
+  const std::int64_t length = kTokens / sequences;
+  const std::int64_t q_count = kTokens * kHeads * kHeadDim;
+  const std::int64_t kv_count = kTokens * kKvHeads * kHeadDim;
+  const DeviceBuffer q(q_count, DType::kBF16, 1), k(kv_count, DType::kBF16, 2),
+      v(kv_count, DType::kBF16, 3), out(q_count, DType::kBF16), position(1, DType::kI32),
+      workspace(static_cast<std::int64_t>(
+                    cuda::attention_workspace_floats(length, kHeads, kHeadDim, length)),
+                DType::kF32);
+  if (cudaMemset(position.data(), 0, sizeof(std::int32_t)) != cudaSuccess) {
+    state.SkipWithError("could not prepare the call");
+    return;
+  }
+  // Row `row` of a bf16 buffer of rows of `heads` heads.
+  const auto at_row = [](const DeviceBuffer& buffer, std::int64_t row, std::int64_t heads) {
+    return buffer.as<kbit::bf16>() + row * heads * kHeadDim;
+  };
+  std::vector<cuda::AttentionJob> jobs;
+  for (std::int64_t b = 0; b < sequences; ++b) {
+    jobs.push_back({at_row(q, b * length, kHeads), at_row(k, b * length, kKvHeads),
+                    at_row(v, b * length, kKvHeads), length, kHeads, kKvHeads, kHeadDim,
+                    position.as<const std::int32_t>(), length, cuda_cores ? length : 0,
+                    0.08838834764831845f, at_row(out, b * length, kHeads), DType::kBF16,
+                    workspace.as<float>()});
+  }
+  const double pairs = static_cast<double>(sequences * kHeads) * static_cast<double>(length) *
+                       static_cast<double>(length + 1) / 2.0;
+  const double flops = 4.0 * static_cast<double>(kHeadDim) * pairs;
+  // q, k, v read once, out written once.
+  const double bytes = 2.0 * static_cast<double>(2 * q_count + 2 * kv_count);
+  run_timed_flops(state, flops, bytes, [&] {
+    for (const cuda::AttentionJob& job : jobs) {
+      const cudaError_t error = cuda::attention(job, nullptr);
+      if (error != cudaSuccess) return error;
+    }
+    return cudaSuccess;
+  });
 }
 
 // ---- Attention backward: argument 0 = sequences (1 × 2048 or 4 × 512).
@@ -300,6 +350,7 @@ void BM_LoraForwardBackward(benchmark::State& state) {
   });
 }
 
+KBIT_GPU_BENCHMARK(BM_AttentionForward)->Args({1, 0})->Args({4, 0})->Args({1, 1})->Args({4, 1});
 KBIT_GPU_BENCHMARK(BM_AttentionBackward)->Arg(1)->Arg(4);
 KBIT_GPU_BENCHMARK(BM_RmsNormBackward);
 KBIT_GPU_BENCHMARK(BM_CrossEntropyBackward);

@@ -42,9 +42,9 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "kernels/cuda/activation_parts.cuh"
+#include "kernels/cuda/attention_mma.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/llama_backward_launchers.h"
 
@@ -403,195 +403,24 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- Tensor-core path: bf16 activations, head_dim 64 or 128.
 //
-// The same three kernels with the tile products on mma.sync m16n8k16 (bf16 inputs, f32
-// accumulators). Tiles are kMmaTile positions; a block is kMmaWarps warps and warp w owns rows
-// [16 · w, + 16) of the block's own tile, so that every gradient element still has one owner
-// (its accumulator lane) that sums its terms in a fixed order. Tiles sit in shared memory as
-// bf16 with row stride head_dim + 8: the 8 row addresses of one ldmatrix then lie 16 bytes apart
-// modulo 128 bytes, in distinct banks. The tiles the block loops over are double-buffered and
-// loaded with cp.async while the previous one is multiplied.
+// The same three kernels with the tile products on mma.sync m16n8k16, from the pieces of
+// attention_mma.cuh, which the prefill forward (attention_forward_mma.cu) shares. Tiles are
+// kMmaTile positions; warp w owns rows [16 · w, + 16) of the block's own tile, so that every
+// gradient element still has one owner (its accumulator lane) that sums its terms in a fixed
+// order. The tiles the block loops over are double-buffered and loaded with cp.async while the
+// previous one is multiplied.
 //
 // P and dS are computed in f32 from the f32 accumulators and rounded to bf16 only as the inputs
-// of the products dv += Pᵀ·d_out, dk += dSᵀ·q and dq += dS·k, as FlashAttention-2 does; an
-// accumulator fragment of m16n8 is, pair by pair, the A fragment of the next m16k16 product, so
-// P and dS never leave registers.
+// of the products dv += Pᵀ·d_out, dk += dSᵀ·q and dq += dS·k; they never leave registers.
 
-constexpr int kMmaTile = 64;
-constexpr int kMmaRows = 16;  // the M of m16n8k16: rows of a warp
-constexpr int kMmaWarps = kMmaTile / kMmaRows;
-constexpr int kMmaThreads = kMmaWarps * kWarpSize;
 // Kernel 2 takes its query tile in passes of this many queries, so that the f32 scores and dP of
 // a pass fit in registers beside dk and dv.
 constexpr int kKeyPassQueries = 32;
-
-using bf16 = __nv_bfloat16;
-
-template <int kHeadDim>
-constexpr int kSharedStride = kHeadDim + 8;
-
-template <int kHeadDim>
-constexpr int kSharedTileElements = kMmaTile* kSharedStride<kHeadDim>;
-
-__device__ __forceinline__ std::uint32_t shared_address(const void* pointer) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(pointer));
-}
-
-__device__ __forceinline__ void copy_async_16(void* shared, const void* global) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared)),
-               "l"(global)
-               : "memory");
-}
 
 __device__ __forceinline__ void copy_async_4(void* shared, const void* global) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address(shared)),
                "l"(global)
                : "memory");
-}
-
-__device__ __forceinline__ void commit_copies() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-// Waits until at most kPending of the committed copy groups are in flight.
-template <int kPending>
-__device__ __forceinline__ void wait_copies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-__device__ __forceinline__ void load_matrices(std::uint32_t (&r)[4], const bf16* address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(address))
-               : "memory");
-}
-
-__device__ __forceinline__ void load_matrices_transposed(std::uint32_t (&r)[4],
-                                                         const bf16* address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(address))
-               : "memory");
-}
-
-// d += a (16×16, row-major fragment) · b (16×8, column-major fragment b0, b1).
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const std::uint32_t (&a)[4],
-                                         std::uint32_t b0, std::uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two values rounded to bf16, `low` in the low half: the order of a fragment's pairs.
-__device__ __forceinline__ std::uint32_t pack_bf16(float low, float high) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
-  std::uint32_t bits;
-  std::memcpy(&bits, &pair, sizeof(bits));
-  return bits;
-}
-
-// Rows [0, rows) of a kMmaTile-row tile from source (row r at source + r · source_stride) into
-// the shared tile (stride kSharedStride), asynchronously; the other rows are zeroed, so that
-// positions beyond the sequence multiply nothing non-finite.
-template <int kHeadDim>
-__device__ void load_tile_async(const bf16* source, std::int64_t source_stride, int rows,
-                                bf16* tile) {
-  constexpr int kChunksPerRow = kHeadDim / kChunk;
-  for (int index = static_cast<int>(threadIdx.x); index < kMmaTile * kChunksPerRow;
-       index += kMmaThreads) {
-    const int row = index / kChunksPerRow;
-    const int column = index % kChunksPerRow * kChunk;
-    bf16* target = tile + row * kSharedStride<kHeadDim> + column;
-    if (row < rows) {
-      copy_async_16(target, source + row * source_stride + column);
-    } else {
-      *reinterpret_cast<uint4*>(target) = make_uint4(0, 0, 0, 0);
-    }
-  }
-}
-
-// The warp's accumulator lane layout (m16n8): element e of n-tile j sits at row
-// lane / 4 + 8 · (e / 2) and column 8 · j + 2 · (lane % 4) + e % 2.
-__device__ __forceinline__ int fragment_row(int e) {
-  return static_cast<int>(threadIdx.x) % kWarpSize / 4 + e / 2 * 8;
-}
-__device__ __forceinline__ int fragment_column(int j, int e) {
-  return j * 8 + static_cast<int>(threadIdx.x) % 4 * 2 + e % 2;
-}
-
-// acc (16 × kColumns) += rows[row0, + 16) · columns[first_column, + kColumns)ᵀ, both shared tiles
-// [position, head_dim]: scores and dP.
-template <int kHeadDim, int kColumns>
-__device__ __forceinline__ void multiply_by_transposed(float (&acc)[kColumns / 8][4],
-                                                       const bf16* rows, int row0,
-                                                       const bf16* columns, int first_column) {
-  constexpr int kStride = kSharedStride<kHeadDim>;
-  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
-#pragma unroll
-  for (int k0 = 0; k0 < kHeadDim; k0 += 16) {
-    std::uint32_t a[4];
-    load_matrices(a, rows + (row0 + lane % 16) * kStride + k0 + lane / 16 * 8);
-#pragma unroll
-    for (int n0 = 0; n0 < kColumns; n0 += 16) {
-      std::uint32_t b[4];
-      load_matrices(b, columns + (first_column + n0 + lane % 8 + lane / 16 * 8) * kStride + k0 +
-                           lane / 8 % 2 * 8);
-      mma_bf16(acc[n0 / 8], a, b[0], b[1]);
-      mma_bf16(acc[n0 / 8 + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-// The accumulators of a 16 × kColumns product as the bf16 A fragments of its 16-column chunks.
-template <int kColumns>
-__device__ __forceinline__ void to_operands(const float (&acc)[kColumns / 8][4],
-                                            std::uint32_t (&a)[kColumns / 16][4]) {
-#pragma unroll
-  for (int kk = 0; kk < kColumns / 16; ++kk) {
-    a[kk][0] = pack_bf16(acc[2 * kk][0], acc[2 * kk][1]);
-    a[kk][1] = pack_bf16(acc[2 * kk][2], acc[2 * kk][3]);
-    a[kk][2] = pack_bf16(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
-    a[kk][3] = pack_bf16(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
-  }
-}
-
-// acc (16 × head_dim) += weights (16 × kColumns, A fragments) · tile[first_row, + kColumns), a
-// shared tile [position, head_dim]: the gradient products.
-template <int kHeadDim, int kColumns>
-__device__ __forceinline__ void accumulate_product(float (&acc)[kHeadDim / 8][4],
-                                                   const std::uint32_t (&weights)[kColumns / 16][4],
-                                                   const bf16* tile, int first_row) {
-  constexpr int kStride = kSharedStride<kHeadDim>;
-  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
-#pragma unroll
-  for (int kk = 0; kk < kColumns / 16; ++kk) {
-#pragma unroll
-    for (int n0 = 0; n0 < kHeadDim; n0 += 16) {
-      std::uint32_t b[4];
-      load_matrices_transposed(
-          b, tile + (first_row + kk * 16 + lane % 8 + lane / 8 % 2 * 8) * kStride + n0 +
-                 lane / 16 * 8);
-      mma_bf16(acc[n0 / 8], weights[kk], b[0], b[1]);
-      mma_bf16(acc[n0 / 8 + 1], weights[kk], b[2], b[3]);
-    }
-  }
-}
-
-// Stores the warp's rows of acc (rows row0 + fragment_row of the tile starting at target, rows
-// of row_stride elements), those below `rows`.
-template <int kHeadDim>
-__device__ void store_fragments(const float (&acc)[kHeadDim / 8][4], bf16* target,
-                                std::int64_t row_stride, int row0, int rows) {
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = row0 + fragment_row(2 * half);
-    if (row >= rows) continue;
-#pragma unroll
-    for (int j = 0; j < kHeadDim / 8; ++j) {
-      const std::uint32_t pair = pack_bf16(acc[j][2 * half], acc[j][2 * half + 1]);
-      std::memcpy(target + row * row_stride + fragment_column(j, 0), &pair, sizeof(pair));
-    }
-  }
 }
 
 // Kernel 1 on tensor cores, block (query tile, head) = (blockIdx.x / heads, blockIdx.x % heads),
@@ -941,25 +770,6 @@ std::size_t gradients_shared_bytes(std::int64_t head_dim) {
   return 2 * statistics_shared_bytes(head_dim);
 }
 
-template <typename... Parameters, typename... Arguments>
-cudaError_t launch_with_shared(void (*kernel)(Parameters...), dim3 grid, int threads,
-                               std::size_t shared_bytes, cudaStream_t stream,
-                               Arguments... arguments) {
-  // Beyond 48 KiB a kernel must opt in to more dynamic shared memory.
-  const cudaError_t error = cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
-  if (error != cudaSuccess) return error;
-  kernel<<<grid, threads, shared_bytes, stream>>>(arguments...);
-  return cudaGetLastError();
-}
-
-// The tensor-core kernels' dynamic shared memory: bf16 tiles, and kernel 2's lse and delta.
-template <int kHeadDim>
-constexpr std::size_t mma_shared_bytes(int tiles, int statistics_floats) {
-  return static_cast<std::size_t>(tiles) * kSharedTileElements<kHeadDim> * sizeof(bf16) +
-         static_cast<std::size_t>(statistics_floats) * sizeof(float);
-}
-
 template <int kHeadDim>
 constexpr std::size_t kKeyGradientsMmaBytes = mma_shared_bytes<kHeadDim>(6, 4 * kMmaTile);
 
@@ -995,16 +805,8 @@ bool takes_mma_path(const AttentionBackwardJob& job) {
         static_cast<const void*>(job.dk), static_cast<const void*>(job.dv)}) {
     if (!is_aligned_16(array)) return false;
   }
-  int device = 0;
-  int shared_limit = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&shared_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
-          cudaSuccess) {
-    return false;
-  }
-  const std::size_t needed =
-      job.head_dim == 64 ? kKeyGradientsMmaBytes<64> : kKeyGradientsMmaBytes<128>;
-  return needed <= static_cast<std::size_t>(shared_limit);
+  return fits_shared_memory(job.head_dim == 64 ? kKeyGradientsMmaBytes<64>
+                                               : kKeyGradientsMmaBytes<128>);
 }
 
 template <typename T, int kDimsPerLane>

@@ -76,11 +76,13 @@ cudaError_t rope_append_kv(const RopeAppendJob& job, cudaStream_t stream);
 // output rounded to bf16. `capacity` (the cache's rows) bounds the positions and sizes the
 // grid, so that the launch shape does not depend on the position. A batch of one token (decode)
 // splits the keys over several blocks and combines their partial softmaxes (flash-decoding);
-// more tokens run a tiled kernel. Decode takes several sequences in one call (`sequences`): q and
-// out then hold [sequences, heads, head_dim], the caches [sequences, capacity, kv_heads,
-// head_dim], every sequence at *first_position. cudaErrorInvalidValue unless 0 < head_dim <= 256
-// is a multiple of 8, kv_heads divides heads <= 65535, capacity > 0, for one token workspace is
-// set, and 1 <= sequences <= 65535 with one token per sequence where sequences > 1.
+// more tokens run a tiled kernel, on tensor cores where attention_forward_mma_takes the job (bf16
+// at head_dim 64 or 128 without a window: attention_forward_mma.h). Decode takes several
+// sequences in one call (`sequences`): q and out then hold [sequences, heads, head_dim], the
+// caches [sequences, capacity, kv_heads, head_dim], every sequence at *first_position.
+// cudaErrorInvalidValue unless 0 < head_dim <= 256 is a multiple of 8, kv_heads divides heads <=
+// 65535, capacity > 0, for one token workspace is set, and 1 <= sequences <= 65535 with one token
+// per sequence where sequences > 1.
 struct AttentionJob {
   const void* q;        // [tokens, heads, head_dim], rotated
   const void* k_cache;  // [capacity, kv_heads, head_dim]

@@ -27,11 +27,14 @@
 //     rescaled by exp(m − M). The grid depends only on capacity; blocks whose chunk misses the
 //     valid range return at once, and the combine reads only the chunks in the range (both
 //     derive it from the same device position).
-//   - attention, prefill: block (query tile of kQueryTile tokens, head); key tiles of kKeyTile
-//     keys, K and then V staged in shared memory as f32, from the first key the tile's first
-//     query sees to the last key its last query sees. Each warp owns kRowsPerWarp queries: lane c
-//     computes the scores of key c against them, the warp runs the online softmax with shuffles,
-//     then each lane accumulates kDimsPerLane output dimensions of each query in registers.
+//   - attention, prefill in bf16 at head_dim 64 or 128 without a window (training's shapes and
+//     the inference prefill's): FlashAttention-2 on tensor cores, attention_forward_mma.cu.
+//   - attention, other prefills: block (query tile of kQueryTile tokens, head); key tiles of
+//     kKeyTile keys, K and then V staged in shared memory as f32, from the first key the tile's
+//     first query sees to the last key its last query sees. Each warp owns kRowsPerWarp queries:
+//     lane c computes the scores of key c against them, the warp runs the online softmax with
+//     shuffles, then each lane accumulates kDimsPerLane output dimensions of each query in
+//     registers.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -41,6 +44,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/activation_parts.cuh"
+#include "kernels/cuda/attention_forward_mma.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/llama_launchers.h"
 #include "kernels/cuda/overlapped_launch.cuh"
@@ -808,6 +812,7 @@ std::size_t attention_workspace_floats(std::int64_t /*tokens*/, std::int64_t hea
 cudaError_t attention(const AttentionJob& job, cudaStream_t stream) {
   if (!valid_attention_job(job)) return cudaErrorInvalidValue;
   if (job.tokens == 0) return cudaSuccess;
+  if (attention_forward_mma_takes(job)) return attention_forward_mma(job, stream);
   return visit_activation_dtype(job.dtype, [&](auto type) {
     using T = typename decltype(type)::type;
     return launch_attention<T>(job, stream);

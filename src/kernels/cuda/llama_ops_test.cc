@@ -29,6 +29,7 @@
 #include "kbit/core/dtype.h"
 #include "kbit/core/random.h"
 #include "kernels/cpu/llama_ops.h"
+#include "kernels/cuda/attention_forward_mma.h"
 #include "kernels/cuda/cuda_kernel_test_support.h"
 #include "kernels/cuda/llama_launchers.h"
 #include "testing/shared_data.h"
@@ -491,11 +492,8 @@ class GpuAttention {
             DType::kF32),
         out_(c.tokens * c.heads * c.head_dim, dtype) {}
 
-  // The output of attention with the queries at first_position + t.
-  std::vector<float> run(std::int32_t first_position) const {
-    check(cudaMemcpy(position_.data(), &first_position, sizeof(first_position),
-                     cudaMemcpyHostToDevice));
-    out_.poison();
+  // The job run() launches, at the position run() writes.
+  cuda::AttentionJob job() const {
     cuda::AttentionJob job;
     job.q = q_.data();
     job.k_cache = k_cache_.data();
@@ -511,7 +509,15 @@ class GpuAttention {
     job.out = out_.data();
     job.dtype = dtype_;
     job.workspace = workspace_.as<float>();
-    finish(cuda::attention(job, nullptr));
+    return job;
+  }
+
+  // The output of attention with the queries at first_position + t.
+  std::vector<float> run(std::int32_t first_position) const {
+    check(cudaMemcpy(position_.data(), &first_position, sizeof(first_position),
+                     cudaMemcpyHostToDevice));
+    out_.poison();
+    finish(cuda::attention(job(), nullptr));
     return out_.to_floats();
   }
 
@@ -527,14 +533,25 @@ class GpuAttention {
 };
 
 // Runs case c on the GPU (NaN in every cache row outside the keys its queries see) and compares
-// with attention_reference.
-void expect_attention_matches(const AttentionCase& c, const AttentionData& data, DType dtype) {
+// with attention_reference, through the tensor-core kernel exactly where `tensor_cores`. Returns
+// the largest |actual − expected| / (magnitude + |expected|), the scale of attention_bound's bf16
+// bound.
+double expect_attention_matches(const AttentionCase& c, const AttentionData& data, DType dtype,
+                                bool tensor_cores = false) {
   const std::int64_t last_position = c.first_position + c.tokens - 1;
   GpuAttention gpu(c, data, dtype, c.first_key(c.first_position), last_position);
+  EXPECT_EQ(cuda::attention_forward_mma_takes(gpu.job()), tensor_cores) << c.describe(dtype);
   const std::vector<float> actual = gpu.run(static_cast<std::int32_t>(c.first_position));
   const std::vector<float> expected = cpu_attention(c, data, dtype);
-  expect_close(expected, actual, attention_bound(expected, attention_magnitudes(c, data), dtype),
-               1.0, c.describe(dtype));
+  const std::vector<float> magnitudes = attention_magnitudes(c, data);
+  expect_close(expected, actual, attention_bound(expected, magnitudes, dtype), 1.0,
+               c.describe(dtype));
+  double worst = 0.0;
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    const double scale = magnitudes[i] + std::fabs(expected[i]);
+    if (scale > 0.0) worst = std::max(worst, std::fabs(actual[i] - expected[i]) / scale);
+  }
+  return worst;
 }
 
 std::vector<float> slice(const std::vector<float>& values, std::int64_t first, std::int64_t count) {
@@ -687,7 +704,8 @@ TEST(CudaLlamaOps, AttentionPrefillMatchesReference) {
   // {tokens, first_position, heads, kv_heads, head_dim, window, capacity}: a new sequence and a
   // continued one, query tiles of 32 full and partial, GQA and not, head_dim 64, 80 (not a
   // multiple of 32), 128 and 256 (beyond 48 KiB of shared memory), windows, and a cache filled
-  // to its last row.
+  // to its last row. The bf16 cases at head_dim 64 and 128 without a window run on tensor cores
+  // (AttentionPrefillOnTensorCoresMatchesReference below); the others on the CUDA-core kernel.
   const AttentionCase cases[] = {{2, 0, 8, 2, 64, 0, 2048},      {17, 0, 8, 8, 128, 0, 2048},
                                  {33, 5, 8, 2, 128, 0, 2048},    {300, 0, 8, 2, 128, 0, 2048},
                                  {300, 1000, 8, 2, 64, 0, 2048}, {300, 1000, 8, 2, 128, 100, 2048},
@@ -696,10 +714,40 @@ TEST(CudaLlamaOps, AttentionPrefillMatchesReference) {
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     std::uint64_t seed = 80;
     for (const AttentionCase& c : cases) {
-      expect_attention_matches(c, random_attention_data(c, dtype, seed), dtype);
+      const bool tensor_cores =
+          dtype == DType::kBF16 && (c.head_dim == 64 || c.head_dim == 128) && c.window == 0;
+      expect_attention_matches(c, random_attention_data(c, dtype, seed), dtype, tensor_cores);
       seed += 3;
     }
   }
+}
+
+// The FlashAttention-2 kernel of attention_forward_mma.cu, which attention() runs for bf16
+// prefills at head_dim 64 and 128 without a window. Tolerance: attention_bound's bf16 bound,
+// |actual − expected| <= 2^-7 · (Σ p·|v| + |expected|), for the reasons given there (each side
+// rounds each probability to bf16 against its own max, and the output); its exp2f of the scores
+// scaled by scale · log2(e) differs from expf by a few f32 ulps, far below that.
+TEST(CudaLlamaOps, AttentionPrefillOnTensorCoresMatchesReference) {
+  KBIT_REQUIRE_CUDA();
+  // {tokens, first_position, heads, kv_heads, head_dim, window, capacity}: the fewest tokens, one
+  // and several query tiles of 64 full and partial (tokens 2 to 600), continued sequences whose
+  // first position is no multiple of 64 (so that the causal edge crosses two key tiles) up to
+  // 1900, GQA groups of 1 and 4. Every cache row past the last query's position is NaN, and the
+  // capacity leaves such rows in the last key tile the kernel reads (600 in a cache of 700).
+  const AttentionCase cases[] = {{2, 0, 8, 2, 64, 0, 64},         {64, 0, 4, 4, 128, 0, 128},
+                                 {65, 0, 8, 2, 128, 0, 100},      {127, 0, 4, 1, 64, 0, 2048},
+                                 {600, 0, 8, 2, 128, 0, 700},     {600, 0, 4, 4, 64, 0, 640},
+                                 {33, 7, 8, 8, 128, 0, 2048},     {2, 1900, 4, 1, 128, 0, 2048},
+                                 {130, 1899, 8, 2, 64, 0, 2048},  {257, 1700, 8, 2, 128, 0, 2048},
+                                 {300, 1000, 4, 1, 128, 0, 1400}, {200, 63, 8, 8, 64, 0, 300}};
+  std::uint64_t seed = 120;
+  double worst = 0.0;
+  for (const AttentionCase& c : cases) {
+    const AttentionData data = random_attention_data(c, DType::kBF16, seed);
+    worst = std::max(worst, expect_attention_matches(c, data, DType::kBF16, true));
+    seed += 3;
+  }
+  RecordProperty("worst_relative_error", std::to_string(worst));
 }
 
 TEST(CudaLlamaOps, LaunchersRejectUnsupportedArguments) {
