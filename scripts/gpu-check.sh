@@ -16,7 +16,8 @@
 # of them (the linear kernels', which run beside cuBLAS, apart), both on the model tests; the
 # step "workbench" runs the kernel workbench alone, which "bench" includes; "bench-shapes" runs
 # kbit bench on the Llama-2-7B and 70B shapes, into bench-<config>-<mode>.json; "bench-finetune"
-# runs kbit finetune-bench on the Llama-3.1-8B shape, into finetune-<rows>x<length>.json); the device
+# runs kbit finetune-bench on the Llama-3.1-8B shape with bf16 and f32 LoRA, into
+# finetune-<rows>x<length>-<lora dtype>.json); the device
 # tool's 10-minute limit per command may need them run a few at a time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -242,13 +243,16 @@ fi
 # ---- kbit finetune-bench (random weights): QLoRA steps of the Llama-3.1-8B shape in nf4_dq, LoRA
 # r 16 on every Linear, PagedAdamW8bit, at 1 x 2048 and 4 x 512 tokens (issue 8's must-show 6).
 if want bench-finetune; then
-  for shape in 1x2048 4x512; do
-    rows="${shape%x*}"; length="${shape#*x}"
-    say "kbit finetune-bench --random-weights bench/configs/llama-3.1-8b.json --load-in-4bit --double-quant --compute-dtype bf16 -b $rows -l $length"
-    timeout 400 "$build/kbit" finetune-bench --random-weights bench/configs/llama-3.1-8b.json \
-      --load-in-4bit --double-quant --compute-dtype bf16 -b "$rows" -l "$length" --json \
-      >"$out/finetune-$shape.json" 2>>"$log" || { say "kbit finetune-bench failed at $shape"; status=1; }
-    cat "$out/finetune-$shape.json" >>"$log"
+  for lora in bf16 f32; do
+    for shape in 1x2048 4x512; do
+      rows="${shape%x*}"; length="${shape#*x}"
+      say "kbit finetune-bench --random-weights bench/configs/llama-3.1-8b.json --load-in-4bit --double-quant --compute-dtype bf16 --lora-dtype $lora -b $rows -l $length"
+      timeout 400 "$build/kbit" finetune-bench --random-weights bench/configs/llama-3.1-8b.json \
+        --load-in-4bit --double-quant --compute-dtype bf16 --lora-dtype "$lora" -b "$rows" \
+        -l "$length" --json >"$out/finetune-$shape-$lora.json" 2>>"$log" ||
+        { say "kbit finetune-bench failed at $shape, LoRA $lora"; status=1; }
+      cat "$out/finetune-$shape-$lora.json" >>"$log"
+    done
   done
 fi
 

@@ -138,10 +138,11 @@ void expect_gpu_matches_cpu(const std::string& mode, DType gpu_activations,
   EXPECT_LT(gradient_error, tolerance.gradient);
 }
 
-// Measured on an H200 (loss / largest gradient error): f32 1e-8 / 1.9e-6, nf4_dq in f32 1e-8 /
-// 1.7e-6, nf4_dq with bf16 activations 6.4e-6 / 1.9e-2 (bf16's rounding of every activation and
-// activation gradient). The bounds are about 10 times those in f32 and 2.5 times in bf16; a LoRA
-// term's dropout mask or input gradient left out gives gradient errors of order one.
+// Measured on an H200 (loss / largest gradient error): f32 7.5e-9 / 1.9e-6, nf4_dq in f32 1e-8 /
+// 1.7e-6, nf4_dq with bf16 activations 6.1e-5 / 1.6e-2 (bf16's rounding of every activation and
+// activation gradient), and with bf16 LoRA as well 3.6e-5 / 1.7e-2. The bounds are about 10
+// times those in f32 and 3 times in bf16; a LoRA term's dropout mask or input gradient left out
+// gives gradient errors of order one.
 TEST(CudaLoraTraining, MatchesTheCpuModelWithF32Activations) {
   expect_gpu_matches_cpu("f32", DType::kF32, {1e-7, 2e-5});
 }
@@ -151,12 +152,12 @@ TEST(CudaLoraTraining, MatchesTheCpuModelOnAnNf4BaseWithF32Activations) {
 }
 
 TEST(CudaLoraTraining, StaysNearTheCpuModelWithBf16Activations) {
-  expect_gpu_matches_cpu("nf4_dq", DType::kBF16, {1e-4, 5e-2});
+  expect_gpu_matches_cpu("nf4_dq", DType::kBF16, {2e-4, 5e-2});
 }
 
 // bf16 LoRA (autocast's) on top of bf16 activations rounds A, B, x̃, h and dh as well.
 TEST(CudaLoraTraining, StaysNearTheCpuModelWithBf16Lora) {
-  expect_gpu_matches_cpu("nf4_dq", DType::kBF16, {1e-3, 1e-1}, DType::kBF16);
+  expect_gpu_matches_cpu("nf4_dq", DType::kBF16, {2e-4, 5e-2}, DType::kBF16);
 }
 
 TEST(CudaLoraTraining, RefusesBf16LoraOnF32Activations) {
