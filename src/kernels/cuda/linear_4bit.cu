@@ -49,6 +49,8 @@ constexpr int kGemvOutputsPerWarp = 2;
 constexpr int kValuesPerLoad = 32;  // 16 packed bytes
 constexpr int kValuesPerWord = 8;   // 4 packed bytes
 constexpr int kDequantizeThreads = 256;
+// Words of 8 values per thread: the tables a block loads serve 8 192 values, not 2 048.
+constexpr int kDequantizeWordsPerThread = 4;
 constexpr int kElementwiseThreads = 256;
 constexpr int kMaxRows = static_cast<int>(kLinear4bitGemvMaxRows);
 
@@ -637,6 +639,8 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
 
 // output [words · 8] = the weight values [first_value, first_value + words · 8) as the matmul
 // sees them, in the compute dtype C. first_value is a multiple of 32; output 16-byte aligned.
+// Block b takes words [b, b + 1) · kDequantizeThreads · kDequantizeWordsPerThread, its threads
+// side by side in each of kDequantizeWordsPerThread rounds.
 template <typename C, typename W, bool kProduct>
 __global__ void __launch_bounds__(kDequantizeThreads)
     dequantize_4bit_rows_kernel(const __grid_constant__ FourBitSource weight,
@@ -647,18 +651,23 @@ __global__ void __launch_bounds__(kDequantizeThreads)
   __shared__ float absmax_map[256];
   load_tables(tables, code_values, absmax_map);
 
-  const std::int64_t word = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (word >= words) return;
-  const std::int64_t value = first_value + word * kValuesPerWord;
-  const std::uint8_t* bytes = weight.packed + value / 2;
-  const std::uint32_t codes = weight.packed_aligned
-                                  ? __ldcs(reinterpret_cast<const std::uint32_t*>(bytes))
-                                  : load_word_bytes(bytes);
-  float values[kValuesPerWord];
-  decode_word<C, W, kProduct>(codes,
-                              block_absmax(weight, value >> weight.log2_block_size, absmax_map),
-                              code_values, values);
-  store_8_values(output + word * kValuesPerWord, values);
+  const std::int64_t block_first_word =
+      static_cast<std::int64_t>(blockIdx.x) * kDequantizeThreads * kDequantizeWordsPerThread;
+#pragma unroll
+  for (int round = 0; round < kDequantizeWordsPerThread; ++round) {
+    const std::int64_t word = block_first_word + round * kDequantizeThreads + threadIdx.x;
+    if (word >= words) return;
+    const std::int64_t value = first_value + word * kValuesPerWord;
+    const std::uint8_t* bytes = weight.packed + value / 2;
+    const std::uint32_t codes = weight.packed_aligned
+                                    ? __ldcs(reinterpret_cast<const std::uint32_t*>(bytes))
+                                    : load_word_bytes(bytes);
+    float values[kValuesPerWord];
+    decode_word<C, W, kProduct>(codes,
+                                block_absmax(weight, value >> weight.log2_block_size, absmax_map),
+                                code_values, values);
+    store_8_values(output + word * kValuesPerWord, values);
+  }
 }
 
 // output[i] = input[i] rounded to O, for i < n.
@@ -865,7 +874,8 @@ cudaError_t launch_gemv(const FourBitCall& call) {
 cudaError_t dequantize_rows(const FourBitCall& call, std::int64_t first_out, std::int64_t count,
                             void* weight_chunk) {
   const std::int64_t words = count * call.in / kValuesPerWord;
-  const unsigned blocks = elementwise_blocks(words, kDequantizeThreads);
+  const unsigned blocks = elementwise_blocks(
+      (words + kDequantizeWordsPerThread - 1) / kDequantizeWordsPerThread, kDequantizeThreads);
   if (blocks == 0) return cudaErrorInvalidValue;
   return visit_4bit_types(call, [&](auto, auto c, auto w) {
     using C = decltype(c);
@@ -1028,7 +1038,7 @@ Status check_4bit_call(const void* x, const FourBitWeightDevice& weight, std::in
 }
 
 // The validated call of one layer (check_4bit_call first).
-FourBitCall make_4bit_call(const LinearContext& context, const void* x, const FourBitLayer& layer,
+FourBitCall make_4bit_call(cudaStream_t stream, const void* x, const FourBitLayer& layer,
                            std::int64_t rows, std::int64_t in, DType compute_dtype, DType dtype,
                            cpu::FourBitDecode decode) {
   const FourBitWeightDevice& weight = layer.weight;
@@ -1051,7 +1061,7 @@ FourBitCall make_4bit_call(const LinearContext& context, const void* x, const Fo
           layer.y,
           dtype,
           cpu::takes_4bit_product_decode(decode, rows, compute_dtype),
-          context.stream()};
+          stream};
 }
 
 }  // namespace
@@ -1082,8 +1092,8 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
                    Linear4bitKernel kernel) {
   KBIT_RETURN_IF_ERROR(check_4bit_call(x, weight, rows, in, out, compute_dtype, y, dtype));
   if (rows == 0) return ok_status();
-  const FourBitCall call =
-      make_4bit_call(context, x, {weight, bias, out, y}, rows, in, compute_dtype, dtype, decode);
+  const FourBitCall call = make_4bit_call(context.stream(), x, {weight, bias, out, y}, rows, in,
+                                          compute_dtype, dtype, decode);
   const std::span<const FourBitCall> calls(&call, 1);
   if (kernel == Linear4bitKernel::kAuto) {
     const int lane_chunks = tensor_core_lane_chunks(calls);
@@ -1137,8 +1147,8 @@ Status linear_4bit_backward_input(LinearContext& context, const void* dy,
                             "it with this shape and input_gradient set)");
   }
   // The call as the forward's: x is dy here, y is dx; the dequantization reads only the weight.
-  const FourBitCall call = make_4bit_call(context, dy, {weight, nullptr, out, dx}, rows, in,
-                                          compute_dtype, dtype, decode);
+  const FourBitCall call = make_4bit_call(context.stream(), dy, {weight, nullptr, out, dx}, rows,
+                                          in, compute_dtype, dtype, decode);
   const void* converted_dy = dy;
   if (compute_dtype != dtype) {
     char* target = static_cast<char*>(context.workspace()) + layout.four_bit_x;
@@ -1172,7 +1182,8 @@ Status linear_4bit_layers(LinearContext& context, const void* x,
   std::array<FourBitCall, kMaxFused4bitLayers> storage;
   bool shared_types = true;
   for (std::size_t i = 0; i < layers.size(); ++i) {
-    storage[i] = make_4bit_call(context, x, layers[i], rows, in, compute_dtype, dtype, decode);
+    storage[i] =
+        make_4bit_call(context.stream(), x, layers[i], rows, in, compute_dtype, dtype, decode);
     shared_types = shared_types && layers[i].weight.type == layers[0].weight.type &&
                    layers[i].weight.weight_dtype == layers[0].weight.weight_dtype;
   }
@@ -1192,6 +1203,19 @@ Status linear_4bit_layers(LinearContext& context, const void* x,
   return cuda_status(
       silu_mul(layers[0].y, layers[1].y, rows * layers[0].out, dtype, context.stream()),
       "linear_4bit_layers: silu_mul");
+}
+
+Status dequantize_4bit_weight(const FourBitWeightDevice& weight, std::int64_t out, std::int64_t in,
+                              DType compute_dtype, void* weight_out, cudaStream_t stream) {
+  KBIT_RETURN_IF_ERROR(
+      check_4bit_call(nullptr, weight, 0, in, out, compute_dtype, nullptr, DType::kF32));
+  if (weight.packed == nullptr || weight_out == nullptr || !is_aligned_16(weight_out)) {
+    return invalid_argument(
+        "dequantize_4bit_weight: the packed weight and a 16-byte aligned output are required");
+  }
+  const FourBitCall call = make_4bit_call(stream, nullptr, {weight, nullptr, out, nullptr}, 0, in,
+                                          compute_dtype, DType::kF32, cpu::FourBitDecode::kExact);
+  return cuda_status(dequantize_rows(call, 0, out, weight_out), "dequantize_4bit_weight");
 }
 
 }  // namespace kbit::kernels::cuda

@@ -177,6 +177,17 @@ Status linear_4bit_backward_input(LinearContext& context, const void* dy,
                                   DType dtype,
                                   cpu::FourBitDecode decode = cpu::FourBitDecode::kExact);
 
+// ---- 4-bit weight, dequantized whole ------------------------------------------------------------
+// weight_out [out, in] (compute_dtype, 16-byte aligned) = W as linear_4bit's many-row path and
+// linear_4bit_backward_input multiply it, decoded exactly (cpu::FourBitDecode::kExact). With it,
+// linear_float and linear_float_backward_input give those calls' results up to the order of f32
+// sums (for a compute dtype equal to the activation dtype and no bias), for callers that multiply
+// one weight several times in a row and can hold it whole: training's recomputed forward and its
+// backward. Queues one kernel on `stream`. Refusals (kInvalidArgument): linear_4bit's for the
+// weight and sizes, and a null or unaligned weight_out.
+Status dequantize_4bit_weight(const FourBitWeightDevice& weight, std::int64_t out, std::int64_t in,
+                              DType compute_dtype, void* weight_out, cudaStream_t stream);
+
 // ---- int8 ---------------------------------------------------------------------------------------
 struct Int8WeightDevice {
   const std::int8_t* codes;  // CB [out, in]

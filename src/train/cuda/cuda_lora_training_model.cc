@@ -104,6 +104,13 @@ struct CudaLoraTrainingModel::Impl {
   // factors, and the backward's scratch.
   std::array<Tensor, model::kLinearsPerLayer> lora_input, lora_h, keep;
   Tensor lora_term, lora_dy, lora_dh, lora_dx;
+  // The 4-bit Linears of one layer dequantized whole (dequantize_4bit_weight) for its forward,
+  // its recomputation and its backward, which then multiply by linear_float: [Σ out · in] in the
+  // compute dtype; dequantized_layer the layer it holds (-1: none), dequantized[j] Linear j's
+  // matrix in it, or nullptr where Linear j takes linear_4bit (dequantizes_whole).
+  Tensor layer_weights;
+  std::int64_t dequantized_layer = -1;
+  std::array<const void*, model::kLinearsPerLayer> dequantized{};
   std::vector<float> uploaded_inv_freq;
   std::vector<float> host_row_loss;
 
@@ -151,14 +158,27 @@ struct CudaLoraTrainingModel::Impl {
     kc::LoraAdapterDevice adapter =
         model::cuda::lora_adapter_on(base_linear(l, j), m.a, m.b, scaling);
     adapter.precision = precision;
-    adapter.a_bf16 = m.a_bf16.numel() > 0 ? m.a_bf16.view().data() : nullptr;
-    adapter.b_bf16 = m.b_bf16.numel() > 0 ? m.b_bf16.view().data() : nullptr;
+    adapter.a_bf16 = m.a_bf16.view().data();  // null for f32 LoRA
+    adapter.b_bf16 = m.b_bf16.view().data();
     return adapter;
   }
 
   Status round_lora_weights();
 
+  // Whether the layer's weight is dequantized whole: a 4-bit one without a bias in a model whose
+  // compute dtype is its activation dtype, where linear_float multiplies as linear_4bit does.
+  bool dequantizes_whole(const DeviceLinear& layer) const {
+    return layer.weight.format() == model::LinearFormat::kFourBit &&
+           layer.bias.view().data() == nullptr && numerics().compute_dtype == dtype();
+  }
+  const void* dequantized_weight(std::size_t l, int j) const {
+    return static_cast<std::int64_t>(l) == dequantized_layer
+               ? dequantized[static_cast<std::size_t>(j)]
+               : nullptr;
+  }
+
   Status allocate();
+  Status dequantize_layer(std::size_t l);
   Status upload_pass(std::span<const std::int32_t> ids, std::span<const std::int32_t> targets);
   Status draw_dropout(std::size_t l, std::int64_t first_sequence);
   Status linear_forward(std::size_t l, int j, const void* x, void* y, bool base_product);
@@ -255,6 +275,20 @@ Status CudaLoraTrainingModel::Impl::allocate() {
   KBIT_RETURN_IF_ERROR(make(lora_dh, {r, rank}, lora_dtype));
   if (!bf16_lora() || dropout()) KBIT_RETURN_IF_ERROR(make(lora_dx, {r, widest_in}, DType::kF32));
 
+  std::int64_t layer_weight_elements = 0;
+  for (const DeviceLayer& layer : base->weights().layers) {
+    std::int64_t elements = 0;
+    for (const DeviceLinear* weight : layer.linears()) {
+      if (dequantizes_whole(*weight)) {
+        elements += weight->weight.out_features() * weight->weight.in_features();
+      }
+    }
+    layer_weight_elements = std::max(layer_weight_elements, elements);
+  }
+  if (layer_weight_elements > 0 && layer_weights.view().data() == nullptr) {
+    KBIT_RETURN_IF_ERROR(make(layer_weights, {layer_weight_elements}, numerics().compute_dtype));
+  }
+
   // Every Linear's shape, forward and input gradient; lm_head on a chunk of loss rows.
   std::vector<kc::LinearContext::CallShape> calls;
   for (const DeviceLinear* layer : base->weights().layers.front().linears()) {
@@ -269,6 +303,32 @@ Status CudaLoraTrainingModel::Impl::allocate() {
   KBIT_ASSIGN_OR_RETURN(linear, kc::LinearContext::create(stream, calls));
   return cuda_status(cudaMemsetAsync(position.view().data(), 0, sizeof(std::int32_t), stream),
                      "cudaMemsetAsync (position)");
+}
+
+// Layer l's 4-bit weights that dequantizes_whole into layer_weights, unless they are there: the
+// base is frozen, so a layer stays valid across passes and steps.
+Status CudaLoraTrainingModel::Impl::dequantize_layer(std::size_t l) {
+  if (layer_weights.view().data() == nullptr || static_cast<std::int64_t>(l) == dequantized_layer) {
+    return ok_status();
+  }
+  dequantized_layer = -1;  // until every matrix is queued
+  auto* next = static_cast<std::byte*>(layer_weights.view().data());
+  const std::array<const DeviceLinear*, model::kLinearsPerLayer> linears =
+      base->weights().layers[l].linears();
+  for (std::size_t j = 0; j < linears.size(); ++j) {
+    const DeviceLinear& layer = *linears[j];
+    dequantized[j] = nullptr;
+    if (!dequantizes_whole(layer)) continue;
+    const std::int64_t out = layer.weight.out_features();
+    const std::int64_t in = layer.weight.in_features();
+    KBIT_RETURN_IF_ERROR(
+        kc::dequantize_4bit_weight(model::cuda::four_bit_weight_device(layer.weight), out, in,
+                                   numerics().compute_dtype, next, stream));
+    dequantized[j] = next;
+    next += static_cast<std::size_t>(out * in) * dtype_size(numerics().compute_dtype);
+  }
+  dequantized_layer = static_cast<std::int64_t>(l);
+  return ok_status();
 }
 
 // The pass's ids and shifted targets, and RoPE's frequencies for its length.
@@ -322,7 +382,11 @@ Status CudaLoraTrainingModel::Impl::draw_dropout(std::size_t l, std::int64_t fir
 Status CudaLoraTrainingModel::Impl::linear_forward(std::size_t l, int j, const void* x, void* y,
                                                    bool base_product) {
   const DeviceLinear& layer = base_linear(l, j);
-  if (base_product) {
+  if (const void* weight = dequantized_weight(l, j); base_product && weight != nullptr) {
+    KBIT_RETURN_IF_ERROR(kc::linear_float(*linear, x, weight, nullptr, rows(),
+                                          layer.weight.in_features(), layer.weight.out_features(),
+                                          y, dtype()));
+  } else if (base_product) {
     KBIT_RETURN_IF_ERROR(model::cuda::device_linear_forward(
         *linear, layer, numerics(), x, rows(), y, kernels::cpu::FourBitDecode::kExact));
   }
@@ -342,8 +406,14 @@ Status CudaLoraTrainingModel::Impl::linear_backward(std::size_t l, int j, const 
                                                     bool accumulate) {
   const DeviceLinear& layer = base_linear(l, j);
   void* base_dx = accumulate ? scratch.view().data() : dx;
-  KBIT_RETURN_IF_ERROR(
-      model::cuda::device_linear_backward_input(*linear, layer, numerics(), dy, rows(), base_dx));
+  if (const void* weight = dequantized_weight(l, j); weight != nullptr) {
+    KBIT_RETURN_IF_ERROR(
+        kc::linear_float_backward_input(*linear, dy, weight, rows(), layer.weight.in_features(),
+                                        layer.weight.out_features(), base_dx, dtype()));
+  } else {
+    KBIT_RETURN_IF_ERROR(
+        model::cuda::device_linear_backward_input(*linear, layer, numerics(), dy, rows(), base_dx));
+  }
   if (accumulate) {
     KBIT_RETURN_IF_ERROR(cuda_status(
         kc::add_residual(dx, base_dx, rows() * layer.weight.in_features(), dtype(), stream),
@@ -371,6 +441,7 @@ Status CudaLoraTrainingModel::Impl::linear_backward(std::size_t l, int j, const 
 Status CudaLoraTrainingModel::Impl::layer_forward(std::size_t l, const void* x, void* out) {
   const model::LlamaConfig& c = config();
   const DeviceLayer& layer = base->weights().layers[l];
+  KBIT_RETURN_IF_ERROR(dequantize_layer(l));
   const std::int64_t r = rows();
   const std::size_t hidden_bytes =
       static_cast<std::size_t>(r * c.hidden_size) * dtype_size(dtype());
@@ -611,6 +682,7 @@ std::size_t CudaLoraTrainingModel::Impl::device_bytes() const {
              m.a_bf16.nbytes() + m.b_bf16.nbytes();
   }
   for (const Tensor* t : {&checkpoints,
+                          &layer_weights,
                           &normed_attention,
                           &normed,
                           &h,
