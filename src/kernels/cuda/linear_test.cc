@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -834,6 +835,65 @@ TEST(CudaLinear4bitInputGradient, RejectsBadCalls) {
   EXPECT_EQ(call(1, 32, DType::kF16), StatusCode::kInvalidArgument);
   EXPECT_EQ(call(1, 48, DType::kF32), StatusCode::kInvalidArgument);  // in % 32 != 0
   EXPECT_EQ(call(0, 32, DType::kF32), StatusCode::kOk);
+}
+
+// ---- dequantize_4bit_weight.
+
+// The whole weight as the matmul sees it (HostFourBitWeight::matmul_values: the CPU's dequantized
+// values rounded to the weight dtype, then to the compute dtype), bit for bit, on a poisoned
+// output; sizes whose words do not fill the kernel's last block included.
+TEST(CudaDequantize4bitWeight, EqualsTheMatmulValues) {
+  KBIT_REQUIRE_CUDA();
+  constexpr auto kNf4 = FourBitType::kNf4;
+  constexpr auto kFp4 = FourBitType::kFp4;
+  constexpr DType kF32 = DType::kF32;
+  constexpr DType kF16 = DType::kF16;
+  constexpr DType kBF16 = DType::kBF16;
+  // rows (unused), out, in, type, block, nested, compute, activations (unused), weight, bias
+  // (unused), stddev
+  const FourBitCase cases[] = {
+      {1, 37, 96, kNf4, 32, false, kF32, kF32, kF32, false, 0.02f},
+      {1, 96, 160, kFp4, 64, true, kBF16, kBF16, kBF16, false, 1.0f},
+      {1, 300, 256, kNf4, 64, true, kF16, kBF16, kF16, false, 0.02f},
+      {1, 1024, 4096, kNf4, 64, true, kBF16, kBF16, kBF16, false, 0.02f},
+  };
+  std::uint64_t seed = 6000;
+  for (const FourBitCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const HostFourBitWeight weight = quantize_weight(c, seed);
+    seed += 10;
+    DeviceFourBitWeight device;
+    upload_weight(c, weight, device);
+    TestStream stream;
+    Tensor output = poisoned_device({c.out, c.in}, c.compute_dtype);
+    check(dequantize_4bit_weight(device.view, c.out, c.in, c.compute_dtype, output.view().data(),
+                                 stream.get()));
+    stream.synchronize();
+    const std::vector<float> got = download(output);
+    ASSERT_EQ(got.size(), weight.matmul_values.size());
+    std::int64_t mismatches = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      mismatches += std::bit_cast<std::uint32_t>(got[i]) !=
+                    std::bit_cast<std::uint32_t>(weight.matmul_values[i]);
+    }
+    EXPECT_EQ(mismatches, 0);
+  }
+}
+
+TEST(CudaDequantize4bitWeight, RejectsBadCalls) {
+  KBIT_REQUIRE_CUDA();
+  TestStream stream;
+  Tensor buffer = poisoned_device({1024 * 64}, DType::kF32);
+  const FourBitWeightDevice plain = placeholder_weight(buffer);
+  auto* bytes = static_cast<std::byte*>(buffer.view().data());
+  const auto call = [&](std::int64_t in, DType compute, void* output) {
+    return dequantize_4bit_weight(plain, 64, in, compute, output, stream.get()).code();
+  };
+  EXPECT_EQ(call(32, DType::kBF16, nullptr), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call(32, DType::kBF16, bytes + 2), StatusCode::kInvalidArgument);  // unaligned
+  EXPECT_EQ(call(48, DType::kBF16, bytes), StatusCode::kInvalidArgument);      // in % 32 != 0
+  EXPECT_EQ(call(32, DType::kU8, bytes), StatusCode::kInvalidArgument);
+  EXPECT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
 }
 
 // ---- linear_4bit_layers.
