@@ -853,7 +853,7 @@ TEST(CudaDequantize4bitWeight, EqualsTheMatmulValues) {
   // (unused), stddev
   const FourBitCase cases[] = {
       {1, 37, 96, kNf4, 32, false, kF32, kF32, kF32, false, 0.02f},
-      {1, 96, 160, kFp4, 64, true, kBF16, kBF16, kBF16, false, 1.0f},
+      {1, 96, 160, kFp4, 32, true, kBF16, kBF16, kBF16, false, 1.0f},
       {1, 300, 256, kNf4, 64, true, kF16, kBF16, kF16, false, 0.02f},
       {1, 1024, 4096, kNf4, 64, true, kBF16, kBF16, kBF16, false, 0.02f},
   };
