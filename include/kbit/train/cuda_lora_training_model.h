@@ -41,7 +41,7 @@ namespace kbit::train {
 class CudaLoraTrainingModel final : public TrainableModel {
  public:
   // Trains `state` (copied to the device) on `base`, which must be loaded on a CUDA device
-  // without adapters, with float or 4-bit Linears (int8: kUnimplemented, train on the CPU), and
+  // without adapters, with float, 4-bit or int8 Linears, and
   // must outlive the result. Every module of the state must be a Linear of the base's decoder
   // layers with its shape (kInvalidArgument naming the module otherwise). sequences_per_pass
   // >= 1. lora_dtype: kF32, or kBF16 on a base with bf16 activations (see Numerics).

@@ -45,6 +45,7 @@ constexpr std::int64_t kInt8GemvMaxRows = 8;
 constexpr int kGemvThreads = 256;
 constexpr int kGemvOutputs = 4;  // output features per GEMV block
 constexpr int kCompactThreads = 1024;
+constexpr int kElementwiseThreads = 256;
 constexpr int kTile = 32;           // rows and output features of an epilogue or products tile
 constexpr int kTileThreadRows = 8;  // blockDim (kTile, kTileThreadRows)
 constexpr int kTileThreads = kTile * kTileThreadRows;
@@ -83,6 +84,22 @@ template <typename T>
 __device__ __forceinline__ float dequantized_weight(std::int8_t code, float weight_absmax) {
   const float scaled = __fmul_rn(static_cast<float>(code), weight_absmax);
   return rounded_to<T>(__fmul_rn(scaled, quant::kInt8DequantScale));
+}
+
+// out[i] = T(CB[i] · fl32(SCB[o] · 1/127)), o = i / in, i in [0, count): MatMul8bitLt's backward
+// matrix, CB.to(T).mul_(SCB.unsqueeze(1).mul(1.0 / 127.0)) (the codes are exact in T; the product
+// is taken in f32 and rounded once).
+template <typename T>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    dequantize_int8_weight_kernel(const std::int8_t* __restrict__ codes,
+                                  const float* __restrict__ row_absmax, std::int64_t in,
+                                  std::int64_t count, T* __restrict__ out) {
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    const float scale = __fmul_rn(row_absmax[i / in], quant::kInt8DequantScale);
+    out[i] = from_float<T>(__fmul_rn(static_cast<float>(codes[i]), scale));
+  }
 }
 
 __device__ __forceinline__ int outlier_count_of(const std::int32_t* outlier_count) {
@@ -715,6 +732,27 @@ Status linear_int8(LinearContext& context, const void* x, const Int8WeightDevice
       context,
       output_args<__nv_bfloat16>(x, weight, bias, rows, in, out, has_threshold, scratch, y),
       scratch);
+}
+
+Status dequantize_int8_weight(const Int8WeightDevice& weight, std::int64_t out, std::int64_t in,
+                              DType dtype, void* weight_out, cudaStream_t stream) {
+  if ((dtype != DType::kF32 && dtype != DType::kBF16) || out < 1 || in < 1 ||
+      weight.codes == nullptr || weight.row_absmax == nullptr || weight_out == nullptr) {
+    return invalid_argument(
+        "dequantize_int8_weight: an f32 or bf16 output, sizes of at least 1 and non-null "
+        "codes, row absmax and output are required");
+  }
+  const std::int64_t count = out * in;
+  const auto blocks = static_cast<unsigned>(
+      std::min<std::int64_t>((count + kElementwiseThreads - 1) / kElementwiseThreads, 65535));
+  if (dtype == DType::kF32) {
+    dequantize_int8_weight_kernel<<<blocks, kElementwiseThreads, 0, stream>>>(
+        weight.codes, weight.row_absmax, in, count, static_cast<float*>(weight_out));
+  } else {
+    dequantize_int8_weight_kernel<<<blocks, kElementwiseThreads, 0, stream>>>(
+        weight.codes, weight.row_absmax, in, count, static_cast<__nv_bfloat16*>(weight_out));
+  }
+  return cuda_status(cudaGetLastError(), "dequantize_int8_weight");
 }
 
 }  // namespace kbit::kernels::cuda

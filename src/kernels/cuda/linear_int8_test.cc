@@ -411,5 +411,55 @@ TEST(CudaLinearInt8, RejectsWhatTheContractExcludes) {
   check_cuda(cudaStreamSynchronize(setup.stream()), "cudaStreamSynchronize");
 }
 
+// dequantize_int8_weight: MatMul8bitLt's backward matrix, CB · fl32(SCB · 1/127) rounded to the
+// dtype, bit for bit against the same product on the host, on a poisoned output; a shape whose
+// element count is no multiple of the block's threads, and one past the grid's 65 535 blocks.
+TEST(CudaDequantizeInt8Weight, EqualsBitsandbytesBackwardMatrix) {
+  KBIT_REQUIRE_CUDA();
+  for (const auto& [out, in] : {std::pair<std::int64_t, std::int64_t>{37, 96}, {4200, 4096}}) {
+    const TestWeight weight = make_weight(out, in, 6000 + static_cast<std::uint64_t>(out));
+    const kc::Int8WeightDevice device_weight{weight.device_codes.data_as<const std::int8_t>(),
+                                             weight.device_row_absmax.data_as<const float>()};
+    for (const DType dtype : {DType::kF32, DType::kBF16}) {
+      SCOPED_TRACE(std::to_string(out) + " x " + std::to_string(in) + " " +
+                   std::string(dtype_name(dtype)));
+      const Tensor output = poisoned_device_tensor(Shape{out, in}, dtype);
+      check(
+          kc::dequantize_int8_weight(device_weight, out, in, dtype, output.view().data(), nullptr));
+      check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+      const std::vector<float> got = values_of(to_host(output.view()).view());
+      const std::int8_t* codes = weight.codes.data_as<const std::int8_t>();
+      const float* row_absmax = weight.row_absmax.data_as<const float>();
+      std::int64_t mismatches = 0;
+      for (std::int64_t i = 0; i < out * in; ++i) {
+        const float scale = row_absmax[i / in] * quant::kInt8DequantScale;
+        const float want = rounded_to(dtype, static_cast<float>(codes[i]) * scale);
+        mismatches += std::bit_cast<std::uint32_t>(got[static_cast<std::size_t>(i)]) !=
+                      std::bit_cast<std::uint32_t>(want);
+      }
+      EXPECT_EQ(mismatches, 0);
+    }
+  }
+}
+
+TEST(CudaDequantizeInt8Weight, RejectsBadCalls) {
+  KBIT_REQUIRE_CUDA();
+  const TestWeight weight = make_weight(64, 64, 6100);
+  const kc::Int8WeightDevice device_weight{weight.device_codes.data_as<const std::int8_t>(),
+                                           weight.device_row_absmax.data_as<const float>()};
+  const Tensor output = poisoned_device_tensor(Shape{64, 64}, DType::kF32);
+  void* data = output.view().data();
+  EXPECT_EQ(kc::dequantize_int8_weight(device_weight, 64, 64, DType::kF16, data, nullptr).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(kc::dequantize_int8_weight(device_weight, 0, 64, DType::kF32, data, nullptr).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(kc::dequantize_int8_weight({nullptr, device_weight.row_absmax}, 64, 64, DType::kF32,
+                                       data, nullptr)
+                .code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(kc::dequantize_int8_weight(device_weight, 64, 64, DType::kF32, nullptr, nullptr).code(),
+            StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace kbit

@@ -200,4 +200,12 @@ Status linear_int8(LinearContext& context, const void* x, const Int8WeightDevice
                    const void* bias, std::int64_t rows, std::int64_t in, std::int64_t out,
                    float threshold, void* y, DType dtype);
 
+// weight_out [out, in] (dtype f32 or bf16) = the matrix bitsandbytes' MatMul8bitLt backward
+// multiplies the output gradient by, CB.to(dtype).mul_(SCB.unsqueeze(1).mul(1.0 / 127.0)): per
+// element CB · fl32(SCB · 1/127), the product in f32 rounded once to dtype. With it,
+// linear_float_backward_input gives the input gradient through a frozen int8 layer. Queues one
+// kernel on `stream`. kInvalidArgument for another dtype, sizes below 1 or a null pointer.
+Status dequantize_int8_weight(const Int8WeightDevice& weight, std::int64_t out, std::int64_t in,
+                              DType dtype, void* weight_out, cudaStream_t stream);
+
 }  // namespace kbit::kernels::cuda

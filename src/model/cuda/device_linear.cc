@@ -46,18 +46,45 @@ Status device_linear_forward(kc::LinearContext& context, const DeviceLinear& lay
   return internal_error("unknown Linear format");
 }
 
-Status check_device_input_gradient(const DeviceLinear& layer) {
-  if (layer.weight.format() != LinearFormat::kInt8) return ok_status();
-  return unimplemented(
-      "training on an int8 base runs on the CPU only for now; load the base in 4-bit "
-      "(--load-in-4bit) or 16-bit on the GPU, or train on the CPU (--device cpu)");
+std::optional<DType> dequantized_dtype(const DeviceLinear& layer, const LinearNumerics& numerics) {
+  switch (layer.weight.format()) {
+    case LinearFormat::kFloat:
+      return std::nullopt;
+    case LinearFormat::kFourBit:
+      return numerics.compute_dtype;
+    case LinearFormat::kInt8:
+      return numerics.activation_dtype;
+  }
+  return std::nullopt;
+}
+
+Status dequantize_device_linear(const DeviceLinear& layer, const LinearNumerics& numerics,
+                                void* weight_out, cudaStream_t stream) {
+  const LinearWeight& w = layer.weight;
+  switch (w.format()) {
+    case LinearFormat::kFloat:
+      break;
+    case LinearFormat::kFourBit:
+      return kc::dequantize_4bit_weight(four_bit_weight_device(w), w.out_features(),
+                                        w.in_features(), numerics.compute_dtype, weight_out,
+                                        stream);
+    case LinearFormat::kInt8:
+      return kc::dequantize_int8_weight(
+          {w.codes().data_as<const std::int8_t>(), w.row_absmax().data_as<const float>()},
+          w.out_features(), w.in_features(), numerics.activation_dtype, weight_out, stream);
+  }
+  return invalid_argument("dequantize_device_linear: a float weight is its own matrix");
 }
 
 Status device_linear_backward_input(kc::LinearContext& context, const DeviceLinear& layer,
                                     const LinearNumerics& numerics, const void* dy,
-                                    std::int64_t rows, void* dx) {
+                                    std::int64_t rows, void* dx, const void* dequantized) {
   const LinearWeight& w = layer.weight;
   const DType dtype = numerics.activation_dtype;
+  if (dequantized != nullptr) {
+    return kc::linear_float_backward_input(context, dy, dequantized, rows, w.in_features(),
+                                           w.out_features(), dx, dtype);
+  }
   switch (w.format()) {
     case LinearFormat::kFloat:
       return kc::linear_float_backward_input(context, dy, w.float_weight().data(), rows,
@@ -67,7 +94,9 @@ Status device_linear_backward_input(kc::LinearContext& context, const DeviceLine
                                             w.in_features(), w.out_features(),
                                             numerics.compute_dtype, dx, dtype);
     case LinearFormat::kInt8:
-      return check_device_input_gradient(layer);
+      return invalid_argument(
+          "device_linear_backward_input: an int8 weight's input gradient takes it dequantized "
+          "(dequantize_device_linear)");
   }
   return internal_error("unknown Linear format");
 }

@@ -3,7 +3,10 @@
 // and training share, and the input gradient training takes through a frozen Linear.
 #pragma once
 
+#include <cuda_runtime_api.h>
+
 #include <cstdint>
+#include <optional>
 
 #include "kbit/core/status.h"
 #include "kernels/cuda/linear_launchers.h"
@@ -26,17 +29,25 @@ Status device_linear_forward(kernels::cuda::LinearContext& context, const Device
                              const LinearNumerics& numerics, const void* x, std::int64_t rows,
                              void* y, kernels::cpu::FourBitDecode decode);
 
-// Ok where device_linear_backward_input takes the layer's format: float and 4-bit weights;
-// kUnimplemented for int8 ones (training on an int8 base runs on the CPU for now), saying what to
-// do instead.
-Status check_device_input_gradient(const DeviceLinear& layer);
+// The dtype dequantize_device_linear writes the layer's weight in: the compute dtype for 4-bit,
+// the activation dtype for int8; nullopt for a float weight, which is its own matrix.
+std::optional<DType> dequantized_dtype(const DeviceLinear& layer, const LinearNumerics& numerics);
+
+// weight_out [out, in] (in dequantized_dtype, 16-byte aligned) = W as the input gradient
+// multiplies it: a 4-bit weight decoded exactly (dequantize_4bit_weight), an int8 one as
+// bitsandbytes' MatMul8bitLt backward takes it (dequantize_int8_weight). Queued on `stream`.
+// kInvalidArgument for a float weight.
+Status dequantize_device_linear(const DeviceLinear& layer, const LinearNumerics& numerics,
+                                void* weight_out, cudaStream_t stream);
 
 // dx [rows, in] = dy [rows, out] · W, overwritten, as bitsandbytes' backward takes it through a
-// frozen layer (the weight dequantized on the fly for 4-bit ones). The context must have been
-// created with the input-gradient call shape for 4-bit weights. Fails as
-// check_device_input_gradient for the formats it does not take.
+// frozen layer. `dequantized`: W from dequantize_device_linear in the activation dtype, or
+// nullptr; without it a 4-bit weight is dequantized a chunk at a time (the context must have been
+// created with the input-gradient call shape), and an int8 weight is refused (kInvalidArgument:
+// dequantize it first).
 Status device_linear_backward_input(kernels::cuda::LinearContext& context,
                                     const DeviceLinear& layer, const LinearNumerics& numerics,
-                                    const void* dy, std::int64_t rows, void* dx);
+                                    const void* dy, std::int64_t rows, void* dx,
+                                    const void* dequantized = nullptr);
 
 }  // namespace kbit::model::cuda

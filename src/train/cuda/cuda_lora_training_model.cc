@@ -104,10 +104,11 @@ struct CudaLoraTrainingModel::Impl {
   // factors, and the backward's scratch.
   std::array<Tensor, model::kLinearsPerLayer> lora_input, lora_h, keep;
   Tensor lora_term, lora_dy, lora_dh, lora_dx;
-  // The 4-bit Linears of one layer dequantized whole (dequantize_4bit_weight) for its forward,
-  // its recomputation and its backward, which then multiply by linear_float: [Σ out · in] in the
-  // compute dtype; dequantized_layer the layer it holds (-1: none), dequantized[j] Linear j's
-  // matrix in it, or nullptr where Linear j takes linear_4bit (dequantizes_whole).
+  // The quantized Linears of one layer dequantized whole (dequantize_device_linear) for its
+  // forward, its recomputation and its backward, which then multiply by linear_float (int8:
+  // the backward only; the forward stays LLM.int8's): bytes; dequantized_layer the layer it holds
+  // (-1: none), dequantized[j] Linear j's matrix in it, or nullptr where Linear j is float or
+  // takes linear_4bit (dequantizes_whole).
   Tensor layer_weights;
   std::int64_t dequantized_layer = -1;
   std::array<const void*, model::kLinearsPerLayer> dequantized{};
@@ -165,11 +166,26 @@ struct CudaLoraTrainingModel::Impl {
 
   Status round_lora_weights();
 
-  // Whether the layer's weight is dequantized whole: a 4-bit one without a bias in a model whose
-  // compute dtype is its activation dtype, where linear_float multiplies as linear_4bit does.
+  // Whether the layer's weight is dequantized whole: an int8 one (whose input gradient takes
+  // it so), or a 4-bit one without a bias in a model whose compute dtype is its activation dtype,
+  // where linear_float multiplies as linear_4bit does.
   bool dequantizes_whole(const DeviceLinear& layer) const {
-    return layer.weight.format() == model::LinearFormat::kFourBit &&
-           layer.bias.view().data() == nullptr && numerics().compute_dtype == dtype();
+    switch (layer.weight.format()) {
+      case model::LinearFormat::kInt8:
+        return true;
+      case model::LinearFormat::kFourBit:
+        return layer.bias.view().data() == nullptr && numerics().compute_dtype == dtype();
+      case model::LinearFormat::kFloat:
+        break;
+    }
+    return false;
+  }
+  // Bytes of layer_weights a Linear takes, rounded up to keep every matrix 256-byte aligned.
+  std::size_t dequantized_bytes(const DeviceLinear& layer) const {
+    const std::size_t bytes =
+        static_cast<std::size_t>(layer.weight.out_features() * layer.weight.in_features()) *
+        dtype_size(*model::cuda::dequantized_dtype(layer, numerics()));
+    return (bytes + 255) / 256 * 256;
   }
   const void* dequantized_weight(std::size_t l, int j) const {
     return static_cast<std::int64_t>(l) == dequantized_layer
@@ -275,18 +291,17 @@ Status CudaLoraTrainingModel::Impl::allocate() {
   KBIT_RETURN_IF_ERROR(make(lora_dh, {r, rank}, lora_dtype));
   if (!bf16_lora() || dropout()) KBIT_RETURN_IF_ERROR(make(lora_dx, {r, widest_in}, DType::kF32));
 
-  std::int64_t layer_weight_elements = 0;
+  std::size_t layer_weight_bytes = 0;
   for (const DeviceLayer& layer : base->weights().layers) {
-    std::int64_t elements = 0;
+    std::size_t bytes = 0;
     for (const DeviceLinear* weight : layer.linears()) {
-      if (dequantizes_whole(*weight)) {
-        elements += weight->weight.out_features() * weight->weight.in_features();
-      }
+      if (dequantizes_whole(*weight)) bytes += dequantized_bytes(*weight);
     }
-    layer_weight_elements = std::max(layer_weight_elements, elements);
+    layer_weight_bytes = std::max(layer_weight_bytes, bytes);
   }
-  if (layer_weight_elements > 0 && layer_weights.view().data() == nullptr) {
-    KBIT_RETURN_IF_ERROR(make(layer_weights, {layer_weight_elements}, numerics().compute_dtype));
+  if (layer_weight_bytes > 0 && layer_weights.view().data() == nullptr) {
+    KBIT_RETURN_IF_ERROR(
+        make(layer_weights, {static_cast<std::int64_t>(layer_weight_bytes)}, DType::kU8));
   }
 
   // Every Linear's shape, forward and input gradient; lm_head on a chunk of loss rows.
@@ -305,7 +320,7 @@ Status CudaLoraTrainingModel::Impl::allocate() {
                      "cudaMemsetAsync (position)");
 }
 
-// Layer l's 4-bit weights that dequantizes_whole into layer_weights, unless they are there: the
+// Layer l's weights that dequantizes_whole into layer_weights, unless they are there: the
 // base is frozen, so a layer stays valid across passes and steps.
 Status CudaLoraTrainingModel::Impl::dequantize_layer(std::size_t l) {
   if (layer_weights.view().data() == nullptr || static_cast<std::int64_t>(l) == dequantized_layer) {
@@ -319,13 +334,9 @@ Status CudaLoraTrainingModel::Impl::dequantize_layer(std::size_t l) {
     const DeviceLinear& layer = *linears[j];
     dequantized[j] = nullptr;
     if (!dequantizes_whole(layer)) continue;
-    const std::int64_t out = layer.weight.out_features();
-    const std::int64_t in = layer.weight.in_features();
-    KBIT_RETURN_IF_ERROR(
-        kc::dequantize_4bit_weight(model::cuda::four_bit_weight_device(layer.weight), out, in,
-                                   numerics().compute_dtype, next, stream));
+    KBIT_RETURN_IF_ERROR(model::cuda::dequantize_device_linear(layer, numerics(), next, stream));
     dequantized[j] = next;
-    next += static_cast<std::size_t>(out * in) * dtype_size(numerics().compute_dtype);
+    next += dequantized_bytes(layer);
   }
   dequantized_layer = static_cast<std::int64_t>(l);
   return ok_status();
@@ -382,7 +393,10 @@ Status CudaLoraTrainingModel::Impl::draw_dropout(std::size_t l, std::int64_t fir
 Status CudaLoraTrainingModel::Impl::linear_forward(std::size_t l, int j, const void* x, void* y,
                                                    bool base_product) {
   const DeviceLinear& layer = base_linear(l, j);
-  if (const void* weight = dequantized_weight(l, j); base_product && weight != nullptr) {
+  const void* weight = layer.weight.format() == model::LinearFormat::kFourBit
+                           ? dequantized_weight(l, j)
+                           : nullptr;  // int8's forward stays LLM.int8's
+  if (base_product && weight != nullptr) {
     KBIT_RETURN_IF_ERROR(kc::linear_float(*linear, x, weight, nullptr, rows(),
                                           layer.weight.in_features(), layer.weight.out_features(),
                                           y, dtype()));
@@ -406,14 +420,8 @@ Status CudaLoraTrainingModel::Impl::linear_backward(std::size_t l, int j, const 
                                                     bool accumulate) {
   const DeviceLinear& layer = base_linear(l, j);
   void* base_dx = accumulate ? scratch.view().data() : dx;
-  if (const void* weight = dequantized_weight(l, j); weight != nullptr) {
-    KBIT_RETURN_IF_ERROR(
-        kc::linear_float_backward_input(*linear, dy, weight, rows(), layer.weight.in_features(),
-                                        layer.weight.out_features(), base_dx, dtype()));
-  } else {
-    KBIT_RETURN_IF_ERROR(
-        model::cuda::device_linear_backward_input(*linear, layer, numerics(), dy, rows(), base_dx));
-  }
+  KBIT_RETURN_IF_ERROR(model::cuda::device_linear_backward_input(
+      *linear, layer, numerics(), dy, rows(), base_dx, dequantized_weight(l, j)));
   if (accumulate) {
     KBIT_RETURN_IF_ERROR(cuda_status(
         kc::add_residual(dx, base_dx, rows() * layer.weight.in_features(), dtype(), stream),
@@ -749,11 +757,6 @@ Result<CudaLoraTrainingModel> CudaLoraTrainingModel::create(const model::LlamaMo
     return invalid_argument("LoRA in " + std::string(dtype_name(lora_dtype)) + " on a base with " +
                             std::string(dtype_name(gpu->numerics().activation_dtype)) +
                             " activations: LoRA runs in f32, or in bf16 on bf16 activations");
-  }
-  for (const DeviceLayer& layer : gpu->weights().layers) {
-    for (const DeviceLinear* linear : layer.linears()) {
-      KBIT_RETURN_IF_ERROR(model::cuda::check_device_input_gradient(*linear));
-    }
   }
   KBIT_ASSIGN_OR_RETURN(LoraPlacement placement, place_lora_modules(base.config(), state));
   auto impl = std::make_unique<Impl>();

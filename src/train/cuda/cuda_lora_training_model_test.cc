@@ -151,6 +151,12 @@ TEST(CudaLoraTraining, MatchesTheCpuModelOnAnNf4BaseWithF32Activations) {
   expect_gpu_matches_cpu("nf4_dq", DType::kF32, {1e-7, 2e-5});
 }
 
+// An int8 base: the forward is LLM.int8's on both (the GPU sums the outlier columns in another
+// order), the input gradient bitsandbytes' CB · (SCB / 127) product.
+TEST(CudaLoraTraining, MatchesTheCpuModelOnAnInt8BaseWithF32Activations) {
+  expect_gpu_matches_cpu("int8", DType::kF32, {1e-5, 1e-3});
+}
+
 TEST(CudaLoraTraining, StaysNearTheCpuModelWithBf16Activations) {
   expect_gpu_matches_cpu("nf4_dq", DType::kBF16, {2e-4, 5e-2});
 }
