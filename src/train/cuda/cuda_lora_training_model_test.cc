@@ -151,10 +151,13 @@ TEST(CudaLoraTraining, MatchesTheCpuModelOnAnNf4BaseWithF32Activations) {
   expect_gpu_matches_cpu("nf4_dq", DType::kF32, {1e-7, 2e-5});
 }
 
-// An int8 base: the forward is LLM.int8's on both (the GPU sums the outlier columns in another
-// order), the input gradient bitsandbytes' CB · (SCB / 127) product.
-TEST(CudaLoraTraining, MatchesTheCpuModelOnAnInt8BaseWithF32Activations) {
-  expect_gpu_matches_cpu("int8", DType::kF32, {1e-5, 1e-3});
+// An int8 base: the forward is LLM.int8's on both, the input gradient bitsandbytes' CB · (SCB /
+// 127) product. LLM.int8 quantizes every Linear's input row-wise, so a last-bit difference in a
+// layer's output (the GPU sums the outlier columns in another order) can move an input's int8 code
+// by one, 1/127 of its row's scale, which the later layers carry: errors of bf16's size, not
+// f32's. Measured on an H200: loss 9.2e-5, largest gradient error 1.4e-2.
+TEST(CudaLoraTraining, StaysNearTheCpuModelOnAnInt8Base) {
+  expect_gpu_matches_cpu("int8", DType::kF32, {3e-4, 5e-2});
 }
 
 TEST(CudaLoraTraining, StaysNearTheCpuModelWithBf16Activations) {
