@@ -483,14 +483,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   float max_score[2] = {-INFINITY, -INFINITY};  // rows fragment_row(0) and fragment_row(2)
   float sum[2] = {0.0f, 0.0f};
   for (int key_tile = 0; key_tile <= queries.index; ++key_tile) {
-    if (key_tile < queries.index) {
-      load_keys(key_tile + 1);
-      commit_copies();
-      wait_copies<1>();
-    } else {
-      wait_copies<0>();
-    }
-    __syncthreads();
+    next_pipeline_step(key_tile < queries.index, [&] { load_keys(key_tile + 1); });
     float scores[kMmaTile / 8][4] = {};
     multiply_by_transposed<kHeadDim, kMmaTile>(scores, query_rows, row0,
                                                key_tiles + key_tile % 2 * kTileElements, 0);
@@ -602,14 +595,7 @@ __device__ void key_gradients_mma(const AttentionBackwardJob& job, unsigned tile
   float dk[kHeadDim / 8][4] = {};
   float dv[kHeadDim / 8][4] = {};
   for (int step = 0; step < steps; ++step) {
-    if (step + 1 < steps) {
-      load_step(step + 1);
-      commit_copies();
-      wait_copies<1>();
-    } else {
-      wait_copies<0>();
-    }
-    __syncthreads();
+    next_pipeline_step(step + 1 < steps, [&] { load_step(step + 1); });
     const int buffer = step % 2;
     const bf16* query_tile = query_tiles + buffer * kTileElements;
     const bf16* grad_tile = grad_tiles + buffer * kTileElements;
@@ -704,14 +690,7 @@ __device__ void query_gradients_mma(const AttentionBackwardJob& job, unsigned ti
 
   float dq[kHeadDim / 8][4] = {};
   for (int key_tile = 0; key_tile <= queries.index; ++key_tile) {
-    if (key_tile < queries.index) {
-      load_keys(key_tile + 1);
-      commit_copies();
-      wait_copies<1>();
-    } else {
-      wait_copies<0>();
-    }
-    __syncthreads();
+    next_pipeline_step(key_tile < queries.index, [&] { load_keys(key_tile + 1); });
     const bf16* key_tile_rows = key_tiles + key_tile % 2 * kTileElements;
     float p[kMmaTile / 8][4] = {};   // scores until exp
     float ds[kMmaTile / 8][4] = {};  // dP until dS

@@ -99,14 +99,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   }
   float acc[kHeadDim / 8][4] = {};
   for (int key_tile = 0; key_tile < key_tile_count; ++key_tile) {
-    if (key_tile + 1 < key_tile_count) {
-      load_keys(key_tile + 1);
-      commit_copies();
-      wait_copies<1>();
-    } else {
-      wait_copies<0>();
-    }
-    __syncthreads();
+    next_pipeline_step(key_tile + 1 < key_tile_count, [&] { load_keys(key_tile + 1); });
     const int buffer = key_tile % 2 * kTileElements;
     float scores[kMmaTile / 8][4] = {};  // then the probabilities
     multiply_by_transposed<kHeadDim, kMmaTile>(scores, query_rows, row0, key_tiles + buffer, 0);

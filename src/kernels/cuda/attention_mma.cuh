@@ -55,6 +55,22 @@ __device__ __forceinline__ void wait_copies() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
+// One step of a double-buffered loop over tiles: queues the next tile's copies (load_next) where
+// there is one and waits for the current tile's, then a barrier, after which every thread may
+// read the current tile. The loop's previous step must end with a barrier, so that the buffer the
+// next tile fills is no longer read.
+template <typename LoadNext>
+__device__ __forceinline__ void next_pipeline_step(bool has_next, LoadNext&& load_next) {
+  if (has_next) {
+    load_next();
+    commit_copies();
+    wait_copies<1>();
+  } else {
+    wait_copies<0>();
+  }
+  __syncthreads();
+}
+
 __device__ __forceinline__ void load_matrices(std::uint32_t (&r)[4], const bf16* address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])

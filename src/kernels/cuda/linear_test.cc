@@ -437,6 +437,13 @@ struct FourBitCase {
   bool misaligned = false;  // x and the packed weight one element past a 16-byte boundary
 };
 
+// Short names for the case tables below.
+constexpr auto kNf4 = FourBitType::kNf4;
+constexpr auto kFp4 = FourBitType::kFp4;
+constexpr DType kF32 = DType::kF32;
+constexpr DType kF16 = DType::kF16;
+constexpr DType kBF16 = DType::kBF16;
+
 std::string describe(const FourBitCase& c) {
   std::ostringstream text;
   text << "linear_4bit rows " << c.rows << ", out " << c.out << ", in " << c.in << ", "
@@ -654,11 +661,6 @@ void check_4bit_case(const FourBitCase& c, std::uint64_t seed) {
 
 TEST(CudaLinear4bit, MatchesCpuReference) {
   KBIT_REQUIRE_CUDA();
-  constexpr auto kNf4 = FourBitType::kNf4;
-  constexpr auto kFp4 = FourBitType::kFp4;
-  constexpr DType kF32 = DType::kF32;
-  constexpr DType kF16 = DType::kF16;
-  constexpr DType kBF16 = DType::kBF16;
   // rows, out, in, type, block, nested, compute, activations, weight, bias, weight stddev
   const FourBitCase cases[] = {
       {1, 64, 32, kNf4, 32, false, kF32, kF32, kF32, true, 0.02f},
@@ -792,11 +794,6 @@ void check_input_gradient_case(const FourBitCase& c, std::uint64_t seed) {
 
 TEST(CudaLinear4bitInputGradient, MatchesCpuReference) {
   KBIT_REQUIRE_CUDA();
-  constexpr auto kNf4 = FourBitType::kNf4;
-  constexpr auto kFp4 = FourBitType::kFp4;
-  constexpr DType kF32 = DType::kF32;
-  constexpr DType kF16 = DType::kF16;
-  constexpr DType kBF16 = DType::kBF16;
   // rows, out, in, type, block, nested, compute, activations, weight, bias (unused), stddev
   const FourBitCase cases[] = {
       {1, 64, 32, kNf4, 32, false, kF32, kF32, kF32, false, 0.02f},
@@ -844,11 +841,6 @@ TEST(CudaLinear4bitInputGradient, RejectsBadCalls) {
 // output; sizes whose words do not fill the kernel's last block included.
 TEST(CudaDequantize4bitWeight, EqualsTheMatmulValues) {
   KBIT_REQUIRE_CUDA();
-  constexpr auto kNf4 = FourBitType::kNf4;
-  constexpr auto kFp4 = FourBitType::kFp4;
-  constexpr DType kF32 = DType::kF32;
-  constexpr DType kF16 = DType::kF16;
-  constexpr DType kBF16 = DType::kBF16;
   // rows (unused), out, in, type, block, nested, compute, activations (unused), weight, bias
   // (unused), stddev
   const FourBitCase cases[] = {
@@ -970,8 +962,6 @@ TEST(CudaLinear4bitLayers, MatchSeparateCalls) {
   KBIT_REQUIRE_CUDA();
   constexpr auto kStore = Linear4bitEpilogue::kStore;
   constexpr auto kSiluMul = Linear4bitEpilogue::kSiluMul;
-  constexpr auto kNf4 = FourBitType::kNf4;
-  constexpr auto kFp4 = FourBitType::kFp4;
   constexpr auto kBnb = FourBitDecode::kBitsandbytes;
   constexpr auto kExact = FourBitDecode::kExact;
   const LayersCase cases[] = {
