@@ -205,14 +205,17 @@ Status run(const FinetuneFlags& flags) {
     ++steps_here;
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const std::size_t peak_memory = peak_memory_bytes(loaded.model.device(), options, trainer);
+    const bool report = step.step == 1 || step.step == steps || step.step % 10 == 0;
+    const std::size_t peak_memory = metrics.is_open() || report
+                                        ? peak_memory_bytes(loaded.model.device(), options, trainer)
+                                        : 0;
     if (metrics.is_open()) metrics << metrics_json(step, seconds, peak_memory).dump() << std::endl;
     bar.update(step.step, steps);
     if (flags.save_every > 0 && step.step % flags.save_every == 0) {
       KBIT_RETURN_IF_ERROR(
           trainer.save_checkpoint(flags.output / ("checkpoint-" + std::to_string(step.step))));
     }
-    if (step.step == 1 || step.step == steps || step.step % 10 == 0) {
+    if (report) {
       fmt::print(stderr,
                  "step {}/{}  loss {:.4f}  lr {:.3g}  grad norm {:.3f}  {:.0f} tok/s  peak {} "
                  "{:.2f} GiB\n",

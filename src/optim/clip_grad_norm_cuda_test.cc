@@ -20,7 +20,6 @@
 #include <iostream>
 #include <limits>
 #include <random>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -32,32 +31,20 @@
 namespace kbit::optim {
 namespace {
 
+using kernels::cuda_test::check;
 using kernels::cuda_test::expect_same_bits;
 
 constexpr std::int64_t kPadding = 13;  // 0xAB-poisoned floats after every device gradient
 constexpr float kNoClipping = 3e38f;   // a max_norm the coefficient never goes below 1 for
 
-void check_cuda(cudaError_t error) {
-  if (error != cudaSuccess) throw std::runtime_error(cudaGetErrorString(error));
+using TestStream = kernels::cuda_test::NonBlockingStream;
+
+// Execution on `stream`.
+ExecutionOptions on(const TestStream& stream) {
+  ExecutionOptions options;
+  options.stream.handle = stream.get();
+  return options;
 }
-
-// A stream that does not synchronise with the legacy one: work queued elsewhere would race.
-class TestStream {
- public:
-  TestStream() { check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-  ~TestStream() { cudaStreamDestroy(stream_); }
-  TestStream(const TestStream&) = delete;
-  TestStream& operator=(const TestStream&) = delete;
-  ExecutionOptions options() const {
-    ExecutionOptions options;
-    options.stream.handle = stream_;
-    return options;
-  }
-  void synchronize() const { check_cuda(cudaStreamSynchronize(stream_)); }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
 
 // A gradient on device 0: its values, then kPadding poisoned floats; view() covers the values.
 class DeviceGradient {
@@ -65,9 +52,9 @@ class DeviceGradient {
   explicit DeviceGradient(const std::vector<float>& values)
       : count_(static_cast<std::int64_t>(values.size())) {
     storage_ = Tensor::empty(Shape{count_ + kPadding}, DType::kF32, Device::cuda(0)).value();
-    check_cuda(cudaMemset(storage_.view().data(), 0xAB, storage_.nbytes()));
-    check_cuda(cudaMemcpy(storage_.view().data(), values.data(), values.size() * sizeof(float),
-                          cudaMemcpyHostToDevice));
+    check(cudaMemset(storage_.view().data(), 0xAB, storage_.nbytes()));
+    check(cudaMemcpy(storage_.view().data(), values.data(), values.size() * sizeof(float),
+                     cudaMemcpyHostToDevice));
   }
   TensorView view() const {
     return TensorView(storage_.view().data(), DType::kF32, Shape{count_}, Device::cuda(0));
@@ -87,8 +74,8 @@ class DeviceGradient {
  private:
   std::vector<float> download(std::int64_t count) const {
     std::vector<float> host(static_cast<std::size_t>(count));
-    check_cuda(cudaMemcpy(host.data(), storage_.view().data(), host.size() * sizeof(float),
-                          cudaMemcpyDeviceToHost));
+    check(cudaMemcpy(host.data(), storage_.view().data(), host.size() * sizeof(float),
+                     cudaMemcpyDeviceToHost));
     return host;
   }
   std::int64_t count_;
@@ -141,9 +128,9 @@ void check_against_cpu(const std::vector<std::int64_t>& sizes, std::uint64_t see
   const std::vector<TensorView> device_views = views_of(device);
   const TestStream stream;
 
-  const Result<float> first = clip_grad_norm(device_views, kNoClipping, stream.options());
+  const Result<float> first = clip_grad_norm(device_views, kNoClipping, on(stream));
   ASSERT_TRUE(first.ok()) << first.status().to_string();
-  const Result<float> gpu_total = clip_grad_norm(device_views, max_norm, stream.options());
+  const Result<float> gpu_total = clip_grad_norm(device_views, max_norm, on(stream));
   ASSERT_TRUE(gpu_total.ok()) << gpu_total.status().to_string();
   stream.synchronize();
   EXPECT_EQ(std::bit_cast<std::uint32_t>(first.value()),
@@ -198,7 +185,7 @@ TEST(ClipGradNormCuda, NonFiniteGradientsAreReportedAndLeftAlone) {
     std::vector<std::vector<float>> before = random_gradients({1000, 65536 + 3, 7}, 4);
     before[1][40000] = bad;
     const std::vector<DeviceGradient> device = upload_all(before);
-    const Result<float> total = clip_grad_norm(views_of(device), 1e-3f, stream.options());
+    const Result<float> total = clip_grad_norm(views_of(device), 1e-3f, on(stream));
     ASSERT_TRUE(total.ok()) << total.status().to_string();
     stream.synchronize();
     EXPECT_FALSE(std::isfinite(total.value())) << total.value();

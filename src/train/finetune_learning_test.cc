@@ -38,18 +38,10 @@ TEST(FinetuneLearning, QloraLowersHeldOutPerplexity) {
       LoraTrainingModel::create(
           base, LoraState::create(base.config(), learning_lora_config(), 42).value())
           .value();
-  const TrainerOptions options = one_epoch(data.rows, OptimizerKind::kPagedAdamW8bit, 1e-3f);
-  Trainer trainer = Trainer::create(model, data.rows, options).value();
-  train(trainer, options);
-
-  const kbit::testing::TempDir adapter;
-  ASSERT_TRUE(model.save(adapter.path()).ok());
-  const model::LlamaModel adapted =
-      model::LlamaModel::load(dir, nf4_dq_options(Device::cpu(), DType::kF32, {adapter.path()}))
-          .value();
-  const double after = held_out_perplexity(adapted, data.held_out);
+  std::int64_t steps = 0;
+  const double after = train_and_score_adapter(model, data, dir, Device::cpu(), DType::kF32, steps);
   std::cout << "[ learn ] QLoRA: held-out perplexity " << before << " -> " << after << " after "
-            << options.schedule.total_steps << " steps\n";
+            << steps << " steps\n";
   EXPECT_LT(after, 0.95 * before);
 }
 

@@ -1,7 +1,9 @@
 // What the GPU kernel tests share (llama_ops_test.cc, llama_backward_test.cc,
-// attention_backward_test.cc): device arrays poisoned with 0xAB bytes, values rounded to an
-// activation dtype as both sides see them, and comparisons that report the first failures.
-// Test code only; failures of the plumbing throw, which GoogleTest reports as test failures.
+// attention_backward_test.cc, lora_test.cc, linear_test.cc, sampling_test.cc and optim's
+// clip_grad_norm_cuda_test.cc): a stream of their own, device arrays poisoned with 0xAB bytes,
+// values rounded to an activation dtype as both sides see them, and comparisons that report the
+// first failures. Test code only; failures of the plumbing throw, which GoogleTest reports as test
+// failures.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -31,6 +33,21 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 inline void check(cudaError_t error) {
   if (error != cudaSuccess) throw std::runtime_error(cudaGetErrorString(error));
 }
+
+// A CUDA stream of its own that does not synchronise with the legacy one: work a launcher queued
+// anywhere but on the stream it was given would race with the test's, and show.
+class NonBlockingStream {
+ public:
+  NonBlockingStream() { check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  ~NonBlockingStream() { cudaStreamDestroy(stream_); }
+  NonBlockingStream(const NonBlockingStream&) = delete;
+  NonBlockingStream& operator=(const NonBlockingStream&) = delete;
+  cudaStream_t get() const { return stream_; }
+  void synchronize() const { check(cudaStreamSynchronize(stream_)); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
 
 // Waits for the queued work, throwing on a launch or execution error.
 inline void finish(cudaError_t launched) {

@@ -35,6 +35,7 @@
 #include "kbit/quant/nested_absmax.h"
 #include "kernels/cpu/llama_ops.h"
 #include "kernels/cpu/quantized_linear.h"
+#include "kernels/cuda/cuda_kernel_test_support.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
 #include "kernels/cuda/llama_launchers.h"
@@ -64,19 +65,7 @@ T must(Result<T> result) {
   return std::move(result).value();
 }
 
-// A non-blocking stream: work the launchers wrongly put on the legacy stream would race with it.
-class TestStream {
- public:
-  TestStream() { check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream"); }
-  ~TestStream() { cudaStreamDestroy(stream_); }
-  TestStream(const TestStream&) = delete;
-  TestStream& operator=(const TestStream&) = delete;
-  cudaStream_t get() const { return stream_; }
-  void synchronize() const { check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
+using TestStream = cuda_test::NonBlockingStream;
 
 std::unique_ptr<LinearContext> make_context(const TestStream& stream, std::int64_t rows,
                                             std::int64_t in, std::int64_t out) {

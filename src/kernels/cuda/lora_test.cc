@@ -36,20 +36,6 @@ namespace {
 
 using namespace cuda_test;  // NOLINT: the shared helpers of cuda_kernel_test_support.h
 
-// A stream of its own that does not synchronise with the legacy one: work a launcher wrongly
-// queued elsewhere would race with it.
-class NonBlockingStream {
- public:
-  NonBlockingStream() { check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-  ~NonBlockingStream() { cudaStreamDestroy(stream_); }
-  NonBlockingStream(const NonBlockingStream&) = delete;
-  NonBlockingStream& operator=(const NonBlockingStream&) = delete;
-  cudaStream_t get() const { return stream_; }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
-
 struct LoraCase {
   std::int64_t rows, in, out, rank;
   DType dtype;

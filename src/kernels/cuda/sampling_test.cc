@@ -31,6 +31,7 @@
 
 #include "kbit/core/random.h"
 #include "kbit/generate/sampler.h"
+#include "kernels/cuda/cuda_kernel_test_support.h"
 #include "kernels/cuda/sampling_launchers.h"
 #include "testing/shared_data.h"
 
@@ -71,20 +72,6 @@ class DeviceArray {
  private:
   T* data_ = nullptr;
   std::size_t count_;
-};
-
-// A CUDA stream of its own, so that the launchers are seen to queue on the one they are given.
-class OwnStream {
- public:
-  OwnStream() { check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-  ~OwnStream() { cudaStreamDestroy(stream_); }
-  OwnStream(const OwnStream&) = delete;
-  OwnStream& operator=(const OwnStream&) = delete;
-
-  cudaStream_t get() const { return stream_; }
-
- private:
-  cudaStream_t stream_ = nullptr;
 };
 
 // The uniform number behind the CPU Sampler's draw for `seed` (its first one): libstdc++'s
@@ -403,7 +390,7 @@ TEST(SampleToken, MaskedLogitsMatchSampler) {
 // real vocabularies (262144) the most chunks of that length; on a stream of its own.
 TEST(SampleToken, LargeVocabulariesMatchSampler) {
   KBIT_REQUIRE_CUDA();
-  const OwnStream stream;
+  const cuda_test::NonBlockingStream stream;
   Disagreements tally;
   std::uint64_t seed = 9000;
   for (std::int64_t vocab : {262144, 2500001}) {

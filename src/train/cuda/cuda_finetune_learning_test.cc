@@ -12,9 +12,7 @@
 
 #include "kbit/model/llama.h"
 #include "kbit/train/cuda_lora_training_model.h"
-#include "kbit/train/trainer.h"
 #include "testing/shared_data.h"
-#include "testing/temp_dir.h"
 #include "train/learning_test_support.h"
 
 namespace kbit::train {
@@ -34,18 +32,11 @@ TEST(CudaFinetuneLearning, QloraLowersHeldOutPerplexity) {
           base, LoraState::create(base.config(), learning_lora_config(), 42).value(), 4,
           DType::kBF16)
           .value();
-  const TrainerOptions options = one_epoch(data.rows, OptimizerKind::kPagedAdamW8bit, 1e-3f);
-  Trainer trainer = Trainer::create(model, data.rows, options).value();
-  train(trainer, options);
-
-  const kbit::testing::TempDir adapter;
-  ASSERT_TRUE(model.save(adapter.path()).ok());
-  const model::LlamaModel adapted =
-      model::LlamaModel::load(dir, nf4_dq_options(Device::cuda(0), DType::kBF16, {adapter.path()}))
-          .value();
-  const double after = held_out_perplexity(adapted, data.held_out);
+  std::int64_t steps = 0;
+  const double after =
+      train_and_score_adapter(model, data, dir, Device::cuda(0), DType::kBF16, steps);
   std::cout << "[ learn ] QLoRA on the GPU: held-out perplexity " << before << " -> " << after
-            << " after " << options.schedule.total_steps << " steps\n";
+            << " after " << steps << " steps\n";
   EXPECT_LT(after, 0.95 * before);
 }
 

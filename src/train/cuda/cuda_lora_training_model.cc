@@ -194,7 +194,9 @@ struct CudaLoraTrainingModel::Impl {
   }
 
   Status allocate();
+  Status allocate_layer_weights();
   Status dequantize_layer(std::size_t l);
+  Status rms_norm_backward(const void* input, const Tensor& weight, void* d_input);
   Status upload_pass(std::span<const std::int32_t> ids, std::span<const std::int32_t> targets);
   Status draw_dropout(std::size_t l, std::int64_t first_sequence);
   Status linear_forward(std::size_t l, int j, const void* x, void* y, bool base_product);
@@ -291,19 +293,6 @@ Status CudaLoraTrainingModel::Impl::allocate() {
   KBIT_RETURN_IF_ERROR(make(lora_dh, {r, rank}, lora_dtype));
   if (!bf16_lora() || dropout()) KBIT_RETURN_IF_ERROR(make(lora_dx, {r, widest_in}, DType::kF32));
 
-  std::size_t layer_weight_bytes = 0;
-  for (const DeviceLayer& layer : base->weights().layers) {
-    std::size_t bytes = 0;
-    for (const DeviceLinear* weight : layer.linears()) {
-      if (dequantizes_whole(*weight)) bytes += dequantized_bytes(*weight);
-    }
-    layer_weight_bytes = std::max(layer_weight_bytes, bytes);
-  }
-  if (layer_weight_bytes > 0 && layer_weights.view().data() == nullptr) {
-    KBIT_RETURN_IF_ERROR(
-        make(layer_weights, {static_cast<std::int64_t>(layer_weight_bytes)}, DType::kU8));
-  }
-
   // Every Linear's shape, forward and input gradient; lm_head on a chunk of loss rows.
   std::vector<kc::LinearContext::CallShape> calls;
   for (const DeviceLinear* layer : base->weights().layers.front().linears()) {
@@ -318,6 +307,23 @@ Status CudaLoraTrainingModel::Impl::allocate() {
   KBIT_ASSIGN_OR_RETURN(linear, kc::LinearContext::create(stream, calls));
   return cuda_status(cudaMemsetAsync(position.view().data(), 0, sizeof(std::int32_t), stream),
                      "cudaMemsetAsync (position)");
+}
+
+// layer_weights, sized for the layer whose dequantized matrices take the most bytes; none where
+// no Linear dequantizes_whole. Independent of the passes' sizes: made once, at creation.
+Status CudaLoraTrainingModel::Impl::allocate_layer_weights() {
+  std::size_t most = 0;
+  for (const DeviceLayer& layer : base->weights().layers) {
+    std::size_t bytes = 0;
+    for (const DeviceLinear* weight : layer.linears()) {
+      if (dequantizes_whole(*weight)) bytes += dequantized_bytes(*weight);
+    }
+    most = std::max(most, bytes);
+  }
+  if (most == 0) return ok_status();
+  KBIT_ASSIGN_OR_RETURN(
+      layer_weights, Tensor::empty({static_cast<std::int64_t>(most)}, DType::kU8, base->device()));
+  return ok_status();
 }
 
 // Layer l's weights that dequantizes_whole into layer_weights, unless they are there: the
@@ -536,17 +542,7 @@ Status CudaLoraTrainingModel::Impl::layer_backward(std::size_t l, const void* x)
   const DeviceLayer& layer = base->weights().layers[l];
   const std::int64_t r = rows();
   const auto norm_backward = [&](const void* input, const Tensor& weight) -> Status {
-    const kc::RmsNormBackwardJob job{input,
-                                     weight.data_as<const float>(),
-                                     d_normed.view().data(),
-                                     r,
-                                     c.hidden_size,
-                                     eps(),
-                                     scratch.view().data(),
-                                     nullptr,
-                                     dtype(),
-                                     norm_workspace.data_as<float>()};
-    KBIT_RETURN_IF_ERROR(cuda_status(kc::rms_norm_backward(job, stream), "rms_norm_backward"));
+    KBIT_RETURN_IF_ERROR(rms_norm_backward(input, weight, scratch.view().data()));
     return cuda_status(kc::add_residual(d_hidden.view().data(), scratch.view().data(),
                                         r * c.hidden_size, dtype(), stream),
                        "add_residual");
@@ -631,13 +627,19 @@ Status CudaLoraTrainingModel::Impl::head(const void* final_hidden, float gradien
         *linear, w.lm_head, numerics(), logits.view().data(), count,
         at_row(d_normed, first, c.hidden_size)));
   }
-  const kc::RmsNormBackwardJob job{final_hidden,
-                                   w.final_norm.data_as<const float>(),
+  return rms_norm_backward(final_hidden, w.final_norm, d_hidden.view().data());
+}
+
+// d_input [rows, hidden] = the gradient of RMSNorm(input) · weight given d_normed, overwritten.
+Status CudaLoraTrainingModel::Impl::rms_norm_backward(const void* input, const Tensor& weight,
+                                                      void* d_input) {
+  const kc::RmsNormBackwardJob job{input,
+                                   weight.data_as<const float>(),
                                    d_normed.view().data(),
-                                   r,
-                                   c.hidden_size,
+                                   rows(),
+                                   config().hidden_size,
                                    eps(),
-                                   d_hidden.view().data(),
+                                   d_input,
                                    nullptr,
                                    dtype(),
                                    norm_workspace.data_as<float>()};
@@ -796,6 +798,7 @@ Result<CudaLoraTrainingModel> CudaLoraTrainingModel::create(const model::LlamaMo
       *values = std::vector<float>();
     }
   }
+  KBIT_RETURN_IF_ERROR(impl->allocate_layer_weights());
   return CudaLoraTrainingModel(std::move(impl));
 }
 
