@@ -46,6 +46,8 @@ using kbit::Tensor;
 
 constexpr int kRuns = 50;
 constexpr int kCopies = 4;
+// Rows of a case checked against the float64 reference (all of them up to this many).
+constexpr std::int64_t kMaxCheckedRows = 8;
 
 // Plumbing failures end the program with the message: the workbench has no partial results.
 template <typename T>
@@ -142,22 +144,29 @@ struct Report {
   double copy_gb_per_s = 0;
   bool failed = false;
 
-  void add(const std::string& name, double ratio, Timing timing, double bytes) {
+  // `flops`: the case's multiply-adds times two where it is a matrix product worth rating by
+  // them (TFLOP/s of the back-to-back time), else 0.
+  void add(const std::string& name, double ratio, Timing timing, double bytes, double flops = 0) {
     const double gb_per_s = bytes / (timing.back_to_back_ms * 1e-3) / 1e9;
+    const double tflop_per_s = flops / (timing.back_to_back_ms * 1e-3) / 1e12;
     const bool ok = ratio <= 1.0;
     failed = failed || !ok;
     std::printf(
         "%-52s %s  error/tolerance %.3f  %8.2f us alone  %8.2f us back to back  "
-        "%7.1f GB/s  %.2f of copy\n",
+        "%7.1f GB/s  %.2f of copy",
         name.c_str(), ok ? "ok  " : "FAIL", ratio, timing.single_ms * 1e3,
         timing.back_to_back_ms * 1e3, gb_per_s, gb_per_s / copy_gb_per_s);
-    cases.push_back({{"case", name},
-                     {"ok", ok},
-                     {"error_over_tolerance", ratio},
-                     {"median_us", timing.single_ms * 1e3},
-                     {"back_to_back_us", timing.back_to_back_ms * 1e3},
-                     {"gb_per_s", gb_per_s},
-                     {"copy_fraction", gb_per_s / copy_gb_per_s}});
+    if (flops > 0) std::printf("  %6.1f TFLOP/s", tflop_per_s);
+    std::printf("\n");
+    nlohmann::json entry{{"case", name},
+                         {"ok", ok},
+                         {"error_over_tolerance", ratio},
+                         {"median_us", timing.single_ms * 1e3},
+                         {"back_to_back_us", timing.back_to_back_ms * 1e3},
+                         {"gb_per_s", gb_per_s},
+                         {"copy_fraction", gb_per_s / copy_gb_per_s}};
+    if (flops > 0) entry["tflop_per_s"] = tflop_per_s;
+    cases.push_back(std::move(entry));
   }
 };
 
@@ -202,6 +211,12 @@ constexpr FourBitVariant kFourBitVariants[] = {
      "v3 tensor-core GEMV, bitsandbytes' batch-1 decode"},
     {kc::Linear4bitKernel::kTensorCoreGemvLines, cpu::FourBitDecode::kBitsandbytes,
      "v5 whole-line tensor-core GEMV, bitsandbytes' decode"},
+};
+// The many-row (prompt) variants.
+constexpr FourBitVariant kFourBitGemmVariants[] = {
+    {kc::Linear4bitKernel::kManyRows, cpu::FourBitDecode::kExact, "v6 dequantized into cuBLAS"},
+    {kc::Linear4bitKernel::kTensorCoreGemm, cpu::FourBitDecode::kExact,
+     "v7 tensor-core GEMM (wgmma)"},
 };
 
 // The weight values as the product decode takes them: bf16(bf16(code) · bf16(absmax)).
@@ -299,10 +314,20 @@ void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::
   };
   launch(0);
   must(cudaStreamSynchronize(stream));
-  const std::vector<float> got = to_host_f32(y_device.view());
-  std::vector<float> want(static_cast<std::size_t>(rows * out));
+  const std::vector<float> all = to_host_f32(y_device.view());
+  // Every row up to kMaxCheckedRows, else that many spread over the rows, the last included.
+  std::vector<std::int64_t> checked;
+  for (std::int64_t i = 0; i < std::min(rows, kMaxCheckedRows); ++i) {
+    checked.push_back(rows <= kMaxCheckedRows ? i : i * (rows - 1) / (kMaxCheckedRows - 1));
+  }
+  std::vector<float> got;
+  for (const std::int64_t r : checked) {
+    got.insert(got.end(), all.begin() + r * out, all.begin() + (r + 1) * out);
+  }
+  std::vector<float> want(got.size());
   std::vector<double> magnitudes(want.size());
-  for (std::int64_t r = 0; r < rows; ++r) {
+  for (std::size_t c = 0; c < checked.size(); ++c) {
+    const std::int64_t r = checked[c];
     for (std::int64_t o = 0; o < out; ++o) {
       double sum = 0;
       double magnitude = 0;
@@ -312,8 +337,9 @@ void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::
         sum += product;
         magnitude += std::fabs(product);
       }
-      want[static_cast<std::size_t>(r * out + o)] = static_cast<float>(sum);
-      magnitudes[static_cast<std::size_t>(r * out + o)] = magnitude;
+      want[c * static_cast<std::size_t>(out) + static_cast<std::size_t>(o)] =
+          static_cast<float>(sum);
+      magnitudes[c * static_cast<std::size_t>(out) + static_cast<std::size_t>(o)] = magnitude;
     }
   }
   const double error = error_over_tolerance(got, want, magnitudes, in);
@@ -322,7 +348,8 @@ void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::
                            (four_bit ? variant->name : "cuBLAS") + ", " + std::to_string(rows) +
                            (rows == 1 ? " token, " : " tokens, ") + std::to_string(out) + "x" +
                            std::to_string(in);
-  report.add(name, error, timing, bytes);
+  report.add(name, error, timing, bytes,
+             rows > kc::kLinear4bitGemvMaxRows ? 2.0 * static_cast<double>(rows * n) : 0.0);
 }
 
 // Decode attention of one token at position `position` (GQA 32/8 heads, head_dim 128, bf16).
@@ -391,15 +418,23 @@ void measure_decode_attention(Report& report, cudaStream_t stream, std::int64_t 
 
 int main(int argc, char** argv) {
   std::string json_path;
+  std::string families = "all";
   for (int i = 1; i < argc; ++i) {
     const std::string argument = argv[i];
     if (argument == "--json" && i + 1 < argc) {
       json_path = argv[++i];
+    } else if (argument == "--cases" && i + 1 < argc &&
+               (std::string(argv[i + 1]) == "all" || std::string(argv[i + 1]) == "decode" ||
+                std::string(argv[i + 1]) == "prompt")) {
+      families = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: kbit_kernel_workbench [--json FILE]\n");
+      std::fprintf(stderr,
+                   "usage: kbit_kernel_workbench [--json FILE] [--cases all|decode|prompt]\n");
       return 2;
     }
   }
+  const bool decode = families != "prompt";
+  const bool prompt = families != "decode";
   if (!kbit::cuda_available()) {
     std::fprintf(stderr, "kernel_workbench: no CUDA device is usable here\n");
     return 2;
@@ -408,18 +443,29 @@ int main(int argc, char** argv) {
   must(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   Report report;
   measure_copy(report, stream);
-  for (const auto& [out, in] :
-       {std::pair<std::int64_t, std::int64_t>{14336, 4096}, {4096, 14336}, {4096, 4096}}) {
+  const std::pair<std::int64_t, std::int64_t> shapes[] = {
+      {14336, 4096}, {4096, 14336}, {4096, 4096}};
+  for (const auto& [out, in] : shapes) {
     for (const std::int64_t rows : {1, 4, 8}) {
+      if (!decode) break;
       for (const FourBitVariant& variant : kFourBitVariants) {
         measure_linear(report, stream, out, in, rows, /*nested=*/false, &variant);
         measure_linear(report, stream, out, in, rows, /*nested=*/true, &variant);
       }
       measure_linear(report, stream, out, in, rows, /*nested=*/false, nullptr);
     }
+    for (const std::int64_t rows : {16, 64, 512, 2048}) {
+      if (!prompt) break;
+      for (const FourBitVariant& variant : kFourBitGemmVariants) {
+        measure_linear(report, stream, out, in, rows, /*nested=*/false, &variant);
+        measure_linear(report, stream, out, in, rows, /*nested=*/true, &variant);
+      }
+      measure_linear(report, stream, out, in, rows, /*nested=*/false, nullptr);
+    }
   }
-  for (const std::int64_t position : {639, 4095})
-    measure_decode_attention(report, stream, position);
+  for (const std::int64_t position : {639, 4095}) {
+    if (decode) measure_decode_attention(report, stream, position);
+  }
   if (!json_path.empty()) {
     std::ofstream(json_path)
         << nlohmann::json{{"copy_gb_per_s", report.copy_gb_per_s}, {"cases", report.cases}}.dump(2)

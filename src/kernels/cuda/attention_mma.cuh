@@ -1,7 +1,7 @@
 // What the tensor-core attention kernels share (the backward's in attention_backward.cu, the
 // prefill forward's in attention_forward_mma.cu): bf16 tiles of kMmaTile positions in shared
-// memory, loaded with cp.async, and warp-wide tile products on mma.sync m16n8k16 (bf16 inputs,
-// f32 accumulators). sm_80 and later (cp.async, ldmatrix, bf16 mma.sync).
+// memory, loaded with cp.async (async_copy.cuh), and warp-wide tile products on mma.sync m16n8k16
+// (bf16 inputs, f32 accumulators). sm_80 and later (cp.async, ldmatrix, bf16 mma.sync).
 //
 // A block is kMmaWarps warps; warp w owns rows [16 · w, + 16) of the block's own tile. Tiles sit
 // in shared memory as bf16 with row stride head_dim + 8: the 8 row addresses of one ldmatrix
@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "kernels/cuda/activation_parts.cuh"
+#include "kernels/cuda/async_copy.cuh"
 
 namespace kbit::kernels::cuda {
 
@@ -34,26 +35,6 @@ inline constexpr int kSharedStride = kHeadDim + 8;
 
 template <int kHeadDim>
 inline constexpr int kSharedTileElements = kMmaTile* kSharedStride<kHeadDim>;
-
-__device__ __forceinline__ std::uint32_t shared_address(const void* pointer) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(pointer));
-}
-
-__device__ __forceinline__ void copy_async_16(void* shared, const void* global) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared)),
-               "l"(global)
-               : "memory");
-}
-
-__device__ __forceinline__ void commit_copies() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-// Waits until at most kPending of the committed copy groups are in flight.
-template <int kPending>
-__device__ __forceinline__ void wait_copies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
 
 // One step of a double-buffered loop over tiles: queues the next tile's copies (load_next) where
 // there is one and waits for the current tile's, then a barrier, after which every thread may

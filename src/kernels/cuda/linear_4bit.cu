@@ -31,10 +31,10 @@
 #include <type_traits>
 
 #include "core/cuda_runtime.h"
-#include "kbit/quant/codebooks.h"
-#include "kbit/quant/nested_absmax.h"
 #include "kernels/cpu/quantized_linear.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/four_bit_parts.cuh"
+#include "kernels/cuda/linear_4bit_gemm.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
 #include "kernels/cuda/llama_launchers.h"
@@ -54,54 +54,12 @@ constexpr int kDequantizeWordsPerThread = 4;
 constexpr int kElementwiseThreads = 256;
 constexpr int kMaxRows = static_cast<int>(kLinear4bitGemvMaxRows);
 
-// The tables the kernels decode with; each block copies them to shared memory, where lanes
-// index them freely.
-struct FourBitTables {
-  float code_values[16];  // kNf4Values or kFp4Values
-  float absmax_map[256];  // kDynamicSignedMap, for nested absmax
-};
-
-// The device side of FourBitWeightDevice.
-struct FourBitSource {
-  const std::uint8_t* packed;
-  const float* absmax;  // nullptr when nested
-  const std::uint8_t* absmax_codes;
-  const float* nested_absmax;
-  float nested_offset;
-  int log2_block_size;
-  bool packed_aligned;  // 16-byte aligned: vector loads
-};
-
-FourBitTables make_tables(quant::FourBitType type) {
-  const auto& values = type == quant::FourBitType::kNf4 ? quant::kNf4Values : quant::kFp4Values;
-  FourBitTables tables{};
-  std::copy(values.begin(), values.end(), tables.code_values);
-  std::copy(quant::kDynamicSignedMap.begin(), quant::kDynamicSignedMap.end(), tables.absmax_map);
-  return tables;
-}
-
-__device__ __forceinline__ void load_absmax_map(const FourBitTables& tables, float* absmax_map) {
-  for (int i = static_cast<int>(threadIdx.x); i < 256; i += static_cast<int>(blockDim.x)) {
-    absmax_map[i] = tables.absmax_map[i];
-  }
-}
-
 // Every thread of the block must call it (it synchronises).
 __device__ __forceinline__ void load_tables(const FourBitTables& tables, float* code_values,
                                             float* absmax_map) {
   load_absmax_map(tables, absmax_map);
   if (threadIdx.x < 16) code_values[threadIdx.x] = tables.code_values[threadIdx.x];
   __syncthreads();
-}
-
-// The absmax of quantization block `block`. The nested form is decoded with the reference's two
-// IEEE roundings, which the explicit intrinsics keep from being fused into one FMA.
-__device__ __forceinline__ float block_absmax(const FourBitSource& weight, std::int64_t block,
-                                              const float* absmax_map) {
-  if (weight.absmax != nullptr) return __ldg(weight.absmax + block);
-  const float scaled = __fmul_rn(absmax_map[__ldg(weight.absmax_codes + block)],
-                                 __ldg(weight.nested_absmax + block / quant::kNestedBlockSize));
-  return __fadd_rn(scaled, weight.nested_offset);
 }
 
 __device__ __forceinline__ std::uint32_t load_word_bytes(const std::uint8_t* bytes) {
@@ -170,13 +128,6 @@ __device__ __forceinline__ float warp_sum(float value) {
     value += __shfl_xor_sync(0xffffffffu, value, offset);
   }
   return value;
-}
-
-// The output of a fused kernel from its f32 sum: A(C(sum + C(bias[o]))), as the reference.
-template <typename A, typename C>
-__device__ __forceinline__ A finish_output(float sum, const A* __restrict__ bias, std::int64_t o) {
-  const float rounded_bias = bias != nullptr ? to_float(from_float<C>(to_float(bias[o]))) : 0.0f;
-  return from_float<A>(to_float(from_float<C>(sum + rounded_bias)));
 }
 
 // y[rows, out] = x[rows, in] · Wᵀ (+ bias[out]) for rows <= kMaxRows and in a multiple of 32.
@@ -288,53 +239,6 @@ constexpr int kChunkValues = 32;  // one 16-byte chunk of packed codes
 
 template <int kLaneChunks>
 constexpr int kMmaStepValues = 4 * kLaneChunks* kChunkValues;
-
-// Two floats as a pair of C (low half first), each rounded to nearest even.
-template <typename C>
-__device__ __forceinline__ std::uint32_t pack_pair(float low, float high) {
-  std::uint32_t bits;
-  if constexpr (std::is_same_v<C, __half>) {
-    const __half2 pair = __floats2half2_rn(low, high);
-    std::memcpy(&bits, &pair, sizeof(bits));
-  } else {
-    const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
-    std::memcpy(&bits, &pair, sizeof(bits));
-  }
-  return bits;
-}
-
-// code value · absmax rounded to the weight's dtype W, as a float ready to be rounded to C; the
-// rounding to W is skipped where rounding to C alone gives the same value.
-template <typename C, typename W>
-__device__ __forceinline__ float scaled_code(float code_value, float absmax) {
-  const float product = __fmul_rn(code_value, absmax);
-  if constexpr (std::is_same_v<W, C> || std::is_same_v<W, float>) return product;
-  return to_float(from_float<W>(product));
-}
-
-// The decoders of the tensor-core GEMV. Each has shared-memory Tables that load() fills (the
-// caller synchronises), a Scale made once per step from a block's absmax, and pair(), which
-// returns values (2j, 2j + 1) of packed byte j of `word` as the matmul sees them, paired in C
-// (value 2j, the high nibble, in the low half).
-//
-// ExactDecode: weight_value's rounding, two f32 multiplies per pair.
-template <typename C, typename W>
-struct ExactDecode {
-  struct Tables {
-    float code_values[16];
-  };
-  using Scale = float;
-  static __device__ __forceinline__ void load(const FourBitTables& tables, Tables& shared) {
-    if (threadIdx.x < 16) shared.code_values[threadIdx.x] = tables.code_values[threadIdx.x];
-  }
-  static __device__ __forceinline__ Scale scale(float absmax) { return absmax; }
-  static __device__ __forceinline__ std::uint32_t pair(const Tables& shared, int /*lane*/,
-                                                       std::uint32_t word, int byte, Scale absmax) {
-    const float first = shared.code_values[(word >> (8 * byte + 4)) & 0xfu];
-    const float second = shared.code_values[(word >> (8 * byte)) & 0xfu];
-    return pack_pair<C>(scaled_code<C, W>(first, absmax), scaled_code<C, W>(second, absmax));
-  }
-};
 
 // The product of two pairs of C, each half rounded once, as C's own multiply.
 template <typename C>
@@ -715,35 +619,6 @@ cudaDataType_t cuda_data_type(DType dtype) {
   return dtype == DType::kF32 ? CUDA_R_32F : dtype == DType::kF16 ? CUDA_R_16F : CUDA_R_16BF;
 }
 
-// One Linear4bit call, validated.
-struct FourBitCall {
-  const void* x;  // [rows, in] of dtype
-  FourBitSource weight;
-  FourBitTables tables;
-  DType weight_dtype;
-  const void* bias;  // [out] of dtype, or nullptr
-  std::int64_t rows;
-  std::int64_t in;
-  std::int64_t out;
-  DType compute_dtype;
-  void* y;  // [rows, out] of dtype
-  DType dtype;
-  bool product_decode;  // takes_4bit_product_decode
-  cudaStream_t stream;
-};
-
-// Calls body(A{}, C{}, W{}) with the CUDA types of the activation, compute and weight dtypes.
-template <typename Body>
-cudaError_t visit_4bit_types(const FourBitCall& call, Body&& body) {
-  return visit_float_dtype(call.compute_dtype, [&](auto compute_tag) {
-    return visit_float_dtype(call.weight_dtype, [&](auto weight_tag) {
-      using C = typename decltype(compute_tag)::type;
-      using W = typename decltype(weight_tag)::type;
-      return call.dtype == DType::kF32 ? body(float{}, C{}, W{}) : body(__nv_bfloat16{}, C{}, W{});
-    });
-  });
-}
-
 // Calls body(std::bool_constant<call.product_decode>{}), the product decode only with a 16-bit
 // compute dtype C (takes_4bit_product_decode), so that no kernel instantiates it for f32.
 template <typename C, typename Body>
@@ -800,55 +675,50 @@ int mma_gemv_warps(std::int64_t in) {
 cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane_chunks,
                                     GemvEpilogue epilogue) {
   const FourBitCall& first = calls.front();
-  return visit_4bit_types(first, [&](auto a, auto c, auto w) {
+  return visit_4bit_tensor_core_types(first, [&](auto a, auto c, auto w) {
     using A = decltype(a);
     using C = decltype(c);
-    if constexpr (std::is_same_v<C, float>) {
-      return cudaErrorInvalidValue;  // excluded by tensor_core_gemv_applies
-    } else {
-      MmaGemvLayers<A> layers{};
-      std::int64_t blocks = 0;
-      for (std::size_t i = 0; i < calls.size(); ++i) {
-        const std::int64_t layer_blocks = (calls[i].out + kMmaOutputs - 1) / kMmaOutputs;
-        blocks = epilogue == GemvEpilogue::kSiluMul ? layer_blocks : blocks + layer_blocks;
-        if (blocks > INT_MAX) return cudaErrorInvalidValue;
-        layers.weight[i] = calls[i].weight;
-        layers.bias[i] = static_cast<const A*>(calls[i].bias);
-        layers.y[i] = static_cast<A*>(calls[i].y);
-        layers.out[i] = calls[i].out;
-        layers.end_block[i] = static_cast<int>(blocks);
-      }
-      layers.count = static_cast<int>(calls.size());
-      return visit_decode<C>(first, [&](auto product) {
-        using Decoder = std::conditional_t<decltype(product)::value, ProductDecode<C>,
-                                           ExactDecode<C, decltype(w)>>;
-        const int warps = mma_gemv_warps(first.in);
-        const auto launch = [&](auto chunks, auto kind) {
-          constexpr int kChunks = decltype(chunks)::value;
-          constexpr GemvEpilogue kKind = decltype(kind)::value;
-          const auto run = [&](auto kernel, int threads) {
-            return launch_overlapped(kernel, static_cast<unsigned>(blocks), threads, 0,
-                                     first.stream, static_cast<const A*>(first.x), layers,
-                                     first.tables, static_cast<int>(first.rows), first.in);
-          };
-          if (warps == kMmaWideWarps) {
-            return run(linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kMmaWideWarps>,
-                       kMmaWideWarps * kWarpSize);
-          }
-          return run(linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kMmaWarps>,
-                     kMmaWarps * kWarpSize);
-        };
-        using Store = std::integral_constant<GemvEpilogue, GemvEpilogue::kStore>;
-        using SiluMul = std::integral_constant<GemvEpilogue, GemvEpilogue::kSiluMul>;
-        if (lane_chunks == 2) {
-          using Two = std::integral_constant<int, 2>;
-          return epilogue == GemvEpilogue::kStore ? launch(Two{}, Store{})
-                                                  : launch(Two{}, SiluMul{});
-        }
-        using One = std::integral_constant<int, 1>;
-        return epilogue == GemvEpilogue::kStore ? launch(One{}, Store{}) : launch(One{}, SiluMul{});
-      });
+    MmaGemvLayers<A> layers{};
+    std::int64_t blocks = 0;
+    for (std::size_t i = 0; i < calls.size(); ++i) {
+      const std::int64_t layer_blocks = (calls[i].out + kMmaOutputs - 1) / kMmaOutputs;
+      blocks = epilogue == GemvEpilogue::kSiluMul ? layer_blocks : blocks + layer_blocks;
+      if (blocks > INT_MAX) return cudaErrorInvalidValue;
+      layers.weight[i] = calls[i].weight;
+      layers.bias[i] = static_cast<const A*>(calls[i].bias);
+      layers.y[i] = static_cast<A*>(calls[i].y);
+      layers.out[i] = calls[i].out;
+      layers.end_block[i] = static_cast<int>(blocks);
     }
+    layers.count = static_cast<int>(calls.size());
+    return visit_decode<C>(first, [&](auto product) {
+      using Decoder = std::conditional_t<decltype(product)::value, ProductDecode<C>,
+                                         ExactDecode<C, decltype(w)>>;
+      const int warps = mma_gemv_warps(first.in);
+      const auto launch = [&](auto chunks, auto kind) {
+        constexpr int kChunks = decltype(chunks)::value;
+        constexpr GemvEpilogue kKind = decltype(kind)::value;
+        const auto run = [&](auto kernel, int threads) {
+          return launch_overlapped(kernel, static_cast<unsigned>(blocks), threads, 0, first.stream,
+                                   static_cast<const A*>(first.x), layers, first.tables,
+                                   static_cast<int>(first.rows), first.in);
+        };
+        if (warps == kMmaWideWarps) {
+          return run(linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kMmaWideWarps>,
+                     kMmaWideWarps * kWarpSize);
+        }
+        return run(linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kMmaWarps>,
+                   kMmaWarps * kWarpSize);
+      };
+      using Store = std::integral_constant<GemvEpilogue, GemvEpilogue::kStore>;
+      using SiluMul = std::integral_constant<GemvEpilogue, GemvEpilogue::kSiluMul>;
+      if (lane_chunks == 2) {
+        using Two = std::integral_constant<int, 2>;
+        return epilogue == GemvEpilogue::kStore ? launch(Two{}, Store{}) : launch(Two{}, SiluMul{});
+      }
+      using One = std::integral_constant<int, 1>;
+      return epilogue == GemvEpilogue::kStore ? launch(One{}, Store{}) : launch(One{}, SiluMul{});
+    });
   });
 }
 
@@ -923,23 +793,41 @@ Status multiply_in_chunks(LinearContext& context, const FourBitCall& call,
   return ok_status();
 }
 
-Status linear_4bit_many_rows(LinearContext& context, const FourBitCall& call) {
+// The workspace layout of a many-row call, refused where the context is too small for it.
+Result<LinearWorkspaceLayout> many_rows_layout(const LinearContext& context,
+                                               const FourBitCall& call) {
   const LinearWorkspaceLayout layout = linear_workspace_layout(call.rows, call.in, call.out);
   if (layout.total_bytes > context.workspace_bytes()) {
     return invalid_argument("linear_4bit: " + std::to_string(call.rows) + " rows × " +
                             std::to_string(call.in) + " inputs × " + std::to_string(call.out) +
                             " outputs exceed the sizes its LinearContext was created for");
   }
-  char* workspace = static_cast<char*>(context.workspace());
+  return layout;
+}
+
+// x in the compute dtype: call.x itself where it is of that dtype and, if `aligned`, 16-byte
+// aligned; else converted into the workspace.
+Result<const void*> x_in_compute_dtype(LinearContext& context, const FourBitCall& call,
+                                       const LinearWorkspaceLayout& layout, bool aligned) {
+  if (call.compute_dtype == call.dtype && (!aligned || is_aligned_16(call.x))) return call.x;
+  void* target = static_cast<char*>(context.workspace()) + layout.four_bit_x;
+  KBIT_RETURN_IF_ERROR(cuda_status(
+      convert(call.x, call.dtype, call.rows * call.in, target, call.compute_dtype, call.stream),
+      "linear_4bit: activations to the compute dtype"));
+  return static_cast<const void*>(target);
+}
+
+Status linear_4bit_gemm(LinearContext& context, const FourBitCall& call) {
+  KBIT_ASSIGN_OR_RETURN(const LinearWorkspaceLayout layout, many_rows_layout(context, call));
+  KBIT_ASSIGN_OR_RETURN(const void* x, x_in_compute_dtype(context, call, layout, true));
+  return cuda_status(launch_tensor_core_gemm(call, x), "linear_4bit: tensor-core GEMM kernel");
+}
+
+Status linear_4bit_many_rows(LinearContext& context, const FourBitCall& call) {
+  KBIT_ASSIGN_OR_RETURN(const LinearWorkspaceLayout layout, many_rows_layout(context, call));
+  KBIT_ASSIGN_OR_RETURN(const void* x, x_in_compute_dtype(context, call, layout, false));
   const bool direct = call.compute_dtype == call.dtype;
-  const void* x = call.x;
-  if (!direct) {
-    x = workspace + layout.four_bit_x;
-    KBIT_RETURN_IF_ERROR(
-        cuda_status(convert(call.x, call.dtype, call.rows * call.in, workspace + layout.four_bit_x,
-                            call.compute_dtype, call.stream),
-                    "linear_4bit: activations to the compute dtype"));
-  }
+  char* workspace = static_cast<char*>(context.workspace());
   // Without a bias and with y of the compute dtype, the GEMM writes y and rounds once. Otherwise
   // it writes f32 sums that finish_linear_rows completes: cuBLAS would round a 16-bit product
   // before adding a bias given as C, where the reference rounds once after the bias.
@@ -1100,7 +988,9 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
     kernel = lane_chunks == 2                 ? Linear4bitKernel::kTensorCoreGemvLines
              : lane_chunks == 1               ? Linear4bitKernel::kTensorCoreGemv
              : rows <= kLinear4bitGemvMaxRows ? Linear4bitKernel::kGemv
-                                              : Linear4bitKernel::kManyRows;
+             : tensor_core_gemm_applies(call) && tensor_core_gemm_preferred(call)
+                 ? Linear4bitKernel::kTensorCoreGemm
+                 : Linear4bitKernel::kManyRows;
   }
   switch (kernel) {
     case Linear4bitKernel::kTensorCoreGemvLines:
@@ -1126,6 +1016,14 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
                                 std::to_string(rows));
       }
       return cuda_status(launch_gemv(call), "linear_4bit: GEMV kernel");
+    case Linear4bitKernel::kTensorCoreGemm:
+      if (!tensor_core_gemm_applies(call)) {
+        return invalid_argument(
+            "linear_4bit: the tensor-core GEMM needs a GPU of compute capability 9.0, an f16 or "
+            "bf16 compute dtype, the exact decode, inputs a multiple of 64, blocks of at least 64 "
+            "values and a 16-byte aligned packed weight");
+      }
+      return linear_4bit_gemm(context, call);
     case Linear4bitKernel::kManyRows:
     case Linear4bitKernel::kAuto:  // resolved above
       break;

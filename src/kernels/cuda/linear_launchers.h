@@ -126,11 +126,26 @@ struct FourBitWeightDevice {
 //                         group of four lanes reading whole 128-byte lines of codes.
 //   kTensorCoreGemv       the same with in a multiple of 128 and any block size, half lines.
 //   kGemv                 rows <= kLinear4bitGemvMaxRows: decoded on the CUDA cores, any layout.
+//   kTensorCoreGemm       any rows, on a GPU of compute capability 9.0, compute dtype f16 or
+//                         bf16, the exact decode, in a multiple of 64, quantization blocks of
+//                         at least 64 values, packed 16-byte aligned: weights decoded in registers
+//                         into Hopper's warpgroup MMAs with x from shared memory, 128 features
+//                         × 128 rows a block (linear_4bit_gemm.h); x of another dtype than the
+//                         compute dtype, or misaligned, is converted into the workspace first.
 //   kManyRows             any rows: chunks of weight dequantized into cuBLAS GEMMs.
-// The tests and the kernel workbench name one to check and time it; a named kernel that does not
-// apply to the call is an invalid argument.
+// kAuto takes the GEMM for more than kLinear4bitGemvMaxRows rows where it applies and measured
+// faster (tensor_core_gemm_preferred: up to 128 rows, 12 288 features or more). The tests and
+// the kernel workbench name one to check and time it; a named kernel that does not apply to the
+// call is an invalid argument.
 inline constexpr std::int64_t kLinear4bitGemvMaxRows = 8;
-enum class Linear4bitKernel { kAuto, kTensorCoreGemvLines, kTensorCoreGemv, kGemv, kManyRows };
+enum class Linear4bitKernel {
+  kAuto,
+  kTensorCoreGemvLines,
+  kTensorCoreGemv,
+  kGemv,
+  kTensorCoreGemm,
+  kManyRows
+};
 Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDevice& weight,
                    const void* bias, std::int64_t rows, std::int64_t in, std::int64_t out,
                    DType compute_dtype, void* y, DType dtype,

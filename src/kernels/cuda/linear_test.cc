@@ -532,9 +532,12 @@ std::vector<float> row_of(const std::vector<float>& matrix, std::int64_t row, st
 }
 
 // kAuto last: `actual` below is what the library picks.
-constexpr Linear4bitKernel kFourBitKernels[] = {
-    Linear4bitKernel::kTensorCoreGemvLines, Linear4bitKernel::kTensorCoreGemv,
-    Linear4bitKernel::kGemv, Linear4bitKernel::kManyRows, Linear4bitKernel::kAuto};
+constexpr Linear4bitKernel kFourBitKernels[] = {Linear4bitKernel::kTensorCoreGemvLines,
+                                                Linear4bitKernel::kTensorCoreGemv,
+                                                Linear4bitKernel::kGemv,
+                                                Linear4bitKernel::kTensorCoreGemm,
+                                                Linear4bitKernel::kManyRows,
+                                                Linear4bitKernel::kAuto};
 
 const char* kernel_name(Linear4bitKernel kernel) {
   switch (kernel) {
@@ -544,6 +547,8 @@ const char* kernel_name(Linear4bitKernel kernel) {
       return "tensor-core GEMV";
     case Linear4bitKernel::kGemv:
       return "GEMV";
+    case Linear4bitKernel::kTensorCoreGemm:
+      return "tensor-core GEMM";
     case Linear4bitKernel::kManyRows:
       return "many rows";
     case Linear4bitKernel::kAuto:
@@ -552,10 +557,24 @@ const char* kernel_name(Linear4bitKernel kernel) {
   return "auto";
 }
 
+// Whether the current GPU runs the sm_90a code of the tensor-core GEMM.
+bool is_compute_capability_90() {
+  int device = 0;
+  int major = 0;
+  int minor = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+             "cudaDeviceGetAttribute");
+  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
+             "cudaDeviceGetAttribute");
+  return major == 9 && minor == 0;
+}
+
 // The contract of linear_launchers.h.
-bool kernel_applies(const FourBitCase& c, Linear4bitKernel kernel) {
+bool kernel_applies(const FourBitCase& c, Linear4bitKernel kernel, FourBitDecode decode) {
   const bool gemv = c.rows <= kLinear4bitGemvMaxRows;
-  const bool tensor_cores = gemv && c.compute_dtype != DType::kF32 && !c.misaligned;
+  const bool sixteen_bit = c.compute_dtype != DType::kF32;
+  const bool tensor_cores = gemv && sixteen_bit && !c.misaligned;
   switch (kernel) {
     case Linear4bitKernel::kTensorCoreGemvLines:
       return tensor_cores && c.in % 256 == 0 && c.block_size >= 64;
@@ -563,6 +582,9 @@ bool kernel_applies(const FourBitCase& c, Linear4bitKernel kernel) {
       return tensor_cores && c.in % 128 == 0;
     case Linear4bitKernel::kGemv:
       return gemv;
+    case Linear4bitKernel::kTensorCoreGemm:
+      return is_compute_capability_90() && sixteen_bit && !c.misaligned && c.in % 64 == 0 &&
+             c.block_size >= 64 && !cpu::takes_4bit_product_decode(decode, c.rows, c.compute_dtype);
     case Linear4bitKernel::kManyRows:
     case Linear4bitKernel::kAuto:
       break;
@@ -621,7 +643,7 @@ void check_4bit_case(const FourBitCase& c, std::uint64_t seed) {
       const Status status =
           linear_4bit(*context, x_device, device.view, bias_device, c.rows, c.in, c.out,
                       c.compute_dtype, y.view().data(), c.dtype, decode, kernel);
-      if (!kernel_applies(c, kernel)) {
+      if (!kernel_applies(c, kernel, decode)) {
         EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << what;
         continue;
       }
@@ -674,6 +696,13 @@ TEST(CudaLinear4bit, MatchesCpuReference) {
       {7, 4100, 1024, kFp4, 64, true, kBF16, kBF16, kF16, true, 1.0f},
       {1, 40, 128, kNf4, 256, true, kF16, kF32, kF32, false, 0.02f},
       {4, 48, 256, kNf4, 64, false, kBF16, kBF16, kBF16, false, 0.02f, true},
+      // The tensor-core GEMM: tokens and features past a block's last (128 each), as few steps
+      // of 64 inputs as the pipeline has stages and more, f16 compute, f32 activations
+      // (converted first), f16 and f32 weights, blocks spanning rows.
+      {260, 384, 1024, kNf4, 64, true, kBF16, kBF16, kBF16, true, 0.02f},
+      {130, 200, 192, kFp4, 64, false, kF16, kF32, kBF16, true, 1.0f},
+      {1000, 136, 512, kNf4, 256, false, kBF16, kBF16, kF32, false, 0.02f},
+      {17, 520, 2048, kNf4, 4096, true, kF16, kBF16, kF16, true, 0.02f},
   };
   std::uint64_t seed = 1000;
   for (const FourBitCase& c : cases) {

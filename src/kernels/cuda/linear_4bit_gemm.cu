@@ -1,0 +1,384 @@
+// linear_4bit's tensor-core GEMM (linear_4bit_gemm.h): many rows of x through a 4-bit weight,
+// the weight decoded in registers and multiplied by Hopper's warpgroup MMA, so that what memory
+// holds of it is read once per block of tokens as codes and never written back as values.
+//
+// Block: kWarpgroups warpgroups, kBlockFeatures output features × kBlockTokens rows of x. The
+// product is computed transposed, D [features, tokens] = W · xᵀ, so that the weight is wgmma's A
+// operand, which may come from registers, and x its B operand, read from shared memory:
+//   - each pipeline stage (kStepInputs inputs) brings, by cp.async, x's tile [kBlockTokens,
+//     kStepInputs] in the compute dtype, its rows 128 bytes long and swizzled in 16-byte chunks
+//     as wgmma's 128-byte swizzle expects, and the codes of the block's features [kBlockFeatures,
+//     kStepInputs / 2 bytes], as stored;
+//   - warpgroup g owns features [64 g, 64 g + 64) of the block, and in it warp w the 16 features
+//     [16 w, 16 w + 16); lane (r, q) (r = lane / 4, q = lane % 4) holds, for each k16 slice of
+//     the stage, the A fragment of features 16 w + r and + 8 at inputs 2q, 2q + 1, 2q + 8, 2q + 9
+//     of the slice: byte q of words 2s and 2s + 1 of each feature's codes. It decodes them
+//     exactly (ExactDecode) with the absmax of the feature's quantization block, which holds the
+//     whole stage (blocks of at least 64 values);
+//   - then one m64n128k16 wgmma per slice, accumulating in f32 registers, 64 per thread.
+// A stage's buffers are refilled kStages − 1 stages later, after the barrier that follows every
+// warpgroup's wait for its MMAs on them. The epilogue rounds each sum as the reference does
+// (finish_output) and stores it; features and tokens past the last are computed from clamped
+// or zero inputs and not stored.
+#include "kernels/cuda/linear_4bit_gemm.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/cuda/async_copy.cuh"
+#include "kernels/cuda/common.cuh"
+
+namespace kbit::kernels::cuda {
+namespace {
+
+constexpr int kWarpgroupThreads = 128;
+constexpr int kWarpgroups = 2;
+constexpr int kGemmThreads = kWarpgroups * kWarpgroupThreads;
+constexpr int kWarpgroupFeatures = 64;  // the M of wgmma
+constexpr int kBlockFeatures = kWarpgroups * kWarpgroupFeatures;
+constexpr int kBlockTokens = 128;  // the N of wgmma
+constexpr int kStepInputs = 64;    // a 128-byte row of 16-bit x: one swizzle row
+constexpr int kSliceInputs = 16;   // the K of wgmma
+constexpr int kSlices = kStepInputs / kSliceInputs;
+constexpr int kStages = 4;
+constexpr int kAccumulators = kWarpgroupFeatures * kBlockTokens / kWarpgroupThreads;
+constexpr int kFeatureCodeBytes = kStepInputs / 2;  // one feature's codes in a stage
+constexpr int kSwizzleBytes = 1024;                 // the period of the 128-byte swizzle
+
+template <typename C>
+struct GemmStage {
+  C x[kBlockTokens * kStepInputs];  // [token][input], chunks swizzled (swizzled_chunk)
+  std::uint8_t codes[kBlockFeatures * kFeatureCodeBytes];
+};
+static_assert(sizeof(GemmStage<__nv_bfloat16>) % kSwizzleBytes == 0);
+
+constexpr std::size_t kGemmSharedBytes = kStages * sizeof(GemmStage<__nv_bfloat16>) + kSwizzleBytes;
+
+// The element offset of 16-byte chunk `chunk` of row `row` in a tile of 128-byte rows with the
+// 128-byte swizzle: chunk index XOR row mod 8 (tiles start 1024-byte aligned).
+__device__ __forceinline__ int swizzled_chunk(int row, int chunk) {
+  return row * kStepInputs + (chunk ^ (row % 8)) * 8;
+}
+
+// What one thread copies into every stage, worked out once: kCopiedRows chunks of x, rows
+// kRowsApart apart (the same chunk of each, so the same swizzled column), and half a feature's
+// codes. Step `step` reads x and the codes kStepInputs · step inputs further on.
+constexpr int kRowChunks = kStepInputs * 2 / 16;  // 16-byte chunks of a row of 16-bit x
+constexpr int kRowsApart = kGemmThreads / kRowChunks;
+constexpr int kCopiedRows = kBlockTokens / kRowsApart;
+static_assert(kRowsApart % 8 == 0 && kBlockTokens % kRowsApart == 0);
+static_assert(kGemmThreads == 2 * kBlockFeatures, "each thread copies half a feature's codes");
+
+template <typename C>
+struct StageCopies {
+  const C* x_row;             // the first row's chunk at input 0 (x itself where absent)
+  std::int64_t x_rows_apart;  // elements between the rows' sources
+  unsigned present;           // bit j: row j is one of x's (else zeros are copied)
+  int x_offset;               // the first row's chunk in a stage's x, in elements
+  const std::uint8_t* codes;  // the thread's 16 bytes at input 0
+  int codes_offset;           // where they go in a stage's codes
+};
+
+// Rows [first_token, + kBlockTokens) of x [rows, in] (zeros past `rows`) and the codes of
+// features [first_feature, + kBlockFeatures) (the last feature's again past `out`).
+template <typename C>
+__device__ __forceinline__ StageCopies<C> plan_stage_copies(const C* x, int rows, std::int64_t in,
+                                                            int first_token,
+                                                            const std::uint8_t* packed,
+                                                            std::int64_t first_feature,
+                                                            std::int64_t out) {
+  const int thread = static_cast<int>(threadIdx.x);
+  const int row = thread / kRowChunks;
+  const int chunk = thread % kRowChunks;
+  StageCopies<C> copies{};
+  for (int j = 0; j < kCopiedRows; ++j) {
+    if (first_token + row + j * kRowsApart < rows) copies.present |= 1u << j;
+  }
+  copies.x_row = (copies.present & 1u) != 0 ? x + (first_token + row) * in + chunk * 8 : x;
+  copies.x_rows_apart = kRowsApart * in;
+  copies.x_offset = swizzled_chunk(row, chunk);
+  const int feature = thread / 2;
+  const std::int64_t source_feature = std::min(first_feature + feature, out - 1);
+  copies.codes = packed + source_feature * in / 2 + 16 * (thread % 2);
+  copies.codes_offset = feature * kFeatureCodeBytes + 16 * (thread % 2);
+  return copies;
+}
+
+// Queues the copies of step `step` into `stage`.
+template <typename C>
+__device__ __forceinline__ void load_stage(const StageCopies<C>& copies, const C* x, int step,
+                                           GemmStage<C>& stage) {
+  const std::int64_t first_input = static_cast<std::int64_t>(step) * kStepInputs;
+#pragma unroll
+  for (int j = 0; j < kCopiedRows; ++j) {
+    // Row j's offset keeps its swizzle: kRowsApart is a multiple of the swizzle's 8 rows.
+    const bool present = (copies.present >> j & 1u) != 0;
+    const C* source = present ? copies.x_row + j * copies.x_rows_apart + first_input : x;
+    copy_async_16_or_zeros(stage.x + copies.x_offset + j * kRowsApart * kStepInputs, source,
+                           present);
+  }
+  copy_async_16(stage.codes + copies.codes_offset, copies.codes + first_input / 2);
+}
+
+// The wgmma descriptor of a K-major tile of 128-byte rows with the 128-byte swizzle, starting
+// 1024-byte aligned: start address, stride between groups of 8 rows (1024 bytes), swizzle mode 1.
+// A k16 slice s of the tile starts 32 · s bytes in: add 2 · s.
+__device__ __forceinline__ std::uint64_t swizzled_tile_descriptor(const void* tile) {
+  const std::uint64_t address = shared_address(tile);
+  return ((address & 0x3ffff) >> 4) | (std::uint64_t{kSwizzleBytes >> 4} << 32) |
+         (std::uint64_t{1} << 62);
+}
+
+// The raw absmax of a quantization block, loaded a step ahead and decoded where it is used, so
+// that the nested form's table lookup does not wait on the load where it is issued.
+struct AbsmaxLoad {
+  float value;         // the absmax, or the nested absmax of its group
+  std::uint32_t code;  // the nested form's 8-bit code
+};
+
+__device__ __forceinline__ AbsmaxLoad load_absmax(const FourBitSource& weight, std::int64_t block) {
+  if (weight.absmax != nullptr) return {__ldg(weight.absmax + block), 0};
+  return {__ldg(weight.nested_absmax + block / quant::kNestedBlockSize),
+          __ldg(weight.absmax_codes + block)};
+}
+
+// block_absmax's value from a load_absmax.
+__device__ __forceinline__ float decoded_absmax(const FourBitSource& weight, AbsmaxLoad load,
+                                                const float* absmax_map) {
+  if (weight.absmax != nullptr) return load.value;
+  return __fadd_rn(__fmul_rn(absmax_map[load.code], load.value), weight.nested_offset);
+}
+
+// The warpgroup MMA instructions exist in the sm_90a code only; elsewhere (the PTX for older
+// GPUs, where tensor_core_gemm_applies keeps the kernel from being launched) they trap.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define KBIT_SM90A_ASM(...) asm volatile(__VA_ARGS__)
+#else
+#define KBIT_SM90A_ASM(...) __trap()
+#endif
+
+__device__ __forceinline__ void warpgroup_fence() {
+  KBIT_SM90A_ASM("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void warpgroup_commit() {
+  KBIT_SM90A_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void warpgroup_wait_all() {
+  KBIT_SM90A_ASM("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+
+// Orders the accumulators' uses around the asynchronous MMAs that write them: an empty asm that
+// claims to change them, placed after a wait and before a fence.
+__device__ __forceinline__ void pin_accumulators(float (&d)[kAccumulators]) {
+#pragma unroll
+  for (int i = 0; i < kAccumulators; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#define KBIT_WGMMA_M64N128K16(TYPE)                                                                \
+  KBIT_SM90A_ASM(                                                                                  \
+      "{\n"                                                                                        \
+      ".reg .pred accumulate;\n"                                                                   \
+      "setp.ne.b32 accumulate, %69, 0;\n"                                                          \
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                                 \
+      " {"                                                                                         \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                     \
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "           \
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "           \
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"             \
+      "}, {%64, %65, %66, %67}, %68, accumulate, 1, 1, 0;\n"                                       \
+      "}\n"                                                                                        \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),        \
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),    \
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), \
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), \
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), \
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), \
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), \
+        "+f"(d[63])                                                                                \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1))
+
+// d [64 features, 128 tokens] += a (this warp's 16 features × 16 inputs, mma.m16n8k16's A
+// fragment) · the k16 slice of x that descriptor b points at, f32 accumulation.
+template <typename C>
+__device__ __forceinline__ void warpgroup_mma(float (&d)[kAccumulators],
+                                              const std::uint32_t (&a)[4], std::uint64_t b) {
+  if constexpr (std::is_same_v<C, __half>) {
+    KBIT_WGMMA_M64N128K16("f16");
+  } else {
+    KBIT_WGMMA_M64N128K16("bf16");
+  }
+}
+#undef KBIT_WGMMA_M64N128K16
+#undef KBIT_SM90A_ASM
+
+// y [rows, out] = x [rows, in] (of the compute dtype C) · Wᵀ (+ bias), rounded as the reference,
+// for in a multiple of kStepInputs and blocks of at least kStepInputs values. Block b takes
+// tokens [b % token_blocks · kBlockTokens, + kBlockTokens) and features [b / token_blocks ·
+// kBlockFeatures, + kBlockFeatures): the blocks that run together share codes, read once.
+template <typename A, typename C, typename W>
+__global__ void __launch_bounds__(kGemmThreads, 2)
+    linear_4bit_gemm_kernel(const C* __restrict__ x, const __grid_constant__ FourBitSource weight,
+                            const __grid_constant__ FourBitTables tables,
+                            const A* __restrict__ bias, int rows, std::int64_t in, std::int64_t out,
+                            int token_blocks, A* __restrict__ y) {
+  using Decoder = ExactDecode<C, W>;
+  extern __shared__ std::uint8_t shared_bytes[];
+  __shared__ typename Decoder::Tables decode_tables;
+  __shared__ float absmax_map[256];
+  const std::uint32_t misalignment = shared_address(shared_bytes) % kSwizzleBytes;
+  auto* stages = reinterpret_cast<GemmStage<C>*>(
+      shared_bytes + (misalignment == 0 ? 0 : kSwizzleBytes - misalignment));
+
+  const int first_token = static_cast<int>(blockIdx.x % token_blocks) * kBlockTokens;
+  const std::int64_t first_feature =
+      static_cast<std::int64_t>(blockIdx.x / token_blocks) * kBlockFeatures;
+  const int steps = static_cast<int>(in / kStepInputs);
+  const StageCopies<C> copies =
+      plan_stage_copies(x, rows, in, first_token, weight.packed, first_feature, out);
+#pragma unroll
+  for (int step = 0; step < kStages - 1; ++step) {
+    if (step < steps) {
+      load_stage(copies, x, step, stages[step]);
+    }
+    commit_copies();
+  }
+  load_absmax_map(tables, absmax_map);
+  Decoder::load(tables, decode_tables);
+
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int quad = lane % 4;
+  // The lane's features in the block: `local` and local + 8.
+  const int local = static_cast<int>(threadIdx.x) / kWarpgroupThreads * kWarpgroupFeatures +
+                    static_cast<int>(threadIdx.x) % kWarpgroupThreads / 32 * 16 + lane / 4;
+  const std::int64_t low_block = std::min(first_feature + local, out - 1) * in;
+  const std::int64_t high_block = std::min(first_feature + local + 8, out - 1) * in;
+  const auto absmax_of_step = [&](std::int64_t feature_start, int step) {
+    return load_absmax(weight, (feature_start + static_cast<std::int64_t>(step) * kStepInputs) >>
+                                   weight.log2_block_size);
+  };
+  AbsmaxLoad low_absmax = absmax_of_step(low_block, 0);
+  AbsmaxLoad high_absmax = absmax_of_step(high_block, 0);
+
+  float sums[kAccumulators];
+#pragma unroll
+  for (int i = 0; i < kAccumulators; ++i) sums[i] = 0.0f;
+  for (int step = 0; step < steps; ++step) {
+    wait_copies<kStages - 2>();
+    __syncthreads();
+    if (step + kStages - 1 < steps) {
+      load_stage(copies, x, step + kStages - 1, stages[(step + kStages - 1) % kStages]);
+    }
+    commit_copies();
+    const GemmStage<C>& stage = stages[step % kStages];
+    const float low_scale = decoded_absmax(weight, low_absmax, absmax_map);
+    const float high_scale = decoded_absmax(weight, high_absmax, absmax_map);
+    const auto* low_codes = reinterpret_cast<const uint4*>(stage.codes + local * kFeatureCodeBytes);
+    const auto* high_codes =
+        reinterpret_cast<const uint4*>(stage.codes + (local + 8) * kFeatureCodeBytes);
+    const uint4 low_chunks[2] = {low_codes[0], low_codes[1]};
+    const uint4 high_chunks[2] = {high_codes[0], high_codes[1]};
+    const std::uint32_t low_words[8] = {low_chunks[0].x, low_chunks[0].y, low_chunks[0].z,
+                                        low_chunks[0].w, low_chunks[1].x, low_chunks[1].y,
+                                        low_chunks[1].z, low_chunks[1].w};
+    const std::uint32_t high_words[8] = {high_chunks[0].x, high_chunks[0].y, high_chunks[0].z,
+                                         high_chunks[0].w, high_chunks[1].x, high_chunks[1].y,
+                                         high_chunks[1].z, high_chunks[1].w};
+    // Slice s's A fragment: (low, 2q..2q+1), (high, 2q..), (low, 2q+8..), (high, 2q+8..), each
+    // pair byte q of a word: the lane's byte shifted down to byte 0.
+    const int shift = 8 * quad;
+    std::uint32_t fragments[kSlices][4];
+#pragma unroll
+    for (int s = 0; s < kSlices; ++s) {
+      fragments[s][0] = Decoder::pair(decode_tables, lane, low_words[2 * s] >> shift, 0, low_scale);
+      fragments[s][1] =
+          Decoder::pair(decode_tables, lane, high_words[2 * s] >> shift, 0, high_scale);
+      fragments[s][2] =
+          Decoder::pair(decode_tables, lane, low_words[2 * s + 1] >> shift, 0, low_scale);
+      fragments[s][3] =
+          Decoder::pair(decode_tables, lane, high_words[2 * s + 1] >> shift, 0, high_scale);
+    }
+    pin_accumulators(sums);
+    warpgroup_fence();
+    const std::uint64_t descriptor = swizzled_tile_descriptor(stage.x);
+#pragma unroll
+    for (int s = 0; s < kSlices; ++s) {
+      warpgroup_mma<C>(sums, fragments[s], descriptor + 2 * s);
+    }
+    warpgroup_commit();
+    if (step + 1 < steps) {
+      low_absmax = absmax_of_step(low_block, step + 1);
+      high_absmax = absmax_of_step(high_block, step + 1);
+    }
+    warpgroup_wait_all();
+    pin_accumulators(sums);
+  }
+
+  // D fragment: sums[4i + e] at feature local (e < 2) or local + 8, token 8i + 2q + e % 2.
+  const std::int64_t low_feature = first_feature + local;
+#pragma unroll
+  for (int i = 0; i < kBlockTokens / 8; ++i) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int token = first_token + 8 * i + 2 * quad + e % 2;
+      const std::int64_t feature = low_feature + (e < 2 ? 0 : 8);
+      if (token < rows && feature < out) {
+        y[token * out + feature] = finish_output<A, C>(sums[4 * i + e], bias, feature);
+      }
+    }
+  }
+}
+
+bool runs_sm90a_code() {
+  int device = 0;
+  int major = 0;
+  int minor = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
+         major == 9 && minor == 0;
+}
+
+}  // namespace
+
+bool tensor_core_gemm_applies(const FourBitCall& call) {
+  return (call.compute_dtype == DType::kBF16 || call.compute_dtype == DType::kF16) &&
+         !call.product_decode && call.in % kStepInputs == 0 && call.weight.log2_block_size >= 6 &&
+         call.weight.packed_aligned && runs_sm90a_code();
+}
+
+bool tensor_core_gemm_preferred(const FourBitCall& call) {
+  constexpr std::int64_t kMinFeatureBlocks = 96;
+  return call.rows <= kBlockTokens && call.out >= kMinFeatureBlocks * kBlockFeatures;
+}
+
+cudaError_t launch_tensor_core_gemm(const FourBitCall& call, const void* x_compute) {
+  const std::int64_t token_blocks = (call.rows + kBlockTokens - 1) / kBlockTokens;
+  const std::int64_t feature_blocks = (call.out + kBlockFeatures - 1) / kBlockFeatures;
+  if (token_blocks * feature_blocks > INT_MAX) return cudaErrorInvalidValue;
+  return visit_4bit_tensor_core_types(call, [&](auto a, auto c, auto w) {
+    using A = decltype(a);
+    using C = decltype(c);
+    const auto kernel = linear_4bit_gemm_kernel<A, C, decltype(w)>;
+    const cudaError_t error = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kGemmSharedBytes));
+    if (error != cudaSuccess) return error;
+    kernel<<<static_cast<unsigned>(token_blocks * feature_blocks), kGemmThreads, kGemmSharedBytes,
+             call.stream>>>(static_cast<const C*>(x_compute), call.weight, call.tables,
+                            static_cast<const A*>(call.bias), static_cast<int>(call.rows), call.in,
+                            call.out, static_cast<int>(token_blocks), static_cast<A*>(call.y));
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace kbit::kernels::cuda
