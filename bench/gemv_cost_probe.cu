@@ -39,8 +39,12 @@
 #include <vector>
 
 #include "kbit/quant/codebooks.h"
+#include "kernels/cuda/mma_sync.cuh"
 
 namespace {
+
+using kbit::kernels::cuda::mma_16x8x16;
+using kbit::kernels::cuda::word_of;
 
 constexpr int kBlockSize = 64;    // values per absmax
 constexpr int kWarps = 8;         // per block, splitting the inputs
@@ -95,19 +99,6 @@ __device__ __forceinline__ __nv_bfloat162 pair_of(std::uint32_t bits) {
   __nv_bfloat162 pair;
   std::memcpy(&pair, &bits, sizeof(bits));
   return pair;
-}
-
-__device__ __forceinline__ std::uint32_t word_of(const uint4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
-// d[4] += a (16×16 bf16, row-major fragments) · b (16×8 bf16, column-major fragments), in f32.
-__device__ __forceinline__ void mma_16x8x16(float (&d)[4], const std::uint32_t (&a)[4],
-                                            std::uint32_t b0, std::uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // The code values of byte `byte` of `word` as a bf16 pair (value 2j, the high nibble, in the low
@@ -170,7 +161,7 @@ __device__ __forceinline__ void multiply_slice(std::uint32_t low, std::uint32_t 
     // The raw codes as bf16, masked to stay finite.
     const std::uint32_t a[4] = {low & 0x3f3f3f3fu, high & 0x3f3f3f3fu, low & 0x3e3e3e3eu,
                                 high & 0x3e3e3e3eu};
-    mma_16x8x16(sums, a, x_first, x_second);
+    mma_16x8x16<__nv_bfloat16>(sums, a, x_first, x_second);
   } else {
     // Fragment order: (g, k 2t..2t+1), (g + 8, k 2t..), (g, k 2t+8..), (g + 8, k 2t+8..); the
     // MMA's k order is a permutation of the inputs, the same for A and B.
@@ -181,7 +172,7 @@ __device__ __forceinline__ void multiply_slice(std::uint32_t low, std::uint32_t 
     if constexpr (kPart == Part::kDecode) {
       bits ^= a[0] ^ a[1] ^ a[2] ^ a[3] ^ x_first ^ x_second;
     } else if constexpr (kPart == Part::kDecodeMma) {
-      mma_16x8x16(sums, a, x_first, x_second);
+      mma_16x8x16<__nv_bfloat16>(sums, a, x_first, x_second);
     } else {  // kDecodeFfma: a bf16 pair widens to two f32 exactly, by a shift and a mask
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
@@ -455,13 +446,15 @@ __device__ __forceinline__ void multiply_line_step(const LineStep& inputs, const
         const std::uint32_t a[4] = {
             code_pair(lane_column, low, byte), code_pair(lane_column, high, byte),
             code_pair(lane_column, low, byte + 1), code_pair(lane_column, high, byte + 1)};
-        mma_16x8x16(d, a, word_of(x[j / 2], 2 * (j % 2)), word_of(x[j / 2], 2 * (j % 2) + 1));
+        mma_16x8x16<__nv_bfloat16>(d, a, word_of(x[j / 2], 2 * (j % 2)),
+                                   word_of(x[j / 2], 2 * (j % 2) + 1));
       } else {
         const std::uint32_t a[4] = {decoded_pair(lane_column, low, byte, scale_low),
                                     decoded_pair(lane_column, high, byte, scale_high),
                                     decoded_pair(lane_column, low, byte + 1, scale_low),
                                     decoded_pair(lane_column, high, byte + 1, scale_high)};
-        mma_16x8x16(d, a, word_of(x[j / 2], 2 * (j % 2)), word_of(x[j / 2], 2 * (j % 2) + 1));
+        mma_16x8x16<__nv_bfloat16>(d, a, word_of(x[j / 2], 2 * (j % 2)),
+                                   word_of(x[j / 2], 2 * (j % 2) + 1));
       }
     }
   }

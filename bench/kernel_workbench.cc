@@ -234,6 +234,68 @@ std::vector<float> product_decoded(const Tensor& packed, const Tensor& absmax, s
   return values;
 }
 
+// kCopies copies of one NF4 weight (block 64, optionally double-quantized) on the device, and the
+// weight values the float64 reference multiplies with.
+struct FourBitCopies {
+  std::vector<Tensor> tensors;  // what `weights` point into
+  std::vector<kc::FourBitWeightDevice> weights;
+  std::vector<float> dequantized;  // as `decode` takes them, rounded to bf16
+  double bytes = 0;                // of one copy: codes and absmax
+};
+
+FourBitCopies make_four_bit_copies(const std::vector<float>& w, bool nested,
+                                   cpu::FourBitDecode decode) {
+  const auto n = static_cast<std::int64_t>(w.size());
+  FourBitCopies copies;
+  Tensor w_device = to_device(w, DType::kBF16);
+  const std::int64_t blocks = kbit::quant::block_count(n, 64);
+  for (int c = 0; c < kCopies; ++c) {
+    Tensor packed = must(Tensor::empty({n / 2}, DType::kU8, kbit::Device::cuda(0)));
+    Tensor absmax = must(Tensor::empty({blocks}, DType::kF32, kbit::Device::cuda(0)));
+    must(kbit::quant::quantize_4bit(w_device.view(), kbit::quant::FourBitType::kNf4, 64,
+                                    packed.view(), absmax.view()));
+    kc::FourBitWeightDevice weight{packed.data_as<const std::uint8_t>(),
+                                   kbit::quant::FourBitType::kNf4,
+                                   64,
+                                   absmax.data_as<const float>(),
+                                   nullptr,
+                                   nullptr,
+                                   0.0f,
+                                   DType::kBF16};
+    if (nested) {
+      Tensor codes = must(Tensor::empty({blocks}, DType::kU8, kbit::Device::cuda(0)));
+      Tensor nested_absmax =
+          must(Tensor::empty({kbit::quant::block_count(blocks, kbit::quant::kNestedBlockSize)},
+                             DType::kF32, kbit::Device::cuda(0)));
+      must(kbit::quant::quantize_absmax_nested(absmax.view(), codes.view(), nested_absmax.view(),
+                                               &weight.nested_offset));
+      // The reference's absmax: what the kernel decodes from the 8-bit codes.
+      must(kbit::quant::dequantize_absmax_nested(codes.view(), nested_absmax.view(),
+                                                 weight.nested_offset, absmax.view()));
+      weight.absmax = nullptr;
+      weight.absmax_codes = codes.data_as<const std::uint8_t>();
+      weight.nested_absmax = nested_absmax.data_as<const float>();
+      copies.tensors.push_back(std::move(codes));
+      copies.tensors.push_back(std::move(nested_absmax));
+    }
+    if (c == 0 && decode == cpu::FourBitDecode::kBitsandbytes) {
+      copies.dequantized = product_decoded(packed, absmax, n);
+    } else if (c == 0) {
+      // The reference multiplies with this copy's dequantized weight, rounded to bf16.
+      Tensor values = must(Tensor::empty({n}, DType::kF32, kbit::Device::cuda(0)));
+      must(kbit::quant::dequantize_4bit(packed.view(), absmax.view(),
+                                        kbit::quant::FourBitType::kNf4, 64, values.view()));
+      copies.dequantized = to_host_f32(values.view());
+      for (float& value : copies.dequantized) value = cpu::round_to_bf16(value);
+    }
+    copies.weights.push_back(weight);
+    copies.tensors.push_back(std::move(packed));
+    copies.tensors.push_back(std::move(absmax));
+  }
+  copies.bytes = static_cast<double>(n) / 2 + static_cast<double>(blocks) * (nested ? 1 : 4);
+  return copies;
+}
+
 // `rows` tokens through a 4-bit (NF4, optionally double-quantized) Linear [out, in] with the
 // given kernel, or through a bf16 one (variant nullptr).
 void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::int64_t in,
@@ -246,67 +308,23 @@ void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::
       must(kc::LinearContext::create(stream, rows, in, out));
   Tensor x_device = to_device(x, DType::kBF16);
   Tensor y_device = must(Tensor::empty({rows * out}, DType::kBF16, kbit::Device::cuda(0)));
-  std::vector<float> dequantized = w;  // the weight the reference multiplies with
-  std::vector<Tensor> weights;         // kCopies copies, each the tensors of one weight
+  std::vector<Tensor> weights;  // the bf16 weight's kCopies copies
+  FourBitCopies four_bit_copies;
   double bytes = static_cast<double>(rows * in) * 2;
-  std::vector<kc::FourBitWeightDevice> four_bit_weights;
   if (!four_bit) {
     for (int c = 0; c < kCopies; ++c) weights.push_back(to_device(w, DType::kBF16));
     bytes += static_cast<double>(n) * 2;
   } else {
-    Tensor w_device = to_device(w, DType::kBF16);
-    const std::int64_t blocks = kbit::quant::block_count(n, 64);
-    for (int c = 0; c < kCopies; ++c) {
-      Tensor packed = must(Tensor::empty({n / 2}, DType::kU8, kbit::Device::cuda(0)));
-      Tensor absmax = must(Tensor::empty({blocks}, DType::kF32, kbit::Device::cuda(0)));
-      must(kbit::quant::quantize_4bit(w_device.view(), kbit::quant::FourBitType::kNf4, 64,
-                                      packed.view(), absmax.view()));
-      kc::FourBitWeightDevice weight{packed.data_as<const std::uint8_t>(),
-                                     kbit::quant::FourBitType::kNf4,
-                                     64,
-                                     absmax.data_as<const float>(),
-                                     nullptr,
-                                     nullptr,
-                                     0.0f,
-                                     DType::kBF16};
-      if (nested) {
-        Tensor codes = must(Tensor::empty({blocks}, DType::kU8, kbit::Device::cuda(0)));
-        Tensor nested_absmax =
-            must(Tensor::empty({kbit::quant::block_count(blocks, kbit::quant::kNestedBlockSize)},
-                               DType::kF32, kbit::Device::cuda(0)));
-        must(kbit::quant::quantize_absmax_nested(absmax.view(), codes.view(), nested_absmax.view(),
-                                                 &weight.nested_offset));
-        // The reference's absmax: what the kernel decodes from the 8-bit codes.
-        must(kbit::quant::dequantize_absmax_nested(codes.view(), nested_absmax.view(),
-                                                   weight.nested_offset, absmax.view()));
-        weight.absmax = nullptr;
-        weight.absmax_codes = codes.data_as<const std::uint8_t>();
-        weight.nested_absmax = nested_absmax.data_as<const float>();
-        weights.push_back(std::move(codes));
-        weights.push_back(std::move(nested_absmax));
-      }
-      if (c == 0 && variant->decode == cpu::FourBitDecode::kBitsandbytes) {
-        dequantized = product_decoded(packed, absmax, n);
-      } else if (c == 0) {
-        // The reference multiplies with this copy's dequantized weight, rounded to bf16.
-        Tensor values = must(Tensor::empty({n}, DType::kF32, kbit::Device::cuda(0)));
-        must(kbit::quant::dequantize_4bit(packed.view(), absmax.view(),
-                                          kbit::quant::FourBitType::kNf4, 64, values.view()));
-        dequantized = to_host_f32(values.view());
-        for (float& value : dequantized) value = cpu::round_to_bf16(value);
-      }
-      four_bit_weights.push_back(weight);
-      weights.push_back(std::move(packed));
-      weights.push_back(std::move(absmax));
-    }
-    bytes += static_cast<double>(n) / 2 + static_cast<double>(blocks) * (nested ? 1 : 4);
+    four_bit_copies = make_four_bit_copies(w, nested, variant->decode);
+    bytes += four_bit_copies.bytes;
   }
+  const std::vector<float>& dequantized = four_bit ? four_bit_copies.dequantized : w;
   const auto launch = [&](int run) {
     const int c = run % kCopies;
     if (four_bit) {
-      must(kc::linear_4bit(*context, x_device.view().data(), four_bit_weights[c], nullptr, rows, in,
-                           out, DType::kBF16, y_device.view().data(), DType::kBF16, variant->decode,
-                           variant->kernel));
+      must(kc::linear_4bit(*context, x_device.view().data(), four_bit_copies.weights[c], nullptr,
+                           rows, in, out, DType::kBF16, y_device.view().data(), DType::kBF16,
+                           variant->decode, variant->kernel));
     } else {
       must(kc::linear_float(*context, x_device.view().data(), weights[c].view().data(), nullptr,
                             rows, in, out, y_device.view().data(), DType::kBF16));
@@ -350,6 +368,30 @@ void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::
                            std::to_string(in);
   report.add(name, error, timing, bytes,
              rows > kc::kLinear4bitGemvMaxRows ? 2.0 * static_cast<double>(rows * n) : 0.0);
+}
+
+// The first half of v6: the whole NF4 weight [out, in] dequantized to bf16, as the many-row path
+// does chunk by chunk before cuBLAS. Checked bit for bit (the ratio is the fraction of values that
+// differ, scaled so that any difference fails); GB/s counts the codes and absmax read and the bf16
+// values written.
+void measure_dequantize(Report& report, cudaStream_t stream, std::int64_t out, std::int64_t in,
+                        bool nested) {
+  const std::vector<float> w = random_bf16_values(out * in, 11, 0.02f);
+  const FourBitCopies copies = make_four_bit_copies(w, nested, cpu::FourBitDecode::kExact);
+  Tensor values = must(Tensor::empty({out * in}, DType::kBF16, kbit::Device::cuda(0)));
+  const auto launch = [&](int run) {
+    must(kc::dequantize_4bit_weight(copies.weights[run % kCopies], out, in, DType::kBF16,
+                                    values.view().data(), stream));
+  };
+  launch(0);
+  must(cudaStreamSynchronize(stream));
+  const std::vector<float> got = to_host_f32(values.view());
+  std::int64_t differing = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) differing += got[i] != copies.dequantized[i];
+  report.add(std::string(nested ? "nf4_dq" : "nf4") + " dequantized to bf16 (v6's first half), " +
+                 std::to_string(out) + "x" + std::to_string(in),
+             static_cast<double>(differing) * 2, time_launches(stream, launch),
+             copies.bytes + static_cast<double>(out * in) * 2);
 }
 
 // Decode attention of one token at position `position` (GQA 32/8 heads, head_dim 128, bf16).
@@ -453,6 +495,10 @@ int main(int argc, char** argv) {
         measure_linear(report, stream, out, in, rows, /*nested=*/true, &variant);
       }
       measure_linear(report, stream, out, in, rows, /*nested=*/false, nullptr);
+    }
+    if (prompt) {
+      measure_dequantize(report, stream, out, in, /*nested=*/false);
+      measure_dequantize(report, stream, out, in, /*nested=*/true);
     }
     for (const std::int64_t rows : {16, 64, 512, 2048}) {
       if (!prompt) break;

@@ -42,6 +42,7 @@ mkdir -p "$stage/build/cuda/carry-lib" "$stage/.carry/shared/golden/checkpoints"
 for exe in "${executables[@]}"; do
   mkdir -p "$stage/$(dirname "$exe")"
   cp "$exe" "$stage/$exe"
+  strip --strip-unneeded "$stage/$exe"  # symbols the runs do not need: a few MiB less to carry
   # Everything but the C and C++ runtime, which every machine has.
   ldd "$exe" | awk '$3 ~ /^\// {print $3}' |
     { grep -Ev '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*|libcublas|libcublasLt)\.so' || true; } |

@@ -199,4 +199,20 @@ inline void expect_gpu_agrees_with_cpu(const std::vector<float>& gpu, const std:
   }
 }
 
+// A model with a LoRA adapter matches PEFT's logits `golden` (qlora-adapter-logits.safetensors,
+// prompt `key`) within the bounds of the golden bf16 comparison, and the adapter matters: the
+// same model without it (`without`) is at least 5 times further away on average.
+inline void expect_close_to_peft(const std::vector<float>& ours, const std::vector<float>& without,
+                                 const std::vector<float>& golden, std::int64_t vocab,
+                                 const std::string& key) {
+  const Closeness with_adapter = closeness(ours, golden, vocab);
+  const Closeness without_adapter = closeness(without, golden, vocab);
+  std::cout << "[ lora     ] " << key << " kbit + adapter vs PEFT: " << with_adapter
+            << " | without the adapter: " << without_adapter << "\n";
+  EXPECT_LE(with_adapter.mean_abs_diff, 0.015) << key;
+  EXPECT_LE(with_adapter.max_abs_diff, 2 * bf16_ulp(max_abs(golden))) << key;
+  EXPECT_GE(with_adapter.argmax_agreement, 0.9) << key;
+  EXPECT_GT(without_adapter.mean_abs_diff, 5 * with_adapter.mean_abs_diff) << key;
+}
+
 }  // namespace kbit::model

@@ -59,15 +59,7 @@ TEST(LoraGolden, QloraAdapterMatchesPeft) {
         to_ids(golden_values<std::int64_t>(*file, key + ".input_ids"));
     const std::vector<float> golden = golden_values<float>(*file, key + ".logits");
     ASSERT_EQ(golden.size(), ids.size() * static_cast<std::size_t>(vocab));
-    const Closeness ours = closeness(forward_all(adapted, ids), golden, vocab);
-    const Closeness without = closeness(forward_all(base, ids), golden, vocab);
-    std::cout << "[ lora] " << key << " kbit + adapter vs PEFT: " << ours << "\n[ lora] " << key
-              << " kbit without the adapter vs PEFT: " << without << "\n";
-    EXPECT_LE(ours.mean_abs_diff, 0.015) << key;
-    EXPECT_LE(ours.max_abs_diff, 2 * bf16_ulp(max_abs(golden))) << key;
-    EXPECT_GE(ours.argmax_agreement, 0.9) << key;
-    // The adapter matters: without it the logits are much further away.
-    EXPECT_GT(without.mean_abs_diff, 5 * ours.mean_abs_diff) << key;
+    expect_close_to_peft(forward_all(adapted, ids), forward_all(base, ids), golden, vocab, key);
   }
 }
 

@@ -20,6 +20,9 @@
 
 #include "kernels/cuda/activation_parts.cuh"
 #include "kernels/cuda/async_copy.cuh"
+#include "kernels/cuda/device_queries.h"
+#include "kernels/cuda/launch_with_shared.cuh"
+#include "kernels/cuda/mma_sync.cuh"
 
 namespace kbit::kernels::cuda {
 
@@ -65,15 +68,6 @@ __device__ __forceinline__ void load_matrices_transposed(std::uint32_t (&r)[4],
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(shared_address(address))
                : "memory");
-}
-
-// d += a (16×16, row-major fragment) · b (16×8, column-major fragment b0, b1).
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const std::uint32_t (&a)[4],
-                                         std::uint32_t b0, std::uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // Two values rounded to bf16, `low` in the low half: the order of a fragment's pairs.
@@ -130,8 +124,8 @@ __device__ __forceinline__ void multiply_by_transposed(float (&acc)[kColumns / 8
       std::uint32_t b[4];
       load_matrices(b, columns + (first_column + n0 + lane % 8 + lane / 16 * 8) * kStride + k0 +
                            lane / 8 % 2 * 8);
-      mma_bf16(acc[n0 / 8], a, b[0], b[1]);
-      mma_bf16(acc[n0 / 8 + 1], a, b[2], b[3]);
+      mma_16x8x16<bf16>(acc[n0 / 8], a, b[0], b[1]);
+      mma_16x8x16<bf16>(acc[n0 / 8 + 1], a, b[2], b[3]);
     }
   }
 }
@@ -165,8 +159,8 @@ __device__ __forceinline__ void accumulate_product(float (&acc)[kHeadDim / 8][4]
       load_matrices_transposed(
           b, tile + (first_row + kk * 16 + lane % 8 + lane / 8 % 2 * 8) * kStride + n0 +
                  lane / 16 * 8);
-      mma_bf16(acc[n0 / 8], weights[kk], b[0], b[1]);
-      mma_bf16(acc[n0 / 8 + 1], weights[kk], b[2], b[3]);
+      mma_16x8x16<bf16>(acc[n0 / 8], weights[kk], b[0], b[1]);
+      mma_16x8x16<bf16>(acc[n0 / 8 + 1], weights[kk], b[2], b[3]);
     }
   }
 }
@@ -200,27 +194,7 @@ constexpr std::size_t mma_shared_bytes(int tiles, int statistics_floats) {
 // Whether a block of the current device can have `bytes` of dynamic shared memory (after opting
 // in): 227 KiB on sm_90, 99 KiB on sm_86 and sm_89. False where the device cannot be queried.
 inline bool fits_shared_memory(std::size_t bytes) {
-  int device = 0;
-  int limit = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
-          cudaSuccess) {
-    return false;
-  }
-  return bytes <= static_cast<std::size_t>(limit);
-}
-
-// Launches kernel<<<grid, threads, shared_bytes, stream>>>(arguments...), first opting in to
-// shared_bytes of dynamic shared memory (beyond 48 KiB a kernel must).
-template <typename... Parameters, typename... Arguments>
-cudaError_t launch_with_shared(void (*kernel)(Parameters...), dim3 grid, int threads,
-                               std::size_t shared_bytes, cudaStream_t stream,
-                               Arguments... arguments) {
-  const cudaError_t error = cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
-  if (error != cudaSuccess) return error;
-  kernel<<<grid, threads, shared_bytes, stream>>>(arguments...);
-  return cudaGetLastError();
+  return bytes <= current_device_shared_memory_optin();
 }
 
 }  // namespace kbit::kernels::cuda

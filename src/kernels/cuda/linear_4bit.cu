@@ -38,6 +38,7 @@
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
 #include "kernels/cuda/llama_launchers.h"
+#include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/overlapped_launch.cuh"
 
 namespace kbit::kernels::cuda {
@@ -72,10 +73,6 @@ __device__ __forceinline__ uint4 load_16_codes(const std::uint8_t* bytes, bool a
   if (aligned) return __ldcs(reinterpret_cast<const uint4*>(bytes));
   return make_uint4(load_word_bytes(bytes), load_word_bytes(bytes + 4), load_word_bytes(bytes + 8),
                     load_word_bytes(bytes + 12));
-}
-
-__device__ __forceinline__ std::uint32_t word_of(const uint4& codes, int word) {
-  return word == 0 ? codes.x : word == 1 ? codes.y : word == 2 ? codes.z : codes.w;
 }
 
 // The weight value as the matmul sees it: code value · absmax in f32, rounded to the weight's
@@ -326,23 +323,6 @@ __device__ __forceinline__ void load_x_pairs(const A* x, bool present,
   }
 }
 
-// d[4] += a (16×16 of C, row-major fragments) · b (16×8 of C, column-major fragments), in f32.
-template <typename C>
-__device__ __forceinline__ void mma_16x8x16(float (&d)[4], const std::uint32_t (&a)[4],
-                                            std::uint32_t b0, std::uint32_t b1) {
-  if constexpr (std::is_same_v<C, __half>) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
 // A lane's two features of one layer's weight: the first 16-byte chunk of codes and the index
 // of the first value it reads in step 0 (the flattened weight's, for the absmax).
 struct MmaLaneWeight {
@@ -544,7 +524,9 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
 // output [words · 8] = the weight values [first_value, first_value + words · 8) as the matmul
 // sees them, in the compute dtype C. first_value is a multiple of 32; output 16-byte aligned.
 // Block b takes words [b, b + 1) · kDequantizeThreads · kDequantizeWordsPerThread, its threads
-// side by side in each of kDequantizeWordsPerThread rounds.
+// side by side in each of kDequantizeWordsPerThread rounds, so that a warp's loads and stores are
+// contiguous. Every round's codes are requested before the tables are built, so that they are in
+// flight together (a round at a time ran at 0.68 of the copy's bandwidth, BENCHMARKS.md).
 template <typename C, typename W, bool kProduct>
 __global__ void __launch_bounds__(kDequantizeThreads)
     dequantize_4bit_rows_kernel(const __grid_constant__ FourBitSource weight,
@@ -553,21 +535,26 @@ __global__ void __launch_bounds__(kDequantizeThreads)
                                 C* __restrict__ output) {
   __shared__ float code_values[16];
   __shared__ float absmax_map[256];
-  load_tables(tables, code_values, absmax_map);
-
   const std::int64_t block_first_word =
       static_cast<std::int64_t>(blockIdx.x) * kDequantizeThreads * kDequantizeWordsPerThread;
+  std::uint32_t codes[kDequantizeWordsPerThread] = {};
+#pragma unroll
+  for (int round = 0; round < kDequantizeWordsPerThread; ++round) {
+    const std::int64_t word = block_first_word + round * kDequantizeThreads + threadIdx.x;
+    if (word < words) {
+      const std::uint8_t* bytes = weight.packed + (first_value + word * kValuesPerWord) / 2;
+      codes[round] = weight.packed_aligned ? __ldcs(reinterpret_cast<const std::uint32_t*>(bytes))
+                                           : load_word_bytes(bytes);
+    }
+  }
+  load_tables(tables, code_values, absmax_map);
 #pragma unroll
   for (int round = 0; round < kDequantizeWordsPerThread; ++round) {
     const std::int64_t word = block_first_word + round * kDequantizeThreads + threadIdx.x;
     if (word >= words) return;
     const std::int64_t value = first_value + word * kValuesPerWord;
-    const std::uint8_t* bytes = weight.packed + value / 2;
-    const std::uint32_t codes = weight.packed_aligned
-                                    ? __ldcs(reinterpret_cast<const std::uint32_t*>(bytes))
-                                    : load_word_bytes(bytes);
     float values[kValuesPerWord];
-    decode_word<C, W, kProduct>(codes,
+    decode_word<C, W, kProduct>(codes[round],
                                 block_absmax(weight, value >> weight.log2_block_size, absmax_map),
                                 code_values, values);
     store_8_values(output + word * kValuesPerWord, values);
@@ -777,8 +764,10 @@ Status multiply_in_chunks(LinearContext& context, const FourBitCall& call,
   const std::size_t element_bytes = dtype_size(product_dtype);
   const int in = static_cast<int>(call.in);
   void* weight_chunk = static_cast<char*>(context.workspace()) + layout.four_bit_weight_chunk;
-  for (std::int64_t first_out = 0; first_out < call.out; first_out += layout.four_bit_chunk_out) {
-    const std::int64_t count = std::min(layout.four_bit_chunk_out, call.out - first_out);
+  const std::int64_t chunk_out =
+      four_bit_chunk_out(call.in, call.out, dtype_size(call.compute_dtype));
+  for (std::int64_t first_out = 0; first_out < call.out; first_out += chunk_out) {
+    const std::int64_t count = std::min(chunk_out, call.out - first_out);
     KBIT_RETURN_IF_ERROR(cuda_status(dequantize_rows(call, first_out, count, weight_chunk),
                                      "linear_4bit: weight dequantization"));
     // Column-major C[count, rows] = W_chunk[count, in] · x[in, rows], written into columns
@@ -861,8 +850,10 @@ Status multiply_input_gradient_in_chunks(LinearContext& context, const FourBitCa
                       : reinterpret_cast<float*>(workspace + layout.gemm_output);
   const std::size_t element_bytes = dtype_size(call.compute_dtype);
   const int in = static_cast<int>(call.in);
-  for (std::int64_t first_out = 0; first_out < call.out; first_out += layout.four_bit_chunk_out) {
-    const std::int64_t count = std::min(layout.four_bit_chunk_out, call.out - first_out);
+  const std::int64_t chunk_out =
+      four_bit_chunk_out(call.in, call.out, dtype_size(call.compute_dtype));
+  for (std::int64_t first_out = 0; first_out < call.out; first_out += chunk_out) {
+    const std::int64_t count = std::min(chunk_out, call.out - first_out);
     KBIT_RETURN_IF_ERROR(cuda_status(dequantize_rows(call, first_out, count, weight_chunk),
                                      "linear_4bit_backward_input: weight dequantization"));
     // Column-major sums[in, rows] (+)= W_chunk[in, count] · dy_chunk[count, rows], dy_chunk

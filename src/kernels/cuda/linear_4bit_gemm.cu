@@ -2,7 +2,9 @@
 // the weight decoded in registers and multiplied by Hopper's warpgroup MMA, so that what memory
 // holds of it is read once per block of tokens as codes and never written back as values.
 //
-// Block: kWarpgroups warpgroups, kBlockFeatures output features × kBlockTokens rows of x. The
+// Block: kWarpgroups warpgroups, kBlockFeatures output features × kBlockTokens rows of x (one or
+// two tiles of 128 tokens: two for more than 128 rows, where each decoded fragment then serves
+// both tiles, at one block per SM for their 128 accumulators per thread). The
 // product is computed transposed, D [features, tokens] = W · xᵀ, so that the weight is wgmma's A
 // operand, which may come from registers, and x its B operand, read from shared memory:
 //   - each pipeline stage (kStepInputs inputs) brings, by cp.async, x's tile [kBlockTokens,
@@ -15,11 +17,14 @@
 //     of the slice: byte q of words 2s and 2s + 1 of each feature's codes. It decodes them
 //     exactly (ExactDecode) with the absmax of the feature's quantization block, which holds the
 //     whole stage (blocks of at least 64 values);
-//   - then one m64n128k16 wgmma per slice, accumulating in f32 registers, 64 per thread.
-// A stage's buffers are refilled kStages − 1 stages later, after the barrier that follows every
-// warpgroup's wait for its MMAs on them. The epilogue rounds each sum as the reference does
-// (finish_output) and stores it; features and tokens past the last are computed from clamped
-// or zero inputs and not stored.
+//   - then one m64n128k16 wgmma per slice and tile, accumulating in f32 registers, 64 per thread
+//     and tile.
+// The MMAs run asynchronously: while those of step k run, each warpgroup decodes step k + 1 into
+// a second set of fragment registers (without the overlap the two warpgroups of a block decoded
+// in lockstep while the tensor cores idled). A stage's buffers are refilled kStages − 1 stages
+// later, after the barrier that follows every warpgroup's wait for its MMAs on them. The epilogue
+// rounds each sum as the reference does (finish_output) and stores it; features and tokens past the
+// last are computed from clamped or zero inputs and not stored.
 #include "kernels/cuda/linear_4bit_gemm.h"
 
 #include <cuda_bf16.h>
@@ -34,6 +39,8 @@
 
 #include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device_queries.h"
+#include "kernels/cuda/launch_with_shared.cuh"
 
 namespace kbit::kernels::cuda {
 namespace {
@@ -43,23 +50,33 @@ constexpr int kWarpgroups = 2;
 constexpr int kGemmThreads = kWarpgroups * kWarpgroupThreads;
 constexpr int kWarpgroupFeatures = 64;  // the M of wgmma
 constexpr int kBlockFeatures = kWarpgroups * kWarpgroupFeatures;
-constexpr int kBlockTokens = 128;  // the N of wgmma
-constexpr int kStepInputs = 64;    // a 128-byte row of 16-bit x: one swizzle row
-constexpr int kSliceInputs = 16;   // the K of wgmma
+constexpr int kTileTokens = 128;  // the N of wgmma
+constexpr int kStepInputs = 64;   // a 128-byte row of 16-bit x: one swizzle row
+constexpr int kSliceInputs = 16;  // the K of wgmma
 constexpr int kSlices = kStepInputs / kSliceInputs;
-constexpr int kStages = 4;
-constexpr int kAccumulators = kWarpgroupFeatures * kBlockTokens / kWarpgroupThreads;
+constexpr int kAccumulators = kWarpgroupFeatures * kTileTokens / kWarpgroupThreads;  // a tile's
 constexpr int kFeatureCodeBytes = kStepInputs / 2;  // one feature's codes in a stage
 constexpr int kSwizzleBytes = 1024;                 // the period of the 128-byte swizzle
 
-template <typename C>
+// A block takes kTokenTiles tiles of kTileTokens tokens (1 or 2): with 2, each decoded weight
+// fragment feeds two MMAs, halving the decode per product, at one block per SM.
+template <int kTokenTiles>
+constexpr int kBlockTokens = kTokenTiles* kTileTokens;
+
+template <typename C, int kTokenTiles>
 struct GemmStage {
-  C x[kBlockTokens * kStepInputs];  // [token][input], chunks swizzled (swizzled_chunk)
+  C x[kBlockTokens<kTokenTiles> * kStepInputs];  // [token][input], chunks swizzled
   std::uint8_t codes[kBlockFeatures * kFeatureCodeBytes];
 };
-static_assert(sizeof(GemmStage<__nv_bfloat16>) % kSwizzleBytes == 0);
+static_assert(sizeof(GemmStage<__nv_bfloat16, 1>) % kSwizzleBytes == 0);
+static_assert(sizeof(GemmStage<__nv_bfloat16, 2>) % kSwizzleBytes == 0);
 
-constexpr std::size_t kGemmSharedBytes = kStages * sizeof(GemmStage<__nv_bfloat16>) + kSwizzleBytes;
+// Pipeline stages (5 and 6 measured no faster, BENCHMARKS.md).
+constexpr int kStages = 4;
+
+template <int kTokenTiles>
+constexpr std::size_t kGemmSharedBytes =
+    kStages * sizeof(GemmStage<__nv_bfloat16, kTokenTiles>) + kSwizzleBytes;
 
 // The element offset of 16-byte chunk `chunk` of row `row` in a tile of 128-byte rows with the
 // 128-byte swizzle: chunk index XOR row mod 8 (tiles start 1024-byte aligned).
@@ -72,8 +89,9 @@ __device__ __forceinline__ int swizzled_chunk(int row, int chunk) {
 // codes. Step `step` reads x and the codes kStepInputs · step inputs further on.
 constexpr int kRowChunks = kStepInputs * 2 / 16;  // 16-byte chunks of a row of 16-bit x
 constexpr int kRowsApart = kGemmThreads / kRowChunks;
-constexpr int kCopiedRows = kBlockTokens / kRowsApart;
-static_assert(kRowsApart % 8 == 0 && kBlockTokens % kRowsApart == 0);
+template <int kTokenTiles>
+constexpr int kCopiedRows = kBlockTokens<kTokenTiles> / kRowsApart;
+static_assert(kRowsApart % 8 == 0 && kTileTokens % kRowsApart == 0);
 static_assert(kGemmThreads == 2 * kBlockFeatures, "each thread copies half a feature's codes");
 
 template <typename C>
@@ -88,7 +106,7 @@ struct StageCopies {
 
 // Rows [first_token, + kBlockTokens) of x [rows, in] (zeros past `rows`) and the codes of
 // features [first_feature, + kBlockFeatures) (the last feature's again past `out`).
-template <typename C>
+template <int kTokenTiles, typename C>
 __device__ __forceinline__ StageCopies<C> plan_stage_copies(const C* x, int rows, std::int64_t in,
                                                             int first_token,
                                                             const std::uint8_t* packed,
@@ -98,7 +116,7 @@ __device__ __forceinline__ StageCopies<C> plan_stage_copies(const C* x, int rows
   const int row = thread / kRowChunks;
   const int chunk = thread % kRowChunks;
   StageCopies<C> copies{};
-  for (int j = 0; j < kCopiedRows; ++j) {
+  for (int j = 0; j < kCopiedRows<kTokenTiles>; ++j) {
     if (first_token + row + j * kRowsApart < rows) copies.present |= 1u << j;
   }
   copies.x_row = (copies.present & 1u) != 0 ? x + (first_token + row) * in + chunk * 8 : x;
@@ -112,12 +130,12 @@ __device__ __forceinline__ StageCopies<C> plan_stage_copies(const C* x, int rows
 }
 
 // Queues the copies of step `step` into `stage`.
-template <typename C>
+template <typename C, int kTokenTiles>
 __device__ __forceinline__ void load_stage(const StageCopies<C>& copies, const C* x, int step,
-                                           GemmStage<C>& stage) {
+                                           GemmStage<C, kTokenTiles>& stage) {
   const std::int64_t first_input = static_cast<std::int64_t>(step) * kStepInputs;
 #pragma unroll
-  for (int j = 0; j < kCopiedRows; ++j) {
+  for (int j = 0; j < kCopiedRows<kTokenTiles>; ++j) {
     // Row j's offset keeps its swizzle: kRowsApart is a multiple of the swizzle's 8 rows.
     const bool present = (copies.present >> j & 1u) != 0;
     const C* source = present ? copies.x_row + j * copies.x_rows_apart + first_input : x;
@@ -172,15 +190,34 @@ __device__ __forceinline__ void warpgroup_commit() {
   KBIT_SM90A_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
 
-__device__ __forceinline__ void warpgroup_wait_all() {
-  KBIT_SM90A_ASM("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+// Waits until at most kPending of the warpgroup's committed MMA groups are still running.
+template <int kPending>
+__device__ __forceinline__ void warpgroup_wait() {
+  KBIT_SM90A_ASM("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
 }
 
 // Orders the accumulators' uses around the asynchronous MMAs that write them: an empty asm that
 // claims to change them, placed after a wait and before a fence.
-__device__ __forceinline__ void pin_accumulators(float (&d)[kAccumulators]) {
+template <int kTokenTiles>
+__device__ __forceinline__ void pin_accumulators(float (&d)[kTokenTiles][kAccumulators]) {
 #pragma unroll
-  for (int i = 0; i < kAccumulators; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int t = 0; t < kTokenTiles; ++t) {
+#pragma unroll
+    for (int i = 0; i < kAccumulators; ++i) asm volatile("" : "+f"(d[t][i])::"memory");
+  }
+}
+
+// A stage's A fragments: kSlices k16 slices, 4 registers each.
+using StageFragments = std::uint32_t[kSlices][4];
+
+// Keeps fragments that an MMA still reads out of the compiler's reuse until after the wait that
+// ends it: an empty asm that claims to change them, placed after that wait.
+__device__ __forceinline__ void pin_fragments(StageFragments& fragments) {
+#pragma unroll
+  for (int s = 0; s < kSlices; ++s) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(fragments[s][i])::"memory");
+  }
 }
 
 #define KBIT_WGMMA_M64N128K16(TYPE)                                                                \
@@ -222,12 +259,60 @@ __device__ __forceinline__ void warpgroup_mma(float (&d)[kAccumulators],
 #undef KBIT_WGMMA_M64N128K16
 #undef KBIT_SM90A_ASM
 
+// The lane's A fragments of a stage (kernel comment): features `local` and local + 8 of the
+// block, their codes decoded with scales low_scale and high_scale.
+template <typename Decoder, typename C, int kTokenTiles>
+__device__ __forceinline__ void decode_stage(const GemmStage<C, kTokenTiles>& stage, int local,
+                                             int lane, float low_scale, float high_scale,
+                                             const typename Decoder::Tables& tables,
+                                             StageFragments& fragments) {
+  const auto* low_codes = reinterpret_cast<const uint4*>(stage.codes + local * kFeatureCodeBytes);
+  const auto* high_codes =
+      reinterpret_cast<const uint4*>(stage.codes + (local + 8) * kFeatureCodeBytes);
+  const uint4 low_chunks[2] = {low_codes[0], low_codes[1]};
+  const uint4 high_chunks[2] = {high_codes[0], high_codes[1]};
+  const std::uint32_t low_words[8] = {low_chunks[0].x, low_chunks[0].y, low_chunks[0].z,
+                                      low_chunks[0].w, low_chunks[1].x, low_chunks[1].y,
+                                      low_chunks[1].z, low_chunks[1].w};
+  const std::uint32_t high_words[8] = {high_chunks[0].x, high_chunks[0].y, high_chunks[0].z,
+                                       high_chunks[0].w, high_chunks[1].x, high_chunks[1].y,
+                                       high_chunks[1].z, high_chunks[1].w};
+  // Slice s's A fragment: (low, 2q..2q+1), (high, 2q..), (low, 2q+8..), (high, 2q+8..), each
+  // pair byte q of a word: the lane's byte shifted down to byte 0.
+  const int shift = 8 * (lane % 4);
+#pragma unroll
+  for (int s = 0; s < kSlices; ++s) {
+    fragments[s][0] = Decoder::pair(tables, lane, low_words[2 * s] >> shift, 0, low_scale);
+    fragments[s][1] = Decoder::pair(tables, lane, high_words[2 * s] >> shift, 0, high_scale);
+    fragments[s][2] = Decoder::pair(tables, lane, low_words[2 * s + 1] >> shift, 0, low_scale);
+    fragments[s][3] = Decoder::pair(tables, lane, high_words[2 * s + 1] >> shift, 0, high_scale);
+  }
+}
+
+// Queues, as one group, the MMAs of a stage: every slice of every token tile.
+template <typename C, int kTokenTiles>
+__device__ __forceinline__ void multiply_stage(float (&sums)[kTokenTiles][kAccumulators],
+                                               const StageFragments& fragments,
+                                               const GemmStage<C, kTokenTiles>& stage) {
+  warpgroup_fence();
+#pragma unroll
+  for (int t = 0; t < kTokenTiles; ++t) {
+    const std::uint64_t descriptor =
+        swizzled_tile_descriptor(stage.x + t * kTileTokens * kStepInputs);
+#pragma unroll
+    for (int s = 0; s < kSlices; ++s) {
+      warpgroup_mma<C>(sums[t], fragments[s], descriptor + 2 * s);
+    }
+  }
+  warpgroup_commit();
+}
+
 // y [rows, out] = x [rows, in] (of the compute dtype C) · Wᵀ (+ bias), rounded as the reference,
 // for in a multiple of kStepInputs and blocks of at least kStepInputs values. Block b takes
 // tokens [b % token_blocks · kBlockTokens, + kBlockTokens) and features [b / token_blocks ·
 // kBlockFeatures, + kBlockFeatures): the blocks that run together share codes, read once.
-template <typename A, typename C, typename W>
-__global__ void __launch_bounds__(kGemmThreads, 2)
+template <typename A, typename C, typename W, int kTokenTiles>
+__global__ void __launch_bounds__(kGemmThreads, 2 / kTokenTiles)
     linear_4bit_gemm_kernel(const C* __restrict__ x, const __grid_constant__ FourBitSource weight,
                             const __grid_constant__ FourBitTables tables,
                             const A* __restrict__ bias, int rows, std::int64_t in, std::int64_t out,
@@ -237,15 +322,15 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
   __shared__ typename Decoder::Tables decode_tables;
   __shared__ float absmax_map[256];
   const std::uint32_t misalignment = shared_address(shared_bytes) % kSwizzleBytes;
-  auto* stages = reinterpret_cast<GemmStage<C>*>(
+  auto* stages = reinterpret_cast<GemmStage<C, kTokenTiles>*>(
       shared_bytes + (misalignment == 0 ? 0 : kSwizzleBytes - misalignment));
 
-  const int first_token = static_cast<int>(blockIdx.x % token_blocks) * kBlockTokens;
+  const int first_token = static_cast<int>(blockIdx.x % token_blocks) * kBlockTokens<kTokenTiles>;
   const std::int64_t first_feature =
       static_cast<std::int64_t>(blockIdx.x / token_blocks) * kBlockFeatures;
   const int steps = static_cast<int>(in / kStepInputs);
   const StageCopies<C> copies =
-      plan_stage_copies(x, rows, in, first_token, weight.packed, first_feature, out);
+      plan_stage_copies<kTokenTiles>(x, rows, in, first_token, weight.packed, first_feature, out);
 #pragma unroll
   for (int step = 0; step < kStages - 1; ++step) {
     if (step < steps) {
@@ -270,83 +355,85 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
   AbsmaxLoad low_absmax = absmax_of_step(low_block, 0);
   AbsmaxLoad high_absmax = absmax_of_step(high_block, 0);
 
-  float sums[kAccumulators];
+  float sums[kTokenTiles][kAccumulators];
 #pragma unroll
-  for (int i = 0; i < kAccumulators; ++i) sums[i] = 0.0f;
-  for (int step = 0; step < steps; ++step) {
-    wait_copies<kStages - 2>();
+  for (int t = 0; t < kTokenTiles; ++t) {
+#pragma unroll
+    for (int i = 0; i < kAccumulators; ++i) sums[t][i] = 0.0f;
+  }
+  // The decode of step + 1 runs while the tensor cores multiply step: two sets of fragments, the
+  // loop unrolled twice so that each has fixed registers.
+  StageFragments fragments[2];
+  const auto decode = [&](int step, StageFragments& target) {
+    decode_stage<Decoder>(stages[step % kStages], local, lane,
+                          decoded_absmax(weight, low_absmax, absmax_map),
+                          decoded_absmax(weight, high_absmax, absmax_map), decode_tables, target);
+    if (step + 1 < steps) {
+      low_absmax = absmax_of_step(low_block, step + 1);
+      high_absmax = absmax_of_step(high_block, step + 1);
+    }
+  };
+  // Multiplies step with `current` and, where there is a next step, decodes it into `next`, once
+  // the MMAs of step − 1 (which read `next` and the stage refilled here) are done.
+  const auto pipeline_step = [&](int step, StageFragments& current, StageFragments& next) {
+    pin_accumulators(sums);
+    multiply_stage<C>(sums, current, stages[step % kStages]);
+    if (step + 1 >= steps) return;
+    warpgroup_wait<1>();
+    pin_fragments(next);
+    wait_copies<kStages - 3>();
     __syncthreads();
     if (step + kStages - 1 < steps) {
       load_stage(copies, x, step + kStages - 1, stages[(step + kStages - 1) % kStages]);
     }
     commit_copies();
-    const GemmStage<C>& stage = stages[step % kStages];
-    const float low_scale = decoded_absmax(weight, low_absmax, absmax_map);
-    const float high_scale = decoded_absmax(weight, high_absmax, absmax_map);
-    const auto* low_codes = reinterpret_cast<const uint4*>(stage.codes + local * kFeatureCodeBytes);
-    const auto* high_codes =
-        reinterpret_cast<const uint4*>(stage.codes + (local + 8) * kFeatureCodeBytes);
-    const uint4 low_chunks[2] = {low_codes[0], low_codes[1]};
-    const uint4 high_chunks[2] = {high_codes[0], high_codes[1]};
-    const std::uint32_t low_words[8] = {low_chunks[0].x, low_chunks[0].y, low_chunks[0].z,
-                                        low_chunks[0].w, low_chunks[1].x, low_chunks[1].y,
-                                        low_chunks[1].z, low_chunks[1].w};
-    const std::uint32_t high_words[8] = {high_chunks[0].x, high_chunks[0].y, high_chunks[0].z,
-                                         high_chunks[0].w, high_chunks[1].x, high_chunks[1].y,
-                                         high_chunks[1].z, high_chunks[1].w};
-    // Slice s's A fragment: (low, 2q..2q+1), (high, 2q..), (low, 2q+8..), (high, 2q+8..), each
-    // pair byte q of a word: the lane's byte shifted down to byte 0.
-    const int shift = 8 * quad;
-    std::uint32_t fragments[kSlices][4];
-#pragma unroll
-    for (int s = 0; s < kSlices; ++s) {
-      fragments[s][0] = Decoder::pair(decode_tables, lane, low_words[2 * s] >> shift, 0, low_scale);
-      fragments[s][1] =
-          Decoder::pair(decode_tables, lane, high_words[2 * s] >> shift, 0, high_scale);
-      fragments[s][2] =
-          Decoder::pair(decode_tables, lane, low_words[2 * s + 1] >> shift, 0, low_scale);
-      fragments[s][3] =
-          Decoder::pair(decode_tables, lane, high_words[2 * s + 1] >> shift, 0, high_scale);
-    }
-    pin_accumulators(sums);
-    warpgroup_fence();
-    const std::uint64_t descriptor = swizzled_tile_descriptor(stage.x);
-#pragma unroll
-    for (int s = 0; s < kSlices; ++s) {
-      warpgroup_mma<C>(sums, fragments[s], descriptor + 2 * s);
-    }
-    warpgroup_commit();
-    if (step + 1 < steps) {
-      low_absmax = absmax_of_step(low_block, step + 1);
-      high_absmax = absmax_of_step(high_block, step + 1);
-    }
-    warpgroup_wait_all();
-    pin_accumulators(sums);
+    decode(step + 1, next);
+  };
+  wait_copies<kStages - 2>();
+  __syncthreads();
+  decode(0, fragments[0]);
+  for (int step = 0; step < steps; step += 2) {
+    pipeline_step(step, fragments[0], fragments[1]);
+    if (step + 1 < steps) pipeline_step(step + 1, fragments[1], fragments[0]);
   }
+  warpgroup_wait<0>();
+  pin_accumulators(sums);
 
-  // D fragment: sums[4i + e] at feature local (e < 2) or local + 8, token 8i + 2q + e % 2.
+  // D fragment of tile t: sums[t][4i + e] at feature local (e < 2) or local + 8, token
+  // kTileTokens · t + 8i + 2q + e % 2.
   const std::int64_t low_feature = first_feature + local;
 #pragma unroll
-  for (int i = 0; i < kBlockTokens / 8; ++i) {
+  for (int t = 0; t < kTokenTiles; ++t) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int token = first_token + 8 * i + 2 * quad + e % 2;
-      const std::int64_t feature = low_feature + (e < 2 ? 0 : 8);
-      if (token < rows && feature < out) {
-        y[token * out + feature] = finish_output<A, C>(sums[4 * i + e], bias, feature);
+    for (int i = 0; i < kTileTokens / 8; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int token = first_token + kTileTokens * t + 8 * i + 2 * quad + e % 2;
+        const std::int64_t feature = low_feature + (e < 2 ? 0 : 8);
+        if (token < rows && feature < out) {
+          y[token * out + feature] = finish_output<A, C>(sums[t][4 * i + e], bias, feature);
+        }
       }
     }
   }
 }
 
-bool runs_sm90a_code() {
-  int device = 0;
-  int major = 0;
-  int minor = 0;
-  return cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
-         major == 9 && minor == 0;
+template <int kTokenTiles>
+cudaError_t launch_gemm(const FourBitCall& call, const void* x_compute) {
+  const std::int64_t token_blocks =
+      (call.rows + kBlockTokens<kTokenTiles> - 1) / kBlockTokens<kTokenTiles>;
+  const std::int64_t feature_blocks = (call.out + kBlockFeatures - 1) / kBlockFeatures;
+  if (token_blocks * feature_blocks > INT_MAX) return cudaErrorInvalidValue;
+  return visit_4bit_tensor_core_types(call, [&](auto a, auto c, auto w) {
+    using A = decltype(a);
+    using C = decltype(c);
+    return launch_with_shared(
+        linear_4bit_gemm_kernel<A, C, decltype(w), kTokenTiles>,
+        dim3(static_cast<unsigned>(token_blocks * feature_blocks)), kGemmThreads,
+        kGemmSharedBytes<kTokenTiles>, call.stream, static_cast<const C*>(x_compute), call.weight,
+        call.tables, static_cast<const A*>(call.bias), static_cast<int>(call.rows), call.in,
+        call.out, static_cast<int>(token_blocks), static_cast<A*>(call.y));
+  });
 }
 
 }  // namespace
@@ -354,31 +441,17 @@ bool runs_sm90a_code() {
 bool tensor_core_gemm_applies(const FourBitCall& call) {
   return (call.compute_dtype == DType::kBF16 || call.compute_dtype == DType::kF16) &&
          !call.product_decode && call.in % kStepInputs == 0 && call.weight.log2_block_size >= 6 &&
-         call.weight.packed_aligned && runs_sm90a_code();
+         call.weight.packed_aligned && current_device_runs_sm90a();
 }
 
 bool tensor_core_gemm_preferred(const FourBitCall& call) {
   constexpr std::int64_t kMinFeatureBlocks = 96;
-  return call.rows <= kBlockTokens && call.out >= kMinFeatureBlocks * kBlockFeatures;
+  return call.rows <= kTileTokens && call.out >= kMinFeatureBlocks * kBlockFeatures;
 }
 
 cudaError_t launch_tensor_core_gemm(const FourBitCall& call, const void* x_compute) {
-  const std::int64_t token_blocks = (call.rows + kBlockTokens - 1) / kBlockTokens;
-  const std::int64_t feature_blocks = (call.out + kBlockFeatures - 1) / kBlockFeatures;
-  if (token_blocks * feature_blocks > INT_MAX) return cudaErrorInvalidValue;
-  return visit_4bit_tensor_core_types(call, [&](auto a, auto c, auto w) {
-    using A = decltype(a);
-    using C = decltype(c);
-    const auto kernel = linear_4bit_gemm_kernel<A, C, decltype(w)>;
-    const cudaError_t error = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kGemmSharedBytes));
-    if (error != cudaSuccess) return error;
-    kernel<<<static_cast<unsigned>(token_blocks * feature_blocks), kGemmThreads, kGemmSharedBytes,
-             call.stream>>>(static_cast<const C*>(x_compute), call.weight, call.tables,
-                            static_cast<const A*>(call.bias), static_cast<int>(call.rows), call.in,
-                            call.out, static_cast<int>(token_blocks), static_cast<A*>(call.y));
-    return cudaGetLastError();
-  });
+  return call.rows > kTileTokens ? launch_gemm<2>(call, x_compute)
+                                 : launch_gemm<1>(call, x_compute);
 }
 
 }  // namespace kbit::kernels::cuda

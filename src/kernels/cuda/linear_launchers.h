@@ -183,9 +183,9 @@ Status linear_4bit_layers(LinearContext& context, const void* x,
 // backward computes it: dx [rows, in] = dy [rows, out] · W [out, in], with W dequantized by
 // `decode` to compute_dtype (f32, f16 or bf16) and dy converted to it, the products summed in
 // f32 and rounded once to dtype (f32 or bf16, of dy and dx). W is dequantized a chunk of output
-// features at a time into the context's workspace (never whole beyond kFourBitChunkElements
-// values), each chunk's product added to f32 sums by cuBLAS. The context must have been created
-// for the call's shape with input_gradient set. Layouts and refusals: those of linear_4bit.
+// features at a time into the context's workspace (at most 64 MiB of it at a time), each chunk's
+// product added to f32 sums by cuBLAS. The context must have been created for the call's shape with
+// input_gradient set. Layouts and refusals: those of linear_4bit.
 Status linear_4bit_backward_input(LinearContext& context, const void* dy,
                                   const FourBitWeightDevice& weight, std::int64_t rows,
                                   std::int64_t in, std::int64_t out, DType compute_dtype, void* dx,

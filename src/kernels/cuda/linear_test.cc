@@ -36,6 +36,7 @@
 #include "kernels/cpu/llama_ops.h"
 #include "kernels/cpu/quantized_linear.h"
 #include "kernels/cuda/cuda_kernel_test_support.h"
+#include "kernels/cuda/device_queries.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
 #include "kernels/cuda/llama_launchers.h"
@@ -557,19 +558,6 @@ const char* kernel_name(Linear4bitKernel kernel) {
   return "auto";
 }
 
-// Whether the current GPU runs the sm_90a code of the tensor-core GEMM.
-bool is_compute_capability_90() {
-  int device = 0;
-  int major = 0;
-  int minor = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
-             "cudaDeviceGetAttribute");
-  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
-             "cudaDeviceGetAttribute");
-  return major == 9 && minor == 0;
-}
-
 // The contract of linear_launchers.h.
 bool kernel_applies(const FourBitCase& c, Linear4bitKernel kernel, FourBitDecode decode) {
   const bool gemv = c.rows <= kLinear4bitGemvMaxRows;
@@ -583,7 +571,7 @@ bool kernel_applies(const FourBitCase& c, Linear4bitKernel kernel, FourBitDecode
     case Linear4bitKernel::kGemv:
       return gemv;
     case Linear4bitKernel::kTensorCoreGemm:
-      return is_compute_capability_90() && sixteen_bit && !c.misaligned && c.in % 64 == 0 &&
+      return current_device_runs_sm90a() && sixteen_bit && !c.misaligned && c.in % 64 == 0 &&
              c.block_size >= 64 && !cpu::takes_4bit_product_decode(decode, c.rows, c.compute_dtype);
     case Linear4bitKernel::kManyRows:
     case Linear4bitKernel::kAuto:
@@ -686,7 +674,7 @@ TEST(CudaLinear4bit, MatchesCpuReference) {
       {1, 4096, 4096, kNf4, 64, true, kBF16, kBF16, kBF16, false, 0.02f},
       {8, 4096, 4096, kFp4, 128, false, kF16, kBF16, kF16, true, 0.02f},
       // More than one chunk of dequantized weight (kFourBitChunkElements).
-      {9, 4200, 4096, kNf4, 64, true, kBF16, kF32, kBF16, true, 0.02f},
+      {9, 8200, 4096, kNf4, 64, true, kBF16, kF32, kBF16, true, 0.02f},
       {5, 1024, 14336, kNf4, 64, true, kBF16, kBF16, kBF16, true, 0.02f},
       {2, 32000, 512, kNf4, 64, false, kF32, kF32, kF32, false, 0.02f},
       {9, 32000, 512, kFp4, 128, true, kBF16, kBF16, kBF16, true, 0.02f},
@@ -819,7 +807,7 @@ TEST(CudaLinear4bitInputGradient, MatchesCpuReference) {
       {9, 96, 160, kFp4, 32, true, kF16, kBF16, kF16, false, 1.0f, true},
       // Several chunks of dequantized weight (kFourBitChunkElements): f32 dx takes the sums,
       // bf16 dx their rounding.
-      {64, 4200, 4096, kNf4, 64, true, kBF16, kF32, kBF16, false, 0.02f},
+      {64, 8200, 4096, kNf4, 64, true, kBF16, kF32, kBF16, false, 0.02f},
       {17, 8192, 4096, kNf4, 64, false, kBF16, kBF16, kBF16, false, 0.02f},
       // The shapes of a Llama-3.1-8B MLP: down's input gradient (in 14336) and up's (out 14336).
       {33, 4096, 14336, kNf4, 64, true, kBF16, kBF16, kBF16, false, 0.02f},
@@ -1046,6 +1034,18 @@ TEST(CudaLinear4bitLayers, RejectsBadCalls) {
 
 // ---- LinearContext and the workspace layout.
 
+// The 4-bit path's chunks of dequantized weight: the Llama-3.1-8B MLP's in two equal halves of
+// whole 64-row groups in bf16 (four in f32), a weight that fits in one, one row at least.
+TEST(CudaLinearContext, FourBitChunksAreEven) {
+  EXPECT_EQ(four_bit_chunk_out(4096, 14336, 2), 7168);
+  EXPECT_EQ(four_bit_chunk_out(14336, 4096, 2), 2048);
+  EXPECT_EQ(four_bit_chunk_out(4096, 14336, 4), 3584);
+  EXPECT_EQ(four_bit_chunk_out(14336, 4096, 4), 1024);
+  EXPECT_EQ(four_bit_chunk_out(4096, 4096, 2), 4096);
+  EXPECT_EQ(four_bit_chunk_out(4096, 8200, 2), 4160);  // 8 200 rows: two chunks of 65 · 64
+  EXPECT_EQ(four_bit_chunk_out(std::int64_t{1} << 26, 3, 2), 1);
+}
+
 TEST(CudaLinearContext, WorkspaceLayoutKeepsRegionsApart) {
   KBIT_REQUIRE_CUDA();
   struct Sizes {
@@ -1062,7 +1062,7 @@ TEST(CudaLinearContext, WorkspaceLayoutKeepsRegionsApart) {
     const std::size_t four_bit[] = {
         kLinearCublasWorkspaceBytes,
         l.four_bit_weight_chunk,
-        l.four_bit_weight_chunk + bytes(l.four_bit_chunk_out * s.in) * 4,
+        l.four_bit_weight_chunk + bytes(four_bit_chunk_out(s.in, s.out, 4) * s.in) * 4,
         l.four_bit_x,
         l.four_bit_x + bytes(s.rows * s.in) * 4,
         l.gemm_output,
@@ -1090,8 +1090,12 @@ TEST(CudaLinearContext, WorkspaceLayoutKeepsRegionsApart) {
       EXPECT_EQ(offset % 256, 0u);
     }
     EXPECT_EQ(l.cublas_workspace, 0u);
-    EXPECT_GE(l.four_bit_chunk_out, 1);
-    EXPECT_LE(l.four_bit_chunk_out, s.out);
+    for (const std::size_t element_bytes : {2, 4}) {
+      const std::int64_t chunk_out = four_bit_chunk_out(s.in, s.out, element_bytes);
+      EXPECT_GE(chunk_out, 1);
+      EXPECT_LE(chunk_out, s.out);
+      EXPECT_LE(l.four_bit_weight_chunk + bytes(chunk_out * s.in) * element_bytes, l.four_bit_x);
+    }
     // A call no larger in any size fits in the same bytes at offsets no larger.
     const LinearWorkspaceLayout smaller = linear_workspace_layout(
         std::max<std::int64_t>(s.rows / 2, 1), std::max<std::int64_t>(s.in - 32, 32),

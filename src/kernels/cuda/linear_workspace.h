@@ -37,7 +37,8 @@
 namespace kbit::kernels::cuda {
 
 inline constexpr std::size_t kLinearCublasWorkspaceBytes = std::size_t{32} << 20;
-// The 4-bit path dequantizes at most this many weight values per GEMM (64 MiB in f32).
+// The 4-bit path's region for dequantized weight: this many values in f32 (64 MiB), twice as many
+// in a 16-bit compute dtype.
 inline constexpr std::int64_t kFourBitChunkElements = std::int64_t{16} << 20;
 
 struct LinearWorkspaceLayout {
@@ -58,20 +59,28 @@ struct LinearWorkspaceLayout {
   std::size_t int8_outlier_weight;
   std::size_t int8_outlier_sums;
   std::size_t total_bytes;
-  // Output features per chunk of the 4-bit many-token path: as many whole weight rows as
-  // kFourBitChunkElements holds, rounded down to a multiple of 64 where 64 or more fit, at least
-  // one and at most out.
-  std::int64_t four_bit_chunk_out;
 };
 
 constexpr std::size_t linear_workspace_aligned(std::size_t bytes) {
   return (bytes + 255) / 256 * 256;
 }
 
-constexpr std::int64_t four_bit_chunk_out(std::int64_t in, std::int64_t out) {
-  const std::int64_t fitting = std::max<std::int64_t>(kFourBitChunkElements / in, 1);
-  const std::int64_t rounded = fitting >= 64 ? fitting / 64 * 64 : fitting;
-  return std::min(out, rounded);
+// Output features per chunk of the 4-bit path's dequantized weight [out, in] in a compute dtype
+// of element_bytes (2 or 4): at least one and at most out, and no more than the region holds
+// (kFourBitChunkElements · 4 bytes, or one row if that is larger). Where several chunks are needed
+// they are of equal size, rounded up to a multiple of 64 where 64 rows fit: cuBLAS runs equal
+// chunks of whole tiles faster than full chunks and a small remainder (BENCHMARKS.md).
+constexpr std::int64_t four_bit_chunk_out(std::int64_t in, std::int64_t out,
+                                          std::size_t element_bytes) {
+  const auto values = static_cast<std::int64_t>(kFourBitChunkElements * 4 /
+                                                static_cast<std::int64_t>(element_bytes));
+  const std::int64_t fitting = std::max<std::int64_t>(values / in, 1);
+  if (fitting >= out) return out;
+  if (fitting < 64) return fitting;
+  const std::int64_t rounded = fitting / 64 * 64;
+  const std::int64_t chunks = (out + rounded - 1) / rounded;
+  const std::int64_t even = ((out + chunks - 1) / chunks + 63) / 64 * 64;
+  return std::min(even, rounded);
 }
 
 // Sizes are positive element counts: rows of x, in and out features.
@@ -107,7 +116,6 @@ constexpr LinearWorkspaceLayout linear_workspace_layout(std::int64_t rows, std::
       layout.int8_outlier_sums + linear_workspace_aligned(count(rows * out) * 4);
 
   layout.total_bytes = std::max(four_bit_end, int8_end);
-  layout.four_bit_chunk_out = four_bit_chunk_out(in, out);
   return layout;
 }
 
@@ -120,9 +128,7 @@ constexpr LinearWorkspaceLayout linear_input_gradient_workspace_layout(std::int6
                                                                        std::int64_t in,
                                                                        std::int64_t out) {
   const std::int64_t wide = std::max(in, out);
-  LinearWorkspaceLayout layout = linear_workspace_layout(rows, wide, wide);
-  layout.four_bit_chunk_out = four_bit_chunk_out(in, out);
-  return layout;
+  return linear_workspace_layout(rows, wide, wide);
 }
 
 // ok for CUBLAS_STATUS_SUCCESS; otherwise kInternal "<call>: <cuBLAS's status name>"

@@ -46,6 +46,7 @@
 #include "kernels/cuda/activation_parts.cuh"
 #include "kernels/cuda/attention_forward_mma.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/launch_with_shared.cuh"
 #include "kernels/cuda/llama_launchers.h"
 #include "kernels/cuda/overlapped_launch.cuh"
 
@@ -694,16 +695,11 @@ cudaError_t launch_decode(const AttentionJob& job, bool aligned, cudaStream_t st
 
 template <typename T, int kDimsPerLane>
 cudaError_t launch_prefill(const AttentionJob& job, bool aligned, cudaStream_t stream) {
-  const auto kernel = attention_prefill_kernel<T, kDimsPerLane>;
-  const std::size_t bytes = prefill_shared_bytes(job.head_dim);
-  // Beyond 48 KiB (head_dim > 188) a kernel must opt in to more dynamic shared memory.
-  const cudaError_t error = cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (error != cudaSuccess) return error;
   const dim3 grid(static_cast<unsigned>((job.tokens + kQueryTile - 1) / kQueryTile),
                   static_cast<unsigned>(job.heads));
-  kernel<<<grid, kPrefillThreads, bytes, stream>>>(job, aligned);
-  return cudaGetLastError();
+  // Beyond 48 KiB (head_dim > 188) the kernel needs more dynamic shared memory than the default.
+  return launch_with_shared(attention_prefill_kernel<T, kDimsPerLane>, grid, kPrefillThreads,
+                            prefill_shared_bytes(job.head_dim), stream, job, aligned);
 }
 
 template <typename T>

@@ -55,14 +55,7 @@ TEST(GpuLora, QloraAdapterMatchesPeft) {
     const std::vector<std::int32_t> ids = golden_ids(prompt);
     const std::vector<float> golden = kbit::testing::golden_values<float>(file, key + ".logits");
     ASSERT_EQ(golden.size(), ids.size() * static_cast<std::size_t>(vocab));
-    const Closeness ours = closeness(forward_all(adapted, ids), golden, vocab);
-    const Closeness without = closeness(forward_all(base, ids), golden, vocab);
-    std::cout << "[ gpu lora ] " << key << " kbit + adapter vs PEFT: " << ours
-              << " | without the adapter: " << without << "\n";
-    EXPECT_LE(ours.mean_abs_diff, 0.015) << key;
-    EXPECT_LE(ours.max_abs_diff, 2 * bf16_ulp(max_abs(golden))) << key;
-    EXPECT_GE(ours.argmax_agreement, 0.9) << key;
-    EXPECT_GT(without.mean_abs_diff, 5 * ours.mean_abs_diff) << key;
+    expect_close_to_peft(forward_all(adapted, ids), forward_all(base, ids), golden, vocab, key);
   }
 }
 
