@@ -20,11 +20,13 @@
 //   - then one m64n128k16 wgmma per slice and tile, accumulating in f32 registers, 64 per thread
 //     and tile.
 // The MMAs run asynchronously: while those of step k run, each warpgroup decodes step k + 1 into
-// a second set of fragment registers (without the overlap the two warpgroups of a block decoded
-// in lockstep while the tensor cores idled). A stage's buffers are refilled kStages − 1 stages
-// later, after the barrier that follows every warpgroup's wait for its MMAs on them. The epilogue
-// rounds each sum as the reference does (finish_output) and stores it; features and tokens past the
-// last are computed from clamped or zero inputs and not stored.
+// a second set of fragment registers. That overlap measured no faster than waiting for each
+// step's MMAs: the barrier every step and the decode's dependency chains bind the kernel, not the
+// tensor cores (Nsight Compute, BENCHMARKS.md), which a warp-specialized pipeline would address.
+// A stage's buffers are refilled kStages − 1 stages later, after the barrier that follows every
+// warpgroup's wait for its MMAs on them. The epilogue rounds each sum as the reference does
+// (finish_output) and stores it; features and tokens past the last are computed from clamped or
+// zero inputs and not stored.
 #include "kernels/cuda/linear_4bit_gemm.h"
 
 #include <cuda_bf16.h>
