@@ -97,14 +97,32 @@ __device__ __forceinline__ void load_absmax_map(const FourBitTables& tables, flo
   }
 }
 
-// The absmax of quantization block `block`. The nested form is decoded with the reference's two
-// IEEE roundings, which the explicit intrinsics keep from being fused into one FMA.
+// The raw absmax of a quantization block: load_absmax reads it, decoded_absmax decodes it. Kept
+// apart so that a kernel can load a step ahead and decode where it uses the value, and the nested
+// form's table lookup does not wait on the load where it is issued.
+struct AbsmaxLoad {
+  float value;         // the absmax, or the nested absmax of its group
+  std::uint32_t code;  // the nested form's 8-bit code
+};
+
+__device__ __forceinline__ AbsmaxLoad load_absmax(const FourBitSource& weight, std::int64_t block) {
+  if (weight.absmax != nullptr) return {__ldg(weight.absmax + block), 0};
+  return {__ldg(weight.nested_absmax + block / quant::kNestedBlockSize),
+          __ldg(weight.absmax_codes + block)};
+}
+
+// The nested form is decoded with the reference's two IEEE roundings, which the explicit
+// intrinsics keep from being fused into one FMA.
+__device__ __forceinline__ float decoded_absmax(const FourBitSource& weight, AbsmaxLoad load,
+                                                const float* absmax_map) {
+  if (weight.absmax != nullptr) return load.value;
+  return __fadd_rn(__fmul_rn(absmax_map[load.code], load.value), weight.nested_offset);
+}
+
+// The absmax of quantization block `block`.
 __device__ __forceinline__ float block_absmax(const FourBitSource& weight, std::int64_t block,
                                               const float* absmax_map) {
-  if (weight.absmax != nullptr) return __ldg(weight.absmax + block);
-  const float scaled = __fmul_rn(absmax_map[__ldg(weight.absmax_codes + block)],
-                                 __ldg(weight.nested_absmax + block / quant::kNestedBlockSize));
-  return __fadd_rn(scaled, weight.nested_offset);
+  return decoded_absmax(weight, load_absmax(weight, block), absmax_map);
 }
 
 // Two floats as a pair of C (low half first), each rounded to nearest even.

@@ -156,26 +156,6 @@ __device__ __forceinline__ std::uint64_t swizzled_tile_descriptor(const void* ti
          (std::uint64_t{1} << 62);
 }
 
-// The raw absmax of a quantization block, loaded a step ahead and decoded where it is used, so
-// that the nested form's table lookup does not wait on the load where it is issued.
-struct AbsmaxLoad {
-  float value;         // the absmax, or the nested absmax of its group
-  std::uint32_t code;  // the nested form's 8-bit code
-};
-
-__device__ __forceinline__ AbsmaxLoad load_absmax(const FourBitSource& weight, std::int64_t block) {
-  if (weight.absmax != nullptr) return {__ldg(weight.absmax + block), 0};
-  return {__ldg(weight.nested_absmax + block / quant::kNestedBlockSize),
-          __ldg(weight.absmax_codes + block)};
-}
-
-// block_absmax's value from a load_absmax.
-__device__ __forceinline__ float decoded_absmax(const FourBitSource& weight, AbsmaxLoad load,
-                                                const float* absmax_map) {
-  if (weight.absmax != nullptr) return load.value;
-  return __fadd_rn(__fmul_rn(absmax_map[load.code], load.value), weight.nested_offset);
-}
-
 // The warpgroup MMA instructions exist in the sm_90a code only; elsewhere (the PTX for older
 // GPUs, where tensor_core_gemm_applies keeps the kernel from being launched) they trap.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
