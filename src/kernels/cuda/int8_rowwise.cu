@@ -12,6 +12,7 @@
 
 #include "kbit/quant/codebooks.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/int8_rowwise_parts.cuh"
 #include "kernels/cuda/quant_launchers.h"
 
 namespace kbit::kernels::cuda {
@@ -20,16 +21,6 @@ namespace {
 constexpr int kRowThreads = 256;
 constexpr int kElementwiseThreads = 256;
 
-// bitsandbytes casts every input to f16 before quantizing.
-template <typename T>
-__device__ __forceinline__ float rounded_to_f16(T value) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return __half2float(value);
-  } else {
-    return __half2float(__float2half_rn(to_float(value)));
-  }
-}
-
 // input [rows, cols] -> codes [rows, cols], row_absmax [rows], is_outlier_column [cols].
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
@@ -37,33 +28,28 @@ __global__ void __launch_bounds__(kRowThreads)
                                  std::int8_t* __restrict__ codes, float* __restrict__ row_absmax,
                                  std::uint8_t* __restrict__ is_outlier_column) {
   __shared__ float warp_partials[kRowThreads / 32];
-  const bool has_threshold = threshold > 0.0f;
   const T* row_values = input + static_cast<std::int64_t>(blockIdx.x) * cols;
   std::int8_t* row_codes = codes + static_cast<std::int64_t>(blockIdx.x) * cols;
 
   float absmax = 0.0f;
   bool all_finite = true;
   for (std::int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
-    const float magnitude = fabsf(rounded_to_f16(row_values[j]));
-    all_finite = all_finite && magnitude <= FLT_MAX;
-    if (has_threshold && magnitude >= threshold) {
+    const float value = int8_input_value(row_values[j]);
+    all_finite = all_finite && fabsf(value) <= FLT_MAX;
+    if (is_int8_outlier(value, threshold)) {
       is_outlier_column[j] = 1;  // every writer stores the same 1, so the race is harmless
       continue;
     }
-    absmax = max_ftz(absmax, magnitude);
+    absmax = max_ftz(absmax, fabsf(value));
   }
   all_finite = __syncthreads_and(all_finite);
   absmax = group_max(absmax, kRowThreads, warp_partials);
-  if (threadIdx.x == 0) row_absmax[blockIdx.x] = all_finite ? absmax : __int_as_float(0x7fc00000);
+  if (threadIdx.x == 0) row_absmax[blockIdx.x] = int8_row_absmax(absmax, all_finite);
 
-  // bitsandbytes: `__fdividef(127.0f, absmax)`, then `__float2int_rn(val * scale)`. An all-zero
-  // row gives scale inf and 0 * inf = NaN, which cvt.rni turns into 0.
-  const float scale = div_approx_ftz(quant::kInt8CodeMax, absmax);
+  const float scale = int8_row_scale(absmax);
   for (std::int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
-    const float value = rounded_to_f16(row_values[j]);
-    const bool left_out = has_threshold && fabsf(value) >= threshold;
-    row_codes[j] =
-        left_out ? std::int8_t{0} : static_cast<std::int8_t>(__float2int_rn(mul_ftz(value, scale)));
+    const float value = int8_input_value(row_values[j]);
+    row_codes[j] = is_int8_outlier(value, threshold) ? std::int8_t{0} : int8_code(value, scale);
   }
 }
 

@@ -1,12 +1,15 @@
 // The LLM.int8 Linear layer on the GPU (contract: linear_launchers.h; arithmetic: spec 6.3, as
 // kernels/cpu/quantized_linear_reference.cc's linear_int8_reference defines it).
 //
-// Steps 1-4 reuse the row-wise quantizer of int8_rowwise.cu, which reads x in its own dtype and
-// rounds each value to f16 first, as the reference does. With a threshold, one block then turns
-// the outlier-column mask into an ascending list and its length, both left in device memory:
-// the later kernels read the count there, so the host never waits for the GPU.
+// One row (decode) with at most kQuantizingGemvMaxInputs inputs: int8_quantizing_gemv_kernel
+// does steps 1-7 in one launch, each block quantizing the row itself with the quantizer's
+// arithmetic (int8_rowwise_parts.cuh).
 //
-// Step 5 (the int32 products), fused with steps 6-7 for a few rows:
+// Otherwise steps 1-4 reuse the row-wise quantizer of int8_rowwise.cu, which reads x in its own
+// dtype and rounds each value to f16 first, as the reference does. With a threshold, one block
+// then turns the outlier-column mask into an ascending list and its length, both left in device
+// memory: the later kernels read the count there, so the host never waits for the GPU. Then
+// step 5 (the int32 products), fused with steps 6-7 for a few rows:
 //   rows <= kInt8GemvMaxRows  int8_gemv_kernel: a block of 256 threads takes 4 output features;
 //                             its threads split the in dimension, read 16-byte vectors of the
 //                             4 weight rows and of every activation row, multiply them with
@@ -25,17 +28,21 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
 #include "core/cuda_runtime.h"
 #include "kbit/quant/codebooks.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/int8_rowwise_parts.cuh"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
+#include "kernels/cuda/overlapped_launch.cuh"
 #include "kernels/cuda/quant_launchers.h"
 
 namespace kbit::kernels::cuda {
@@ -43,7 +50,7 @@ namespace {
 
 constexpr std::int64_t kInt8GemvMaxRows = 8;
 constexpr int kGemvThreads = 256;
-constexpr int kGemvOutputs = 4;  // output features per GEMV block
+constexpr int kGemvOutputs = 4;  // output features per block of int8_gemv_kernel
 constexpr int kCompactThreads = 1024;
 constexpr int kElementwiseThreads = 256;
 constexpr int kTile = 32;           // rows and output features of an epilogue or products tile
@@ -106,15 +113,16 @@ __device__ __forceinline__ int outlier_count_of(const std::int32_t* outlier_coun
   return outlier_count != nullptr ? *outlier_count : 0;
 }
 
-// Steps 6-7 for element (row, o): `product` is C[row][o], `outlier_sum` the f32 sum
-// Σ_j x[row][j] · round_X(W'[o][j]) over the outlier columns (read only when there are some).
+// Steps 6-7 for element (row, o): `row_absmax` is SCA[row], `product` C[row][o], `outlier_sum`
+// the f32 sum Σ_j x[row][j] · round_X(W'[o][j]) over the outlier columns (read only when there
+// are some).
 // The bias has the activation dtype, never f16, so it is added after the f16 rounding.
 template <typename T>
-__device__ __forceinline__ T int8_output(const Int8OutputArgs<T>& args, std::int64_t row,
+__device__ __forceinline__ T int8_output(const Int8OutputArgs<T>& args, float row_absmax,
                                          std::int64_t o, std::int32_t product, float outlier_sum,
                                          bool has_outliers) {
   const float scaled =
-      __fmul_rn(__fmul_rn(__int2float_rn(product), args.row_absmax[row]), args.weight_absmax[o]);
+      __fmul_rn(__fmul_rn(__int2float_rn(product), row_absmax), args.weight_absmax[o]);
   float y = rounded_to_f16(__fmaf_rn(scaled, quant::kInt8MatmulDequantScale, 0.0f));
   if (args.bias != nullptr) y = rounded_to_f16(__fadd_rn(y, to_float(args.bias[o])));
   y = rounded_to<T>(y);
@@ -162,15 +170,122 @@ __device__ __forceinline__ Value warp_sum(Value value) {
   return value;
 }
 
+// Values [first, first + 16) of a row of x as the quantizer takes them (int8_input_value), 0
+// past `in`. `vector_ok` promises first + 16 <= in and a 16-byte aligned row + first.
+template <typename T>
+__device__ __forceinline__ void load_16_inputs(const T* __restrict__ row, std::int64_t first,
+                                               std::int64_t in, bool vector_ok,
+                                               float (&values)[16]) {
+  if (vector_ok) {
+    constexpr int kPerVector = kValuesPerVector<T>;
+#pragma unroll
+    for (int v = 0; v < 16 / kPerVector; ++v) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + first) + v);
+      T elements[kPerVector];
+      std::memcpy(elements, &raw, sizeof(raw));
+#pragma unroll
+      for (int k = 0; k < kPerVector; ++k)
+        values[v * kPerVector + k] = int8_input_value(elements[k]);
+    }
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < 16; ++k) values[k] = first + k < in ? int8_input_value(row[first + k]) : 0.0f;
+}
+
+// Codes [first, first + 16) of a weight row, 0 past `in`; read once, streamed past the caches.
+__device__ __forceinline__ int4 load_16_weight_codes(const std::int8_t* __restrict__ row,
+                                                     std::int64_t first, std::int64_t in,
+                                                     bool vector_ok) {
+  if (vector_ok) return __ldcs(reinterpret_cast<const int4*>(row + first));
+  std::int8_t bytes[16];
+#pragma unroll
+  for (int k = 0; k < 16; ++k) bytes[k] = first + k < in ? row[first + k] : std::int8_t{0};
+  int4 codes;
+  std::memcpy(&codes, bytes, sizeof(codes));
+  return codes;
+}
+
+// Byte k (0..15) of 16 codes.
+__device__ __forceinline__ std::int8_t byte_of(int4 codes, int k) {
+  const int word = k < 8 ? (k < 4 ? codes.x : codes.y) : (k < 12 ? codes.z : codes.w);
+  return static_cast<std::int8_t>(word >> (8 * (k % 4)));
+}
+
+// 16 codes packed as __dp4a takes them, code c in byte c % 4 of word c / 4.
+__device__ __forceinline__ int4 pack_16_codes(const std::int8_t (&codes)[16]) {
+  int words[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    words[i] = static_cast<int>(
+        static_cast<std::uint8_t>(codes[4 * i]) |
+        static_cast<std::uint32_t>(static_cast<std::uint8_t>(codes[4 * i + 1])) << 8 |
+        static_cast<std::uint32_t>(static_cast<std::uint8_t>(codes[4 * i + 2])) << 16 |
+        static_cast<std::uint32_t>(static_cast<std::uint8_t>(codes[4 * i + 3])) << 24);
+  }
+  return make_int4(words[0], words[1], words[2], words[3]);
+}
+
+// The 16 codes with byte c zeroed where bit c of `outliers` is set.
+__device__ __forceinline__ int4 zero_outlier_codes(int4 codes, std::uint32_t outliers) {
+  // Bits 0..3 of a nibble to bytes 0..3 (the shifted copies never overlap), then to 0xff each.
+  const auto kept = [&](int word, int i) {
+    const std::uint32_t nibble = (outliers >> (4 * i)) & 0xfu;
+    const std::uint32_t cleared = ((nibble * 0x00204081u) & 0x01010101u) * 0xffu;
+    return static_cast<int>(static_cast<std::uint32_t>(word) & ~cleared);
+  };
+  return make_int4(kept(codes.x, 0), kept(codes.y, 1), kept(codes.z, 2), kept(codes.w, 3));
+}
+
+// The end of a GEMV block (steps 6-7): the threads' sums [kFeatures][kRows] of output features
+// [first_out, first_out + kFeatures) meet in shared memory, in a fixed order, and thread
+// k · kRows + r stores y[r][first_out + k] (none beyond out). row_absmax(r) gives SCA[r].
+// `has_outliers` must be the same for every block. Every thread of the block must call it.
+template <typename T, int kFeatures, int kRows, typename RowAbsmax>
+__device__ __forceinline__ void store_gemv_outputs(const Int8OutputArgs<T>& args,
+                                                   std::int64_t first_out,
+                                                   const std::int32_t (&products)[kFeatures][kRows],
+                                                   const float (&outlier_sums)[kFeatures][kRows],
+                                                   bool has_outliers, RowAbsmax row_absmax) {
+  constexpr int kSums = kFeatures * kRows;  // (feature k, row r) at k · kRows + r
+  constexpr int kWarps = kGemvThreads / 32;
+  __shared__ std::int32_t warp_products[kWarps][kSums];
+  __shared__ float warp_outlier_sums[kWarps][kSums];
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+#pragma unroll
+  for (int k = 0; k < kFeatures; ++k) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const std::int32_t product = warp_sum(products[k][r]);
+      const float outlier_sum = has_outliers ? warp_sum(outlier_sums[k][r]) : 0.0f;
+      if (lane == 0) {
+        warp_products[warp][k * kRows + r] = product;
+        warp_outlier_sums[warp][k * kRows + r] = outlier_sum;
+      }
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x >= kSums) return;
+  const std::int64_t o = first_out + threadIdx.x / kRows;
+  const int row = static_cast<int>(threadIdx.x) % kRows;
+  if (o >= args.out) return;
+  std::int32_t product = 0;
+  float outlier_sum = 0.0f;
+  for (int w = 0; w < kWarps; ++w) {
+    product += warp_products[w][threadIdx.x];
+    outlier_sum += warp_outlier_sums[w][threadIdx.x];
+  }
+  args.y[row * args.out + o] =
+      int8_output(args, row_absmax(row), o, product, outlier_sum, has_outliers);
+}
+
 // Steps 5-7 for rows [0, kRows) and output features [blockIdx.x · 4, +4). `vector_ok` promises
 // in % 16 == 0 and 16-byte aligned codes and weight. A block's last features may lie beyond
 // out: they read the last weight row and write nothing.
 template <typename T, int kRows>
 __global__ void __launch_bounds__(kGemvThreads)
     int8_gemv_kernel(const Int8OutputArgs<T> args, bool vector_ok) {
-  constexpr int kSums = kGemvOutputs * kRows;  // (feature k, row r) at k · kRows + r
-  __shared__ std::int32_t warp_products[kGemvThreads / 32][kSums];
-  __shared__ float warp_outlier_sums[kGemvThreads / 32][kSums];
   const std::int64_t first_out = static_cast<std::int64_t>(blockIdx.x) * kGemvOutputs;
   const std::int64_t in = args.in;
   std::int64_t features[kGemvOutputs];
@@ -220,32 +335,108 @@ __global__ void __launch_bounds__(kGemvThreads)
     }
   }
 
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  const int warp = static_cast<int>(threadIdx.x) / 32;
+  store_gemv_outputs<T>(args, first_out, products, outlier_sums, outliers > 0,
+                        [&](int row) { return args.row_absmax[row]; });
+}
+
+// Output features per block of the self-quantizing GEMV.
+constexpr int kQuantizingGemvOutputs = 8;
+
+// The most inputs of the self-quantizing GEMV: its outlier-column mask, a bit per input, then
+// takes 32 KiB, within the 48 KiB of shared memory a block has without opting in.
+constexpr std::int64_t kQuantizingGemvMaxInputs = 32 * 1024 * 8;
+
+// Steps 1-7 for one row of x and output features [blockIdx.x · 8, + 8) in one kernel: each block
+// quantizes x itself (a few KiB, read from L2 by every block), so that a decode step's Linear is
+// one launch instead of four (the outlier mask's reset, the quantizer, the outlier list, the
+// products), and it may overlap its predecessor (overlapped_launch.cuh): each thread requests
+// its first weight vectors before it waits. With more rows every block would read all of them:
+// at 8 rows this form made the decode step 1.4x slower than the quantizer's launches
+// (BENCHMARKS.md). Columns are taken in vectors of 16, thread t taking vectors t, t + 256, …
+//   Pass 1 over x: the absmax without the outliers, and the outlier columns as a bit mask in
+//   dynamic shared memory, one bit per input.
+//   Pass 2: each vector of x again, from L1, turned into codes with the quantizer's arithmetic
+//   (int8_rowwise_parts.cuh), 0 in outlier columns, and multiplied by __dp4a with the 8 weight
+//   rows' vectors; outlier columns add x · round_X(W') in f32.
+// `vector_ok` promises in % 16 == 0 and 16-byte aligned x and weight. A block's last features may
+// lie beyond out: they read the last weight row and write nothing. args.codes, row_absmax and
+// the outlier list are not used.
+template <typename T>
+__global__ void __launch_bounds__(kGemvThreads)
+    int8_quantizing_gemv_kernel(const Int8OutputArgs<T> args, float threshold, bool vector_ok) {
+  constexpr int kFeatures = kQuantizingGemvOutputs;
+  extern __shared__ std::uint32_t outlier_mask[];  // bit c of word i: column 32i + c
+  __shared__ float absmax_partials[kGemvThreads / 32];
+  const std::int64_t first_out = static_cast<std::int64_t>(blockIdx.x) * kFeatures;
+  const std::int64_t in = args.in;
+  const std::int64_t vectors = (in + 15) / 16;
+  const auto feature = [&](int k) { return min(first_out + k, args.out - 1); };
+
+  int4 w[kFeatures];
+  const auto load_weights = [&](std::int64_t v) {
 #pragma unroll
-  for (int k = 0; k < kGemvOutputs; ++k) {
+    for (int k = 0; k < kFeatures; ++k) {
+      w[k] = load_16_weight_codes(args.weight + feature(k) * in, 16 * v, in, vector_ok);
+    }
+  };
+  if (threadIdx.x < vectors) load_weights(threadIdx.x);
+  for (std::int64_t i = threadIdx.x; i < (in + 31) / 32; i += kGemvThreads) outlier_mask[i] = 0;
+  __syncthreads();
+  wait_for_previous_kernels();
+
+  float absmax = 0.0f;
+  bool all_finite = true;
+  for (std::int64_t v = threadIdx.x; v < vectors; v += kGemvThreads) {
+    float x[16];
+    load_16_inputs(args.x, 16 * v, in, vector_ok, x);
+    std::uint32_t outliers = 0;  // bit c: column 16v + c
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const std::int32_t product = warp_sum(products[k][r]);
-      const float outlier_sum = outliers > 0 ? warp_sum(outlier_sums[k][r]) : 0.0f;
-      if (lane == 0) {
-        warp_products[warp][k * kRows + r] = product;
-        warp_outlier_sums[warp][k * kRows + r] = outlier_sum;
+    for (int c = 0; c < 16; ++c) {
+      all_finite = all_finite && fabsf(x[c]) <= FLT_MAX;
+      if (is_int8_outlier(x[c], threshold)) {
+        outliers |= 1u << c;
+      } else {
+        absmax = max_ftz(absmax, fabsf(x[c]));
+      }
+    }
+    if (outliers != 0) atomicOr(&outlier_mask[v / 2], outliers << (16 * (v % 2)));
+  }
+  all_finite = __syncthreads_and(all_finite);
+  absmax = group_max(absmax, kGemvThreads, absmax_partials);
+  const float scale = int8_row_scale(absmax);
+
+  std::int32_t products[kFeatures][1] = {};
+  float outlier_sums[kFeatures][1] = {};
+  bool any_outlier = false;
+  for (std::int64_t v = threadIdx.x; v < vectors; v += kGemvThreads) {
+    if (v != threadIdx.x) load_weights(v);
+    const std::uint32_t outliers = (outlier_mask[v / 2] >> (16 * (v % 2))) & 0xffffu;
+    any_outlier = any_outlier || outliers != 0;
+    float x[16];
+    load_16_inputs(args.x, 16 * v, in, vector_ok, x);
+    std::int8_t bytes[16];
+#pragma unroll
+    for (int c = 0; c < 16; ++c) bytes[c] = int8_code(x[c], scale);
+    const int4 codes = zero_outlier_codes(pack_16_codes(bytes), outliers);
+#pragma unroll
+    for (int k = 0; k < kFeatures; ++k) products[k][0] = dot_16_codes(codes, w[k], products[k][0]);
+    for (std::uint32_t rest = outliers; rest != 0; rest &= rest - 1) {
+      const int c = __ffs(static_cast<int>(rest)) - 1;
+      const float value = to_float(args.x[16 * v + c]);
+#pragma unroll
+      for (int k = 0; k < kFeatures; ++k) {
+        const float weight =
+            dequantized_weight<T>(byte_of(w[k], c), args.weight_absmax[feature(k)]);
+        outlier_sums[k][0] += __fmul_rn(value, weight);
       }
     }
   }
-  __syncthreads();
-  if (threadIdx.x >= kSums) return;
-  const std::int64_t o = first_out + threadIdx.x / kRows;
-  const std::int64_t row = threadIdx.x % kRows;
-  if (o >= args.out) return;
-  std::int32_t product = 0;
-  float outlier_sum = 0.0f;
-  for (int w = 0; w < kGemvThreads / 32; ++w) {
-    product += warp_products[w][threadIdx.x];
-    outlier_sum += warp_outlier_sums[w][threadIdx.x];
-  }
-  args.y[row * args.out + o] = int8_output(args, row, o, product, outlier_sum, outliers > 0);
+  allow_next_kernel_start();
+  // Every block sees every column, so all agree on whether there are outlier columns.
+  const bool has_outliers = __syncthreads_or(any_outlier);
+  const float row_absmax = int8_row_absmax(absmax, all_finite);
+  store_gemv_outputs<T>(args, first_out, products, outlier_sums, has_outliers,
+                        [&](int) { return row_absmax; });
 }
 
 // Steps 6-7 for a tile of kTile rows × kTile output features, given the products [rows, out].
@@ -299,7 +490,7 @@ __global__ void __launch_bounds__(kTileThreads)
     const float sum =
         precomputed_sums != nullptr ? precomputed_sums[row * args.out + o] : outlier_sums[i];
     args.y[row * args.out + o] =
-        int8_output(args, row, o, products[row * args.out + o], sum, outliers > 0);
+        int8_output(args, args.row_absmax[row], o, products[row * args.out + o], sum, outliers > 0);
   }
 }
 
@@ -463,7 +654,8 @@ Status quantize_activations(const void* x, DType dtype, std::int64_t rows, std::
   return cuda_status(cudaGetLastError(), "linear_int8: compact_outlier_columns_kernel");
 }
 
-// Launches the GEMV instance for exactly args.rows rows (1 ..= kInt8GemvMaxRows).
+// Launches the GEMV instance for exactly args.rows rows (1 ..= kInt8GemvMaxRows) on the codes of
+// steps 1-4.
 template <typename T, int kRows = 1>
 void launch_int8_gemv(const Int8OutputArgs<T>& args, bool vector_ok, cudaStream_t stream) {
   if constexpr (kRows < kInt8GemvMaxRows) {
@@ -471,6 +663,18 @@ void launch_int8_gemv(const Int8OutputArgs<T>& args, bool vector_ok, cudaStream_
   }
   const auto blocks = static_cast<unsigned>((args.out + kGemvOutputs - 1) / kGemvOutputs);
   int8_gemv_kernel<T, kRows><<<blocks, kGemvThreads, 0, stream>>>(args, vector_ok);
+}
+
+// Launches the self-quantizing GEMV (one row, at most kQuantizingGemvMaxInputs inputs).
+template <typename T>
+cudaError_t launch_int8_quantizing_gemv(const Int8OutputArgs<T>& args, float threshold,
+                                        cudaStream_t stream) {
+  const bool vector_ok = args.in % 16 == 0 && is_aligned_16(args.x) && is_aligned_16(args.weight);
+  const auto blocks =
+      static_cast<unsigned>((args.out + kQuantizingGemvOutputs - 1) / kQuantizingGemvOutputs);
+  const std::size_t mask_bytes = static_cast<std::size_t>((args.in + 31) / 32) * 4;
+  return launch_overlapped(int8_quantizing_gemv_kernel<T>, blocks, kGemvThreads, mask_bytes, stream,
+                           args, threshold, vector_ok);
 }
 
 // The first failure of a sequence of cuBLASLt calls, and the call that failed.
@@ -720,18 +924,20 @@ Status linear_int8(LinearContext& context, const void* x, const Int8WeightDevice
   KBIT_RETURN_IF_ERROR(
       check_int8_arguments(context, x, weight, rows, in, out, threshold, y, dtype));
   const Int8Scratch scratch = int8_scratch(context, linear_workspace_layout(rows, in, out));
-  KBIT_RETURN_IF_ERROR(
-      quantize_activations(x, dtype, rows, in, threshold, scratch, context.stream()));
   const bool has_threshold = threshold > 0.0f;
-  if (dtype == DType::kF32) {
-    return int8_outputs(
-        context, output_args<float>(x, weight, bias, rows, in, out, has_threshold, scratch, y),
-        scratch);
-  }
-  return int8_outputs(
-      context,
-      output_args<__nv_bfloat16>(x, weight, bias, rows, in, out, has_threshold, scratch, y),
-      scratch);
+  const auto outputs = [&](auto type_tag) {
+    using T = decltype(type_tag);
+    const Int8OutputArgs<T> args =
+        output_args<T>(x, weight, bias, rows, in, out, has_threshold, scratch, y);
+    if (rows == 1 && in <= kQuantizingGemvMaxInputs) {
+      return cuda_status(launch_int8_quantizing_gemv(args, threshold, context.stream()),
+                         "linear_int8: int8_quantizing_gemv_kernel");
+    }
+    KBIT_RETURN_IF_ERROR(
+        quantize_activations(x, dtype, rows, in, threshold, scratch, context.stream()));
+    return int8_outputs(context, args, scratch);
+  };
+  return dtype == DType::kF32 ? outputs(float{}) : outputs(__nv_bfloat16{});
 }
 
 Status dequantize_int8_weight(const Int8WeightDevice& weight, std::int64_t out, std::int64_t in,

@@ -319,8 +319,9 @@ void run_all_cases(LinearSetup& setup, const TestWeight& weight,
 
 const std::vector<std::int64_t> kRowCounts = {1, 3, 8, 9, 64, 300};
 
-// rows <= 8 take the fused GEMV (16-byte vectors here: in is a multiple of 16), more rows
-// cuBLASLt and the epilogue kernel.
+// One row takes the GEMV that quantizes x itself, 2 to 8 rows the GEMV on the quantizer's codes
+// (both with 16-byte vectors here: in is a multiple of 16), more rows cuBLASLt and the epilogue
+// kernel.
 TEST(CudaLinearInt8, MatchesReferenceOnSmallShapes) {
   KBIT_REQUIRE_CUDA();
   LinearSetup setup(300, 160, 96);
