@@ -31,6 +31,7 @@
 #include "kbit/core/tensor.h"
 #include "kbit/quant/blockwise_4bit.h"
 #include "kbit/quant/codebooks.h"
+#include "kbit/quant/int8_rowwise.h"
 #include "kbit/quant/nested_absmax.h"
 #include "kernels/cpu/llama_ops.h"
 #include "kernels/cpu/quantized_linear.h"
@@ -370,6 +371,57 @@ void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::
              rows > kc::kLinear4bitGemvMaxRows ? 2.0 * static_cast<double>(rows * n) : 0.0);
 }
 
+// `rows` tokens through an LLM.int8 Linear [out, in] at the model's threshold of 6, checked
+// against the CPU's definition, linear_int8_reference (the same bits where no column reaches the
+// threshold, as N(0, 1) activations almost never do); the weight is the CPU's row-wise
+// quantization of N(0, 0.02) values. GB/s counts the int8 codes, their row absmax and x.
+void measure_int8_linear(Report& report, cudaStream_t stream, std::int64_t out, std::int64_t in,
+                         std::int64_t rows) {
+  constexpr float kThreshold = 6.0f;
+  std::vector<float> w = random_bf16_values(out * in, 11, 0.02f);
+  const std::vector<float> x = random_bf16_values(rows * in, 12, 1.0f);
+  Tensor codes = must(Tensor::empty({out, in}, DType::kI8));
+  Tensor absmax = must(Tensor::empty({out}, DType::kF32));
+  must(kbit::quant::quantize_int8_rowwise(kbit::TensorView(w.data(), DType::kF32, {out, in}), 0.0f,
+                                          codes.view(), absmax.view(), nullptr));
+  std::vector<float> want(static_cast<std::size_t>(rows * out));
+  cpu::linear_int8_reference(
+      {x.data(),
+       cpu::Int8Weight{codes.data_as<const std::int8_t>(), absmax.data_as<const float>(), nullptr},
+       nullptr, DType::kBF16, rows, in, out, kThreshold, DType::kBF16, want.data()});
+  std::vector<Tensor> device_codes;
+  std::vector<Tensor> device_absmax;
+  for (int c = 0; c < kCopies; ++c) {
+    device_codes.push_back(must(Tensor::empty({out, in}, DType::kI8, kbit::Device::cuda(0))));
+    must(kbit::copy_tensor(codes.view(), device_codes.back().view()));
+    device_absmax.push_back(must(Tensor::empty({out}, DType::kF32, kbit::Device::cuda(0))));
+    must(kbit::copy_tensor(absmax.view(), device_absmax.back().view()));
+  }
+  std::unique_ptr<kc::LinearContext> context =
+      must(kc::LinearContext::create(stream, rows, in, out));
+  Tensor x_device = to_device(x, DType::kBF16);
+  Tensor y_device = must(Tensor::empty({rows * out}, DType::kBF16, kbit::Device::cuda(0)));
+  const auto launch = [&](int run) {
+    const int c = run % kCopies;
+    must(kc::linear_int8(
+        *context, x_device.view().data(),
+        {device_codes[c].data_as<const std::int8_t>(), device_absmax[c].data_as<const float>()},
+        nullptr, rows, in, out, kThreshold, y_device.view().data(), DType::kBF16));
+  };
+  launch(0);
+  must(cudaStreamSynchronize(stream));
+  const std::vector<float> got = to_host_f32(y_device.view());
+  // The tolerance of one bf16 rounding: what outlier columns' f32 sums in another order could
+  // cost where a column did reach the threshold.
+  const std::vector<double> magnitudes(want.size(), 0.0);
+  report.add("int8 LLM.int8 GEMV, " + std::to_string(rows) +
+                 (rows == 1 ? " token, " : " tokens, ") + std::to_string(out) + "x" +
+                 std::to_string(in),
+             error_over_tolerance(got, want, magnitudes, in), time_launches(stream, launch),
+             static_cast<double>(out * in) + static_cast<double>(out) * 4 +
+                 static_cast<double>(rows * in) * 2);
+}
+
 // The first half of v6: the whole NF4 weight [out, in] dequantized to bf16, as the many-row path
 // does chunk by chunk before cuBLAS. Checked bit for bit (the ratio is the fraction of values that
 // differ, scaled so that any difference fails); GB/s counts the codes and absmax read and the bf16
@@ -495,6 +547,7 @@ int main(int argc, char** argv) {
         measure_linear(report, stream, out, in, rows, /*nested=*/true, &variant);
       }
       measure_linear(report, stream, out, in, rows, /*nested=*/false, nullptr);
+      measure_int8_linear(report, stream, out, in, rows);
     }
     if (prompt) {
       measure_dequantize(report, stream, out, in, /*nested=*/false);
