@@ -7,8 +7,8 @@
 
 #include <cuda_fp16.h>
 
-#include <cfloat>
 #include <cstdint>
+#include <type_traits>
 
 #include "kbit/quant/codebooks.h"
 #include "kernels/cuda/bnb_fast_math.cuh"

@@ -351,7 +351,7 @@ constexpr std::int64_t kQuantizingGemvMaxInputs = 32 * 1024 * 8;
 // one launch instead of four (the outlier mask's reset, the quantizer, the outlier list, the
 // products), and it may overlap its predecessor (overlapped_launch.cuh): each thread requests
 // its first weight vectors before it waits. With more rows every block would read all of them:
-// at 8 rows this form made the decode step 1.4x slower than the quantizer's launches
+// at 8 rows this form made the decode step 3.4x slower than the quantizer's launches
 // (BENCHMARKS.md). Columns are taken in vectors of 16, thread t taking vectors t, t + 256, …
 //   Pass 1 over x: the absmax without the outliers, and the outlier columns as a bit mask in
 //   dynamic shared memory, one bit per input.
