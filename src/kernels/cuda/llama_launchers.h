@@ -79,7 +79,9 @@ cudaError_t rope_append_kv(const RopeAppendJob& job, cudaStream_t stream);
 // more tokens run a tiled kernel, on tensor cores where attention_forward_mma_takes the job (bf16
 // at head_dim 64 or 128 without a window: attention_forward_mma.h). Decode takes several
 // sequences in one call (`sequences`): q and out then hold [sequences, heads, head_dim], the
-// caches [sequences, capacity, kv_heads, head_dim], every sequence at *first_position.
+// caches [sequences, capacity, kv_heads, head_dim], every sequence at *first_position. A decode
+// reads *first_position before it waits for the kernel before it (overlapped_launch.cuh), so
+// that no kernel of the stream may write it (a copy from the host may).
 // cudaErrorInvalidValue unless 0 < head_dim <= 256 is a multiple of 8, kv_heads divides heads <=
 // 65535, capacity > 0, for one token workspace is set, and 1 <= sequences <= 65535 with one token
 // per sequence where sequences > 1.
@@ -108,6 +110,16 @@ std::size_t attention_workspace_floats(std::int64_t tokens, std::int64_t heads,
                                        std::int64_t head_dim, std::int64_t capacity,
                                        std::int64_t sequences = 1);
 cudaError_t attention(const AttentionJob& job, cudaStream_t stream);
+
+// A decode step's rope_append_kv(rope) and then attention(job), with the launch between them
+// saved: each block of the decode rotates the queries it reads, and the block whose keys hold the
+// position rotates the token's k and appends it and v to the cache. The caches end as
+// rope_append_kv leaves them and out holds attention's result to the bit, but q is left
+// unrotated. Requires one token per sequence (job.tokens 1, rope.tokens == rope.sequences ==
+// job.sequences) and the same heads, kv_heads, head_dim, capacity, dtype, position, q and caches
+// in both jobs; cudaErrorInvalidValue where either job alone would be invalid or they disagree.
+cudaError_t rope_append_and_attend(const RopeAppendJob& rope, const AttentionJob& job,
+                                   cudaStream_t stream);
 
 // gate[i] = silu(gate[i]) · up[i], i in [0, count); bf16: silu's result and the product rounded.
 cudaError_t silu_mul(void* gate, const void* up, std::int64_t count, DType dtype,

@@ -26,7 +26,8 @@
 //     once for all its query heads, and a second kernel combines a head's partials, each
 //     rescaled by exp(m − M). The grid depends only on capacity; blocks whose chunk misses the
 //     valid range return at once, and the combine reads only the chunks in the range (both
-//     derive it from the same device position).
+//     derive it from the same device position). rope_append_and_attend gives the same blocks
+//     rope_append_kv's work as well, which saves a launch per layer and decode step.
 //   - attention, prefill in bf16 at head_dim 64 or 128 without a window (training's shapes and
 //     the inference prefill's): FlashAttention-2 on tensor cores, attention_forward_mma.cu.
 //   - attention, other prefills: block (query tile of kQueryTile tokens, head); key tiles of
@@ -201,6 +202,25 @@ int row_threads(std::int64_t units, int max_threads) {
 
 // ---- RoPE and the cache append.
 
+// cos and sin of pair i's angle at `position`, as rope_reference: angle = f32(position) ·
+// inv_freq[i], cos and sin in f32 (cosf and sinf, as std::cos(float) and std::sin(float)),
+// rounded to bf16 in a bf16 model.
+template <typename T>
+__device__ __forceinline__ void rope_cos_sin(std::int64_t position, const float* inv_freq, int i,
+                                             float& cos_value, float& sin_value) {
+  const float angle = __fmul_rn(static_cast<float>(position), inv_freq[i]);
+  cos_value = round_as<T>(cosf(angle));
+  sin_value = round_as<T>(sinf(angle));
+}
+
+// The pair (a, b) of values i and i + head_dim / 2 of a head, rotated as rope_reference: a·cos
+// − b·sin and b·cos + a·sin, each product rounded as T; the caller rounds the results.
+template <typename T>
+__device__ __forceinline__ float2 rotated_pair(float a, float b, float cos_value, float sin_value) {
+  return {__fsub_rn(round_as<T>(__fmul_rn(a, cos_value)), round_as<T>(__fmul_rn(b, sin_value))),
+          __fadd_rn(round_as<T>(__fmul_rn(b, cos_value)), round_as<T>(__fmul_rn(a, sin_value)))};
+}
+
 // Block (t, g) takes token t's heads [g · kRopeHeadsPerBlock, + kRopeHeadsPerBlock) of the
 // heads + kv_heads rows of q and k (see rope_append_kv); the block that rotates k head h also
 // copies v head h into the cache.
@@ -222,13 +242,8 @@ __global__ void __launch_bounds__(kRopeThreads) rope_append_kv_kernel(const Rope
   const int first_head = static_cast<int>(blockIdx.y) * kRopeHeadsPerBlock;
   const int block_heads = min(kRopeHeadsPerBlock, heads + kv_heads - first_head);
 
-  // rope_reference: angle = f32(position) · inv_freq[i], cos and sin in f32 (cosf and sinf, as
-  // std::cos(float) and std::sin(float)), rounded to bf16 in a bf16 model.
-  const float angle_scale = static_cast<float>(position);
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const float angle = __fmul_rn(angle_scale, job.inv_freq[i]);
-    cos_of[i] = round_as<T>(cosf(angle));
-    sin_of[i] = round_as<T>(sinf(angle));
+    rope_cos_sin<T>(position, job.inv_freq, i, cos_of[i], sin_of[i]);
   }
   __syncthreads();
 
@@ -241,14 +256,10 @@ __global__ void __launch_bounds__(kRopeThreads) rope_append_kv_kernel(const Rope
     const bool is_query = head < heads;
     const T* source = is_query ? q + head * head_dim : k + (head - heads) * head_dim;
     T* target = is_query ? q + head * head_dim : k_row + (head - heads) * head_dim;
-    const float a = to_float(source[i]);
-    const float b = to_float(source[i + half]);
-    const float c = cos_of[i];
-    const float s = sin_of[i];
-    target[i] =
-        from_float<T>(__fsub_rn(round_as<T>(__fmul_rn(a, c)), round_as<T>(__fmul_rn(b, s))));
-    target[i + half] =
-        from_float<T>(__fadd_rn(round_as<T>(__fmul_rn(b, c)), round_as<T>(__fmul_rn(a, s))));
+    const float2 rotated =
+        rotated_pair<T>(to_float(source[i]), to_float(source[i + half]), cos_of[i], sin_of[i]);
+    target[i] = from_float<T>(rotated.x);
+    target[i + half] = from_float<T>(rotated.y);
   }
 
   const int first_kv_head = max(first_head - heads, 0);
@@ -277,6 +288,50 @@ __device__ __forceinline__ KeyRange key_range(std::int64_t position, std::int64_
   return {first, min(position, capacity - 1)};
 }
 
+// The decode's own RoPE and cache append (rope_append_and_attend): the token's k and v rows
+// [sequences, kv_heads, head_dim], the frequencies and the caches to append to (the job's);
+// inv_freq is nullptr where q is rotated and the cache appended already (attention).
+struct DecodeRope {
+  const void* k;
+  const void* v;
+  const float* inv_freq;
+  void* k_cache;
+  void* v_cache;
+};
+
+// Requests into L2 the rows [first, last] of one kv head of both caches, a 128-byte line per
+// thread (see the decode kernel's comment for why this may come before the wait).
+template <typename T>
+__device__ __forceinline__ void prefetch_cache_rows(const T* k_rows, const T* v_rows,
+                                                    std::int64_t key_stride, std::int64_t first,
+                                                    std::int64_t last, int head_dim) {
+  constexpr int kLineBytes = 128;
+  const int row_lines = (head_dim * static_cast<int>(sizeof(T)) + kLineBytes - 1) / kLineBytes;
+  const std::int64_t lines = (last - first + 1) * row_lines;
+  for (std::int64_t i = threadIdx.x; i < 2 * lines; i += blockDim.x) {
+    const std::int64_t line = i % lines;
+    const T* row = (i < lines ? k_rows : v_rows) + (first + line / row_lines) * key_stride;
+    const char* address = reinterpret_cast<const char*>(row) + line % row_lines * kLineBytes;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(address));
+  }
+}
+
+// The token's k row of one kv head rotated, and its v row, into the cache rows k_row and v_row;
+// cos_of and sin_of hold the position's angles.
+template <typename T>
+__device__ __forceinline__ void append_token_kv(const T* k, const T* v, T* k_row, T* v_row,
+                                                int head_dim, const float* cos_of,
+                                                const float* sin_of) {
+  const int half = head_dim / 2;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float2 rotated =
+        rotated_pair<T>(to_float(k[i]), to_float(k[i + half]), cos_of[i], sin_of[i]);
+    k_row[i] = from_float<T>(rotated.x);
+    k_row[i + half] = from_float<T>(rotated.y);
+  }
+  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) v_row[i] = v[i];
+}
+
 // The decode partials of chunk blockIdx.x (chunk_keys keys) for the query heads of kv head
 // blockIdx.y of sequence blockIdx.z, kQueries query heads per pass: workspace [sequences, heads,
 // chunks, 2 + head_dim] holds m, l, acc[head_dim] per query head. The chunk's keys go a tile of
@@ -287,32 +342,61 @@ __device__ __forceinline__ KeyRange key_range(std::int64_t position, std::int64_
 // m_new) as the max grows; the key groups are summed at the end of the pass. With bf16,
 // exp(s − m) is rounded before it multiplies V (the running max stands in for the global max of
 // attention_reference).
+//
+// With rope.inv_freq set, the block first does its share of rope_append_kv: it rotates the
+// queries it reads (in shared memory; q stays as it was), and the block whose chunk holds the
+// position rotates the token's k row and appends it and the v row to the cache, before its own
+// barriers and reads of that row. Before the wait, the block requests its chunk's cache rows into
+// L2: the position is written before the step's first kernel, never by a kernel of the stream,
+// and of those rows only the one at the position changes (the append), which L2, the point of
+// coherence, keeps current.
 template <typename T, int kQueries>
 __global__ void __launch_bounds__(kDecodeThreads)
-    attention_decode_chunk_kernel(const AttentionJob job, std::int64_t chunk_keys, bool aligned) {
+    attention_decode_chunk_kernel(const AttentionJob job, const DecodeRope rope,
+                                  std::int64_t chunk_keys, bool aligned) {
   constexpr int kQueriesPerWarp = (kQueries + kDecodeWarps - 1) / kDecodeWarps;
   __shared__ float q_tile[kQueries][kMaxHeadDim];
   __shared__ float dot_parts[kDecodeWarps][kQueries][kDecodeTile];
   __shared__ float probabilities[kQueries][kDecodeTile];
   __shared__ float rescales[kQueries];
   __shared__ float group_sums[kDecodeThreads * kChunk];
+  __shared__ float cos_of[kMaxHeadDim / 2];
+  __shared__ float sin_of[kMaxHeadDim / 2];
   allow_next_kernel_start();
-  wait_for_previous_kernels();
   const std::int64_t chunk = blockIdx.x;
   const std::int64_t kv_head = blockIdx.y;
   const std::int64_t sequence = blockIdx.z;
-  const KeyRange range = key_range(*job.first_position, job.window, job.capacity);
+  const std::int64_t position = *job.first_position;
+  const KeyRange range = key_range(position, job.window, job.capacity);
   const std::int64_t first = max(range.first, chunk * chunk_keys);
   const std::int64_t last = min(range.last, chunk * chunk_keys + chunk_keys - 1);
-  if (first > last) return;  // the same for every thread of the block
-
   const int head_dim = static_cast<int>(job.head_dim);
-  const int pieces = head_dim / kChunk;  // at most 32
-  const int group = static_cast<int>(job.heads / job.kv_heads);
+  const int half = head_dim / 2;
   const std::int64_t key_stride = job.kv_heads * head_dim;
   const std::int64_t cache_offset = sequence * job.capacity * key_stride + kv_head * head_dim;
   const T* k_cache = static_cast<const T*>(job.k_cache) + cache_offset;
   const T* v_cache = static_cast<const T*>(job.v_cache) + cache_offset;
+  if (first <= last) prefetch_cache_rows(k_cache, v_cache, key_stride, first, last, head_dim);
+  wait_for_previous_kernels();
+  if (first > last) return;  // the same for every thread of the block
+
+  const bool rotate = rope.inv_freq != nullptr && position >= 0 && position < job.capacity;
+  if (rotate) {
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      rope_cos_sin<T>(position, rope.inv_freq, i, cos_of[i], sin_of[i]);
+    }
+    __syncthreads();
+    if (position / chunk_keys == chunk) {
+      const std::int64_t token_row = (sequence * job.kv_heads + kv_head) * head_dim;
+      const std::int64_t cache_row = cache_offset + position * key_stride;
+      append_token_kv(static_cast<const T*>(rope.k) + token_row,
+                      static_cast<const T*>(rope.v) + token_row,
+                      static_cast<T*>(rope.k_cache) + cache_row,
+                      static_cast<T*>(rope.v_cache) + cache_row, head_dim, cos_of, sin_of);
+    }
+  }
+  const int pieces = head_dim / kChunk;  // at most 32
+  const int group = static_cast<int>(job.heads / job.kv_heads);
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int key_groups = kDecodeThreads / pieces;
@@ -321,15 +405,28 @@ __global__ void __launch_bounds__(kDecodeThreads)
 
   for (int pass = 0; pass < group; pass += kQueries) {
     const std::int64_t first_query = sequence * job.heads + kv_head * group + pass;
-    __syncthreads();  // the previous pass is done with q_tile and group_sums
-    for (int index = threadIdx.x; index < kQueries * pieces; index += blockDim.x) {
-      const int i = index / pieces;
-      const int offset = index % pieces * kChunk;
-      float values[kChunk];
-      load_chunk(static_cast<const T*>(job.q) + (first_query + i) * head_dim + offset, aligned,
-                 values);
+    // The previous pass is done with q_tile and group_sums; the appended row is written.
+    __syncthreads();
+    const T* q = static_cast<const T*>(job.q) + first_query * head_dim;
+    if (rotate) {
+      for (int index = threadIdx.x; index < kQueries * half; index += blockDim.x) {
+        const int i = index / half;
+        const int j = index % half;
+        const float2 rotated =
+            rotated_pair<T>(to_float(q[i * head_dim + j]), to_float(q[i * head_dim + j + half]),
+                            cos_of[j], sin_of[j]);
+        q_tile[i][j] = round_as<T>(rotated.x);
+        q_tile[i][j + half] = round_as<T>(rotated.y);
+      }
+    } else {
+      for (int index = threadIdx.x; index < kQueries * pieces; index += blockDim.x) {
+        const int i = index / pieces;
+        const int offset = index % pieces * kChunk;
+        float values[kChunk];
+        load_chunk(q + i * head_dim + offset, aligned, values);
 #pragma unroll
-      for (int e = 0; e < kChunk; ++e) q_tile[i][offset + e] = values[e];
+        for (int e = 0; e < kChunk; ++e) q_tile[i][offset + e] = values[e];
+      }
     }
     float running_max[kQueriesPerWarp];
     float running_sum[kQueriesPerWarp];
@@ -670,13 +767,15 @@ cudaError_t launch_update(void* a, const void* b, std::int64_t count, Op op, cud
 }
 
 template <typename T, int kQueries>
-cudaError_t launch_decode(const AttentionJob& job, bool aligned, cudaStream_t stream) {
+cudaError_t launch_decode(const AttentionJob& job, const DecodeRope& rope, bool aligned,
+                          cudaStream_t stream) {
   const std::int64_t chunk_keys = decode_chunk_keys(job.capacity);
   const std::int64_t chunks = decode_chunks(job.capacity);
   const auto sequences = static_cast<unsigned>(job.sequences);
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(job.kv_heads), sequences);
-  const cudaError_t error = launch_overlapped(attention_decode_chunk_kernel<T, kQueries>, grid,
-                                              kDecodeThreads, 0, stream, job, chunk_keys, aligned);
+  const cudaError_t error =
+      launch_overlapped(attention_decode_chunk_kernel<T, kQueries>, grid, kDecodeThreads, 0, stream,
+                        job, rope, chunk_keys, aligned);
   if (error != cudaSuccess) return error;
   return launch_overlapped(attention_decode_combine_kernel<T>,
                            dim3(static_cast<unsigned>(job.heads), sequences), kCombineThreads, 0,
@@ -685,12 +784,14 @@ cudaError_t launch_decode(const AttentionJob& job, bool aligned, cudaStream_t st
 
 // A kv head's query heads go in passes of the most of 8, 4, 2, 1 that divides their number.
 template <typename T>
-cudaError_t launch_decode(const AttentionJob& job, bool aligned, cudaStream_t stream) {
+cudaError_t launch_decode(const AttentionJob& job, const DecodeRope& rope, cudaStream_t stream) {
+  const bool aligned =
+      is_aligned_16(job.q) && is_aligned_16(job.k_cache) && is_aligned_16(job.v_cache);
   const std::int64_t group = job.heads / job.kv_heads;
-  if (group % 8 == 0) return launch_decode<T, 8>(job, aligned, stream);
-  if (group % 4 == 0) return launch_decode<T, 4>(job, aligned, stream);
-  if (group % 2 == 0) return launch_decode<T, 2>(job, aligned, stream);
-  return launch_decode<T, 1>(job, aligned, stream);
+  if (group % 8 == 0) return launch_decode<T, 8>(job, rope, aligned, stream);
+  if (group % 4 == 0) return launch_decode<T, 4>(job, rope, aligned, stream);
+  if (group % 2 == 0) return launch_decode<T, 2>(job, rope, aligned, stream);
+  return launch_decode<T, 1>(job, rope, aligned, stream);
 }
 
 template <typename T, int kDimsPerLane>
@@ -704,12 +805,30 @@ cudaError_t launch_prefill(const AttentionJob& job, bool aligned, cudaStream_t s
 
 template <typename T>
 cudaError_t launch_attention(const AttentionJob& job, cudaStream_t stream) {
+  if (job.tokens == 1) return launch_decode<T>(job, DecodeRope{}, stream);
   const bool aligned =
       is_aligned_16(job.q) && is_aligned_16(job.k_cache) && is_aligned_16(job.v_cache);
-  if (job.tokens == 1) return launch_decode<T>(job, aligned, stream);
   if (job.head_dim <= 2 * kWarpSize) return launch_prefill<T, 2>(job, aligned, stream);
   if (job.head_dim <= 4 * kWarpSize) return launch_prefill<T, 4>(job, aligned, stream);
   return launch_prefill<T, 8>(job, aligned, stream);
+}
+
+bool valid_rope_job(const RopeAppendJob& job) {
+  return job.tokens >= 0 && job.heads > 0 && job.kv_heads > 0 && job.head_dim > 0 &&
+         job.head_dim % 2 == 0 && job.head_dim <= kMaxHeadDim && job.tokens <= INT32_MAX &&
+         (job.heads + job.kv_heads) * job.head_dim <= INT32_MAX &&
+         job.heads + job.kv_heads <= std::int64_t{kRopeHeadsPerBlock} * 65535 &&
+         job.sequences >= 1 && job.tokens % job.sequences == 0;
+}
+
+// Whether rope and job describe one decode step: the shapes, dtype, position and buffers they
+// share agree, and there is one token per sequence.
+bool same_decode_step(const RopeAppendJob& rope, const AttentionJob& job) {
+  return job.tokens == 1 && rope.tokens == job.sequences && rope.sequences == job.sequences &&
+         rope.heads == job.heads && rope.kv_heads == job.kv_heads &&
+         rope.head_dim == job.head_dim && rope.first_position == job.first_position &&
+         rope.capacity == job.capacity && rope.dtype == job.dtype && rope.q == job.q &&
+         rope.k_cache == job.k_cache && rope.v_cache == job.v_cache;
 }
 
 bool valid_attention_job(const AttentionJob& job) {
@@ -780,13 +899,7 @@ cudaError_t add_residual(void* hidden, const void* delta, std::int64_t count, DT
 }
 
 cudaError_t rope_append_kv(const RopeAppendJob& job, cudaStream_t stream) {
-  if (job.tokens < 0 || job.heads <= 0 || job.kv_heads <= 0 || job.head_dim <= 0 ||
-      job.head_dim % 2 != 0 || job.head_dim > kMaxHeadDim || job.tokens > INT32_MAX ||
-      (job.heads + job.kv_heads) * job.head_dim > INT32_MAX ||
-      job.heads + job.kv_heads > std::int64_t{kRopeHeadsPerBlock} * 65535 || job.sequences < 1 ||
-      job.tokens % job.sequences != 0) {
-    return cudaErrorInvalidValue;
-  }
+  if (!valid_rope_job(job)) return cudaErrorInvalidValue;
   if (job.tokens == 0) return cudaSuccess;
   return visit_activation_dtype(job.dtype, [&](auto type) {
     using T = typename decltype(type)::type;
@@ -812,6 +925,18 @@ cudaError_t attention(const AttentionJob& job, cudaStream_t stream) {
   return visit_activation_dtype(job.dtype, [&](auto type) {
     using T = typename decltype(type)::type;
     return launch_attention<T>(job, stream);
+  });
+}
+
+cudaError_t rope_append_and_attend(const RopeAppendJob& rope, const AttentionJob& job,
+                                   cudaStream_t stream) {
+  if (!valid_rope_job(rope) || !valid_attention_job(job) || !same_decode_step(rope, job)) {
+    return cudaErrorInvalidValue;
+  }
+  return visit_activation_dtype(job.dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    return launch_decode<T>(
+        job, DecodeRope{rope.k, rope.v, rope.inv_freq, rope.k_cache, rope.v_cache}, stream);
   });
 }
 

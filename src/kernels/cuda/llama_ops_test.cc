@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstddef>
@@ -647,6 +648,101 @@ TEST(CudaLlamaOps, BatchedDecodeEqualsEachSequenceAlone) {
   }
 }
 
+// rope_append_and_attend against the two calls it stands for, rope_append_kv and attention: the
+// same output and caches to the bit, and q as it was.
+TEST(CudaLlamaOps, RopeAppendAndAttendEqualsTheTwoCalls) {
+  KBIT_REQUIRE_CUDA();
+  struct Case {
+    std::int64_t sequences;
+    std::int64_t heads;
+    std::int64_t kv_heads;
+    std::int64_t head_dim;
+    std::int64_t capacity;  // 10 000 rows: chunks of 64 keys, two tiles each
+    std::int64_t window;
+  };
+  const Case cases[] = {{1, 8, 2, 64, 600, 0},     {3, 8, 2, 128, 600, 0},
+                        {2, 4, 4, 128, 1000, 300}, {1, 16, 2, 80, 10000, 0},
+                        {1, 6, 1, 256, 2048, 0},   {2, 32, 8, 128, 640, 1}};
+  for (const DType dtype : {DType::kF32, DType::kBF16}) {
+    for (const Case& c : cases) {
+      const std::int64_t q_size = c.sequences * c.heads * c.head_dim;
+      const std::int64_t kv_size = c.sequences * c.kv_heads * c.head_dim;
+      const std::int64_t cache_size = c.sequences * c.capacity * c.kv_heads * c.head_dim;
+      const std::vector<float> q = random_values(q_size, 80, dtype);
+      const std::vector<float> k = random_values(kv_size, 81, dtype);
+      const std::vector<float> v = random_values(kv_size, 82, dtype);
+      const std::vector<float> k_cache = random_values(cache_size, 83, dtype);
+      const std::vector<float> v_cache = random_values(cache_size, 84, dtype);
+      const DeviceArray inv_freq(inverse_frequencies(c.head_dim), DType::kF32);
+      // Positions at and around chunk boundaries, and the last row.
+      for (const std::int64_t position : {std::int64_t{0}, std::int64_t{31}, std::int64_t{32},
+                                          std::int64_t{517}, c.capacity - 1}) {
+        const DeviceArray device_position(
+            std::vector<std::int32_t>{static_cast<std::int32_t>(position)});
+        // q, out and the two caches after one decode step, fused or as two calls.
+        const auto run = [&](bool fused) {
+          const DeviceArray device_q(q, dtype);
+          const DeviceArray device_k(k, dtype);
+          const DeviceArray device_v(v, dtype);
+          const DeviceArray keys(k_cache, dtype);
+          const DeviceArray values(v_cache, dtype);
+          const DeviceArray out(q_size, dtype);
+          const DeviceArray workspace(static_cast<std::int64_t>(cuda::attention_workspace_floats(
+                                          1, c.heads, c.head_dim, c.capacity, c.sequences)),
+                                      DType::kF32);
+          const cuda::RopeAppendJob rope{device_q.data(),
+                                         device_k.data(),
+                                         device_v.data(),
+                                         c.sequences,
+                                         c.heads,
+                                         c.kv_heads,
+                                         c.head_dim,
+                                         device_position.as<const std::int32_t>(),
+                                         inv_freq.as<const float>(),
+                                         keys.data(),
+                                         values.data(),
+                                         dtype,
+                                         c.capacity,
+                                         c.sequences};
+          const cuda::AttentionJob job{device_q.data(),
+                                       keys.data(),
+                                       values.data(),
+                                       1,
+                                       c.heads,
+                                       c.kv_heads,
+                                       c.head_dim,
+                                       device_position.as<const std::int32_t>(),
+                                       c.capacity,
+                                       c.window,
+                                       1.0f / std::sqrt(static_cast<float>(c.head_dim)),
+                                       out.data(),
+                                       dtype,
+                                       workspace.as<float>(),
+                                       c.sequences};
+          if (fused) {
+            finish(cuda::rope_append_and_attend(rope, job, nullptr));
+          } else {
+            finish(cuda::rope_append_kv(rope, nullptr));
+            finish(cuda::attention(job, nullptr));
+          }
+          return std::array<std::vector<float>, 4>{device_q.to_floats(), out.to_floats(),
+                                                   keys.to_floats(), values.to_floats()};
+        };
+        const auto fused = run(true);
+        const auto separate = run(false);
+        std::ostringstream what;
+        what << dtype_label(dtype) << ", " << c.sequences << " sequences at " << position
+             << ", heads " << c.heads << "/" << c.kv_heads << ", head_dim " << c.head_dim
+             << ", capacity " << c.capacity << ", window " << c.window;
+        expect_equal(q, fused[0], what.str() + ": q, unrotated");
+        expect_equal(separate[1], fused[1], what.str() + ": out");
+        expect_equal(separate[2], fused[2], what.str() + ": k cache");
+        expect_equal(separate[3], fused[3], what.str() + ": v cache");
+      }
+    }
+  }
+}
+
 TEST(CudaLlamaOps, AttentionDecodeMatchesReference) {
   KBIT_REQUIRE_CUDA();
   struct Shape {
@@ -767,6 +863,30 @@ TEST(CudaLlamaOps, LaunchersRejectUnsupportedArguments) {
   job.kv_heads = 2;
   job.head_dim = 264;  // more than 256
   EXPECT_EQ(cuda::attention(job, nullptr), cudaErrorInvalidValue);
+
+  // rope_append_and_attend: jobs that do not describe the same decode step.
+  const DeviceArray position(std::vector<std::int32_t>{0});
+  float workspace = 0.0f;
+  job.tokens = 1;
+  job.head_dim = 128;
+  job.first_position = position.as<const std::int32_t>();
+  job.workspace = &workspace;  // never read: the launch is refused
+  cuda::RopeAppendJob rope{};
+  rope.tokens = 1;
+  rope.heads = job.heads;
+  rope.kv_heads = job.kv_heads;
+  rope.head_dim = job.head_dim;
+  rope.first_position = job.first_position;
+  rope.dtype = job.dtype;
+  rope.capacity = job.capacity;
+  rope.head_dim = 64;  // not the attention's
+  EXPECT_EQ(cuda::rope_append_and_attend(rope, job, nullptr), cudaErrorInvalidValue);
+  rope.head_dim = job.head_dim;
+  rope.tokens = 2;  // two tokens of one sequence: not a decode step
+  EXPECT_EQ(cuda::rope_append_and_attend(rope, job, nullptr), cudaErrorInvalidValue);
+  rope.tokens = 1;
+  rope.capacity = job.capacity + 1;
+  EXPECT_EQ(cuda::rope_append_and_attend(rope, job, nullptr), cudaErrorInvalidValue);
 }
 
 }  // namespace

@@ -170,8 +170,9 @@ struct CudaLlama::Impl {
   }
 
   // The attention block of layer l for `sequences` sequences of `per_sequence` rows each, the
-  // first being sequence `first_sequence` of the cache: RoPE and the cache append in one call,
-  // then attention in one call for one token per sequence (decode) or one call per sequence.
+  // first being sequence `first_sequence` of the cache: for one token per sequence (decode), RoPE,
+  // the cache append and attention in one call for all sequences; otherwise RoPE and the cache
+  // append in one call, then attention one call per sequence.
   Status attention(KvCache::DeviceState& s, std::size_t l, std::int64_t first_sequence,
                    std::int64_t sequences, std::int64_t per_sequence) const {
     const LlamaConfig& c = config;
@@ -195,27 +196,33 @@ struct CudaLlama::Impl {
                                  dtype(),
                                  s.capacity,
                                  sequences};
-    KBIT_RETURN_IF_ERROR(cuda_status(kc::rope_append_kv(rope, s.stream), "rope_append_kv"));
-    const bool decode = per_sequence == 1;
-    for (std::int64_t b = 0; b < (decode ? 1 : sequences); ++b) {
+    // Sequence b's attention: its queries (all sequences' at once for a decode) over its cache.
+    const auto attention_job = [&](std::int64_t b, std::int64_t count) {
       const std::int64_t row = b * per_sequence;
       const std::int64_t cache_row = first_cache_row + b * s.capacity;
-      const kc::AttentionJob job{row_pointer(s.q, row, q_width),
-                                 row_pointer(s.keys, cache_row, kv_width),
-                                 row_pointer(s.values, cache_row, kv_width),
-                                 per_sequence,
-                                 c.num_attention_heads,
-                                 c.num_key_value_heads,
-                                 c.head_dim,
-                                 s.position.data_as<const std::int32_t>(),
-                                 s.capacity,
-                                 window,
-                                 attention_scale,
-                                 row_pointer(s.attn, row, q_width),
-                                 dtype(),
-                                 s.attention_workspace.data_as<float>(),
-                                 decode ? sequences : 1};
-      KBIT_RETURN_IF_ERROR(cuda_status(kc::attention(job, s.stream), "attention"));
+      return kc::AttentionJob{row_pointer(s.q, row, q_width),
+                              row_pointer(s.keys, cache_row, kv_width),
+                              row_pointer(s.values, cache_row, kv_width),
+                              per_sequence,
+                              c.num_attention_heads,
+                              c.num_key_value_heads,
+                              c.head_dim,
+                              s.position.data_as<const std::int32_t>(),
+                              s.capacity,
+                              window,
+                              attention_scale,
+                              row_pointer(s.attn, row, q_width),
+                              dtype(),
+                              s.attention_workspace.data_as<float>(),
+                              count};
+    };
+    if (per_sequence == 1) {
+      return cuda_status(kc::rope_append_and_attend(rope, attention_job(0, sequences), s.stream),
+                         "rope_append_and_attend");
+    }
+    KBIT_RETURN_IF_ERROR(cuda_status(kc::rope_append_kv(rope, s.stream), "rope_append_kv"));
+    for (std::int64_t b = 0; b < sequences; ++b) {
+      KBIT_RETURN_IF_ERROR(cuda_status(kc::attention(attention_job(b, 1), s.stream), "attention"));
     }
     return ok_status();
   }
