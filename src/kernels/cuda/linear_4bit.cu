@@ -645,13 +645,15 @@ int tensor_core_lane_chunks(std::span<const FourBitCall> calls) {
   return 0;
 }
 
-// Warps per block of the tensor-core GEMV: kMmaWideWarps from kMmaWideInputs inputs (32 or more
-// whole-line steps, 64 half-line ones). The MLP's down projection (4096 features, 14336 inputs)
+// Warps per block of the tensor-core GEMV: kMmaWideWarps from kMmaWideInputs inputs (40 or more
+// whole-line steps, 80 half-line ones). The MLP's down projection (4096 features, 14336 inputs)
 // has 256 blocks, a few per SM, each warp a long chain of dependent loads: twice the warps halve
 // the chains (BENCHMARKS.md: 16.6 -> 13.6 µs at one token, 28.1 -> 19.4 µs at eight). At 4096
-// inputs, with many blocks, the wide blocks measured slower. The choice depends on `in` alone,
-// so that fused layers and separate calls sum in the same order.
-constexpr std::int64_t kMmaWideInputs = 8192;
+// inputs, with many blocks, the wide blocks measured slower, and at the 70B shape's 8192 inputs
+// (every Linear but down) a layer's decode took 4% longer with them, while Llama-2-7B's down
+// projection (11008 inputs) gains 2% of the step. The choice depends on `in` alone, so that fused
+// layers and separate calls sum in the same order.
+constexpr std::int64_t kMmaWideInputs = 10240;
 
 int mma_gemv_warps(std::int64_t in) {
   return in >= kMmaWideInputs ? kMmaWideWarps : kMmaWarps;

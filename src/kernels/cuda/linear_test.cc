@@ -980,8 +980,8 @@ TEST(CudaLinear4bitLayers, MatchSeparateCalls) {
       {1, 1024, {200, 200}, kSiluMul, kNf4, 64, true, DType::kBF16, DType::kBF16, false, kBnb},
       {7, 256, {48, 48}, kSiluMul, kFp4, 64, false, DType::kBF16, DType::kF32, true, kExact},
       // Inputs long enough for 16 warps a block: whole lines, then half lines.
-      {1, 8192, {48, 16, 16}, kStore, kNf4, 64, true, DType::kBF16, DType::kBF16, true, kBnb},
-      {6, 8192, {64, 64}, kSiluMul, kNf4, 64, false, DType::kBF16, DType::kBF16, false, kExact},
+      {1, 12288, {48, 16, 16}, kStore, kNf4, 64, true, DType::kBF16, DType::kBF16, true, kBnb},
+      {6, 12288, {64, 64}, kSiluMul, kNf4, 64, false, DType::kBF16, DType::kBF16, false, kExact},
       // Falling back to one call per layer: an f32 compute dtype, 9 rows, mixed code types.
       {3, 256, {40, 24, 24}, kStore, kNf4, 64, false, DType::kF32, DType::kF32, true, kExact},
       {9, 256, {32, 32}, kSiluMul, kNf4, 64, true, DType::kBF16, DType::kBF16, false, kBnb},
