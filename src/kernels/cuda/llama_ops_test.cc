@@ -875,7 +875,6 @@ TEST(CudaLlamaOps, LaunchersRejectUnsupportedArguments) {
   rope.tokens = 1;
   rope.heads = job.heads;
   rope.kv_heads = job.kv_heads;
-  rope.head_dim = job.head_dim;
   rope.first_position = job.first_position;
   rope.dtype = job.dtype;
   rope.capacity = job.capacity;
