@@ -34,6 +34,7 @@
 #include "kernels/cpu/quantized_linear.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/four_bit_parts.cuh"
+#include "kernels/cuda/fused_layers.cuh"
 #include "kernels/cuda/linear_4bit_gemm.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
@@ -224,7 +225,7 @@ __global__ void __launch_bounds__(kGemvThreads)
 // fourth block), each warp's first codes are requested before the tables are built, and the
 // product decode's table is filled with warp-uniform constant loads.
 //
-// One launch serves up to kMaxFused4bitLayers layers of the same x (MmaGemvLayers): each block
+// One launch serves up to kMaxFusedLayers layers of the same x (MmaGemvLayers): each block
 // finds its layer from its index (q, k and v in one launch), or, with the SiLU·mul epilogue,
 // computes the same 16 features of gate and of up, one after the other, and stores
 // silu(gate) · up.
@@ -408,38 +409,32 @@ __device__ __forceinline__ void multiply_mma_step(const MmaStepInputs<kLaneChunk
 // = 0), 16 features each; with the SiLU·mul epilogue both layers (gate, up) own every block.
 template <typename A>
 struct MmaGemvLayers {
-  FourBitSource weight[kMaxFused4bitLayers];
-  const A* bias[kMaxFused4bitLayers];
-  A* y[kMaxFused4bitLayers];
-  std::int64_t out[kMaxFused4bitLayers];
-  int end_block[kMaxFused4bitLayers];
+  FourBitSource weight[kMaxFusedLayers];
+  const A* bias[kMaxFusedLayers];
+  A* y[kMaxFusedLayers];
+  std::int64_t out[kMaxFusedLayers];
+  int end_block[kMaxFusedLayers];
   int count;
 };
-
-enum class GemvEpilogue { kStore, kSiluMul };
 
 // For each layer of the block, y[rows, out] = x[rows, in] · Wᵀ (+ bias[out]), for rows <=
 // kMmaColumns, in a multiple of kMmaStepValues<kLaneChunks>, x and the packed weights 16-byte
 // aligned, blocks of at least kLaneChunks · 32 values. With kSiluMul, y of layer 0 =
 // silu_mul(its output, layer 1's output).
-template <typename A, typename C, typename Decoder, int kLaneChunks, GemvEpilogue kEpilogue,
+template <typename A, typename C, typename Decoder, int kLaneChunks, LinearEpilogue kEpilogue,
           int kWarps>
 __global__ void __launch_bounds__(kWarps* kWarpSize)
     linear_4bit_mma_gemv_kernel(const A* __restrict__ x,
                                 const __grid_constant__ MmaGemvLayers<A> layers,
                                 const __grid_constant__ FourBitTables tables, int rows,
                                 std::int64_t in) {
-  constexpr int kPasses = kEpilogue == GemvEpilogue::kSiluMul ? 2 : 1;
+  constexpr int kPasses = kEpilogue == LinearEpilogue::kSiluMul ? 2 : 1;
   constexpr int kStepValues = kMmaStepValues<kLaneChunks>;
   __shared__ typename Decoder::Tables decode_tables;
   __shared__ float absmax_map[256];
   __shared__ float partial_sums[kPasses][kWarps][kMmaOutputs][kMmaColumns];
 
-  int layer = 0;
-  while (layer + 1 < layers.count && static_cast<int>(blockIdx.x) >= layers.end_block[layer]) {
-    ++layer;
-  }
-  const int first_block = layer == 0 ? 0 : layers.end_block[layer - 1];
+  const auto [layer, first_block] = block_layer(layers.end_block, layers.count);
   const std::int64_t first_out = static_cast<std::int64_t>(blockIdx.x - first_block) * kMmaOutputs;
   const std::int64_t out = layers.out[layer];
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
@@ -511,7 +506,7 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
       for (int w = 0; w < kWarps; ++w) totals[pass] += partial_sums[pass][w][feature][row];
     }
     const std::int64_t index = row * out + o;
-    if constexpr (kEpilogue == GemvEpilogue::kStore) {
+    if constexpr (kEpilogue == LinearEpilogue::kStore) {
       layers.y[layer][index] = finish_output<A, C>(totals[0], layers.bias[layer], o);
     } else {
       const float gate = to_float(finish_output<A, C>(totals[0], layers.bias[0], o));
@@ -662,7 +657,7 @@ int mma_gemv_warps(std::int64_t in) {
 // One launch of the tensor-core GEMV for `calls`, which share x, rows, in, the dtypes, the code
 // type and the decode (see linear_4bit_layers), with lane_chunks (1 or 2) that apply to each.
 cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane_chunks,
-                                    GemvEpilogue epilogue) {
+                                    LinearEpilogue epilogue) {
   const FourBitCall& first = calls.front();
   return visit_4bit_tensor_core_types(first, [&](auto a, auto c, auto w) {
     using A = decltype(a);
@@ -671,7 +666,7 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
     std::int64_t blocks = 0;
     for (std::size_t i = 0; i < calls.size(); ++i) {
       const std::int64_t layer_blocks = (calls[i].out + kMmaOutputs - 1) / kMmaOutputs;
-      blocks = epilogue == GemvEpilogue::kSiluMul ? layer_blocks : blocks + layer_blocks;
+      blocks = epilogue == LinearEpilogue::kSiluMul ? layer_blocks : blocks + layer_blocks;
       if (blocks > INT_MAX) return cudaErrorInvalidValue;
       layers.weight[i] = calls[i].weight;
       layers.bias[i] = static_cast<const A*>(calls[i].bias);
@@ -686,7 +681,7 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
       const int warps = mma_gemv_warps(first.in);
       const auto launch = [&](auto chunks, auto kind) {
         constexpr int kChunks = decltype(chunks)::value;
-        constexpr GemvEpilogue kKind = decltype(kind)::value;
+        constexpr LinearEpilogue kKind = decltype(kind)::value;
         const auto run = [&](auto kernel, int threads) {
           return launch_overlapped(kernel, static_cast<unsigned>(blocks), threads, 0, first.stream,
                                    static_cast<const A*>(first.x), layers, first.tables,
@@ -699,14 +694,15 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
         return run(linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kMmaWarps>,
                    kMmaWarps * kWarpSize);
       };
-      using Store = std::integral_constant<GemvEpilogue, GemvEpilogue::kStore>;
-      using SiluMul = std::integral_constant<GemvEpilogue, GemvEpilogue::kSiluMul>;
+      using Store = std::integral_constant<LinearEpilogue, LinearEpilogue::kStore>;
+      using SiluMul = std::integral_constant<LinearEpilogue, LinearEpilogue::kSiluMul>;
       if (lane_chunks == 2) {
         using Two = std::integral_constant<int, 2>;
-        return epilogue == GemvEpilogue::kStore ? launch(Two{}, Store{}) : launch(Two{}, SiluMul{});
+        return epilogue == LinearEpilogue::kStore ? launch(Two{}, Store{})
+                                                  : launch(Two{}, SiluMul{});
       }
       using One = std::integral_constant<int, 1>;
-      return epilogue == GemvEpilogue::kStore ? launch(One{}, Store{}) : launch(One{}, SiluMul{});
+      return epilogue == LinearEpilogue::kStore ? launch(One{}, Store{}) : launch(One{}, SiluMul{});
     });
   });
 }
@@ -993,7 +989,7 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
             "compute dtype, inputs a multiple of 256, blocks of at least 64 values and 16-byte "
             "aligned x and packed weight");
       }
-      return cuda_status(launch_tensor_core_gemv(calls, 2, GemvEpilogue::kStore),
+      return cuda_status(launch_tensor_core_gemv(calls, 2, LinearEpilogue::kStore),
                          "linear_4bit: tensor-core GEMV kernel");
     case Linear4bitKernel::kTensorCoreGemv:
       if (!tensor_core_gemv_applies(call, 1)) {
@@ -1001,7 +997,7 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
             "linear_4bit: the tensor-core GEMV needs at most 8 rows, an f16 or bf16 compute "
             "dtype, inputs a multiple of 128 and 16-byte aligned x and packed weight");
       }
-      return cuda_status(launch_tensor_core_gemv(calls, 1, GemvEpilogue::kStore),
+      return cuda_status(launch_tensor_core_gemv(calls, 1, LinearEpilogue::kStore),
                          "linear_4bit: tensor-core GEMV kernel");
     case Linear4bitKernel::kGemv:
       if (rows > kLinear4bitGemvMaxRows) {
@@ -1054,23 +1050,14 @@ Status linear_4bit_backward_input(LinearContext& context, const void* dy,
 Status linear_4bit_layers(LinearContext& context, const void* x,
                           std::span<const FourBitLayer> layers, std::int64_t rows, std::int64_t in,
                           DType compute_dtype, DType dtype, cpu::FourBitDecode decode,
-                          Linear4bitEpilogue epilogue) {
-  const bool silu_mul_epilogue = epilogue == Linear4bitEpilogue::kSiluMul;
-  if (layers.empty() || layers.size() > kMaxFused4bitLayers) {
-    return invalid_argument("linear_4bit_layers: takes 1 to " +
-                            std::to_string(kMaxFused4bitLayers) + " layers, not " +
-                            std::to_string(layers.size()));
-  }
-  if (silu_mul_epilogue && (layers.size() != 2 || layers[0].out != layers[1].out)) {
-    return invalid_argument(
-        "linear_4bit_layers: the SiLU·mul epilogue takes two layers (gate, up) of equal outputs");
-  }
+                          LinearEpilogue epilogue) {
+  KBIT_RETURN_IF_ERROR(check_fused_layer_group("linear_4bit_layers", layers, epilogue));
   for (const FourBitLayer& layer : layers) {
     KBIT_RETURN_IF_ERROR(
         check_4bit_call(x, layer.weight, rows, in, layer.out, compute_dtype, layer.y, dtype));
   }
   if (rows == 0) return ok_status();
-  std::array<FourBitCall, kMaxFused4bitLayers> storage;
+  std::array<FourBitCall, kMaxFusedLayers> storage;
   bool shared_types = true;
   for (std::size_t i = 0; i < layers.size(); ++i) {
     storage[i] =
@@ -1081,16 +1068,14 @@ Status linear_4bit_layers(LinearContext& context, const void* x,
   const std::span<const FourBitCall> calls(storage.data(), layers.size());
   const int lane_chunks = shared_types ? tensor_core_lane_chunks(calls) : 0;
   if (lane_chunks > 0) {
-    return cuda_status(
-        launch_tensor_core_gemv(calls, lane_chunks,
-                                silu_mul_epilogue ? GemvEpilogue::kSiluMul : GemvEpilogue::kStore),
-        "linear_4bit_layers: tensor-core GEMV kernel");
+    return cuda_status(launch_tensor_core_gemv(calls, lane_chunks, epilogue),
+                       "linear_4bit_layers: tensor-core GEMV kernel");
   }
   for (const FourBitLayer& layer : layers) {
     KBIT_RETURN_IF_ERROR(linear_4bit(context, x, layer.weight, layer.bias, rows, in, layer.out,
                                      compute_dtype, layer.y, dtype, decode));
   }
-  if (!silu_mul_epilogue) return ok_status();
+  if (epilogue == LinearEpilogue::kStore) return ok_status();
   return cuda_status(
       silu_mul(layers[0].y, layers[1].y, rows * layers[0].out, dtype, context.stream()),
       "linear_4bit_layers: silu_mul");

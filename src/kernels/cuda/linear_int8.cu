@@ -28,20 +28,25 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <cfloat>
+#include <climits>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <string>
 #include <type_traits>
 
 #include "core/cuda_runtime.h"
 #include "kbit/quant/codebooks.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/fused_layers.cuh"
 #include "kernels/cuda/int8_rowwise_parts.cuh"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
+#include "kernels/cuda/llama_launchers.h"
 #include "kernels/cuda/overlapped_launch.cuh"
 #include "kernels/cuda/quant_launchers.h"
 
@@ -237,47 +242,66 @@ __device__ __forceinline__ int4 zero_outlier_codes(int4 codes, std::uint32_t out
   return make_int4(kept(codes.x, 0), kept(codes.y, 1), kept(codes.z, 2), kept(codes.w, 3));
 }
 
-// The end of a GEMV block (steps 6-7): the threads' sums [kFeatures][kRows] of output features
-// [first_out, first_out + kFeatures) meet in shared memory, in a fixed order, and thread
-// k · kRows + r stores y[r][first_out + k] (none beyond out). row_absmax(r) gives SCA[r].
-// `has_outliers` must be the same for every block. Every thread of the block must call it.
+// The threads' sums [kFeatures][kRows] of a GEMV block, met in shared memory in a fixed order:
+// gather() (every thread of the block calls it, with the same `has_outliers` in every block)
+// leaves sum i = k · kRows + r of (feature k, row r) for product(i) and outlier_sum(i).
+template <int kFeatures, int kRows>
+struct GemvBlockSums {
+  static constexpr int kSums = kFeatures * kRows;
+  static constexpr int kWarps = kGemvThreads / 32;
+  std::int32_t warp_products[kWarps][kSums];
+  float warp_outlier_sums[kWarps][kSums];
+
+  __device__ __forceinline__ void gather(const std::int32_t (&products)[kFeatures][kRows],
+                                         const float (&outlier_sums)[kFeatures][kRows],
+                                         bool has_outliers) {
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+#pragma unroll
+    for (int k = 0; k < kFeatures; ++k) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const std::int32_t product = warp_sum(products[k][r]);
+        const float outlier_sum = has_outliers ? warp_sum(outlier_sums[k][r]) : 0.0f;
+        if (lane == 0) {
+          warp_products[warp][k * kRows + r] = product;
+          warp_outlier_sums[warp][k * kRows + r] = outlier_sum;
+        }
+      }
+    }
+    __syncthreads();
+  }
+  __device__ __forceinline__ std::int32_t product(int i) const {
+    std::int32_t total = 0;
+    for (int w = 0; w < kWarps; ++w) total += warp_products[w][i];
+    return total;
+  }
+  __device__ __forceinline__ float outlier_sum(int i) const {
+    float total = 0.0f;
+    for (int w = 0; w < kWarps; ++w) total += warp_outlier_sums[w][i];
+    return total;
+  }
+};
+
+// The end of a GEMV block (steps 6-7): the block's sums of output features [first_out,
+// first_out + kFeatures) meet (GemvBlockSums), and thread k · kRows + r stores y[r][first_out + k]
+// (none beyond out). row_absmax(r) gives SCA[r]. `has_outliers` must be the same for every
+// block. Every thread of the block must call it.
 template <typename T, int kFeatures, int kRows, typename RowAbsmax>
 __device__ __forceinline__ void store_gemv_outputs(const Int8OutputArgs<T>& args,
                                                    std::int64_t first_out,
                                                    const std::int32_t (&products)[kFeatures][kRows],
                                                    const float (&outlier_sums)[kFeatures][kRows],
                                                    bool has_outliers, RowAbsmax row_absmax) {
-  constexpr int kSums = kFeatures * kRows;  // (feature k, row r) at k · kRows + r
-  constexpr int kWarps = kGemvThreads / 32;
-  __shared__ std::int32_t warp_products[kWarps][kSums];
-  __shared__ float warp_outlier_sums[kWarps][kSums];
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  const int warp = static_cast<int>(threadIdx.x) / 32;
-#pragma unroll
-  for (int k = 0; k < kFeatures; ++k) {
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const std::int32_t product = warp_sum(products[k][r]);
-      const float outlier_sum = has_outliers ? warp_sum(outlier_sums[k][r]) : 0.0f;
-      if (lane == 0) {
-        warp_products[warp][k * kRows + r] = product;
-        warp_outlier_sums[warp][k * kRows + r] = outlier_sum;
-      }
-    }
-  }
-  __syncthreads();
-  if (threadIdx.x >= kSums) return;
-  const std::int64_t o = first_out + threadIdx.x / kRows;
-  const int row = static_cast<int>(threadIdx.x) % kRows;
+  __shared__ GemvBlockSums<kFeatures, kRows> sums;
+  sums.gather(products, outlier_sums, has_outliers);
+  const int i = static_cast<int>(threadIdx.x);
+  if (i >= kFeatures * kRows) return;
+  const std::int64_t o = first_out + i / kRows;
+  const int row = i % kRows;
   if (o >= args.out) return;
-  std::int32_t product = 0;
-  float outlier_sum = 0.0f;
-  for (int w = 0; w < kWarps; ++w) {
-    product += warp_products[w][threadIdx.x];
-    outlier_sum += warp_outlier_sums[w][threadIdx.x];
-  }
   args.y[row * args.out + o] =
-      int8_output(args, row_absmax(row), o, product, outlier_sum, has_outliers);
+      int8_output(args, row_absmax(row), o, sums.product(i), sums.outlier_sum(i), has_outliers);
 }
 
 // Steps 5-7 for rows [0, kRows) and output features [blockIdx.x · 4, +4). `vector_ok` promises
@@ -339,44 +363,69 @@ __global__ void __launch_bounds__(kGemvThreads)
                         [&](int row) { return args.row_absmax[row]; });
 }
 
-// Output features per block of the self-quantizing GEMV.
+// Weight rows per block of the self-quantizing GEMV.
 constexpr int kQuantizingGemvOutputs = 8;
 
 // The most inputs of the self-quantizing GEMV: its outlier-column mask, a bit per input, then
 // takes 32 KiB, within the 48 KiB of shared memory a block has without opting in.
 constexpr std::int64_t kQuantizingGemvMaxInputs = 32 * 1024 * 8;
 
-// Steps 1-7 for one row of x and output features [blockIdx.x · 8, + 8) in one kernel: each block
+// The layers of one launch of the self-quantizing GEMV, all of the same x and in. With kStore,
+// layer i owns blocks [end_block[i − 1], end_block[i]) (end_block[−1] = 0), kQuantizingGemvOutputs
+// features each; with kSiluMul every block takes the same kQuantizingGemvOutputs / 2 features of
+// gate (layer 0) and of up (layer 1). Their codes, row_absmax and outlier lists are not used.
+template <typename T>
+struct Int8GemvLayers {
+  Int8OutputArgs<T> layer[kMaxFusedLayers];
+  int end_block[kMaxFusedLayers];
+  int count;
+};
+
+// Steps 1-7 for one row of x and kQuantizingGemvOutputs weight rows in one kernel: each block
 // quantizes x itself (a few KiB, read from L2 by every block), so that a decode step's Linear is
 // one launch instead of four (the outlier mask's reset, the quantizer, the outlier list, the
-// products), and it may overlap its predecessor (overlapped_launch.cuh): each thread requests
-// its first weight vectors before it waits. With more rows every block would read all of them:
-// at 8 rows this form made the decode step 3.4x slower than the quantizer's launches
+// products), and the layers of one x (q, k and v; gate and up, with silu_mul applied to their
+// outputs) one launch between them. It may overlap its predecessor (overlapped_launch.cuh): each
+// thread requests its first weight vectors before it waits. With more rows every block would read
+// all of them: at 8 rows this form made the decode step 3.4x slower than the quantizer's launches
 // (BENCHMARKS.md). Columns are taken in vectors of 16, thread t taking vectors t, t + 256, …
 //   Pass 1 over x: the absmax without the outliers, and the outlier columns as a bit mask in
 //   dynamic shared memory, one bit per input.
 //   Pass 2: each vector of x again, from L1, turned into codes with the quantizer's arithmetic
-//   (int8_rowwise_parts.cuh), 0 in outlier columns, and multiplied by __dp4a with the 8 weight
+//   (int8_rowwise_parts.cuh), 0 in outlier columns, and multiplied by __dp4a with the weight
 //   rows' vectors; outlier columns add x · round_X(W') in f32.
-// `vector_ok` promises in % 16 == 0 and 16-byte aligned x and weight. A block's last features may
-// lie beyond out: they read the last weight row and write nothing. args.codes, row_absmax and
-// the outlier list are not used.
-template <typename T>
+// Every weight row's sums run in the order of a single layer's launch, so fusing changes no bit.
+// `vector_ok` promises in % 16 == 0 and 16-byte aligned x and weights. A block's last features may
+// lie beyond out: they read the last weight row and write nothing.
+template <typename T, LinearEpilogue kEpilogue>
 __global__ void __launch_bounds__(kGemvThreads)
-    int8_quantizing_gemv_kernel(const Int8OutputArgs<T> args, float threshold, bool vector_ok) {
-  constexpr int kFeatures = kQuantizingGemvOutputs;
+    int8_quantizing_gemv_kernel(const __grid_constant__ Int8GemvLayers<T> layers, float threshold,
+                                bool vector_ok) {
+  constexpr int kRowsRead = kQuantizingGemvOutputs;
+  constexpr bool kSiluMul = kEpilogue == LinearEpilogue::kSiluMul;
+  constexpr int kFeatures = kSiluMul ? kRowsRead / 2 : kRowsRead;  // output features per block
   extern __shared__ std::uint32_t outlier_mask[];  // bit c of word i: column 32i + c
   __shared__ float absmax_partials[kGemvThreads / 32];
-  const std::int64_t first_out = static_cast<std::int64_t>(blockIdx.x) * kFeatures;
-  const std::int64_t in = args.in;
+  __shared__ GemvBlockSums<kRowsRead, 1> sums;
+  const BlockLayer block =
+      kSiluMul ? BlockLayer{0, 0} : block_layer(layers.end_block, layers.count);
+  const std::int64_t first_out =
+      static_cast<std::int64_t>(blockIdx.x - block.first_block) * kFeatures;
+  const T* x = layers.layer[0].x;
+  const std::int64_t in = layers.layer[0].in;
   const std::int64_t vectors = (in + 15) / 16;
-  const auto feature = [&](int k) { return min(first_out + k, args.out - 1); };
+  // Weight row k: feature first_out + k % kFeatures of layer block.layer, or with kSiluMul of
+  // gate (k < kFeatures) or up.
+  const auto row_args = [&](int k) -> const Int8OutputArgs<T>& {
+    return layers.layer[kSiluMul ? k / kFeatures : block.layer];
+  };
+  const auto feature = [&](int k) { return min(first_out + k % kFeatures, row_args(k).out - 1); };
 
-  int4 w[kFeatures];
+  int4 w[kRowsRead];
   const auto load_weights = [&](std::int64_t v) {
 #pragma unroll
-    for (int k = 0; k < kFeatures; ++k) {
-      w[k] = load_16_weight_codes(args.weight + feature(k) * in, 16 * v, in, vector_ok);
+    for (int k = 0; k < kRowsRead; ++k) {
+      w[k] = load_16_weight_codes(row_args(k).weight + feature(k) * in, 16 * v, in, vector_ok);
     }
   };
   if (threadIdx.x < vectors) load_weights(threadIdx.x);
@@ -387,16 +436,16 @@ __global__ void __launch_bounds__(kGemvThreads)
   float absmax = 0.0f;
   bool all_finite = true;
   for (std::int64_t v = threadIdx.x; v < vectors; v += kGemvThreads) {
-    float x[16];
-    load_16_inputs(args.x, 16 * v, in, vector_ok, x);
+    float values[16];
+    load_16_inputs(x, 16 * v, in, vector_ok, values);
     std::uint32_t outliers = 0;  // bit c: column 16v + c
 #pragma unroll
     for (int c = 0; c < 16; ++c) {
-      all_finite = all_finite && fabsf(x[c]) <= FLT_MAX;
-      if (is_int8_outlier(x[c], threshold)) {
+      all_finite = all_finite && fabsf(values[c]) <= FLT_MAX;
+      if (is_int8_outlier(values[c], threshold)) {
         outliers |= 1u << c;
       } else {
-        absmax = max_ftz(absmax, fabsf(x[c]));
+        absmax = max_ftz(absmax, fabsf(values[c]));
       }
     }
     if (outliers != 0) atomicOr(&outlier_mask[v / 2], outliers << (16 * (v % 2)));
@@ -405,28 +454,28 @@ __global__ void __launch_bounds__(kGemvThreads)
   absmax = group_max(absmax, kGemvThreads, absmax_partials);
   const float scale = int8_row_scale(absmax);
 
-  std::int32_t products[kFeatures][1] = {};
-  float outlier_sums[kFeatures][1] = {};
+  std::int32_t products[kRowsRead][1] = {};
+  float outlier_sums[kRowsRead][1] = {};
   bool any_outlier = false;
   for (std::int64_t v = threadIdx.x; v < vectors; v += kGemvThreads) {
     if (v != threadIdx.x) load_weights(v);
     const std::uint32_t outliers = (outlier_mask[v / 2] >> (16 * (v % 2))) & 0xffffu;
     any_outlier = any_outlier || outliers != 0;
-    float x[16];
-    load_16_inputs(args.x, 16 * v, in, vector_ok, x);
+    float values[16];
+    load_16_inputs(x, 16 * v, in, vector_ok, values);
     std::int8_t bytes[16];
 #pragma unroll
-    for (int c = 0; c < 16; ++c) bytes[c] = int8_code(x[c], scale);
+    for (int c = 0; c < 16; ++c) bytes[c] = int8_code(values[c], scale);
     const int4 codes = zero_outlier_codes(pack_16_codes(bytes), outliers);
 #pragma unroll
-    for (int k = 0; k < kFeatures; ++k) products[k][0] = dot_16_codes(codes, w[k], products[k][0]);
+    for (int k = 0; k < kRowsRead; ++k) products[k][0] = dot_16_codes(codes, w[k], products[k][0]);
     for (std::uint32_t rest = outliers; rest != 0; rest &= rest - 1) {
       const int c = __ffs(static_cast<int>(rest)) - 1;
-      const float value = to_float(args.x[16 * v + c]);
+      const float value = to_float(x[16 * v + c]);
 #pragma unroll
-      for (int k = 0; k < kFeatures; ++k) {
+      for (int k = 0; k < kRowsRead; ++k) {
         const float weight =
-            dequantized_weight<T>(byte_of(w[k], c), args.weight_absmax[feature(k)]);
+            dequantized_weight<T>(byte_of(w[k], c), row_args(k).weight_absmax[feature(k)]);
         outlier_sums[k][0] += __fmul_rn(value, weight);
       }
     }
@@ -435,8 +484,22 @@ __global__ void __launch_bounds__(kGemvThreads)
   // Every block sees every column, so all agree on whether there are outlier columns.
   const bool has_outliers = __syncthreads_or(any_outlier);
   const float row_absmax = int8_row_absmax(absmax, all_finite);
-  store_gemv_outputs<T>(args, first_out, products, outlier_sums, has_outliers,
-                        [&](int) { return row_absmax; });
+  sums.gather(products, outlier_sums, has_outliers);
+  const int k = static_cast<int>(threadIdx.x);
+  const std::int64_t o = first_out + k;
+  const Int8OutputArgs<T>& args = row_args(0);
+  if (k >= kFeatures || o >= args.out) return;
+  const auto output = [&](int row, const Int8OutputArgs<T>& layer) {
+    return int8_output(layer, row_absmax, o, sums.product(row), sums.outlier_sum(row),
+                       has_outliers);
+  };
+  if constexpr (kSiluMul) {
+    const float gate = to_float(output(k, layers.layer[0]));
+    const float up = to_float(output(k + kFeatures, layers.layer[1]));
+    args.y[o] = from_float<T>(silu_mul_value<T>(gate, up));
+  } else {
+    args.y[o] = output(k, args);
+  }
 }
 
 // Steps 6-7 for a tile of kTile rows × kTile output features, given the products [rows, out].
@@ -665,16 +728,35 @@ void launch_int8_gemv(const Int8OutputArgs<T>& args, bool vector_ok, cudaStream_
   int8_gemv_kernel<T, kRows><<<blocks, kGemvThreads, 0, stream>>>(args, vector_ok);
 }
 
-// Launches the self-quantizing GEMV (one row, at most kQuantizingGemvMaxInputs inputs).
+// Launches the self-quantizing GEMV for `layers` (1 to kMaxFusedLayers, of one row of the same x,
+// at most kQuantizingGemvMaxInputs inputs; with kSiluMul two of equal out).
 template <typename T>
-cudaError_t launch_int8_quantizing_gemv(const Int8OutputArgs<T>& args, float threshold,
-                                        cudaStream_t stream) {
-  const bool vector_ok = args.in % 16 == 0 && is_aligned_16(args.x) && is_aligned_16(args.weight);
-  const auto blocks =
-      static_cast<unsigned>((args.out + kQuantizingGemvOutputs - 1) / kQuantizingGemvOutputs);
-  const std::size_t mask_bytes = static_cast<std::size_t>((args.in + 31) / 32) * 4;
-  return launch_overlapped(int8_quantizing_gemv_kernel<T>, blocks, kGemvThreads, mask_bytes, stream,
-                           args, threshold, vector_ok);
+cudaError_t launch_int8_quantizing_gemv(std::span<const Int8OutputArgs<T>> layers, float threshold,
+                                        LinearEpilogue epilogue, cudaStream_t stream) {
+  const bool silu_mul_epilogue = epilogue == LinearEpilogue::kSiluMul;
+  const std::int64_t features =
+      silu_mul_epilogue ? kQuantizingGemvOutputs / 2 : kQuantizingGemvOutputs;
+  const Int8OutputArgs<T>& first = layers.front();
+  bool vector_ok = first.in % 16 == 0 && is_aligned_16(first.x);
+  Int8GemvLayers<T> fused{};
+  std::int64_t blocks = 0;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const std::int64_t layer_blocks = (layers[i].out + features - 1) / features;
+    blocks = silu_mul_epilogue ? layer_blocks : blocks + layer_blocks;
+    if (blocks > INT_MAX) return cudaErrorInvalidValue;
+    vector_ok = vector_ok && is_aligned_16(layers[i].weight);
+    fused.layer[i] = layers[i];
+    fused.end_block[i] = static_cast<int>(blocks);
+  }
+  fused.count = static_cast<int>(layers.size());
+  const std::size_t mask_bytes = static_cast<std::size_t>((first.in + 31) / 32) * 4;
+  const auto grid = static_cast<unsigned>(blocks);
+  if (silu_mul_epilogue) {
+    return launch_overlapped(int8_quantizing_gemv_kernel<T, LinearEpilogue::kSiluMul>, grid,
+                             kGemvThreads, mask_bytes, stream, fused, threshold, vector_ok);
+  }
+  return launch_overlapped(int8_quantizing_gemv_kernel<T, LinearEpilogue::kStore>, grid,
+                           kGemvThreads, mask_bytes, stream, fused, threshold, vector_ok);
 }
 
 // The first failure of a sequence of cuBLASLt calls, and the call that failed.
@@ -930,7 +1012,8 @@ Status linear_int8(LinearContext& context, const void* x, const Int8WeightDevice
     const Int8OutputArgs<T> args =
         output_args<T>(x, weight, bias, rows, in, out, has_threshold, scratch, y);
     if (rows == 1 && in <= kQuantizingGemvMaxInputs) {
-      return cuda_status(launch_int8_quantizing_gemv(args, threshold, context.stream()),
+      return cuda_status(launch_int8_quantizing_gemv<T>({&args, 1}, threshold,
+                                                        LinearEpilogue::kStore, context.stream()),
                          "linear_int8: int8_quantizing_gemv_kernel");
     }
     KBIT_RETURN_IF_ERROR(
@@ -938,6 +1021,39 @@ Status linear_int8(LinearContext& context, const void* x, const Int8WeightDevice
     return int8_outputs(context, args, scratch);
   };
   return dtype == DType::kF32 ? outputs(float{}) : outputs(__nv_bfloat16{});
+}
+
+Status linear_int8_layers(LinearContext& context, const void* x, std::span<const Int8Layer> layers,
+                          std::int64_t rows, std::int64_t in, float threshold, DType dtype,
+                          LinearEpilogue epilogue) {
+  KBIT_RETURN_IF_ERROR(check_fused_layer_group("linear_int8_layers", layers, epilogue));
+  for (const Int8Layer& layer : layers) {
+    KBIT_RETURN_IF_ERROR(check_int8_arguments(context, x, layer.weight, rows, in, layer.out,
+                                              threshold, layer.y, dtype));
+  }
+  if (rows == 1 && in <= kQuantizingGemvMaxInputs) {
+    const auto fused = [&](auto type_tag) {
+      using T = decltype(type_tag);
+      std::array<Int8OutputArgs<T>, kMaxFusedLayers> args;
+      for (std::size_t i = 0; i < layers.size(); ++i) {
+        // The self-quantizing GEMV uses no scratch.
+        args[i] = output_args<T>(x, layers[i].weight, layers[i].bias, rows, in, layers[i].out,
+                                 threshold > 0.0f, Int8Scratch{}, layers[i].y);
+      }
+      return launch_int8_quantizing_gemv<T>({args.data(), layers.size()}, threshold, epilogue,
+                                            context.stream());
+    };
+    return cuda_status(dtype == DType::kF32 ? fused(float{}) : fused(__nv_bfloat16{}),
+                       "linear_int8_layers: int8_quantizing_gemv_kernel");
+  }
+  for (const Int8Layer& layer : layers) {
+    KBIT_RETURN_IF_ERROR(linear_int8(context, x, layer.weight, layer.bias, rows, in, layer.out,
+                                     threshold, layer.y, dtype));
+  }
+  if (epilogue == LinearEpilogue::kStore) return ok_status();
+  return cuda_status(
+      silu_mul(layers[0].y, layers[1].y, rows * layers[0].out, dtype, context.stream()),
+      "linear_int8_layers: silu_mul");
 }
 
 Status dequantize_int8_weight(const Int8WeightDevice& weight, std::int64_t out, std::int64_t in,

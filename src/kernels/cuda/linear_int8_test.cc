@@ -1,4 +1,4 @@
-// GPU tests of linear_int8 (kernels/cuda/linear_launchers.h) against its definition on the CPU,
+// GPU tests of linear_int8 and linear_int8_layers (kernels/cuda/linear_launchers.h) against
 // linear_int8_reference (kernels/cpu/quantized_linear.h), on fresh random data:
 //   - without outlier columns (threshold 0, or no value reaching it) every output equals the
 //     reference bit for bit: the int32 products are exact and steps 6-7 are the same float
@@ -11,6 +11,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -28,6 +29,7 @@
 #include "kbit/quant/int8_rowwise.h"
 #include "kernels/cpu/quantized_linear.h"
 #include "kernels/cuda/linear_launchers.h"
+#include "kernels/cuda/llama_launchers.h"
 #include "testing/shared_data.h"
 
 namespace kbit {
@@ -409,6 +411,122 @@ TEST(CudaLinearInt8, RejectsWhatTheContractExcludes) {
   EXPECT_EQ(run(8, 64, std::nanf(""), DType::kF32), StatusCode::kInvalidArgument);
   // Far beyond the sizes the context was made for (nothing is launched: it fails first).
   EXPECT_EQ(run(1000000, 64, 6.0f, DType::kF32), StatusCode::kInvalidArgument);
+  check_cuda(cudaStreamSynchronize(setup.stream()), "cudaStreamSynchronize");
+}
+
+// ---- linear_int8_layers.
+
+struct Int8LayersCase {
+  std::int64_t rows;
+  std::int64_t in;
+  std::vector<std::int64_t> outs;
+  kc::LinearEpilogue epilogue;
+  DType dtype;
+  float threshold;
+  bool bias;
+};
+
+// The layers in one call give the bits of one linear_int8 call per layer (and silu_mul after gate
+// and up): the fused GEMV sums each weight row in the order of the single layer's, outlier columns
+// (planted) included.
+void check_int8_layers_case(const Int8LayersCase& c, std::uint64_t seed) {
+  const bool silu = c.epilogue == kc::LinearEpilogue::kSiluMul;
+  SCOPED_TRACE(std::to_string(c.rows) + " rows, in " + std::to_string(c.in) + ", " +
+               std::to_string(c.outs.size()) + " layers, " + std::string(dtype_name(c.dtype)) +
+               ", threshold " + std::to_string(c.threshold) + (silu ? ", SiLU·mul" : ""));
+  const std::int64_t widest = *std::max_element(c.outs.begin(), c.outs.end());
+  LinearSetup setup(c.rows, c.in, widest);
+  const Tensor x =
+      to_device(make_activations(Int8Case{c.rows, c.dtype, c.threshold, c.bias, true}, c.in, seed));
+  std::vector<TestWeight> weights;
+  std::vector<Tensor> biases;
+  std::vector<Tensor> expected;
+  std::vector<Tensor> actual;
+  std::vector<kc::Int8Layer> layers;
+  for (std::size_t i = 0; i < c.outs.size(); ++i) {
+    const std::int64_t out = c.outs[i];
+    weights.push_back(make_weight(out, c.in, seed + 10 * (i + 1)));
+    Tensor bias = host_tensor(Shape{out}, c.dtype);
+    check(fill_normal(bias.view(), seed + 10 * i + 5, 0.0f, 0.5f));
+    biases.push_back(to_device(bias));
+    expected.push_back(poisoned_device_tensor(Shape{c.rows, out}, c.dtype));
+    actual.push_back(poisoned_device_tensor(Shape{c.rows, out}, c.dtype));
+    const kc::Int8WeightDevice weight{weights[i].device_codes.data_as<const std::int8_t>(),
+                                      weights[i].device_row_absmax.data_as<const float>()};
+    const void* bias_data = c.bias ? biases[i].view().data() : nullptr;
+    check(kc::linear_int8(setup.context(), x.view().data(), weight, bias_data, c.rows, c.in, out,
+                          c.threshold, expected[i].view().data(), c.dtype));
+    layers.push_back({weight, bias_data, out, actual[i].view().data()});
+  }
+  if (silu) {
+    check_cuda(kc::silu_mul(expected[0].view().data(), expected[1].view().data(),
+                            c.rows * c.outs[0], c.dtype, setup.stream()),
+               "silu_mul");
+  }
+  check(kc::linear_int8_layers(setup.context(), x.view().data(), layers, c.rows, c.in, c.threshold,
+                               c.dtype, c.epilogue));
+  check_cuda(cudaStreamSynchronize(setup.stream()), "cudaStreamSynchronize");
+  for (std::size_t i = 0; i < (silu ? 1 : layers.size()); ++i) {
+    const std::vector<float> want = values_of(to_host(expected[i].view()).view());
+    const std::vector<float> got = values_of(to_host(actual[i].view()).view());
+    std::int64_t differing = 0;
+    for (std::size_t k = 0; k < want.size(); ++k) {
+      if (std::bit_cast<std::uint32_t>(want[k]) != std::bit_cast<std::uint32_t>(got[k]) &&
+          ++differing <= 5) {
+        ADD_FAILURE() << "layer " << i << ", y[" << k << "] = " << got[k] << ", one call gives "
+                      << want[k];
+      }
+    }
+    EXPECT_EQ(differing, 0) << "layer " << i;
+  }
+}
+
+TEST(CudaLinearInt8Layers, MatchSeparateCalls) {
+  KBIT_REQUIRE_CUDA();
+  constexpr auto kStore = kc::LinearEpilogue::kStore;
+  constexpr auto kSiluMul = kc::LinearEpilogue::kSiluMul;
+  const Int8LayersCase cases[] = {
+      // q, k and v of a GQA shape, one row: the self-quantizing GEMV, outs cut by its blocks.
+      {1, 512, {100, 36, 36}, kStore, DType::kBF16, 6.0f, true},
+      {1, 160, {40, 24, 20}, kStore, DType::kF32, 0.0f, false},
+      // gate and up with silu_mul; in 200 takes the GEMV's byte loop.
+      {1, 256, {102, 102}, kSiluMul, DType::kBF16, 6.0f, false},
+      {1, 200, {48, 48}, kSiluMul, DType::kF32, 6.0f, true},
+      // More rows: one linear_int8 call each, then silu_mul.
+      {3, 256, {64, 32}, kStore, DType::kBF16, 6.0f, true},
+      {5, 256, {64, 64}, kSiluMul, DType::kBF16, 0.0f, true},
+  };
+  std::uint64_t seed = 7000;
+  for (const Int8LayersCase& c : cases) {
+    check_int8_layers_case(c, seed);
+    seed += 100;
+  }
+}
+
+TEST(CudaLinearInt8Layers, RejectsBadCalls) {
+  KBIT_REQUIRE_CUDA();
+  LinearSetup setup(1, 64, 64);
+  const TestWeight weight = make_weight(64, 64, 7500);
+  const Tensor x = poisoned_device_tensor(Shape{1, 64}, DType::kF32);
+  const Tensor y = poisoned_device_tensor(Shape{1, 64}, DType::kF32);
+  const kc::Int8WeightDevice device_weight{weight.device_codes.data_as<const std::int8_t>(),
+                                           weight.device_row_absmax.data_as<const float>()};
+  const kc::Int8Layer layer{device_weight, nullptr, 64, y.view().data()};
+  kc::Int8Layer narrow = layer;
+  narrow.out = 32;
+  kc::Int8Layer no_codes = layer;
+  no_codes.weight.codes = nullptr;
+  const auto call = [&](std::vector<kc::Int8Layer> layers, kc::LinearEpilogue epilogue) {
+    return kc::linear_int8_layers(setup.context(), x.view().data(), layers, 1, 64, 6.0f,
+                                  DType::kF32, epilogue)
+        .code();
+  };
+  EXPECT_EQ(call({}, kc::LinearEpilogue::kStore), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer, layer, layer, layer}, kc::LinearEpilogue::kStore),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer}, kc::LinearEpilogue::kSiluMul), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer, narrow}, kc::LinearEpilogue::kSiluMul), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer, no_codes}, kc::LinearEpilogue::kStore), StatusCode::kInvalidArgument);
   check_cuda(cudaStreamSynchronize(setup.stream()), "cudaStreamSynchronize");
 }
 

@@ -152,6 +152,15 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
                    cpu::FourBitDecode decode = cpu::FourBitDecode::kExact,
                    Linear4bitKernel kernel = Linear4bitKernel::kAuto);
 
+// ---- Several layers of one input ----------------------------------------------------------------
+// A decode step's q, k and v read the same x, and so do its gate and up, whose outputs only
+// silu_mul reads: linear_4bit_layers and linear_int8_layers take such a group in one launch.
+inline constexpr std::size_t kMaxFusedLayers = 3;
+enum class LinearEpilogue {
+  kStore,    // each layer's y gets its output
+  kSiluMul,  // two layers, gate and up: gate's y gets silu_mul(gate, up); up's y is scratch
+};
+
 // ---- Several 4-bit layers of one input ----------------------------------------------------------
 // One Linear4bit layer of a group that reads the same x.
 struct FourBitLayer {
@@ -160,12 +169,7 @@ struct FourBitLayer {
   std::int64_t out;
   void* y;  // [rows, out] of the activation dtype
 };
-inline constexpr std::size_t kMaxFused4bitLayers = 3;
-enum class Linear4bitEpilogue {
-  kStore,    // each layer's y gets its output
-  kSiluMul,  // two layers, gate and up: gate's y gets silu_mul(gate, up); up's y is scratch
-};
-// `layers` (1 to kMaxFused4bitLayers) applied to the same x [rows, in], each with the bits that
+// `layers` (1 to kMaxFusedLayers) applied to the same x [rows, in], each with the bits that
 // linear_4bit(context, x, layer.weight, layer.bias, rows, in, layer.out, compute_dtype, layer.y,
 // dtype, decode) gives, in one launch of the tensor-core GEMV where it applies to every layer
 // and their weights share the code type and dtype (a decode step's q, k and v; its gate and up),
@@ -176,7 +180,7 @@ Status linear_4bit_layers(LinearContext& context, const void* x,
                           std::span<const FourBitLayer> layers, std::int64_t rows, std::int64_t in,
                           DType compute_dtype, DType dtype,
                           cpu::FourBitDecode decode = cpu::FourBitDecode::kExact,
-                          Linear4bitEpilogue epilogue = Linear4bitEpilogue::kStore);
+                          LinearEpilogue epilogue = LinearEpilogue::kStore);
 
 // ---- 4-bit input gradient ----------------------------------------------------------------------
 // The gradient of linear_4bit's output with respect to its input, as bitsandbytes' MatMul4Bit
@@ -214,6 +218,24 @@ struct Int8WeightDevice {
 Status linear_int8(LinearContext& context, const void* x, const Int8WeightDevice& weight,
                    const void* bias, std::int64_t rows, std::int64_t in, std::int64_t out,
                    float threshold, void* y, DType dtype);
+
+// One LLM.int8 layer of a group that reads the same x.
+struct Int8Layer {
+  Int8WeightDevice weight;
+  const void* bias;  // [out] of dtype, or nullptr
+  std::int64_t out;
+  void* y;  // [rows, out] of dtype
+};
+// `layers` (1 to kMaxFusedLayers) applied to the same x [rows, in], each with the bits that
+// linear_int8(context, x, layer.weight, layer.bias, rows, in, layer.out, threshold, layer.y,
+// dtype) gives: for one row, in one launch of the self-quantizing GEMV (each block quantizes x
+// once for every weight row it reads), else one linear_int8 call each. With kSiluMul the two
+// layers have equal out, and gate's y receives what silu_mul (llama_launchers.h) computes from
+// the two outputs; up's y may be overwritten. Every layer is validated as linear_int8 validates
+// its call.
+Status linear_int8_layers(LinearContext& context, const void* x, std::span<const Int8Layer> layers,
+                          std::int64_t rows, std::int64_t in, float threshold, DType dtype,
+                          LinearEpilogue epilogue = LinearEpilogue::kStore);
 
 // weight_out [out, in] (dtype f32 or bf16) = the matrix bitsandbytes' MatMul8bitLt backward
 // multiplies the output gradient by, CB.to(dtype).mul_(SCB.unsqueeze(1).mul(1.0 / 127.0)): per

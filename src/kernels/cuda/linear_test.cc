@@ -900,7 +900,7 @@ struct LayersCase {
   std::int64_t rows;
   std::int64_t in;
   std::vector<std::int64_t> outs;
-  Linear4bitEpilogue epilogue;
+  LinearEpilogue epilogue;
   FourBitType type;
   std::int64_t block_size;
   bool nested;
@@ -941,7 +941,7 @@ void check_layers_case(const LayersCase& c, std::uint64_t seed) {
                       expected[i].view().data(), c.dtype, c.decode));
     layers.push_back({weights[i].view, bias, c.outs[i], actual[i].view().data()});
   }
-  const bool silu = c.epilogue == Linear4bitEpilogue::kSiluMul;
+  const bool silu = c.epilogue == LinearEpilogue::kSiluMul;
   if (silu) {
     check_cuda(silu_mul(expected[0].view().data(), expected[1].view().data(), c.rows * c.outs[0],
                         c.dtype, stream.get()),
@@ -966,8 +966,8 @@ void check_layers_case(const LayersCase& c, std::uint64_t seed) {
 
 TEST(CudaLinear4bitLayers, MatchSeparateCalls) {
   KBIT_REQUIRE_CUDA();
-  constexpr auto kStore = Linear4bitEpilogue::kStore;
-  constexpr auto kSiluMul = Linear4bitEpilogue::kSiluMul;
+  constexpr auto kStore = LinearEpilogue::kStore;
+  constexpr auto kSiluMul = LinearEpilogue::kSiluMul;
   constexpr auto kBnb = FourBitDecode::kBitsandbytes;
   constexpr auto kExact = FourBitDecode::kExact;
   const LayersCase cases[] = {
@@ -1017,19 +1017,19 @@ TEST(CudaLinear4bitLayers, RejectsBadCalls) {
   const FourBitWeightDevice weight = placeholder_weight(buffer);
   const FourBitLayer layer{weight, nullptr, 64, data};
   const FourBitLayer narrow{weight, nullptr, 32, data};
-  const auto call = [&](std::vector<FourBitLayer> layers, Linear4bitEpilogue epilogue) {
+  const auto call = [&](std::vector<FourBitLayer> layers, LinearEpilogue epilogue) {
     return linear_4bit_layers(*context, data, layers, 1, 64, DType::kBF16, DType::kBF16,
                               FourBitDecode::kExact, epilogue)
         .code();
   };
-  EXPECT_EQ(call({}, Linear4bitEpilogue::kStore), StatusCode::kInvalidArgument);
-  EXPECT_EQ(call({layer, layer, layer, layer}, Linear4bitEpilogue::kStore),
+  EXPECT_EQ(call({}, LinearEpilogue::kStore), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer, layer, layer, layer}, LinearEpilogue::kStore),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(call({layer}, Linear4bitEpilogue::kSiluMul), StatusCode::kInvalidArgument);
-  EXPECT_EQ(call({layer, narrow}, Linear4bitEpilogue::kSiluMul), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer}, LinearEpilogue::kSiluMul), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer, narrow}, LinearEpilogue::kSiluMul), StatusCode::kInvalidArgument);
   FourBitLayer bad = layer;
   bad.weight.block_size = 48;
-  EXPECT_EQ(call({layer, bad}, Linear4bitEpilogue::kStore), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer, bad}, LinearEpilogue::kStore), StatusCode::kInvalidArgument);
 }
 
 // ---- LinearContext and the workspace layout.

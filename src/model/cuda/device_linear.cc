@@ -17,6 +17,10 @@ kc::FourBitWeightDevice four_bit_weight_device(const LinearWeight& w) {
           state.dtype};
 }
 
+kc::Int8WeightDevice int8_weight_device(const LinearWeight& w) {
+  return {w.codes().data_as<const std::int8_t>(), w.row_absmax().data_as<const float>()};
+}
+
 kc::LoraAdapterDevice lora_adapter_on(const DeviceLinear& layer, const Tensor& a, const Tensor& b,
                                       float scaling) {
   return {a.data_as<const float>(), b.data_as<const float>(), a.shape()[0], scaling,
@@ -36,12 +40,9 @@ Status device_linear_forward(kc::LinearContext& context, const DeviceLinear& lay
     case LinearFormat::kFourBit:
       return kc::linear_4bit(context, x, four_bit_weight_device(w), bias, rows, w.in_features(),
                              w.out_features(), numerics.compute_dtype, y, dtype, decode);
-    case LinearFormat::kInt8: {
-      const kc::Int8WeightDevice weight{w.codes().data_as<const std::int8_t>(),
-                                        w.row_absmax().data_as<const float>()};
-      return kc::linear_int8(context, x, weight, bias, rows, w.in_features(), w.out_features(),
-                             numerics.int8_threshold, y, dtype);
-    }
+    case LinearFormat::kInt8:
+      return kc::linear_int8(context, x, int8_weight_device(w), bias, rows, w.in_features(),
+                             w.out_features(), numerics.int8_threshold, y, dtype);
   }
   return internal_error("unknown Linear format");
 }
@@ -69,9 +70,8 @@ Status dequantize_device_linear(const DeviceLinear& layer, const LinearNumerics&
                                         w.in_features(), numerics.compute_dtype, weight_out,
                                         stream);
     case LinearFormat::kInt8:
-      return kc::dequantize_int8_weight(
-          {w.codes().data_as<const std::int8_t>(), w.row_absmax().data_as<const float>()},
-          w.out_features(), w.in_features(), numerics.activation_dtype, weight_out, stream);
+      return kc::dequantize_int8_weight(int8_weight_device(w), w.out_features(), w.in_features(),
+                                        numerics.activation_dtype, weight_out, stream);
   }
   return invalid_argument("dequantize_device_linear: a float weight is its own matrix");
 }

@@ -18,6 +18,9 @@ namespace kbit::model::cuda {
 // The device pointers of a 4-bit weight on the device.
 kernels::cuda::FourBitWeightDevice four_bit_weight_device(const LinearWeight& weight);
 
+// The device pointers of an int8 weight on the device.
+kernels::cuda::Int8WeightDevice int8_weight_device(const LinearWeight& weight);
+
 // LoRA weights a f32 [rank, in] and b f32 [out, rank] on the device, with `scaling`, as the LoRA
 // launchers take them on `layer`: PEFT's rounding for the layer's kind of base.
 kernels::cuda::LoraAdapterDevice lora_adapter_on(const DeviceLinear& layer, const Tensor& a,

@@ -99,6 +99,28 @@ void* row_pointer(const Tensor& tensor, std::int64_t row, std::int64_t row_eleme
          static_cast<std::size_t>(row * row_elements) * dtype_size(tensor.dtype());
 }
 
+// The layers of one fused launch (kc::FourBitLayer or kc::Int8Layer), with their weights made
+// by `weight_device` and their outputs ys.
+template <typename Layer>
+struct FusedLayers {
+  std::array<Layer, kc::kMaxFusedLayers> layers{};
+  std::size_t count = 0;
+  std::span<const Layer> span() const { return {layers.data(), count}; }
+};
+
+template <typename Layer, typename WeightDevice>
+FusedLayers<Layer> fused_layers(std::initializer_list<const DeviceLinear*> layers,
+                                std::initializer_list<void*> ys, WeightDevice weight_device) {
+  FusedLayers<Layer> fused;
+  auto y = ys.begin();
+  for (const DeviceLinear* layer : layers) {
+    const void* bias = layer->bias.numel() > 0 ? layer->bias.view().data() : nullptr;
+    fused.layers.at(fused.count++) = {weight_device(layer->weight), bias,
+                                      layer->weight.out_features(), *y++};
+  }
+  return fused;
+}
+
 }  // namespace
 
 struct CudaLlama::Impl {
@@ -128,32 +150,32 @@ struct CudaLlama::Impl {
     return ok_status();
   }
 
-  // Layers of the same x (q, k and v; gate and up), ys[i] = layers[i](x): in one launch where
-  // all are 4-bit without LoRA (linear_4bit_layers), else one call each. With kSiluMul (gate,
-  // up), ys[0] = silu_mul(gate, up) and ys[1] is scratch.
+  // Layers of the same x (q, k and v; gate and up), ys[i] = layers[i](x): in one call where all
+  // are 4-bit, or all int8, without LoRA (linear_4bit_layers, linear_int8_layers), else one call
+  // each. With kSiluMul (gate, up), ys[0] = silu_mul(gate, up) and ys[1] is scratch.
   Status linears(KvCache::DeviceState& s, std::initializer_list<const DeviceLinear*> layers,
                  const void* x, std::int64_t rows, std::initializer_list<void*> ys,
-                 kc::Linear4bitEpilogue epilogue = kc::Linear4bitEpilogue::kStore) const {
-    const auto fusable = [](const DeviceLinear* layer) {
-      return layer->weight.format() == LinearFormat::kFourBit && layer->lora.empty();
-    };
-    if (std::all_of(layers.begin(), layers.end(), fusable)) {
-      std::array<kc::FourBitLayer, kc::kMaxFused4bitLayers> four_bit{};
-      std::size_t count = 0;
-      auto y = ys.begin();
-      for (const DeviceLinear* layer : layers) {
-        const void* bias = layer->bias.numel() > 0 ? layer->bias.view().data() : nullptr;
-        four_bit.at(count++) = {four_bit_weight_device(layer->weight), bias,
-                                layer->weight.out_features(), *y++};
-      }
-      return kc::linear_4bit_layers(*s.linear, x, std::span(four_bit.data(), count), rows,
-                                    (*layers.begin())->weight.in_features(), numerics.compute_dtype,
+                 kc::LinearEpilogue epilogue = kc::LinearEpilogue::kStore) const {
+    const DeviceLinear& first = **layers.begin();
+    const LinearFormat format = first.weight.format();
+    const bool fusable = std::all_of(layers.begin(), layers.end(), [&](const DeviceLinear* layer) {
+      return layer->weight.format() == format && layer->lora.empty();
+    });
+    const std::int64_t in = first.weight.in_features();
+    if (fusable && format == LinearFormat::kFourBit) {
+      const auto four_bit = fused_layers<kc::FourBitLayer>(layers, ys, four_bit_weight_device);
+      return kc::linear_4bit_layers(*s.linear, x, four_bit.span(), rows, in, numerics.compute_dtype,
                                     dtype(), kernels::cpu::FourBitDecode::kBitsandbytes, epilogue);
+    }
+    if (fusable && format == LinearFormat::kInt8) {
+      const auto int8 = fused_layers<kc::Int8Layer>(layers, ys, int8_weight_device);
+      return kc::linear_int8_layers(*s.linear, x, int8.span(), rows, in, numerics.int8_threshold,
+                                    dtype(), epilogue);
     }
     auto y = ys.begin();
     for (const DeviceLinear* layer : layers) KBIT_RETURN_IF_ERROR(linear(s, *layer, x, rows, *y++));
-    if (epilogue == kc::Linear4bitEpilogue::kStore) return ok_status();
-    const std::int64_t count = rows * (*layers.begin())->weight.out_features();
+    if (epilogue == kc::LinearEpilogue::kStore) return ok_status();
+    const std::int64_t count = rows * first.weight.out_features();
     return cuda_status(kc::silu_mul(*ys.begin(), *(ys.begin() + 1), count, dtype(), s.stream),
                        "silu_mul");
   }
@@ -251,7 +273,7 @@ struct CudaLlama::Impl {
       KBIT_RETURN_IF_ERROR(add_norm(s, true, layer.post_attention_norm, rows));
       KBIT_RETURN_IF_ERROR(linears(s, {&layer.gate, &layer.up}, s.normed.view().data(), rows,
                                    {s.gate.view().data(), s.up.view().data()},
-                                   kc::Linear4bitEpilogue::kSiluMul));
+                                   kc::LinearEpilogue::kSiluMul));
       KBIT_RETURN_IF_ERROR(linear(s, layer.down, s.gate.view().data(), rows, s.proj.view().data()));
       pending_delta = true;
     }
