@@ -364,9 +364,11 @@ void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::
   const double error = error_over_tolerance(got, want, magnitudes, in);
   const Timing timing = time_launches(stream, launch);
   const std::string name = std::string(four_bit ? (nested ? "nf4_dq " : "nf4 ") : "bf16 ") +
-                           (four_bit ? variant->name : "cuBLAS") + ", " + std::to_string(rows) +
-                           (rows == 1 ? " token, " : " tokens, ") + std::to_string(out) + "x" +
-                           std::to_string(in);
+                           (four_bit    ? variant->name
+                            : rows == 1 ? "linear_float GEMV"
+                                        : "linear_float cuBLAS") +
+                           ", " + std::to_string(rows) + (rows == 1 ? " token, " : " tokens, ") +
+                           std::to_string(out) + "x" + std::to_string(in);
   report.add(name, error, timing, bytes,
              rows > kc::kLinear4bitGemvMaxRows ? 2.0 * static_cast<double>(rows * n) : 0.0);
 }

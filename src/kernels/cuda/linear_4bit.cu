@@ -34,7 +34,7 @@
 #include "kernels/cpu/quantized_linear.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/four_bit_parts.cuh"
-#include "kernels/cuda/fused_layers.cuh"
+#include "kernels/cuda/fused_layers.h"
 #include "kernels/cuda/linear_4bit_gemm.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
@@ -663,16 +663,13 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
     using A = decltype(a);
     using C = decltype(c);
     MmaGemvLayers<A> layers{};
-    std::int64_t blocks = 0;
+    const int blocks = fused_layer_blocks(calls, kMmaOutputs, epilogue, layers.end_block);
+    if (blocks == 0) return cudaErrorInvalidValue;
     for (std::size_t i = 0; i < calls.size(); ++i) {
-      const std::int64_t layer_blocks = (calls[i].out + kMmaOutputs - 1) / kMmaOutputs;
-      blocks = epilogue == LinearEpilogue::kSiluMul ? layer_blocks : blocks + layer_blocks;
-      if (blocks > INT_MAX) return cudaErrorInvalidValue;
       layers.weight[i] = calls[i].weight;
       layers.bias[i] = static_cast<const A*>(calls[i].bias);
       layers.y[i] = static_cast<A*>(calls[i].y);
       layers.out[i] = calls[i].out;
-      layers.end_block[i] = static_cast<int>(blocks);
     }
     layers.count = static_cast<int>(calls.size());
     return visit_decode<C>(first, [&](auto product) {

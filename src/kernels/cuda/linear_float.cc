@@ -1,5 +1,6 @@
-// linear_float and linear_float_backward_input (linear_launchers.h): one cublasGemmEx each with
-// f32 accumulation, set up by float_gemm.
+// linear_float, linear_float_layers and linear_float_backward_input (linear_launchers.h): for a
+// few rows the GEMV of linear_float_gemv.h, else one cublasGemmEx each with f32 accumulation, set
+// up by float_gemm.
 //
 // Row-major arrays are handed to cuBLAS as the column-major transposes they are: a row-major
 // [r, c] array is a column-major [c, r] one with leading dimension c.
@@ -17,11 +18,15 @@
 
 #include <climits>
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "core/cuda_runtime.h"
+#include "kernels/cuda/fused_layers.h"
+#include "kernels/cuda/linear_float_gemv.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
+#include "kernels/cuda/llama_launchers.h"
 
 namespace kbit::kernels::cuda {
 namespace {
@@ -78,6 +83,12 @@ Status linear_float(LinearContext& context, const void* x, const void* weight, c
                     std::int64_t rows, std::int64_t in, std::int64_t out, void* y, DType dtype) {
   KBIT_RETURN_IF_ERROR(check_float_call("linear_float", x, weight, rows, in, out, y, dtype));
   if (rows == 0) return ok_status();
+  const FloatLayer layer{weight, bias, out, y};
+  if (float_gemv_applies(x, {&layer, 1}, rows, in, dtype)) {
+    return detail::status_from_cuda_error(
+        launch_float_gemv(x, {&layer, 1}, in, dtype, LinearEpilogue::kStore, context.stream()),
+        "linear_float: GEMV kernel");
+  }
   const LinearWorkspaceLayout layout = linear_workspace_layout(rows, in, out);
   if (bias != nullptr && layout.total_bytes > context.workspace_bytes()) {
     return invalid_argument("linear_float: " + std::to_string(rows) + " rows × " +
@@ -94,6 +105,30 @@ Status linear_float(LinearContext& context, const void* x, const void* weight, c
       finish_linear_rows(static_cast<const float*>(sums), rows, out, bias, dtype, dtype, y, dtype,
                          context.stream()),
       "linear_float: bias and output rounding");
+}
+
+Status linear_float_layers(LinearContext& context, const void* x,
+                           std::span<const FloatLayer> layers, std::int64_t rows, std::int64_t in,
+                           DType dtype, LinearEpilogue epilogue) {
+  KBIT_RETURN_IF_ERROR(check_fused_layer_group("linear_float_layers", layers, epilogue));
+  for (const FloatLayer& layer : layers) {
+    KBIT_RETURN_IF_ERROR(check_float_call("linear_float_layers", x, layer.weight, rows, in,
+                                          layer.out, layer.y, dtype));
+  }
+  if (rows == 0) return ok_status();
+  if (float_gemv_applies(x, layers, rows, in, dtype)) {
+    return detail::status_from_cuda_error(
+        launch_float_gemv(x, layers, in, dtype, epilogue, context.stream()),
+        "linear_float_layers: GEMV kernel");
+  }
+  for (const FloatLayer& layer : layers) {
+    KBIT_RETURN_IF_ERROR(
+        linear_float(context, x, layer.weight, layer.bias, rows, in, layer.out, layer.y, dtype));
+  }
+  if (epilogue == LinearEpilogue::kStore) return ok_status();
+  return detail::status_from_cuda_error(
+      silu_mul(layers[0].y, layers[1].y, rows * layers[0].out, dtype, context.stream()),
+      "linear_float_layers: silu_mul");
 }
 
 Status linear_float_backward_input(LinearContext& context, const void* dy, const void* weight,

@@ -30,7 +30,6 @@
 #include <algorithm>
 #include <array>
 #include <cfloat>
-#include <climits>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -42,7 +41,7 @@
 #include "core/cuda_runtime.h"
 #include "kbit/quant/codebooks.h"
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/fused_layers.cuh"
+#include "kernels/cuda/fused_layers.h"
 #include "kernels/cuda/int8_rowwise_parts.cuh"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
@@ -739,14 +738,11 @@ cudaError_t launch_int8_quantizing_gemv(std::span<const Int8OutputArgs<T>> layer
   const Int8OutputArgs<T>& first = layers.front();
   bool vector_ok = first.in % 16 == 0 && is_aligned_16(first.x);
   Int8GemvLayers<T> fused{};
-  std::int64_t blocks = 0;
+  const int blocks = fused_layer_blocks(layers, features, epilogue, fused.end_block);
+  if (blocks == 0) return cudaErrorInvalidValue;
   for (std::size_t i = 0; i < layers.size(); ++i) {
-    const std::int64_t layer_blocks = (layers[i].out + features - 1) / features;
-    blocks = silu_mul_epilogue ? layer_blocks : blocks + layer_blocks;
-    if (blocks > INT_MAX) return cudaErrorInvalidValue;
     vector_ok = vector_ok && is_aligned_16(layers[i].weight);
     fused.layer[i] = layers[i];
-    fused.end_block[i] = static_cast<int>(blocks);
   }
   fused.count = static_cast<int>(layers.size());
   const std::size_t mask_bytes = static_cast<std::size_t>((first.in + 31) / 32) * 4;

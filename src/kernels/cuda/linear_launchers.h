@@ -87,7 +87,9 @@ class LinearContext {
 
 // ---- float --------------------------------------------------------------------------------------
 // y[rows, out] = x[rows, in] · W[out, in]ᵀ (+ bias[out]), all of `dtype` (f32 or bf16), f32
-// accumulation; with bf16 the sum (bias included) is rounded once, as linear_reference.
+// accumulation; with bf16 the sum (bias included) is rounded once, as linear_reference. One row
+// with in a multiple of 8 (bf16) or 4 (f32) and 16-byte aligned x and W takes kbit's GEMV
+// (linear_float_gemv.h), other calls cuBLAS; the two sum in different orders.
 Status linear_float(LinearContext& context, const void* x, const void* weight, const void* bias,
                     std::int64_t rows, std::int64_t in, std::int64_t out, void* y, DType dtype);
 
@@ -160,6 +162,23 @@ enum class LinearEpilogue {
   kStore,    // each layer's y gets its output
   kSiluMul,  // two layers, gate and up: gate's y gets silu_mul(gate, up); up's y is scratch
 };
+
+// ---- Several float layers of one input ----------------------------------------------------------
+// One float layer of a group that reads the same x.
+struct FloatLayer {
+  const void* weight;  // [out, in] of the activation dtype
+  const void* bias;    // [out] of the activation dtype, or nullptr
+  std::int64_t out;
+  void* y;  // [rows, out] of the activation dtype
+};
+// `layers` (1 to kMaxFusedLayers) applied to the same x [rows, in], each with the bits that
+// linear_float(context, x, layer.weight, layer.bias, rows, in, layer.out, layer.y, dtype) gives:
+// in one launch where they take the GEMV, else one call each. With kSiluMul the two layers have
+// equal out, and gate's y receives what silu_mul (llama_launchers.h) computes from the two
+// outputs; up's y may be overwritten. Every layer is validated as linear_float validates its call.
+Status linear_float_layers(LinearContext& context, const void* x,
+                           std::span<const FloatLayer> layers, std::int64_t rows, std::int64_t in,
+                           DType dtype, LinearEpilogue epilogue = LinearEpilogue::kStore);
 
 // ---- Several 4-bit layers of one input ----------------------------------------------------------
 // One Linear4bit layer of a group that reads the same x.

@@ -276,10 +276,18 @@ void check_float_case(const FloatCase& c, std::uint64_t seed) {
 TEST(CudaLinearFloat, MatchesCpuReference) {
   KBIT_REQUIRE_CUDA();
   const FloatCase cases[] = {
-      {1, 7, 33, DType::kF32, true},        {3, 64, 32, DType::kBF16, true},
-      {64, 96, 160, DType::kF32, false},    {300, 96, 160, DType::kBF16, true},
-      {9, 1000, 777, DType::kF32, true},    {5, 4096, 512, DType::kBF16, false},
-      {300, 512, 1024, DType::kBF16, true}, {2, 32000, 64, DType::kF32, true},
+      {1, 7, 33, DType::kF32, true},
+      {3, 64, 32, DType::kBF16, true},
+      {64, 96, 160, DType::kF32, false},
+      {300, 96, 160, DType::kBF16, true},
+      {9, 1000, 777, DType::kF32, true},
+      {5, 4096, 512, DType::kBF16, false},
+      {300, 512, 1024, DType::kBF16, true},
+      {2, 32000, 64, DType::kF32, true},
+      // The GEMV: rows of several strides of vectors, a last stride cut short.
+      {1, 300, 4096, DType::kBF16, false},
+      {1, 100, 1000, DType::kBF16, true},
+      {1, 50, 1028, DType::kF32, true},
   };
   std::uint64_t seed = 100;
   for (const FloatCase& c : cases) {
@@ -302,6 +310,122 @@ TEST(CudaLinearFloat, RejectsBadCalls) {
   EXPECT_EQ(empty_in.code(), StatusCode::kInvalidArgument) << empty_in.to_string();
   // No rows: nothing to do, nothing written.
   check(linear_float(*context, nullptr, nullptr, nullptr, 0, 32, 32, nullptr, DType::kF32));
+}
+
+// ---- linear_float_layers.
+
+std::string describe_layers(std::int64_t rows, std::int64_t in, std::size_t layers,
+                            LinearEpilogue epilogue) {
+  return "rows " + std::to_string(rows) + ", in " + std::to_string(in) + ", " +
+         std::to_string(layers) + " layers" +
+         (epilogue == LinearEpilogue::kSiluMul ? ", SiLU·mul" : "");
+}
+
+// The outputs of a fused call (`actual`) equal those of one call per layer (`expected`) bit for
+// bit: every layer's, or with the SiLU·mul epilogue gate's, which holds silu_mul(gate, up).
+void expect_fused_outputs_equal(const std::vector<Tensor>& expected,
+                                const std::vector<Tensor>& actual, bool silu) {
+  for (std::size_t i = 0; i < (silu ? 1 : expected.size()); ++i) {
+    const std::vector<float> want = download(expected[i]);
+    const std::vector<float> got = download(actual[i]);
+    std::int64_t differing = 0;
+    for (std::size_t k = 0; k < want.size(); ++k) {
+      if (std::memcmp(&want[k], &got[k], sizeof(float)) != 0 && ++differing <= 5) {
+        ADD_FAILURE() << "layer " << i << ", y[" << k << "] = " << got[k] << ", one call gives "
+                      << want[k];
+      }
+    }
+    EXPECT_EQ(differing, 0) << "layer " << i;
+  }
+}
+
+struct FloatLayersCase {
+  std::int64_t rows;
+  std::int64_t in;
+  std::vector<std::int64_t> outs;
+  LinearEpilogue epilogue;
+  DType dtype;
+  bool bias;
+};
+
+// The layers in one call give the bits of one linear_float call per layer (and silu_mul after
+// gate and up): the fused GEMV sums each weight row as the single layer's does.
+void check_float_layers_case(const FloatLayersCase& c, std::uint64_t seed) {
+  TestStream stream;
+  const std::int64_t widest = *std::max_element(c.outs.begin(), c.outs.end());
+  const auto context = make_context(stream, c.rows, c.in, widest);
+  Tensor x_storage;
+  const void* x = upload(random_host({c.rows, c.in}, c.dtype, seed, 1.0f).view(), 0, x_storage);
+  const std::size_t count = c.outs.size();
+  std::vector<Tensor> storage(2 * count);
+  std::vector<Tensor> expected;
+  std::vector<Tensor> actual;
+  std::vector<FloatLayer> layers;
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::int64_t out = c.outs[i];
+    const void* weight = upload(random_host({out, c.in}, c.dtype, seed + 10 * i + 1, 0.05f).view(),
+                                0, storage[2 * i]);
+    const void* bias = c.bias ? upload(random_host({out}, c.dtype, seed + 10 * i + 2, 0.5f).view(),
+                                       0, storage[2 * i + 1])
+                              : nullptr;
+    expected.push_back(poisoned_device({c.rows, out}, c.dtype));
+    actual.push_back(poisoned_device({c.rows, out}, c.dtype));
+    check(linear_float(*context, x, weight, bias, c.rows, c.in, out, expected[i].view().data(),
+                       c.dtype));
+    layers.push_back({weight, bias, out, actual[i].view().data()});
+  }
+  const bool silu = c.epilogue == LinearEpilogue::kSiluMul;
+  if (silu) {
+    check_cuda(silu_mul(expected[0].view().data(), expected[1].view().data(), c.rows * c.outs[0],
+                        c.dtype, stream.get()),
+               "silu_mul");
+  }
+  check(linear_float_layers(*context, x, layers, c.rows, c.in, c.dtype, c.epilogue));
+  stream.synchronize();
+  expect_fused_outputs_equal(expected, actual, silu);
+}
+
+TEST(CudaLinearFloatLayers, MatchSeparateCalls) {
+  KBIT_REQUIRE_CUDA();
+  constexpr auto kStore = LinearEpilogue::kStore;
+  constexpr auto kSiluMul = LinearEpilogue::kSiluMul;
+  const FloatLayersCase cases[] = {
+      // q, k and v; gate and up: the GEMV, outs cut by its blocks.
+      {1, 512, {100, 36, 36}, kStore, DType::kBF16, false},
+      {1, 264, {40, 24, 20}, kStore, DType::kF32, true},
+      {1, 1024, {102, 102}, kSiluMul, DType::kBF16, true},
+      {1, 96, {48, 48}, kSiluMul, DType::kF32, false},
+      // cuBLAS, one call each (then silu_mul): more rows; in not a multiple of 8.
+      {9, 256, {64, 64}, kSiluMul, DType::kBF16, true},
+      {2, 100, {64, 32}, kStore, DType::kBF16, true},
+  };
+  std::uint64_t seed = 9000;
+  for (const FloatLayersCase& c : cases) {
+    SCOPED_TRACE(describe_layers(c.rows, c.in, c.outs.size(), c.epilogue));
+    check_float_layers_case(c, seed);
+    seed += 100;
+  }
+}
+
+TEST(CudaLinearFloatLayers, RejectsBadCalls) {
+  KBIT_REQUIRE_CUDA();
+  TestStream stream;
+  const auto context = make_context(stream, 1, 64, 64);
+  Tensor buffer = poisoned_device({64 * 64}, DType::kF32);
+  float* data = buffer.data_as<float>();
+  const FloatLayer layer{data, nullptr, 64, data};
+  const FloatLayer narrow{data, nullptr, 32, data};
+  const FloatLayer no_weight{nullptr, nullptr, 64, data};
+  const auto call = [&](std::vector<FloatLayer> layers, LinearEpilogue epilogue) {
+    return linear_float_layers(*context, data, layers, 1, 64, DType::kF32, epilogue).code();
+  };
+  EXPECT_EQ(call({}, LinearEpilogue::kStore), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer, layer, layer, layer}, LinearEpilogue::kStore),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer}, LinearEpilogue::kSiluMul), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer, narrow}, LinearEpilogue::kSiluMul), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({layer, no_weight}, LinearEpilogue::kStore), StatusCode::kInvalidArgument);
+  EXPECT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
 }
 
 // ---- linear_float_backward_input.
@@ -950,18 +1074,7 @@ void check_layers_case(const LayersCase& c, std::uint64_t seed) {
   check(linear_4bit_layers(*context, x, layers, c.rows, c.in, c.compute_dtype, c.dtype, c.decode,
                            c.epilogue));
   stream.synchronize();
-  for (std::size_t i = 0; i < (silu ? 1 : count); ++i) {
-    const std::vector<float> want = download(expected[i]);
-    const std::vector<float> got = download(actual[i]);
-    std::int64_t differing = 0;
-    for (std::size_t k = 0; k < want.size(); ++k) {
-      if (std::memcmp(&want[k], &got[k], sizeof(float)) != 0 && ++differing <= 5) {
-        ADD_FAILURE() << "layer " << i << ", y[" << k << "] = " << got[k] << ", one call gives "
-                      << want[k];
-      }
-    }
-    EXPECT_EQ(differing, 0) << "layer " << i;
-  }
+  expect_fused_outputs_equal(expected, actual, silu);
 }
 
 TEST(CudaLinear4bitLayers, MatchSeparateCalls) {
@@ -1000,9 +1113,7 @@ TEST(CudaLinear4bitLayers, MatchSeparateCalls) {
   };
   std::uint64_t seed = 5000;
   for (const LayersCase& c : cases) {
-    SCOPED_TRACE("rows " + std::to_string(c.rows) + ", in " + std::to_string(c.in) + ", " +
-                 std::to_string(c.outs.size()) + " layers" +
-                 (c.epilogue == kSiluMul ? ", SiLU·mul" : ""));
+    SCOPED_TRACE(describe_layers(c.rows, c.in, c.outs.size(), c.epilogue));
     check_layers_case(c, seed);
     seed += 100;
   }

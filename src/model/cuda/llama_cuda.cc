@@ -99,8 +99,12 @@ void* row_pointer(const Tensor& tensor, std::int64_t row, std::int64_t row_eleme
          static_cast<std::size_t>(row * row_elements) * dtype_size(tensor.dtype());
 }
 
-// The layers of one fused launch (kc::FourBitLayer or kc::Int8Layer), with their weights made
-// by `weight_device` and their outputs ys.
+const void* float_weight_data(const LinearWeight& weight) {
+  return weight.float_weight().data();
+}
+
+// The layers of one fused launch (kc::FloatLayer, kc::FourBitLayer or kc::Int8Layer), with their
+// weights made by `weight_device` and their outputs ys.
 template <typename Layer>
 struct FusedLayers {
   std::array<Layer, kc::kMaxFusedLayers> layers{};
@@ -151,8 +155,8 @@ struct CudaLlama::Impl {
   }
 
   // Layers of the same x (q, k and v; gate and up), ys[i] = layers[i](x): in one call where all
-  // are 4-bit, or all int8, without LoRA (linear_4bit_layers, linear_int8_layers), else one call
-  // each. With kSiluMul (gate, up), ys[0] = silu_mul(gate, up) and ys[1] is scratch.
+  // have one format without LoRA (linear_float_layers, linear_4bit_layers, linear_int8_layers),
+  // else one call each. With kSiluMul (gate, up), ys[0] = silu_mul(gate, up) and ys[1] is scratch.
   Status linears(KvCache::DeviceState& s, std::initializer_list<const DeviceLinear*> layers,
                  const void* x, std::int64_t rows, std::initializer_list<void*> ys,
                  kc::LinearEpilogue epilogue = kc::LinearEpilogue::kStore) const {
@@ -162,6 +166,11 @@ struct CudaLlama::Impl {
       return layer->weight.format() == format && layer->lora.empty();
     });
     const std::int64_t in = first.weight.in_features();
+    if (fusable && format == LinearFormat::kFloat) {
+      const auto float_layers = fused_layers<kc::FloatLayer>(layers, ys, float_weight_data);
+      return kc::linear_float_layers(*s.linear, x, float_layers.span(), rows, in, dtype(),
+                                     epilogue);
+    }
     if (fusable && format == LinearFormat::kFourBit) {
       const auto four_bit = fused_layers<kc::FourBitLayer>(layers, ys, four_bit_weight_device);
       return kc::linear_4bit_layers(*s.linear, x, four_bit.span(), rows, in, numerics.compute_dtype,

@@ -1,9 +1,12 @@
-// What the fused GEMVs of several layers of one input share (linear_4bit_layers,
-// linear_int8_layers): the check of a group's shape, and how a block finds its layer.
+// What the fused GEMVs of several layers of one input share (linear_float_layers,
+// linear_4bit_layers, linear_int8_layers): the check of a group's shape, and, in CUDA code, how a
+// block finds its layer.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
+#include <climits>
+#include <cstdint>
 #include <span>
 #include <string>
 
@@ -30,6 +33,25 @@ Status check_fused_layer_group(const char* caller, std::span<const Layer> layers
   return ok_status();
 }
 
+// The grid of a fused launch for `layers` (FloatLayer, FourBitCall, Int8OutputArgs: anything
+// with `out`), whose blocks take `features_per_block` features of one layer each (kStore: layer i
+// owns blocks [end_block[i − 1], end_block[i]), end_block[−1] = 0) or the same features of both
+// (kSiluMul: every block). Fills end_block[0, layers.size()) and returns the number of blocks, or
+// 0 where it exceeds a grid's INT_MAX.
+template <typename Layer>
+int fused_layer_blocks(std::span<const Layer> layers, std::int64_t features_per_block,
+                       LinearEpilogue epilogue, int (&end_block)[kMaxFusedLayers]) {
+  std::int64_t blocks = 0;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const std::int64_t layer_blocks = (layers[i].out + features_per_block - 1) / features_per_block;
+    blocks = epilogue == LinearEpilogue::kSiluMul ? layer_blocks : blocks + layer_blocks;
+    if (blocks > INT_MAX) return 0;
+    end_block[i] = static_cast<int>(blocks);
+  }
+  return static_cast<int>(blocks);
+}
+
+#if defined(__CUDACC__)
 // The layer of this block where layer i of `count` owns blocks [end_block[i − 1], end_block[i])
 // (end_block[−1] = 0), and the first block it owns.
 struct BlockLayer {
@@ -41,5 +63,6 @@ __device__ __forceinline__ BlockLayer block_layer(const int* end_block, int coun
   while (layer + 1 < count && static_cast<int>(blockIdx.x) >= end_block[layer]) ++layer;
   return {layer, layer == 0 ? 0 : end_block[layer - 1]};
 }
+#endif
 
 }  // namespace kbit::kernels::cuda
