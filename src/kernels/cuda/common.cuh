@@ -110,6 +110,17 @@ __device__ __forceinline__ float magnitude_for_absmax(float x) {
   return magnitude <= FLT_MAX ? magnitude : __int_as_float(0x7f800000);
 }
 
+// The sum of `value` over the warp, in a butterfly of shuffles: every lane gets the same total,
+// summed in the same order on every call.
+template <typename Value>
+__device__ __forceinline__ Value warp_sum(Value value) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  }
+  return value;
+}
+
 // The max of `value` over each group of `group_threads` consecutive threads (a power of two that
 // divides blockDim.x), with bitsandbytes' max.ftz. Groups wider than a warp meet in
 // `warp_partials` [blockDim.x / 32]. Every thread of the block must call it.

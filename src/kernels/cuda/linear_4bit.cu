@@ -120,14 +120,6 @@ __device__ __forceinline__ void load_8_activations(const A* x, bool aligned, flo
     values[k] = to_float(from_float<C>(to_float(elements[k])));
 }
 
-__device__ __forceinline__ float warp_sum(float value) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    value += __shfl_xor_sync(0xffffffffu, value, offset);
-  }
-  return value;
-}
-
 // y[rows, out] = x[rows, in] · Wᵀ (+ bias[out]) for rows <= kMaxRows and in a multiple of 32.
 // Warp w computes outputs [w · kGemvOutputsPerWarp, (w + 1) · kGemvOutputsPerWarp) ∩ [0, out).
 template <typename A, typename C, typename W, bool kProduct>

@@ -47,14 +47,6 @@ __device__ __forceinline__ void unpack(uint4 raw, float (&values)[kValuesPerVect
   for (int k = 0; k < kValuesPerVector<T>; ++k) values[k] = to_float(elements[k]);
 }
 
-__device__ __forceinline__ float warp_sum(float value) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    value += __shfl_xor_sync(0xffffffffu, value, offset);
-  }
-  return value;
-}
-
 template <typename T, LinearEpilogue kEpilogue>
 __global__ void __launch_bounds__(kWarps* kWarpSize)
     float_gemv_kernel(const T* __restrict__ x, const __grid_constant__ FloatGemvLayers<T> layers,

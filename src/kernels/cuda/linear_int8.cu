@@ -166,14 +166,6 @@ __device__ __forceinline__ int dot_16_codes(int4 a, int4 w, int sum) {
   return __dp4a(a.w, w.w, sum);
 }
 
-template <typename Value>
-__device__ __forceinline__ Value warp_sum(Value value) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    value += __shfl_xor_sync(0xffffffffu, value, offset);
-  }
-  return value;
-}
-
 // Values [first, first + 16) of a row of x as the quantizer takes them (int8_input_value), 0
 // past `in`. `vector_ok` promises first + 16 <= in and a 16-byte aligned row + first.
 template <typename T>
