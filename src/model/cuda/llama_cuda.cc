@@ -99,12 +99,12 @@ void* row_pointer(const Tensor& tensor, std::int64_t row, std::int64_t row_eleme
          static_cast<std::size_t>(row * row_elements) * dtype_size(tensor.dtype());
 }
 
+// A float layer's weight as linear_float_layers takes it.
 const void* float_weight_data(const LinearWeight& weight) {
   return weight.float_weight().data();
 }
 
-// The layers of one fused launch (kc::FloatLayer, kc::FourBitLayer or kc::Int8Layer), with their
-// weights made by `weight_device` and their outputs ys.
+// The layers of one fused launch: kc::FloatLayer, kc::FourBitLayer or kc::Int8Layer.
 template <typename Layer>
 struct FusedLayers {
   std::array<Layer, kc::kMaxFusedLayers> layers{};
@@ -112,6 +112,8 @@ struct FusedLayers {
   std::span<const Layer> span() const { return {layers.data(), count}; }
 };
 
+// `layers` as Layer, each with its weight as weight_device(layer->weight) gives it, its bias
+// and its output ys[i].
 template <typename Layer, typename WeightDevice>
 FusedLayers<Layer> fused_layers(std::initializer_list<const DeviceLinear*> layers,
                                 std::initializer_list<void*> ys, WeightDevice weight_device) {
