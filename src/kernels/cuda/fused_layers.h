@@ -1,6 +1,6 @@
 // What the fused GEMVs of several layers of one input share (linear_float_layers,
-// linear_4bit_layers, linear_int8_layers): the check of a group's shape, and, in CUDA code, how a
-// block finds its layer.
+// linear_4bit_layers, linear_int8_layers): the check of a group's shape, the fallback of one call
+// per layer, the grid, and, in CUDA code, how a block finds its layer.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -10,13 +10,16 @@
 #include <span>
 #include <string>
 
+#include "core/cuda_runtime.h"
+#include "kbit/core/dtype.h"
 #include "kbit/core/status.h"
 #include "kernels/cuda/linear_launchers.h"
+#include "kernels/cuda/llama_launchers.h"
 
 namespace kbit::kernels::cuda {
 
 // kInvalidArgument, naming `caller`, unless there are 1 to kMaxFusedLayers layers and, with
-// kSiluMul, two (gate, up) of equal out. Layer is FourBitLayer or Int8Layer.
+// kSiluMul, two (gate, up) of equal out. Layer is FloatLayer, FourBitLayer or Int8Layer.
 template <typename Layer>
 Status check_fused_layer_group(const char* caller, std::span<const Layer> layers,
                                LinearEpilogue epilogue) {
@@ -31,6 +34,21 @@ Status check_fused_layer_group(const char* caller, std::span<const Layer> layers
                             ": the SiLU·mul epilogue takes two layers (gate, up) of equal outputs");
   }
   return ok_status();
+}
+
+// The group without a fused launch: linear(layer) for each layer (the single-layer launcher,
+// returning its Status), then with kSiluMul silu_mul (llama_launchers.h) of gate's and up's
+// outputs [rows, out] of `dtype` into gate's, on `stream`. `caller` names the failing silu_mul.
+template <typename Layer, typename Linear>
+Status linear_layers_one_by_one(std::span<const Layer> layers, std::int64_t rows, DType dtype,
+                                LinearEpilogue epilogue, cudaStream_t stream, const char* caller,
+                                Linear linear) {
+  for (const Layer& layer : layers) KBIT_RETURN_IF_ERROR(linear(layer));
+  if (epilogue == LinearEpilogue::kStore) return ok_status();
+  const cudaError_t error = silu_mul(layers[0].y, layers[1].y, rows * layers[0].out, dtype, stream);
+  if (error == cudaSuccess) return ok_status();
+  return detail::status_from_cuda_error(static_cast<int>(error),
+                                        (std::string(caller) + ": silu_mul").c_str());
 }
 
 // The grid of a fused launch for `layers` (FloatLayer, FourBitCall, Int8OutputArgs: anything

@@ -1060,14 +1060,12 @@ Status linear_4bit_layers(LinearContext& context, const void* x,
     return cuda_status(launch_tensor_core_gemv(calls, lane_chunks, epilogue),
                        "linear_4bit_layers: tensor-core GEMV kernel");
   }
-  for (const FourBitLayer& layer : layers) {
-    KBIT_RETURN_IF_ERROR(linear_4bit(context, x, layer.weight, layer.bias, rows, in, layer.out,
-                                     compute_dtype, layer.y, dtype, decode));
-  }
-  if (epilogue == LinearEpilogue::kStore) return ok_status();
-  return cuda_status(
-      silu_mul(layers[0].y, layers[1].y, rows * layers[0].out, dtype, context.stream()),
-      "linear_4bit_layers: silu_mul");
+  return linear_layers_one_by_one(layers, rows, dtype, epilogue, context.stream(),
+                                  "linear_4bit_layers", [&](const FourBitLayer& layer) {
+                                    return linear_4bit(context, x, layer.weight, layer.bias, rows,
+                                                       in, layer.out, compute_dtype, layer.y, dtype,
+                                                       decode);
+                                  });
 }
 
 Status dequantize_4bit_weight(const FourBitWeightDevice& weight, std::int64_t out, std::int64_t in,

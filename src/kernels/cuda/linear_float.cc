@@ -1,6 +1,6 @@
-// linear_float, linear_float_layers and linear_float_backward_input (linear_launchers.h): for a
-// few rows the GEMV of linear_float_gemv.h, else one cublasGemmEx each with f32 accumulation, set
-// up by float_gemm.
+// linear_float, linear_float_layers and linear_float_backward_input (linear_launchers.h): for one
+// row the GEMV of linear_float_gemv.h, else one cublasGemmEx each with f32 accumulation, set up by
+// float_gemm.
 //
 // Row-major arrays are handed to cuBLAS as the column-major transposes they are: a row-major
 // [r, c] array is a column-major [c, r] one with leading dimension c.
@@ -26,7 +26,6 @@
 #include "kernels/cuda/linear_float_gemv.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
-#include "kernels/cuda/llama_launchers.h"
 
 namespace kbit::kernels::cuda {
 namespace {
@@ -121,14 +120,11 @@ Status linear_float_layers(LinearContext& context, const void* x,
         launch_float_gemv(x, layers, in, dtype, epilogue, context.stream()),
         "linear_float_layers: GEMV kernel");
   }
-  for (const FloatLayer& layer : layers) {
-    KBIT_RETURN_IF_ERROR(
-        linear_float(context, x, layer.weight, layer.bias, rows, in, layer.out, layer.y, dtype));
-  }
-  if (epilogue == LinearEpilogue::kStore) return ok_status();
-  return detail::status_from_cuda_error(
-      silu_mul(layers[0].y, layers[1].y, rows * layers[0].out, dtype, context.stream()),
-      "linear_float_layers: silu_mul");
+  return linear_layers_one_by_one(layers, rows, dtype, epilogue, context.stream(),
+                                  "linear_float_layers", [&](const FloatLayer& layer) {
+                                    return linear_float(context, x, layer.weight, layer.bias, rows,
+                                                        in, layer.out, layer.y, dtype);
+                                  });
 }
 
 Status linear_float_backward_input(LinearContext& context, const void* dy, const void* weight,

@@ -154,7 +154,7 @@ cudaError_t launch_typed(const void* x, std::span<const FloatLayer> layers, std:
 
 bool float_gemv_applies(const void* x, std::span<const FloatLayer> layers, std::int64_t rows,
                         std::int64_t in, DType dtype) {
-  const std::int64_t per_vector = dtype == DType::kF32 ? 4 : 8;
+  const auto per_vector = static_cast<std::int64_t>(16 / dtype_size(dtype));
   return rows == 1 && in % per_vector == 0 && is_aligned_16(x) &&
          std::all_of(layers.begin(), layers.end(),
                      [](const FloatLayer& layer) { return is_aligned_16(layer.weight); });

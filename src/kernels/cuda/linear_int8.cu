@@ -45,7 +45,6 @@
 #include "kernels/cuda/int8_rowwise_parts.cuh"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
-#include "kernels/cuda/llama_launchers.h"
 #include "kernels/cuda/overlapped_launch.cuh"
 #include "kernels/cuda/quant_launchers.h"
 
@@ -1034,14 +1033,11 @@ Status linear_int8_layers(LinearContext& context, const void* x, std::span<const
     return cuda_status(dtype == DType::kF32 ? fused(float{}) : fused(__nv_bfloat16{}),
                        "linear_int8_layers: int8_quantizing_gemv_kernel");
   }
-  for (const Int8Layer& layer : layers) {
-    KBIT_RETURN_IF_ERROR(linear_int8(context, x, layer.weight, layer.bias, rows, in, layer.out,
-                                     threshold, layer.y, dtype));
-  }
-  if (epilogue == LinearEpilogue::kStore) return ok_status();
-  return cuda_status(
-      silu_mul(layers[0].y, layers[1].y, rows * layers[0].out, dtype, context.stream()),
-      "linear_int8_layers: silu_mul");
+  return linear_layers_one_by_one(layers, rows, dtype, epilogue, context.stream(),
+                                  "linear_int8_layers", [&](const Int8Layer& layer) {
+                                    return linear_int8(context, x, layer.weight, layer.bias, rows,
+                                                       in, layer.out, threshold, layer.y, dtype);
+                                  });
 }
 
 Status dequantize_int8_weight(const Int8WeightDevice& weight, std::int64_t out, std::int64_t in,

@@ -131,6 +131,11 @@ struct TestWeight {
   Tensor row_absmax;  // f32 [out]
   Tensor device_codes;
   Tensor device_row_absmax;
+
+  // The device copy as the launchers take it.
+  kc::Int8WeightDevice device() const {
+    return {device_codes.data_as<const std::int8_t>(), device_row_absmax.data_as<const float>()};
+  }
 };
 
 TestWeight make_weight(std::int64_t out, std::int64_t in, std::uint64_t seed) {
@@ -271,9 +276,7 @@ void run_case(LinearSetup& setup, const TestWeight& weight, const Int8Case& c, s
   kc::LinearContext& context = setup.context();
   check_cuda(cudaMemsetAsync(context.workspace(), 0xAB, context.workspace_bytes(), setup.stream()),
              "cudaMemsetAsync (workspace)");
-  check(kc::linear_int8(context, device_x.view().data(),
-                        kc::Int8WeightDevice{weight.device_codes.data_as<const std::int8_t>(),
-                                             weight.device_row_absmax.data_as<const float>()},
+  check(kc::linear_int8(context, device_x.view().data(), weight.device(),
                         c.bias ? device_bias.view().data() : nullptr, c.rows, in, out, c.threshold,
                         device_y.view().data(), c.dtype));
   check_cuda(cudaStreamSynchronize(setup.stream()), "cudaStreamSynchronize");
@@ -398,8 +401,7 @@ TEST(CudaLinearInt8, RejectsWhatTheContractExcludes) {
   const TestWeight weight = make_weight(64, 64, 5000);
   const Tensor x = poisoned_device_tensor(Shape{8, 64}, DType::kF32);
   const Tensor y = poisoned_device_tensor(Shape{8, 64}, DType::kF32);
-  const kc::Int8WeightDevice device_weight{weight.device_codes.data_as<const std::int8_t>(),
-                                           weight.device_row_absmax.data_as<const float>()};
+  const kc::Int8WeightDevice device_weight = weight.device();
   const auto run = [&](std::int64_t rows, std::int64_t in, float threshold, DType dtype) {
     return kc::linear_int8(setup.context(), x.view().data(), device_weight, nullptr, rows, in, 64,
                            threshold, y.view().data(), dtype)
@@ -451,8 +453,7 @@ void check_int8_layers_case(const Int8LayersCase& c, std::uint64_t seed) {
     biases.push_back(to_device(bias));
     expected.push_back(poisoned_device_tensor(Shape{c.rows, out}, c.dtype));
     actual.push_back(poisoned_device_tensor(Shape{c.rows, out}, c.dtype));
-    const kc::Int8WeightDevice weight{weights[i].device_codes.data_as<const std::int8_t>(),
-                                      weights[i].device_row_absmax.data_as<const float>()};
+    const kc::Int8WeightDevice weight = weights[i].device();
     const void* bias_data = c.bias ? biases[i].view().data() : nullptr;
     check(kc::linear_int8(setup.context(), x.view().data(), weight, bias_data, c.rows, c.in, out,
                           c.threshold, expected[i].view().data(), c.dtype));
@@ -509,8 +510,7 @@ TEST(CudaLinearInt8Layers, RejectsBadCalls) {
   const TestWeight weight = make_weight(64, 64, 7500);
   const Tensor x = poisoned_device_tensor(Shape{1, 64}, DType::kF32);
   const Tensor y = poisoned_device_tensor(Shape{1, 64}, DType::kF32);
-  const kc::Int8WeightDevice device_weight{weight.device_codes.data_as<const std::int8_t>(),
-                                           weight.device_row_absmax.data_as<const float>()};
+  const kc::Int8WeightDevice device_weight = weight.device();
   const kc::Int8Layer layer{device_weight, nullptr, 64, y.view().data()};
   kc::Int8Layer narrow = layer;
   narrow.out = 32;
@@ -537,8 +537,7 @@ TEST(CudaDequantizeInt8Weight, EqualsBitsandbytesBackwardMatrix) {
   KBIT_REQUIRE_CUDA();
   for (const auto& [out, in] : {std::pair<std::int64_t, std::int64_t>{37, 96}, {4200, 4096}}) {
     const TestWeight weight = make_weight(out, in, 6000 + static_cast<std::uint64_t>(out));
-    const kc::Int8WeightDevice device_weight{weight.device_codes.data_as<const std::int8_t>(),
-                                             weight.device_row_absmax.data_as<const float>()};
+    const kc::Int8WeightDevice device_weight = weight.device();
     for (const DType dtype : {DType::kF32, DType::kBF16}) {
       SCOPED_TRACE(std::to_string(out) + " x " + std::to_string(in) + " " +
                    std::string(dtype_name(dtype)));
@@ -564,8 +563,7 @@ TEST(CudaDequantizeInt8Weight, EqualsBitsandbytesBackwardMatrix) {
 TEST(CudaDequantizeInt8Weight, RejectsBadCalls) {
   KBIT_REQUIRE_CUDA();
   const TestWeight weight = make_weight(64, 64, 6100);
-  const kc::Int8WeightDevice device_weight{weight.device_codes.data_as<const std::int8_t>(),
-                                           weight.device_row_absmax.data_as<const float>()};
+  const kc::Int8WeightDevice device_weight = weight.device();
   const Tensor output = poisoned_device_tensor(Shape{64, 64}, DType::kF32);
   void* data = output.view().data();
   EXPECT_EQ(kc::dequantize_int8_weight(device_weight, 64, 64, DType::kF16, data, nullptr).code(),
