@@ -41,6 +41,7 @@
 #include "core/cuda_runtime.h"
 #include "kbit/quant/codebooks.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device_queries.h"
 #include "kernels/cuda/fused_layers.h"
 #include "kernels/cuda/int8_rowwise_parts.cuh"
 #include "kernels/cuda/linear_launchers.h"
@@ -353,17 +354,26 @@ __global__ void __launch_bounds__(kGemvThreads)
                         [&](int row) { return args.row_absmax[row]; });
 }
 
-// Weight rows per block of the self-quantizing GEMV.
-constexpr int kQuantizingGemvOutputs = 8;
+// The self-quantizing GEMV: a block of kQuantizingGemvWarps warps, each reading
+// kQuantizingGemvRowsPerWarp weight rows.
+constexpr int kQuantizingGemvWarps = kGemvThreads / 32;
+constexpr int kQuantizingGemvRowsPerWarp = 2;
+constexpr int kQuantizingGemvRows = kQuantizingGemvWarps * kQuantizingGemvRowsPerWarp;
+constexpr int kQuantizingGemvUnroll = 4;  // vectors of each weight row in flight per lane
 
-// The most inputs of the self-quantizing GEMV: its outlier-column mask, a bit per input, then
-// takes 32 KiB, within the 48 KiB of shared memory a block has without opting in.
-constexpr std::int64_t kQuantizingGemvMaxInputs = 32 * 1024 * 8;
+// The most inputs of the self-quantizing GEMV: the block's copy of x as codes and its outlier
+// bits (18 bytes per 16 inputs) then take 144 KiB of shared memory.
+constexpr std::int64_t kQuantizingGemvMaxInputs = 128 * 1024;
+
+std::size_t quantizing_gemv_shared_bytes(std::int64_t in) {
+  const auto vectors = static_cast<std::size_t>((in + 15) / 16);
+  return vectors * (sizeof(int4) + sizeof(std::uint16_t));
+}
 
 // The layers of one launch of the self-quantizing GEMV, all of the same x and in. With kStore,
-// layer i owns blocks [end_block[i − 1], end_block[i]) (end_block[−1] = 0), kQuantizingGemvOutputs
-// features each; with kSiluMul every block takes the same kQuantizingGemvOutputs / 2 features of
-// gate (layer 0) and of up (layer 1). Their codes, row_absmax and outlier lists are not used.
+// layer i owns blocks [end_block[i − 1], end_block[i]) (end_block[−1] = 0), kQuantizingGemvRows
+// features each; with kSiluMul every block takes the same kQuantizingGemvWarps features of gate
+// (layer 0) and of up (layer 1). Their codes, row_absmax and outlier lists are not used.
 template <typename T>
 struct Int8GemvLayers {
   Int8OutputArgs<T> layer[kMaxFusedLayers];
@@ -371,19 +381,21 @@ struct Int8GemvLayers {
   int count;
 };
 
-// Steps 1-7 for one row of x and kQuantizingGemvOutputs weight rows in one kernel: each block
-// quantizes x itself (a few KiB, read from L2 by every block), so that a decode step's Linear is
-// one launch instead of four (the outlier mask's reset, the quantizer, the outlier list, the
-// products), and the layers of one x (q, k and v; gate and up, with silu_mul applied to their
-// outputs) one launch between them. It may overlap its predecessor (overlapped_launch.cuh): each
-// thread requests its first weight vectors before it waits. With more rows every block would read
-// all of them: at 8 rows this form made the decode step 3.4x slower than the quantizer's launches
-// (BENCHMARKS.md). Columns are taken in vectors of 16, thread t taking vectors t, t + 256, …
-//   Pass 1 over x: the absmax without the outliers, and the outlier columns as a bit mask in
-//   dynamic shared memory, one bit per input.
-//   Pass 2: each vector of x again, from L1, turned into codes with the quantizer's arithmetic
-//   (int8_rowwise_parts.cuh), 0 in outlier columns, and multiplied by __dp4a with the weight
-//   rows' vectors; outlier columns add x · round_X(W') in f32.
+// Steps 1-7 for one row of x in one kernel: each block quantizes x itself (a few KiB, read from
+// L2 by every block) into shared memory, so that a decode step's Linear is one launch instead of
+// four (the outlier mask's reset, the quantizer, the outlier list, the products), and the layers
+// of one x (q, k and v; gate and up, with silu_mul applied to their outputs) one launch between
+// them. With more rows every block would read all of them: at 8 rows this form made the decode
+// step 3.4x slower than the quantizer's launches (BENCHMARKS.md).
+//   Before the wait (overlapped_launch.cuh) each lane requests its first weight vectors: x and y
+//   belong to the kernels around this one.
+//   Quantizing: thread t takes the 16-value vectors t, t + 256, … of x: pass 1 finds the absmax
+//   without the outliers and the outlier columns (16 bits per vector); pass 2 turns each vector
+//   into codes with the quantizer's arithmetic (int8_rowwise_parts.cuh), 0 in outlier columns.
+//   Products: as linear_float's GEMV, each warp reads two weight rows (two features of a layer,
+//   or with kSiluMul one feature of gate and the same of up), lane l their 16-byte vectors l,
+//   l + 32, …, kQuantizingGemvUnroll of each in flight, multiplied by __dp4a with x's codes;
+//   outlier columns add x · round_X(W') in f32. The lanes' sums meet in a butterfly of shuffles.
 // Every weight row's sums run in the order of a single layer's launch, so fusing changes no bit.
 // `vector_ok` promises in % 16 == 0 and 16-byte aligned x and weights. A block's last features may
 // lie beyond out: they read the last weight row and write nothing.
@@ -391,40 +403,51 @@ template <typename T, LinearEpilogue kEpilogue>
 __global__ void __launch_bounds__(kGemvThreads)
     int8_quantizing_gemv_kernel(const __grid_constant__ Int8GemvLayers<T> layers, float threshold,
                                 bool vector_ok) {
-  constexpr int kRowsRead = kQuantizingGemvOutputs;
   constexpr bool kSiluMul = kEpilogue == LinearEpilogue::kSiluMul;
-  constexpr int kFeatures = kSiluMul ? kRowsRead / 2 : kRowsRead;  // output features per block
-  extern __shared__ std::uint32_t outlier_mask[];  // bit c of word i: column 32i + c
-  __shared__ float absmax_partials[kGemvThreads / 32];
-  __shared__ GemvBlockSums<kRowsRead, 1> sums;
+  constexpr int kRows = kQuantizingGemvRowsPerWarp;
+  constexpr int kUnroll = kQuantizingGemvUnroll;
+  extern __shared__ int4 x_codes[];  // [vectors], then the outlier bits [vectors] (uint16)
+  __shared__ float absmax_partials[kQuantizingGemvWarps];
   const BlockLayer block =
       kSiluMul ? BlockLayer{0, 0} : block_layer(layers.end_block, layers.count);
-  const std::int64_t first_out =
-      static_cast<std::int64_t>(blockIdx.x - block.first_block) * kFeatures;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
   const T* x = layers.layer[0].x;
   const std::int64_t in = layers.layer[0].in;
   const std::int64_t vectors = (in + 15) / 16;
-  // Weight row k: feature first_out + k % kFeatures of layer block.layer, or with kSiluMul of
-  // gate (k < kFeatures) or up.
-  const auto row_args = [&](int k) -> const Int8OutputArgs<T>& {
-    return layers.layer[kSiluMul ? k / kFeatures : block.layer];
-  };
-  const auto feature = [&](int k) { return min(first_out + k % kFeatures, row_args(k).out - 1); };
+  auto* outlier_bits = reinterpret_cast<std::uint16_t*>(x_codes + vectors);
 
-  int4 w[kRowsRead];
-  const auto load_weights = [&](std::int64_t v) {
+  // Weight row k of this warp: a feature of layer block.layer, or with kSiluMul of gate (k = 0)
+  // and up (k = 1). Features past the last re-read the last one; their sums are never stored.
+  const std::int64_t first_feature = static_cast<std::int64_t>(blockIdx.x - block.first_block) *
+                                         (kSiluMul ? kQuantizingGemvWarps : kQuantizingGemvRows) +
+                                     (kSiluMul ? warp : kRows * warp);
+  const Int8OutputArgs<T>* row_args[kRows];
+  std::int64_t features[kRows];
 #pragma unroll
-    for (int k = 0; k < kRowsRead; ++k) {
-      w[k] = load_16_weight_codes(row_args(k).weight + feature(k) * in, 16 * v, in, vector_ok);
+  for (int k = 0; k < kRows; ++k) {
+    row_args[k] = &layers.layer[kSiluMul ? k : block.layer];
+    features[k] = min(first_feature + (kSiluMul ? 0 : k), row_args[k]->out - 1);
+  }
+  int4 w[kRows][kUnroll];
+  const auto load_weights = [&](std::int64_t first) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const std::int64_t v = first + u * 32;
+#pragma unroll
+      for (int k = 0; k < kRows; ++k) {
+        w[k][u] = v < vectors ? load_16_weight_codes(row_args[k]->weight + features[k] * in, 16 * v,
+                                                     in, vector_ok)
+                              : make_int4(0, 0, 0, 0);
+      }
     }
   };
-  if (threadIdx.x < vectors) load_weights(threadIdx.x);
-  for (std::int64_t i = threadIdx.x; i < (in + 31) / 32; i += kGemvThreads) outlier_mask[i] = 0;
-  __syncthreads();
+  load_weights(lane);
   wait_for_previous_kernels();
 
   float absmax = 0.0f;
   bool all_finite = true;
+  bool any_outlier = false;
   for (std::int64_t v = threadIdx.x; v < vectors; v += kGemvThreads) {
     float values[16];
     load_16_inputs(x, 16 * v, in, vector_ok, values);
@@ -438,57 +461,72 @@ __global__ void __launch_bounds__(kGemvThreads)
         absmax = max_ftz(absmax, fabsf(values[c]));
       }
     }
-    if (outliers != 0) atomicOr(&outlier_mask[v / 2], outliers << (16 * (v % 2)));
+    outlier_bits[v] = static_cast<std::uint16_t>(outliers);
+    any_outlier = any_outlier || outliers != 0;
   }
   all_finite = __syncthreads_and(all_finite);
+  // Every block sees every column, so all agree on whether there are outlier columns.
+  any_outlier = __syncthreads_or(any_outlier);
   absmax = group_max(absmax, kGemvThreads, absmax_partials);
   const float scale = int8_row_scale(absmax);
-
-  std::int32_t products[kRowsRead][1] = {};
-  float outlier_sums[kRowsRead][1] = {};
-  bool any_outlier = false;
   for (std::int64_t v = threadIdx.x; v < vectors; v += kGemvThreads) {
-    if (v != threadIdx.x) load_weights(v);
-    const std::uint32_t outliers = (outlier_mask[v / 2] >> (16 * (v % 2))) & 0xffffu;
-    any_outlier = any_outlier || outliers != 0;
     float values[16];
     load_16_inputs(x, 16 * v, in, vector_ok, values);
     std::int8_t bytes[16];
 #pragma unroll
     for (int c = 0; c < 16; ++c) bytes[c] = int8_code(values[c], scale);
-    const int4 codes = zero_outlier_codes(pack_16_codes(bytes), outliers);
+    x_codes[v] = zero_outlier_codes(pack_16_codes(bytes), outlier_bits[v]);
+  }
+  __syncthreads();
+
+  std::int32_t products[kRows] = {};
+  float outlier_sums[kRows] = {};
+  constexpr int kStride = 32 * kUnroll;
+  for (std::int64_t first = lane; first < vectors; first += kStride) {
 #pragma unroll
-    for (int k = 0; k < kRowsRead; ++k) products[k][0] = dot_16_codes(codes, w[k], products[k][0]);
-    for (std::uint32_t rest = outliers; rest != 0; rest &= rest - 1) {
-      const int c = __ffs(static_cast<int>(rest)) - 1;
-      const float value = to_float(x[16 * v + c]);
+    for (int u = 0; u < kUnroll; ++u) {
+      const std::int64_t v = first + u * 32;
+      if (v >= vectors) break;
+      const int4 codes = x_codes[v];
 #pragma unroll
-      for (int k = 0; k < kRowsRead; ++k) {
-        const float weight =
-            dequantized_weight<T>(byte_of(w[k], c), row_args(k).weight_absmax[feature(k)]);
-        outlier_sums[k][0] += __fmul_rn(value, weight);
+      for (int k = 0; k < kRows; ++k) products[k] = dot_16_codes(codes, w[k][u], products[k]);
+      if (!any_outlier) continue;
+      for (std::uint32_t rest = outlier_bits[v]; rest != 0; rest &= rest - 1) {
+        const int c = __ffs(static_cast<int>(rest)) - 1;
+        const float value = to_float(x[16 * v + c]);
+#pragma unroll
+        for (int k = 0; k < kRows; ++k) {
+          const float weight =
+              dequantized_weight<T>(byte_of(w[k][u], c), row_args[k]->weight_absmax[features[k]]);
+          outlier_sums[k] += __fmul_rn(value, weight);
+        }
       }
     }
+    if (first + kStride < vectors) load_weights(first + kStride);
   }
   allow_next_kernel_start();
-  // Every block sees every column, so all agree on whether there are outlier columns.
-  const bool has_outliers = __syncthreads_or(any_outlier);
+#pragma unroll
+  for (int k = 0; k < kRows; ++k) {
+    products[k] = warp_sum(products[k]);
+    if (any_outlier) outlier_sums[k] = warp_sum(outlier_sums[k]);
+  }
+  if (lane != 0) return;
   const float row_absmax = int8_row_absmax(absmax, all_finite);
-  sums.gather(products, outlier_sums, has_outliers);
-  const int k = static_cast<int>(threadIdx.x);
-  const std::int64_t o = first_out + k;
-  const Int8OutputArgs<T>& args = row_args(0);
-  if (k >= kFeatures || o >= args.out) return;
-  const auto output = [&](int row, const Int8OutputArgs<T>& layer) {
-    return int8_output(layer, row_absmax, o, sums.product(row), sums.outlier_sum(row),
-                       has_outliers);
+  const auto output = [&](int k) {
+    return int8_output(*row_args[k], row_absmax, features[k], products[k], outlier_sums[k],
+                       any_outlier);
   };
   if constexpr (kSiluMul) {
-    const float gate = to_float(output(k, layers.layer[0]));
-    const float up = to_float(output(k + kFeatures, layers.layer[1]));
-    args.y[o] = from_float<T>(silu_mul_value<T>(gate, up));
+    if (first_feature < row_args[0]->out) {
+      row_args[0]->y[first_feature] =
+          from_float<T>(silu_mul_value<T>(to_float(output(0)), to_float(output(1))));
+    }
   } else {
-    args.y[o] = output(k, args);
+#pragma unroll
+    for (int k = 0; k < kRows; ++k) {
+      const std::int64_t o = first_feature + k;
+      if (o < row_args[k]->out) row_args[k]->y[o] = output(k);
+    }
   }
 }
 
@@ -724,8 +762,7 @@ template <typename T>
 cudaError_t launch_int8_quantizing_gemv(std::span<const Int8OutputArgs<T>> layers, float threshold,
                                         LinearEpilogue epilogue, cudaStream_t stream) {
   const bool silu_mul_epilogue = epilogue == LinearEpilogue::kSiluMul;
-  const std::int64_t features =
-      silu_mul_epilogue ? kQuantizingGemvOutputs / 2 : kQuantizingGemvOutputs;
+  const std::int64_t features = silu_mul_epilogue ? kQuantizingGemvWarps : kQuantizingGemvRows;
   const Int8OutputArgs<T>& first = layers.front();
   bool vector_ok = first.in % 16 == 0 && is_aligned_16(first.x);
   Int8GemvLayers<T> fused{};
@@ -736,14 +773,14 @@ cudaError_t launch_int8_quantizing_gemv(std::span<const Int8OutputArgs<T>> layer
     fused.layer[i] = layers[i];
   }
   fused.count = static_cast<int>(layers.size());
-  const std::size_t mask_bytes = static_cast<std::size_t>((first.in + 31) / 32) * 4;
-  const auto grid = static_cast<unsigned>(blocks);
-  if (silu_mul_epilogue) {
-    return launch_overlapped(int8_quantizing_gemv_kernel<T, LinearEpilogue::kSiluMul>, grid,
-                             kGemvThreads, mask_bytes, stream, fused, threshold, vector_ok);
-  }
-  return launch_overlapped(int8_quantizing_gemv_kernel<T, LinearEpilogue::kStore>, grid,
-                           kGemvThreads, mask_bytes, stream, fused, threshold, vector_ok);
+  const std::size_t shared_bytes = quantizing_gemv_shared_bytes(first.in);
+  const auto kernel = silu_mul_epilogue ? int8_quantizing_gemv_kernel<T, LinearEpilogue::kSiluMul>
+                                        : int8_quantizing_gemv_kernel<T, LinearEpilogue::kStore>;
+  const cudaError_t error =
+      opt_in_dynamic_shared_memory(reinterpret_cast<const void*>(kernel), shared_bytes);
+  if (error != cudaSuccess) return error;
+  return launch_overlapped(kernel, static_cast<unsigned>(blocks), kGemvThreads, shared_bytes,
+                           stream, fused, threshold, vector_ok);
 }
 
 // The first failure of a sequence of cuBLASLt calls, and the call that failed.

@@ -380,6 +380,23 @@ TEST(CudaLinearInt8, MatchesReferenceOnOddShapes) {
   EXPECT_EQ(tally.failures, 0);
 }
 
+// One row of long inputs: the self-quantizing GEMV keeps x's codes in shared memory, beyond the
+// default 48 KiB from 43 691 inputs (opted in), and declines past 128 Ki inputs, where the
+// quantizer's launches and the GEMV on their codes take the row.
+TEST(CudaLinearInt8, OneRowOfLongInputs) {
+  KBIT_REQUIRE_CUDA();
+  constexpr std::int64_t kLongest = 128 * 1024 + 16;
+  LinearSetup setup(1, kLongest, 24);
+  Tally tally;
+  std::uint64_t seed = 3500;
+  for (const std::int64_t in : {std::int64_t{65536}, kLongest}) {
+    const TestWeight weight = make_weight(24, in, seed++);
+    run_all_cases(setup, weight, {1}, 6.0f, seed, tally);
+  }
+  tally.report();
+  EXPECT_EQ(tally.failures, 0);
+}
+
 // A low threshold makes most columns outliers: more than one pass of every loop over them (the
 // GEMV's 256 threads, the epilogue's 32-column tiles, the compaction's 1024-column passes).
 TEST(CudaLinearInt8, ManyOutlierColumns) {
