@@ -398,9 +398,12 @@ struct Int8GemvLayers {
 //   outlier columns add x · round_X(W') in f32. The lanes' sums meet in a butterfly of shuffles.
 // Every weight row's sums run in the order of a single layer's launch, so fusing changes no bit.
 // `vector_ok` promises in % 16 == 0 and 16-byte aligned x and weights. A block's last features may
-// lie beyond out: they read the last weight row and write nothing.
+// lie beyond out: they read the last weight row and write nothing. Four blocks per multiprocessor
+// (64 registers; unbounded it took 80, three blocks): its warps spend half their cycles waiting
+// for global loads, and the fourth block took 14336 × 4096 from 0.79 to 0.86 of the copy
+// (BENCHMARKS.md).
 template <typename T, LinearEpilogue kEpilogue>
-__global__ void __launch_bounds__(kGemvThreads)
+__global__ void __launch_bounds__(kGemvThreads, 4)
     int8_quantizing_gemv_kernel(const __grid_constant__ Int8GemvLayers<T> layers, float threshold,
                                 bool vector_ok) {
   constexpr bool kSiluMul = kEpilogue == LinearEpilogue::kSiluMul;
