@@ -69,6 +69,14 @@ int fused_layer_blocks(std::span<const Layer> layers, std::int64_t features_per_
   return static_cast<int>(blocks);
 }
 
+// The row GEMVs (linear_float_gemv.cu, linear_int8.cu's self-quantizing GEMV) give each warp of
+// a block kRowGemvWarpRows weight rows: features f and f + 1 of the block's layer (kStore), or
+// feature f of gate and of up (kSiluMul). The features each block takes, for fused_layer_blocks:
+constexpr int kRowGemvWarpRows = 2;
+constexpr std::int64_t row_gemv_block_features(int warps, LinearEpilogue epilogue) {
+  return epilogue == LinearEpilogue::kSiluMul ? warps : std::int64_t{kRowGemvWarpRows} * warps;
+}
+
 #if defined(__CUDACC__)
 // The layer of this block where layer i of `count` owns blocks [end_block[i − 1], end_block[i])
 // (end_block[−1] = 0), and the first block it owns.
@@ -80,6 +88,16 @@ __device__ __forceinline__ BlockLayer block_layer(const int* end_block, int coun
   int layer = 0;
   while (layer + 1 < count && static_cast<int>(blockIdx.x) >= end_block[layer]) ++layer;
   return {layer, layer == 0 ? 0 : end_block[layer - 1]};
+}
+
+// Feature f of warp `warp` of a row GEMV block of `warps` warps (see row_gemv_block_features); it
+// may lie past the layer's last feature.
+__device__ __forceinline__ std::int64_t row_gemv_first_feature(BlockLayer block, int warps,
+                                                               int warp, LinearEpilogue epilogue) {
+  const bool silu_mul = epilogue == LinearEpilogue::kSiluMul;
+  return static_cast<std::int64_t>(blockIdx.x - block.first_block) *
+             row_gemv_block_features(warps, epilogue) +
+         (silu_mul ? warp : kRowGemvWarpRows * warp);
 }
 #endif
 

@@ -22,12 +22,11 @@ namespace {
 
 constexpr int kWarpSize = 32;
 constexpr int kWarps = 8;
-constexpr int kRowsPerWarp = 2;                    // weight rows each warp reads
-constexpr int kBlockRows = kWarps * kRowsPerWarp;  // weight rows per block
-constexpr int kUnroll = 4;                         // vectors of each weight row in flight
+constexpr int kRowsPerWarp = kRowGemvWarpRows;
+constexpr int kUnroll = 4;  // vectors of each weight row in flight
 
 // The layers of one launch. With kStore, layer i owns blocks [end_block[i − 1], end_block[i]),
-// kBlockRows features each; with kSiluMul both layers (gate, up) own every block.
+// row_gemv_block_features each; with kSiluMul both layers (gate, up) own every block.
 template <typename T>
 struct FloatGemvLayers {
   const T* weight[kMaxFusedLayers];  // [out, in]
@@ -59,9 +58,7 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   // Weight row k of this warp: a feature of layer block.layer, or with kSiluMul of gate (k = 0)
   // and up (k = 1). Features past the last re-read the last one; their sums are never stored.
-  const std::int64_t first_feature =
-      static_cast<std::int64_t>(blockIdx.x - block.first_block) * (kSiluMul ? kWarps : kBlockRows) +
-      (kSiluMul ? warp : kRowsPerWarp * warp);
+  const std::int64_t first_feature = row_gemv_first_feature(block, kWarps, warp, kEpilogue);
   std::int64_t features[kRowsPerWarp];
   const uint4* weight_rows[kRowsPerWarp];
 #pragma unroll
@@ -133,9 +130,9 @@ template <typename T>
 cudaError_t launch_typed(const void* x, std::span<const FloatLayer> layers, std::int64_t in,
                          LinearEpilogue epilogue, cudaStream_t stream) {
   const bool silu_mul_epilogue = epilogue == LinearEpilogue::kSiluMul;
-  const std::int64_t features_per_block = silu_mul_epilogue ? kWarps : kBlockRows;
   FloatGemvLayers<T> fused{};
-  const int blocks = fused_layer_blocks(layers, features_per_block, epilogue, fused.end_block);
+  const int blocks = fused_layer_blocks(layers, row_gemv_block_features(kWarps, epilogue), epilogue,
+                                        fused.end_block);
   if (blocks == 0) return cudaErrorInvalidValue;
   for (std::size_t i = 0; i < layers.size(); ++i) {
     fused.weight[i] = static_cast<const T*>(layers[i].weight);

@@ -354,11 +354,8 @@ __global__ void __launch_bounds__(kGemvThreads)
                         [&](int row) { return args.row_absmax[row]; });
 }
 
-// The self-quantizing GEMV: a block of kQuantizingGemvWarps warps, each reading
-// kQuantizingGemvRowsPerWarp weight rows.
+// The self-quantizing GEMV: a row GEMV (fused_layers.h) of kQuantizingGemvWarps warps.
 constexpr int kQuantizingGemvWarps = kGemvThreads / 32;
-constexpr int kQuantizingGemvRowsPerWarp = 2;
-constexpr int kQuantizingGemvRows = kQuantizingGemvWarps * kQuantizingGemvRowsPerWarp;
 constexpr int kQuantizingGemvUnroll = 4;  // vectors of each weight row in flight per lane
 
 // The most inputs of the self-quantizing GEMV: the block's copy of x as codes and its outlier
@@ -371,9 +368,9 @@ std::size_t quantizing_gemv_shared_bytes(std::int64_t in) {
 }
 
 // The layers of one launch of the self-quantizing GEMV, all of the same x and in. With kStore,
-// layer i owns blocks [end_block[i − 1], end_block[i]) (end_block[−1] = 0), kQuantizingGemvRows
-// features each; with kSiluMul every block takes the same kQuantizingGemvWarps features of gate
-// (layer 0) and of up (layer 1). Their codes, row_absmax and outlier lists are not used.
+// layer i owns blocks [end_block[i − 1], end_block[i]) (end_block[−1] = 0), row_gemv_block_features
+// each; with kSiluMul every block takes the same features of gate (layer 0) and of up (layer 1).
+// Their codes, row_absmax and outlier lists are not used.
 template <typename T>
 struct Int8GemvLayers {
   Int8OutputArgs<T> layer[kMaxFusedLayers];
@@ -407,7 +404,7 @@ __global__ void __launch_bounds__(kGemvThreads, 4)
     int8_quantizing_gemv_kernel(const __grid_constant__ Int8GemvLayers<T> layers, float threshold,
                                 bool vector_ok) {
   constexpr bool kSiluMul = kEpilogue == LinearEpilogue::kSiluMul;
-  constexpr int kRows = kQuantizingGemvRowsPerWarp;
+  constexpr int kRows = kRowGemvWarpRows;
   constexpr int kUnroll = kQuantizingGemvUnroll;
   extern __shared__ int4 x_codes[];  // [vectors], then the outlier bits [vectors] (uint16)
   __shared__ float absmax_partials[kQuantizingGemvWarps];
@@ -422,15 +419,16 @@ __global__ void __launch_bounds__(kGemvThreads, 4)
 
   // Weight row k of this warp: a feature of layer block.layer, or with kSiluMul of gate (k = 0)
   // and up (k = 1). Features past the last re-read the last one; their sums are never stored.
-  const std::int64_t first_feature = static_cast<std::int64_t>(blockIdx.x - block.first_block) *
-                                         (kSiluMul ? kQuantizingGemvWarps : kQuantizingGemvRows) +
-                                     (kSiluMul ? warp : kRows * warp);
+  const std::int64_t first_feature =
+      row_gemv_first_feature(block, kQuantizingGemvWarps, warp, kEpilogue);
   const Int8OutputArgs<T>* row_args[kRows];
   std::int64_t features[kRows];
+  const std::int8_t* weight_rows[kRows];
 #pragma unroll
   for (int k = 0; k < kRows; ++k) {
     row_args[k] = &layers.layer[kSiluMul ? k : block.layer];
     features[k] = min(first_feature + (kSiluMul ? 0 : k), row_args[k]->out - 1);
+    weight_rows[k] = row_args[k]->weight + features[k] * in;
   }
   int4 w[kRows][kUnroll];
   const auto load_weights = [&](std::int64_t first) {
@@ -439,8 +437,7 @@ __global__ void __launch_bounds__(kGemvThreads, 4)
       const std::int64_t v = first + u * 32;
 #pragma unroll
       for (int k = 0; k < kRows; ++k) {
-        w[k][u] = v < vectors ? load_16_weight_codes(row_args[k]->weight + features[k] * in, 16 * v,
-                                                     in, vector_ok)
+        w[k][u] = v < vectors ? load_16_weight_codes(weight_rows[k], 16 * v, in, vector_ok)
                               : make_int4(0, 0, 0, 0);
       }
     }
@@ -765,11 +762,11 @@ template <typename T>
 cudaError_t launch_int8_quantizing_gemv(std::span<const Int8OutputArgs<T>> layers, float threshold,
                                         LinearEpilogue epilogue, cudaStream_t stream) {
   const bool silu_mul_epilogue = epilogue == LinearEpilogue::kSiluMul;
-  const std::int64_t features = silu_mul_epilogue ? kQuantizingGemvWarps : kQuantizingGemvRows;
   const Int8OutputArgs<T>& first = layers.front();
   bool vector_ok = first.in % 16 == 0 && is_aligned_16(first.x);
   Int8GemvLayers<T> fused{};
-  const int blocks = fused_layer_blocks(layers, features, epilogue, fused.end_block);
+  const int blocks = fused_layer_blocks(
+      layers, row_gemv_block_features(kQuantizingGemvWarps, epilogue), epilogue, fused.end_block);
   if (blocks == 0) return cudaErrorInvalidValue;
   for (std::size_t i = 0; i < layers.size(); ++i) {
     vector_ok = vector_ok && is_aligned_16(layers[i].weight);
