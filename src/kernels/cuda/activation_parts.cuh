@@ -76,6 +76,10 @@ struct Sum {
 struct Max {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
+// bitsandbytes' max.ftz (common.cuh), as its quantizers reduce an absmax.
+struct MaxFtz {
+  __device__ float operator()(float a, float b) const { return max_ftz(a, b); }
+};
 
 template <typename Op>
 __device__ __forceinline__ float warp_reduce(float value, Op op) {

@@ -1,9 +1,10 @@
 // The LLM.int8 Linear layer on the GPU (contract: linear_launchers.h; arithmetic: spec 6.3, as
 // kernels/cpu/quantized_linear_reference.cc's linear_int8_reference defines it).
 //
-// One row (decode) with at most kQuantizingGemvMaxInputs inputs: int8_quantizing_gemv_kernel
-// does steps 1-7 in one launch, each block quantizing the row itself with the quantizer's
-// arithmetic (int8_rowwise_parts.cuh).
+// One row (decode) with at most kQuantizingGemvMaxInputs inputs: int8_row_gemv_kernel does steps
+// 1-7 in one launch, each block quantizing the row itself with the quantizer's arithmetic
+// (int8_rowwise_parts.cuh), or steps 5-7 on the row's quantization that add_rms_norm made
+// (int8_quantized_row.h).
 //
 // Otherwise steps 1-4 reuse the row-wise quantizer of int8_rowwise.cu, which reads x in its own
 // dtype and rounds each value to f16 first, as the reference does. With a threshold, one block
@@ -43,6 +44,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/device_queries.h"
 #include "kernels/cuda/fused_layers.h"
+#include "kernels/cuda/int8_quantized_row.h"
 #include "kernels/cuda/int8_rowwise_parts.cuh"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/linear_workspace.h"
@@ -354,7 +356,7 @@ __global__ void __launch_bounds__(kGemvThreads)
                         [&](int row) { return args.row_absmax[row]; });
 }
 
-// The self-quantizing GEMV: a row GEMV (fused_layers.h) of kQuantizingGemvWarps warps.
+// The one-row GEMV: a row GEMV (fused_layers.h) of kQuantizingGemvWarps warps.
 constexpr int kQuantizingGemvWarps = kGemvThreads / 32;
 constexpr int kQuantizingGemvUnroll = 4;  // vectors of each weight row in flight per lane
 
@@ -367,84 +369,38 @@ std::size_t quantizing_gemv_shared_bytes(std::int64_t in) {
   return vectors * (sizeof(int4) + sizeof(std::uint16_t));
 }
 
-// The layers of one launch of the self-quantizing GEMV, all of the same x and in. With kStore,
-// layer i owns blocks [end_block[i − 1], end_block[i]) (end_block[−1] = 0), row_gemv_block_features
-// each; with kSiluMul every block takes the same features of gate (layer 0) and of up (layer 1).
-// Their codes, row_absmax and outlier lists are not used.
+// The layers of one launch of the one-row GEMV, all of the same x and in. With kStore, layer i
+// owns blocks [end_block[i − 1], end_block[i]) (end_block[−1] = 0), row_gemv_block_features each;
+// with kSiluMul every block takes the same features of gate (layer 0) and of up (layer 1). Their
+// codes, row_absmax and outlier lists are not used: x's quantization is `quantized_x` where an
+// earlier kernel made it, else each block's own.
 template <typename T>
 struct Int8GemvLayers {
   Int8OutputArgs<T> layer[kMaxFusedLayers];
   int end_block[kMaxFusedLayers];
   int count;
+  Int8QuantizedRow quantized_x;
 };
 
-// Steps 1-7 for one row of x in one kernel: each block quantizes x itself (a few KiB, read from
-// L2 by every block) into shared memory, so that a decode step's Linear is one launch instead of
-// four (the outlier mask's reset, the quantizer, the outlier list, the products), and the layers
-// of one x (q, k and v; gate and up, with silu_mul applied to their outputs) one launch between
-// them. With more rows every block would read all of them: at 8 rows this form made the decode
-// step 3.4x slower than the quantizer's launches (BENCHMARKS.md).
-//   Before the wait (overlapped_launch.cuh) each lane requests its first weight vectors: x and y
-//   belong to the kernels around this one.
-//   Quantizing: thread t takes the 16-value vectors t, t + 256, … of x: pass 1 finds the absmax
-//   without the outliers and the outlier columns (16 bits per vector); pass 2 turns each vector
-//   into codes with the quantizer's arithmetic (int8_rowwise_parts.cuh), 0 in outlier columns.
-//   Products: as linear_float's GEMV, each warp reads two weight rows (two features of a layer,
-//   or with kSiluMul one feature of gate and the same of up), lane l their 16-byte vectors l,
-//   l + 32, …, kQuantizingGemvUnroll of each in flight, multiplied by __dp4a with x's codes;
-//   outlier columns add x · round_X(W') in f32. The lanes' sums meet in a butterfly of shuffles.
-// Every weight row's sums run in the order of a single layer's launch, so fusing changes no bit.
-// `vector_ok` promises in % 16 == 0 and 16-byte aligned x and weights. A block's last features may
-// lie beyond out: they read the last weight row and write nothing. Four blocks per multiprocessor
-// (64 registers; unbounded it took 80, three blocks): its warps spend half their cycles waiting
-// for global loads, and the fourth block took 14336 × 4096 from 0.79 to 0.86 of the copy
-// (BENCHMARKS.md).
-template <typename T, LinearEpilogue kEpilogue>
-__global__ void __launch_bounds__(kGemvThreads, 4)
-    int8_quantizing_gemv_kernel(const __grid_constant__ Int8GemvLayers<T> layers, float threshold,
-                                bool vector_ok) {
-  constexpr bool kSiluMul = kEpilogue == LinearEpilogue::kSiluMul;
-  constexpr int kRows = kRowGemvWarpRows;
-  constexpr int kUnroll = kQuantizingGemvUnroll;
-  extern __shared__ int4 x_codes[];  // [vectors], then the outlier bits [vectors] (uint16)
-  __shared__ float absmax_partials[kQuantizingGemvWarps];
-  const BlockLayer block =
-      kSiluMul ? BlockLayer{0, 0} : block_layer(layers.end_block, layers.count);
-  const int warp = static_cast<int>(threadIdx.x) / 32;
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  const T* x = layers.layer[0].x;
-  const std::int64_t in = layers.layer[0].in;
+// x's quantization as the one-row GEMV reads it: codes and outlier bits in shared memory, the
+// absmax as stored, and whether any column is an outlier (the same in every block).
+struct RowCodes {
+  const int4* codes;                  // [vectors]
+  const std::uint16_t* outlier_bits;  // [vectors]
+  float row_absmax;
+  bool any_outlier;
+};
+
+// One row x [in] quantized by the whole block (every thread must call it) into `codes` and
+// `outlier_bits` [vectors] of shared memory: thread t takes the 16-value vectors t, t + 256, …;
+// pass 1 finds the absmax without the outliers and the outlier columns; pass 2 turns each vector
+// into codes with the quantizer's arithmetic (int8_rowwise_parts.cuh), 0 in outlier columns.
+template <typename T>
+__device__ __forceinline__ RowCodes quantize_row_in_shared(const T* __restrict__ x, std::int64_t in,
+                                                           bool vector_ok, float threshold,
+                                                           int4* codes, std::uint16_t* outlier_bits,
+                                                           float* absmax_partials) {
   const std::int64_t vectors = (in + 15) / 16;
-  auto* outlier_bits = reinterpret_cast<std::uint16_t*>(x_codes + vectors);
-
-  // Weight row k of this warp: a feature of layer block.layer, or with kSiluMul of gate (k = 0)
-  // and up (k = 1). Features past the last re-read the last one; their sums are never stored.
-  const std::int64_t first_feature =
-      row_gemv_first_feature(block, kQuantizingGemvWarps, warp, kEpilogue);
-  const Int8OutputArgs<T>* row_args[kRows];
-  std::int64_t features[kRows];
-  const std::int8_t* weight_rows[kRows];
-#pragma unroll
-  for (int k = 0; k < kRows; ++k) {
-    row_args[k] = &layers.layer[kSiluMul ? k : block.layer];
-    features[k] = min(first_feature + (kSiluMul ? 0 : k), row_args[k]->out - 1);
-    weight_rows[k] = row_args[k]->weight + features[k] * in;
-  }
-  int4 w[kRows][kUnroll];
-  const auto load_weights = [&](std::int64_t first) {
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const std::int64_t v = first + u * 32;
-#pragma unroll
-      for (int k = 0; k < kRows; ++k) {
-        w[k][u] = v < vectors ? load_16_weight_codes(weight_rows[k], 16 * v, in, vector_ok)
-                              : make_int4(0, 0, 0, 0);
-      }
-    }
-  };
-  load_weights(lane);
-  wait_for_previous_kernels();
-
   float absmax = 0.0f;
   bool all_finite = true;
   bool any_outlier = false;
@@ -475,9 +431,102 @@ __global__ void __launch_bounds__(kGemvThreads, 4)
     std::int8_t bytes[16];
 #pragma unroll
     for (int c = 0; c < 16; ++c) bytes[c] = int8_code(values[c], scale);
-    x_codes[v] = zero_outlier_codes(pack_16_codes(bytes), outlier_bits[v]);
+    codes[v] = zero_outlier_codes(pack_16_codes(bytes), outlier_bits[v]);
   }
   __syncthreads();
+  return {codes, outlier_bits, int8_row_absmax(absmax, all_finite), any_outlier};
+}
+
+// x's quantization as an earlier kernel left it (read after the wait for it), its codes and
+// outlier bits copied into `codes` and `outlier_bits` [vectors] of shared memory by the whole
+// block (every thread must call it).
+__device__ __forceinline__ RowCodes copy_quantized_row_to_shared(const Int8QuantizedRow& quantized,
+                                                                 std::int64_t vectors, int4* codes,
+                                                                 std::uint16_t* outlier_bits) {
+  const auto* global_codes = reinterpret_cast<const int4*>(quantized.codes);
+  for (std::int64_t v = threadIdx.x; v < vectors; v += kGemvThreads) {
+    codes[v] = __ldg(global_codes + v);
+    outlier_bits[v] = __ldg(quantized.outlier_bits + v);
+  }
+  const RowCodes row{codes, outlier_bits, *quantized.absmax, *quantized.has_outliers != 0};
+  __syncthreads();
+  return row;
+}
+
+// Steps 1-7 for one row of x in one kernel, so that a decode step's Linear is one launch instead
+// of four (the outlier mask's reset, the quantizer, the outlier list, the products), and the
+// layers of one x (q, k and v; gate and up, with silu_mul applied to their outputs) one launch
+// between them. With more rows every block would read all of them: at 8 rows this form made the
+// decode step 3.4x slower than the quantizer's launches (BENCHMARKS.md).
+//   Before the wait (overlapped_launch.cuh) each lane requests its first weight vectors: x and y
+//   belong to the kernels around this one.
+//   Quantizing: with kPrequantized an earlier kernel (add_rms_norm) left x's quantization in
+//   layers.quantized_x, and each block copies it into shared memory (read from global memory in
+//   the loop instead, it made the decode step 4% slower: BENCHMARKS.md); otherwise each block
+//   quantizes x itself (a few KiB, read from L2 by every block), quantize_row_in_shared.
+//   Products: as linear_float's GEMV, each warp reads two weight rows (two features of a layer,
+//   or with kSiluMul one feature of gate and the same of up), lane l their 16-byte vectors l,
+//   l + 32, …, kQuantizingGemvUnroll of each in flight, multiplied by __dp4a with x's codes;
+//   outlier columns add x · round_X(W') in f32. The lanes' sums meet in a butterfly of shuffles.
+// Every weight row's sums run in the order of a single layer's launch, so fusing changes no bit.
+// `vector_ok` promises in % 16 == 0 and 16-byte aligned x and weights. A block's last features may
+// lie beyond out: they read the last weight row and write nothing. Four blocks per multiprocessor
+// (64 registers; unbounded it took 80, three blocks): its warps spend half their cycles waiting
+// for global loads, and the fourth block took 14336 × 4096 from 0.79 to 0.86 of the copy
+// (BENCHMARKS.md).
+template <typename T, LinearEpilogue kEpilogue, bool kPrequantized>
+__global__ void __launch_bounds__(kGemvThreads, 4)
+    int8_row_gemv_kernel(const __grid_constant__ Int8GemvLayers<T> layers, float threshold,
+                         bool vector_ok) {
+  constexpr bool kSiluMul = kEpilogue == LinearEpilogue::kSiluMul;
+  constexpr int kRows = kRowGemvWarpRows;
+  constexpr int kUnroll = kQuantizingGemvUnroll;
+  extern __shared__ int4 shared_codes[];  // [vectors], then the outlier bits [vectors] (uint16)
+  __shared__ float absmax_partials[kQuantizingGemvWarps];
+  const BlockLayer block =
+      kSiluMul ? BlockLayer{0, 0} : block_layer(layers.end_block, layers.count);
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const T* x = layers.layer[0].x;
+  const std::int64_t in = layers.layer[0].in;
+  const std::int64_t vectors = (in + 15) / 16;
+
+  // Weight row k of this warp: a feature of layer block.layer, or with kSiluMul of gate (k = 0)
+  // and up (k = 1). Features past the last re-read the last one; their sums are never stored.
+  const std::int64_t first_feature =
+      row_gemv_first_feature(block, kQuantizingGemvWarps, warp, kEpilogue);
+  const Int8OutputArgs<T>* row_args[kRows];
+  std::int64_t features[kRows];
+  const std::int8_t* weight_rows[kRows];
+#pragma unroll
+  for (int k = 0; k < kRows; ++k) {
+    row_args[k] = &layers.layer[kSiluMul ? k : block.layer];
+    features[k] = min(first_feature + (kSiluMul ? 0 : k), row_args[k]->out - 1);
+    weight_rows[k] = row_args[k]->weight + features[k] * in;
+  }
+  int4 w[kRows][kUnroll];
+  const auto load_weights = [&](std::int64_t first) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const std::int64_t v = first + u * 32;
+#pragma unroll
+      for (int k = 0; k < kRows; ++k) {
+        w[k][u] = v < vectors ? load_16_weight_codes(weight_rows[k], 16 * v, in, vector_ok)
+                              : make_int4(0, 0, 0, 0);
+      }
+    }
+  };
+  load_weights(lane);
+  wait_for_previous_kernels();
+
+  auto* shared_bits = reinterpret_cast<std::uint16_t*>(shared_codes + vectors);
+  RowCodes row;
+  if constexpr (kPrequantized) {
+    row = copy_quantized_row_to_shared(layers.quantized_x, vectors, shared_codes, shared_bits);
+  } else {
+    row = quantize_row_in_shared(x, in, vector_ok, threshold, shared_codes, shared_bits,
+                                 absmax_partials);
+  }
 
   std::int32_t products[kRows] = {};
   float outlier_sums[kRows] = {};
@@ -487,11 +536,11 @@ __global__ void __launch_bounds__(kGemvThreads, 4)
     for (int u = 0; u < kUnroll; ++u) {
       const std::int64_t v = first + u * 32;
       if (v >= vectors) break;
-      const int4 codes = x_codes[v];
+      const int4 codes = row.codes[v];
 #pragma unroll
       for (int k = 0; k < kRows; ++k) products[k] = dot_16_codes(codes, w[k][u], products[k]);
-      if (!any_outlier) continue;
-      for (std::uint32_t rest = outlier_bits[v]; rest != 0; rest &= rest - 1) {
+      if (!row.any_outlier) continue;
+      for (std::uint32_t rest = row.outlier_bits[v]; rest != 0; rest &= rest - 1) {
         const int c = __ffs(static_cast<int>(rest)) - 1;
         const float value = to_float(x[16 * v + c]);
 #pragma unroll
@@ -508,13 +557,12 @@ __global__ void __launch_bounds__(kGemvThreads, 4)
 #pragma unroll
   for (int k = 0; k < kRows; ++k) {
     products[k] = warp_sum(products[k]);
-    if (any_outlier) outlier_sums[k] = warp_sum(outlier_sums[k]);
+    if (row.any_outlier) outlier_sums[k] = warp_sum(outlier_sums[k]);
   }
   if (lane != 0) return;
-  const float row_absmax = int8_row_absmax(absmax, all_finite);
   const auto output = [&](int k) {
-    return int8_output(*row_args[k], row_absmax, features[k], products[k], outlier_sums[k],
-                       any_outlier);
+    return int8_output(*row_args[k], row.row_absmax, features[k], products[k], outlier_sums[k],
+                       row.any_outlier);
   };
   if constexpr (kSiluMul) {
     if (first_feature < row_args[0]->out) {
@@ -756,15 +804,17 @@ void launch_int8_gemv(const Int8OutputArgs<T>& args, bool vector_ok, cudaStream_
   int8_gemv_kernel<T, kRows><<<blocks, kGemvThreads, 0, stream>>>(args, vector_ok);
 }
 
-// Launches the self-quantizing GEMV for `layers` (1 to kMaxFusedLayers, of one row of the same x,
-// at most kQuantizingGemvMaxInputs inputs; with kSiluMul two of equal out).
+// Launches the one-row GEMV for `layers` (1 to kMaxFusedLayers, of one row of the same x; with
+// kSiluMul two of equal out) on x's quantization in `quantized_x`, or where that is null, each
+// block's own (then at most kQuantizingGemvMaxInputs inputs).
 template <typename T>
-cudaError_t launch_int8_quantizing_gemv(std::span<const Int8OutputArgs<T>> layers, float threshold,
-                                        LinearEpilogue epilogue, cudaStream_t stream) {
-  const bool silu_mul_epilogue = epilogue == LinearEpilogue::kSiluMul;
+cudaError_t launch_int8_row_gemv(std::span<const Int8OutputArgs<T>> layers, float threshold,
+                                 LinearEpilogue epilogue, const Int8QuantizedRow* quantized_x,
+                                 cudaStream_t stream) {
   const Int8OutputArgs<T>& first = layers.front();
   bool vector_ok = first.in % 16 == 0 && is_aligned_16(first.x);
   Int8GemvLayers<T> fused{};
+  if (quantized_x != nullptr) fused.quantized_x = *quantized_x;
   const int blocks = fused_layer_blocks(
       layers, row_gemv_block_features(kQuantizingGemvWarps, epilogue), epilogue, fused.end_block);
   if (blocks == 0) return cudaErrorInvalidValue;
@@ -774,8 +824,14 @@ cudaError_t launch_int8_quantizing_gemv(std::span<const Int8OutputArgs<T>> layer
   }
   fused.count = static_cast<int>(layers.size());
   const std::size_t shared_bytes = quantizing_gemv_shared_bytes(first.in);
-  const auto kernel = silu_mul_epilogue ? int8_quantizing_gemv_kernel<T, LinearEpilogue::kSiluMul>
-                                        : int8_quantizing_gemv_kernel<T, LinearEpilogue::kStore>;
+  const bool silu_mul_epilogue = epilogue == LinearEpilogue::kSiluMul;
+  constexpr auto kStore = LinearEpilogue::kStore;
+  constexpr auto kSiluMul = LinearEpilogue::kSiluMul;
+  const auto kernel = quantized_x != nullptr
+                          ? (silu_mul_epilogue ? int8_row_gemv_kernel<T, kSiluMul, true>
+                                               : int8_row_gemv_kernel<T, kStore, true>)
+                          : (silu_mul_epilogue ? int8_row_gemv_kernel<T, kSiluMul, false>
+                                               : int8_row_gemv_kernel<T, kStore, false>);
   const cudaError_t error =
       opt_in_dynamic_shared_memory(reinterpret_cast<const void*>(kernel), shared_bytes);
   if (error != cudaSuccess) return error;
@@ -1036,9 +1092,9 @@ Status linear_int8(LinearContext& context, const void* x, const Int8WeightDevice
     const Int8OutputArgs<T> args =
         output_args<T>(x, weight, bias, rows, in, out, has_threshold, scratch, y);
     if (rows == 1 && in <= kQuantizingGemvMaxInputs) {
-      return cuda_status(launch_int8_quantizing_gemv<T>({&args, 1}, threshold,
-                                                        LinearEpilogue::kStore, context.stream()),
-                         "linear_int8: int8_quantizing_gemv_kernel");
+      return cuda_status(launch_int8_row_gemv<T>({&args, 1}, threshold, LinearEpilogue::kStore,
+                                                 nullptr, context.stream()),
+                         "linear_int8: int8_row_gemv_kernel");
     }
     KBIT_RETURN_IF_ERROR(
         quantize_activations(x, dtype, rows, in, threshold, scratch, context.stream()));
@@ -1049,26 +1105,31 @@ Status linear_int8(LinearContext& context, const void* x, const Int8WeightDevice
 
 Status linear_int8_layers(LinearContext& context, const void* x, std::span<const Int8Layer> layers,
                           std::int64_t rows, std::int64_t in, float threshold, DType dtype,
-                          LinearEpilogue epilogue) {
+                          LinearEpilogue epilogue, const Int8QuantizedRow* quantized_x) {
   KBIT_RETURN_IF_ERROR(check_fused_layer_group("linear_int8_layers", layers, epilogue));
   for (const Int8Layer& layer : layers) {
     KBIT_RETURN_IF_ERROR(check_int8_arguments(context, x, layer.weight, rows, in, layer.out,
                                               threshold, layer.y, dtype));
+  }
+  if (quantized_x != nullptr && (rows != 1 || in % 16 != 0 || !is_aligned_16(quantized_x->codes))) {
+    return invalid_argument(
+        "linear_int8_layers: a quantized x needs one row, in a multiple of 16 and 16-byte aligned "
+        "codes");
   }
   if (rows == 1 && in <= kQuantizingGemvMaxInputs) {
     const auto fused = [&](auto type_tag) {
       using T = decltype(type_tag);
       std::array<Int8OutputArgs<T>, kMaxFusedLayers> args;
       for (std::size_t i = 0; i < layers.size(); ++i) {
-        // The self-quantizing GEMV uses no scratch.
+        // The one-row GEMV uses no scratch.
         args[i] = output_args<T>(x, layers[i].weight, layers[i].bias, rows, in, layers[i].out,
                                  threshold > 0.0f, Int8Scratch{}, layers[i].y);
       }
-      return launch_int8_quantizing_gemv<T>({args.data(), layers.size()}, threshold, epilogue,
-                                            context.stream());
+      return launch_int8_row_gemv<T>({args.data(), layers.size()}, threshold, epilogue, quantized_x,
+                                     context.stream());
     };
     return cuda_status(dtype == DType::kF32 ? fused(float{}) : fused(__nv_bfloat16{}),
-                       "linear_int8_layers: int8_quantizing_gemv_kernel");
+                       "linear_int8_layers: int8_row_gemv_kernel");
   }
   return linear_layers_one_by_one(layers, rows, dtype, epilogue, context.stream(),
                                   "linear_int8_layers", [&](const Int8Layer& layer) {

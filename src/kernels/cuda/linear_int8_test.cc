@@ -1,4 +1,5 @@
-// GPU tests of linear_int8 and linear_int8_layers (kernels/cuda/linear_launchers.h) against
+// GPU tests of linear_int8 and linear_int8_layers (kernels/cuda/linear_launchers.h), and of
+// add_rms_norm's quantization of a decode row for them (llama_launchers.h), against
 // linear_int8_reference (kernels/cpu/quantized_linear.h), on fresh random data:
 //   - without outlier columns (threshold 0, or no value reaching it) every output equals the
 //     reference bit for bit: the int32 products are exact and steps 6-7 are the same float
@@ -28,6 +29,7 @@
 #include "kbit/quant/codebooks.h"
 #include "kbit/quant/int8_rowwise.h"
 #include "kernels/cpu/quantized_linear.h"
+#include "kernels/cuda/int8_quantized_row.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/llama_launchers.h"
 #include "testing/shared_data.h"
@@ -445,6 +447,20 @@ struct Int8LayersCase {
   bool bias;
 };
 
+// Every element of the f32 or bf16 device tensor `actual` has the bits of `expected`'s.
+void expect_same_bits(const Tensor& expected, const Tensor& actual, const std::string& what) {
+  const std::vector<float> want = values_of(to_host(expected.view()).view());
+  const std::vector<float> got = values_of(to_host(actual.view()).view());
+  std::int64_t differing = 0;
+  for (std::size_t k = 0; k < want.size(); ++k) {
+    if (std::bit_cast<std::uint32_t>(want[k]) != std::bit_cast<std::uint32_t>(got[k]) &&
+        ++differing <= 5) {
+      ADD_FAILURE() << what << ": [" << k << "] = " << got[k] << ", expected " << want[k];
+    }
+  }
+  EXPECT_EQ(differing, 0) << what;
+}
+
 // The layers in one call give the bits of one linear_int8 call per layer (and silu_mul after gate
 // and up): the fused GEMV sums each weight row in the order of the single layer's, outlier columns
 // (planted) included.
@@ -485,17 +501,7 @@ void check_int8_layers_case(const Int8LayersCase& c, std::uint64_t seed) {
                                c.dtype, c.epilogue));
   check_cuda(cudaStreamSynchronize(setup.stream()), "cudaStreamSynchronize");
   for (std::size_t i = 0; i < (silu ? 1 : layers.size()); ++i) {
-    const std::vector<float> want = values_of(to_host(expected[i].view()).view());
-    const std::vector<float> got = values_of(to_host(actual[i].view()).view());
-    std::int64_t differing = 0;
-    for (std::size_t k = 0; k < want.size(); ++k) {
-      if (std::bit_cast<std::uint32_t>(want[k]) != std::bit_cast<std::uint32_t>(got[k]) &&
-          ++differing <= 5) {
-        ADD_FAILURE() << "layer " << i << ", y[" << k << "] = " << got[k] << ", one call gives "
-                      << want[k];
-      }
-    }
-    EXPECT_EQ(differing, 0) << "layer " << i;
+    expect_same_bits(expected[i], actual[i], "layer " + std::to_string(i) + " (one call each)");
   }
 }
 
@@ -544,6 +550,154 @@ TEST(CudaLinearInt8Layers, RejectsBadCalls) {
   EXPECT_EQ(call({layer}, kc::LinearEpilogue::kSiluMul), StatusCode::kInvalidArgument);
   EXPECT_EQ(call({layer, narrow}, kc::LinearEpilogue::kSiluMul), StatusCode::kInvalidArgument);
   EXPECT_EQ(call({layer, no_codes}, kc::LinearEpilogue::kStore), StatusCode::kInvalidArgument);
+  check_cuda(cudaStreamSynchronize(setup.stream()), "cudaStreamSynchronize");
+}
+
+// ---- The norm's quantization of a decode row (add_rms_norm with quantized_y) read by
+// linear_int8_layers: the row equals the CPU quantizer's, and the layers' outputs equal those
+// of the layers quantizing the row themselves, bit for bit.
+
+struct NormedRowCase {
+  std::int64_t in;
+  std::vector<std::int64_t> outs;
+  kc::LinearEpilogue epilogue;
+  DType dtype;
+  float threshold;
+};
+
+// The quantized row in `buffer` against quantize_int8_rowwise of `normed` (host [1, in]): the
+// absmax, the outlier bits of the columns the CPU lists, and the codes, 0 in those columns.
+void expect_quantized_row_of(const Tensor& normed, float threshold, const Tensor& buffer) {
+  const std::int64_t in = normed.shape()[1];
+  Tensor codes = host_tensor(Shape{1, in}, DType::kI8);
+  Tensor absmax = host_tensor(Shape{1}, DType::kF32);
+  std::vector<std::int64_t> columns;
+  check(quant::quantize_int8_rowwise(normed, threshold, codes.view(), absmax.view(), &columns));
+  std::vector<bool> is_outlier(static_cast<std::size_t>(in), false);
+  for (const std::int64_t j : columns) is_outlier[static_cast<std::size_t>(j)] = true;
+
+  Tensor bytes = to_host(buffer.view());
+  const kc::Int8QuantizedRow row = kc::int8_quantized_row_in(bytes.view().data(), in);
+  EXPECT_EQ(std::bit_cast<std::uint32_t>(*row.absmax),
+            std::bit_cast<std::uint32_t>(absmax.data_as<float>()[0]));
+  EXPECT_EQ(*row.has_outliers, columns.empty() ? 0 : 1);
+  std::int64_t differing = 0;
+  for (std::int64_t j = 0; j < in; ++j) {
+    const auto u = static_cast<std::size_t>(j);
+    const bool bit = (row.outlier_bits[j / 16] >> (j % 16) & 1) != 0;
+    const std::int8_t want = is_outlier[u] ? std::int8_t{0} : codes.data_as<std::int8_t>()[j];
+    if ((bit != is_outlier[u] || row.codes[j] != want) && ++differing <= 5) {
+      ADD_FAILURE() << "column " << j << ": code " << int{row.codes[j]} << ", outlier bit " << bit
+                    << "; the CPU quantizer gives " << int{want} << ", outlier " << is_outlier[u];
+    }
+  }
+  EXPECT_EQ(differing, 0);
+}
+
+void check_normed_row_case(const NormedRowCase& c, std::uint64_t seed) {
+  const bool silu = c.epilogue == kc::LinearEpilogue::kSiluMul;
+  SCOPED_TRACE("in " + std::to_string(c.in) + ", " + std::to_string(c.outs.size()) + " layers, " +
+               std::string(dtype_name(c.dtype)) + ", threshold " + std::to_string(c.threshold) +
+               (silu ? ", SiLU·mul" : ""));
+  const std::int64_t widest = *std::max_element(c.outs.begin(), c.outs.end());
+  LinearSetup setup(1, c.in, widest);
+  const cudaStream_t stream = setup.stream();
+  // The residual with planted outliers (they stay outliers through the norm: |w| is about 1).
+  const Tensor hidden =
+      make_activations(Int8Case{1, c.dtype, c.threshold, false, true}, c.in, seed);
+  Tensor delta = host_tensor(Shape{1, c.in}, c.dtype);
+  check(fill_normal(delta.view(), seed + 1, 0.0f, 0.5f));
+  Tensor norm_weight = host_tensor(Shape{c.in}, DType::kF32);
+  check(fill_normal(norm_weight.view(), seed + 2, 1.0f, 0.1f));
+  const Tensor device_delta = to_device(delta);
+  const Tensor device_norm_weight = to_device(norm_weight);
+  const Tensor buffer = poisoned_device_tensor(
+      Shape{static_cast<std::int64_t>(kc::int8_quantized_row_bytes(c.in))}, DType::kU8);
+  const kc::Int8QuantizedRow row = kc::int8_quantized_row_in(buffer.view().data(), c.in);
+
+  // Side 0: the norm alone, the layers quantizing the row themselves; side 1: the norm quantizing
+  // the row, the layers reading it.
+  std::vector<TestWeight> weights;
+  for (std::size_t i = 0; i < c.outs.size(); ++i) {
+    weights.push_back(make_weight(c.outs[i], c.in, seed + 10 * (i + 1)));
+  }
+  std::vector<Tensor> residuals, normed, ys[2];
+  for (int side = 0; side < 2; ++side) {
+    residuals.push_back(to_device(hidden));
+    normed.push_back(poisoned_device_tensor(Shape{1, c.in}, c.dtype));
+    std::vector<kc::Int8Layer> layers;
+    for (std::size_t i = 0; i < c.outs.size(); ++i) {
+      ys[side].push_back(poisoned_device_tensor(Shape{1, c.outs[i]}, c.dtype));
+      layers.push_back({weights[i].device(), nullptr, c.outs[i], ys[side][i].view().data()});
+    }
+    const kc::Int8QuantizedRow* quantized = side == 1 ? &row : nullptr;
+    check_cuda(
+        kc::add_rms_norm(residuals[side].view().data(), device_delta.view().data(),
+                         device_norm_weight.data_as<const float>(), 1, c.in, 1e-5f,
+                         normed[side].view().data(), c.dtype, stream, quantized, c.threshold),
+        "add_rms_norm");
+    check(kc::linear_int8_layers(setup.context(), normed[side].view().data(), layers, 1, c.in,
+                                 c.threshold, c.dtype, c.epilogue, quantized));
+  }
+  check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  expect_same_bits(residuals[0], residuals[1], "the residual");
+  expect_same_bits(normed[0], normed[1], "the normed row");
+  expect_quantized_row_of(to_host(normed[1].view()), c.threshold, buffer);
+  for (std::size_t i = 0; i < (silu ? 1 : c.outs.size()); ++i) {
+    expect_same_bits(ys[0][i], ys[1][i], "layer " + std::to_string(i) + " (the norm's codes)");
+  }
+}
+
+TEST(CudaLinearInt8Layers, ReadTheNormsQuantization) {
+  KBIT_REQUIRE_CUDA();
+  constexpr auto kStore = kc::LinearEpilogue::kStore;
+  constexpr auto kSiluMul = kc::LinearEpilogue::kSiluMul;
+  const NormedRowCase cases[] = {
+      // Llama-3.1-8B's q/k/v and a gate/up pair; a row of 208 (13 vectors: no whole warp's worth);
+      // a threshold no value reaches; a threshold of 0 (no outliers at all).
+      {4096, {4096, 1024, 1024}, kStore, DType::kBF16, 6.0f},
+      {4096, {1024, 1024}, kSiluMul, DType::kBF16, 6.0f},
+      {208, {40, 24}, kStore, DType::kF32, 6.0f},
+      {1024, {64, 64}, kSiluMul, DType::kF32, 100.0f},
+      {5120, {96}, kStore, DType::kBF16, 0.0f},
+  };
+  std::uint64_t seed = 7700;
+  for (const NormedRowCase& c : cases) {
+    check_normed_row_case(c, seed);
+    seed += 100;
+  }
+}
+
+TEST(CudaLinearInt8Layers, RejectQuantizedRowsTheyCannotRead) {
+  KBIT_REQUIRE_CUDA();
+  LinearSetup setup(2, 72, 64);
+  const TestWeight weight = make_weight(64, 64, 7800);
+  const Tensor x = poisoned_device_tensor(Shape{2, 72}, DType::kF32);
+  const Tensor y = poisoned_device_tensor(Shape{2, 64}, DType::kF32);
+  const Tensor buffer = poisoned_device_tensor(Shape{256}, DType::kU8);
+  const kc::Int8Layer layer{weight.device(), nullptr, 64, y.view().data()};
+  const kc::Int8QuantizedRow row = kc::int8_quantized_row_in(buffer.view().data(), 64);
+  kc::Int8QuantizedRow unaligned = row;
+  unaligned.codes += 1;
+  const auto call = [&](std::int64_t rows, std::int64_t in, const kc::Int8QuantizedRow& quantized) {
+    return kc::linear_int8_layers(setup.context(), x.view().data(), {&layer, 1}, rows, in, 6.0f,
+                                  DType::kF32, kc::LinearEpilogue::kStore, &quantized)
+        .code();
+  };
+  EXPECT_EQ(call(2, 64, row), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call(1, 72, row), StatusCode::kInvalidArgument);
+  EXPECT_EQ(call(1, 64, unaligned), StatusCode::kInvalidArgument);
+  // add_rms_norm declines to quantize more than one row, a row not of whole 16-value vectors, or
+  // one longer than it holds.
+  const Tensor norm_weight = poisoned_device_tensor(Shape{72}, DType::kF32);
+  const Tensor hidden = poisoned_device_tensor(Shape{2, 72}, DType::kF32);
+  const auto norm = [&](std::int64_t rows, std::int64_t cols) {
+    return kc::add_rms_norm(hidden.view().data(), nullptr, norm_weight.data_as<const float>(), rows,
+                            cols, 1e-5f, x.view().data(), DType::kF32, setup.stream(), &row, 6.0f);
+  };
+  EXPECT_EQ(norm(2, 64), cudaErrorInvalidValue);
+  EXPECT_EQ(norm(1, 72), cudaErrorInvalidValue);
+  EXPECT_EQ(norm(1, kc::kMaxInt8QuantizedNormCols + 16), cudaErrorInvalidValue);
   check_cuda(cudaStreamSynchronize(setup.stream()), "cudaStreamSynchronize");
 }
 

@@ -30,6 +30,7 @@
 #include "kbit/core/status.h"
 #include "kbit/quant/blockwise_4bit.h"
 #include "kernels/cpu/quantized_linear.h"
+#include "kernels/cuda/int8_quantized_row.h"
 
 namespace kbit::kernels::cuda {
 
@@ -247,14 +248,18 @@ struct Int8Layer {
 };
 // `layers` (1 to kMaxFusedLayers) applied to the same x [rows, in], each with the bits that
 // linear_int8(context, x, layer.weight, layer.bias, rows, in, layer.out, threshold, layer.y,
-// dtype) gives: for one row, in one launch of the self-quantizing GEMV (each block quantizes x
-// once for every weight row it reads), else one linear_int8 call each. With kSiluMul the two
-// layers have equal out, and gate's y receives what silu_mul (llama_launchers.h) computes from
-// the two outputs; up's y may be overwritten. Every layer is validated as linear_int8 validates
-// its call.
+// dtype) gives: for one row, in one launch of the one-row GEMV (each block quantizes x once for
+// every weight row it reads, or reads quantized_x), else one linear_int8 call each. With kSiluMul
+// the two layers have equal out, and gate's y receives what silu_mul (llama_launchers.h) computes
+// from the two outputs; up's y may be overwritten. Every layer is validated as linear_int8
+// validates its call.
+// quantized_x, where given, is x's quantization with this threshold as add_rms_norm wrote it
+// (needs rows == 1, in a multiple of 16 and 16-byte aligned codes: kInvalidArgument otherwise);
+// x is still read in its outlier columns.
 Status linear_int8_layers(LinearContext& context, const void* x, std::span<const Int8Layer> layers,
                           std::int64_t rows, std::int64_t in, float threshold, DType dtype,
-                          LinearEpilogue epilogue = LinearEpilogue::kStore);
+                          LinearEpilogue epilogue = LinearEpilogue::kStore,
+                          const Int8QuantizedRow* quantized_x = nullptr);
 
 // weight_out [out, in] (dtype f32 or bf16) = the matrix bitsandbytes' MatMul8bitLt backward
 // multiplies the output gradient by, CB.to(dtype).mul_(SCB.unsqueeze(1).mul(1.0 / 127.0)): per

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "kbit/core/dtype.h"
+#include "kernels/cuda/int8_quantized_row.h"
 
 namespace kbit::kernels::cuda {
 
@@ -33,9 +34,15 @@ cudaError_t embedding_lookup(const std::int32_t* tokens /* [count] */, std::int6
 //   y = weight · (hidden · rsqrt(mean(hidden²) + eps))   as rms_norm_reference, with bf16 the
 //       rounding before and after the weight multiply
 // weight f32 [cols] (holding bf16 values in a bf16 model). y may not alias hidden.
+// With quantized_y, the one row of y is also quantized as linear_int8 with threshold
+// int8_threshold quantizes it, for linear_int8_layers to read (int8_quantized_row.h); that needs
+// rows == 1, cols a multiple of 16 and at most kMaxInt8QuantizedNormCols, 16-byte aligned
+// pointers and a finite threshold >= 0 (cudaErrorInvalidValue otherwise).
 cudaError_t add_rms_norm(void* hidden /* [rows, cols] */, const void* delta /* or nullptr */,
                          const float* weight /* [cols] */, std::int64_t rows, std::int64_t cols,
-                         float eps, void* y /* [rows, cols] */, DType dtype, cudaStream_t stream);
+                         float eps, void* y /* [rows, cols] */, DType dtype, cudaStream_t stream,
+                         const Int8QuantizedRow* quantized_y = nullptr,
+                         float int8_threshold = 0.0f);
 
 // hidden += delta, rounded to dtype (the last residual add when no norm follows on these rows).
 cudaError_t add_residual(void* hidden, const void* delta, std::int64_t count, DType dtype,

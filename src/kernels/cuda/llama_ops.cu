@@ -39,6 +39,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -47,6 +48,7 @@
 #include "kernels/cuda/activation_parts.cuh"
 #include "kernels/cuda/attention_forward_mma.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/int8_rowwise_parts.cuh"
 #include "kernels/cuda/launch_with_shared.cuh"
 #include "kernels/cuda/llama_launchers.h"
 #include "kernels/cuda/overlapped_launch.cuh"
@@ -58,6 +60,8 @@ constexpr int kElementwiseThreads = 256;
 constexpr std::int64_t kElementwiseMaxBlocks = 4096;  // grid-stride beyond this
 constexpr int kEmbeddingThreads = 256;
 constexpr int kNormMaxThreads = 1024;
+static_assert(kMaxInt8QuantizedNormCols == kNormMaxThreads * kChunk,
+              "add_rms_norm quantizes a row it holds whole, one chunk per thread");
 constexpr int kRopeThreads = 128;
 constexpr int kRopeHeadsPerBlock = 4;  // a token's heads spread over blocks: decode has one token
 constexpr int kMaxHeadDim = 256;
@@ -149,21 +153,80 @@ __global__ void __launch_bounds__(kEmbeddingThreads)
   }
 }
 
-// hidden, delta, y [rows, cols], weight [cols]; block r takes row r (see add_rms_norm).
-template <int kWidth, typename T>
+// LLM.int8's quantization of a row of y that the block holds, each thread one chunk `normed` of
+// kChunk values [first, first + kChunk) (as stored: rounded to T) where has_chunk, with the
+// quantizer's arithmetic (int8_rowwise_parts.cuh): the absmax without the outliers, the outlier
+// bits (chunk i's are byte i of them, as the 16-bit words of little-endian bytes hold them), and
+// the codes, 0 in outlier columns. Every thread of the block must call it.
+__device__ void quantize_held_row_int8(const float (&normed)[kChunk], bool has_chunk,
+                                       std::int64_t first, float threshold,
+                                       const Int8QuantizedRow& quantized, float* warp_partials) {
+  float values[kChunk];
+  unsigned outliers = 0;
+  float absmax = 0.0f;
+  bool all_finite = true;
+#pragma unroll
+  for (int k = 0; k < kChunk; ++k) {
+    values[k] = int8_input_value(normed[k]);
+    all_finite = all_finite && fabsf(values[k]) <= FLT_MAX;
+    if (is_int8_outlier(values[k], threshold)) {
+      outliers |= 1u << k;
+    } else {
+      absmax = max_ftz(absmax, fabsf(values[k]));
+    }
+  }
+  if (!has_chunk) {
+    outliers = 0;
+    absmax = 0.0f;
+    all_finite = true;
+  }
+  all_finite = __syncthreads_and(all_finite);
+  const bool any_outlier = __syncthreads_or(outliers != 0);
+  absmax = block_reduce(absmax, MaxFtz{}, warp_partials);
+  if (threadIdx.x == 0) {
+    *quantized.absmax = int8_row_absmax(absmax, all_finite);
+    *quantized.has_outliers = any_outlier ? 1 : 0;
+  }
+  if (!has_chunk) return;
+  const float scale = int8_row_scale(absmax);
+  std::uint8_t codes[kChunk];
+#pragma unroll
+  for (int k = 0; k < kChunk; ++k) {
+    codes[k] = (outliers >> k & 1u) != 0 ? std::uint8_t{0}
+                                         : static_cast<std::uint8_t>(int8_code(values[k], scale));
+  }
+  uint2 packed;
+  std::memcpy(&packed, codes, sizeof(packed));
+  *reinterpret_cast<uint2*>(quantized.codes + first) = packed;
+  reinterpret_cast<std::uint8_t*>(quantized.outlier_bits)[first / kChunk] =
+      static_cast<std::uint8_t>(outliers);
+}
+
+// hidden, delta, y [rows, cols], weight [cols]; block r takes row r (see add_rms_norm). Each
+// thread keeps its first chunk of kWidth values in registers from one pass to the next (the whole
+// row where it has at most blockDim.x · kWidth values, as every decode row of a Llama), and its
+// weights are requested before the wait: they are constants. With kQuantizeInt8 (one row,
+// kWidth == kChunk, cols a multiple of 16 and at most blockDim.x · kChunk) the block also
+// quantizes y.
+template <int kWidth, typename T, bool kQuantizeInt8 = false>
 __global__ void __launch_bounds__(kNormMaxThreads)
     add_rms_norm_kernel(T* __restrict__ hidden, const T* __restrict__ delta,
                         const float* __restrict__ weight, std::int64_t cols, float eps,
-                        T* __restrict__ y) {
+                        T* __restrict__ y, const Int8QuantizedRow quantized, float threshold) {
   __shared__ float warp_partials[kNormMaxThreads / kWarpSize];
   allow_next_kernel_start();
+  const std::int64_t own = threadIdx.x * kWidth;  // the first chunk, held in registers
+  const bool has_chunk = own < cols;
+  float held[kWidth] = {};
+  float held_weights[kWidth] = {};
+  if (has_chunk) load_values<kWidth>(weight + own, held_weights);
   wait_for_previous_kernels();
   const std::int64_t row_offset = static_cast<std::int64_t>(blockIdx.x) * cols;
   T* x = hidden + row_offset;
   const std::int64_t step = static_cast<std::int64_t>(blockDim.x) * kWidth;
 
   float sum_of_squares = 0.0f;
-  for (std::int64_t first = threadIdx.x * kWidth; first < cols; first += step) {
+  for (std::int64_t first = own; first < cols; first += step) {
     float values[kWidth];
     load_values<kWidth>(x + first, values);
     if (delta != nullptr) {
@@ -174,21 +237,37 @@ __global__ void __launch_bounds__(kNormMaxThreads)
       store_values<kWidth>(x + first, values);
     }
 #pragma unroll
-    for (int k = 0; k < kWidth; ++k) sum_of_squares += values[k] * values[k];
+    for (int k = 0; k < kWidth; ++k) {
+      sum_of_squares += values[k] * values[k];
+      if (first == own) held[k] = values[k];
+    }
   }
   const float total = block_reduce(sum_of_squares, Sum{}, warp_partials);
   const float inv_rms = 1.0f / sqrtf(total / static_cast<float>(cols) + eps);
 
-  for (std::int64_t first = threadIdx.x * kWidth; first < cols; first += step) {
+  for (std::int64_t first = own; first < cols; first += step) {
     float values[kWidth];
     float weights[kWidth];
-    load_values<kWidth>(x + first, values);
-    load_values<kWidth>(weight + first, weights);
+    if (first == own) {
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) {
+        values[k] = held[k];
+        weights[k] = held_weights[k];
+      }
+    } else {
+      load_values<kWidth>(x + first, values);
+      load_values<kWidth>(weight + first, weights);
+    }
 #pragma unroll
     for (int k = 0; k < kWidth; ++k) {
       values[k] = __fmul_rn(weights[k], round_as<T>(__fmul_rn(values[k], inv_rms)));
+      if (first == own) held[k] = round_as<T>(values[k]);
     }
     store_values<kWidth>(y + row_offset + first, values);
+  }
+  if constexpr (kQuantizeInt8) {
+    static_assert(kWidth == kChunk, "the int8 quantization takes the row in chunks");
+    quantize_held_row_int8(held, has_chunk, own, threshold, quantized, warp_partials);
   }
 }
 
@@ -867,24 +946,37 @@ cudaError_t embedding_lookup(const std::int32_t* tokens, std::int64_t count, con
 }
 
 cudaError_t add_rms_norm(void* hidden, const void* delta, const float* weight, std::int64_t rows,
-                         std::int64_t cols, float eps, void* y, DType dtype, cudaStream_t stream) {
+                         std::int64_t cols, float eps, void* y, DType dtype, cudaStream_t stream,
+                         const Int8QuantizedRow* quantized_y, float int8_threshold) {
   if (rows < 0 || cols < 0 || rows > INT32_MAX) return cudaErrorInvalidValue;
   if (rows == 0 || cols == 0) return cudaSuccess;
   const bool vectors = cols % kChunk == 0 && is_aligned_16(hidden) && is_aligned_16(weight) &&
                        is_aligned_16(y) && (delta == nullptr || is_aligned_16(delta));
+  if (quantized_y != nullptr && (rows != 1 || cols % 16 != 0 || cols > kMaxInt8QuantizedNormCols ||
+                                 !vectors || !is_aligned_16(quantized_y->codes) ||
+                                 !(int8_threshold >= 0.0f) || !isfinite(int8_threshold))) {
+    return cudaErrorInvalidValue;
+  }
   return visit_activation_dtype(dtype, [&](auto type) {
     using T = typename decltype(type)::type;
     T* typed_hidden = static_cast<T*>(hidden);
     const T* typed_delta = static_cast<const T*>(delta);
     T* typed_y = static_cast<T*>(y);
     const auto blocks = static_cast<unsigned>(rows);
+    const int chunk_threads = row_threads(cols / kChunk, kNormMaxThreads);
+    if (quantized_y != nullptr) {
+      return launch_overlapped(add_rms_norm_kernel<kChunk, T, true>, blocks, chunk_threads, 0,
+                               stream, typed_hidden, typed_delta, weight, cols, eps, typed_y,
+                               *quantized_y, int8_threshold);
+    }
     if (vectors) {
-      return launch_overlapped(add_rms_norm_kernel<kChunk, T>, blocks,
-                               row_threads(cols / kChunk, kNormMaxThreads), 0, stream, typed_hidden,
-                               typed_delta, weight, cols, eps, typed_y);
+      return launch_overlapped(add_rms_norm_kernel<kChunk, T>, blocks, chunk_threads, 0, stream,
+                               typed_hidden, typed_delta, weight, cols, eps, typed_y,
+                               Int8QuantizedRow{}, 0.0f);
     }
     return launch_overlapped(add_rms_norm_kernel<1, T>, blocks, row_threads(cols, kNormMaxThreads),
-                             0, stream, typed_hidden, typed_delta, weight, cols, eps, typed_y);
+                             0, stream, typed_hidden, typed_delta, weight, cols, eps, typed_y,
+                             Int8QuantizedRow{}, 0.0f);
   });
 }
 

@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <initializer_list>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "core/cuda_runtime.h"
 #include "kbit/core/allocator.h"
 #include "kbit/model/rope.h"
+#include "kernels/cuda/int8_quantized_row.h"
 #include "kernels/cuda/linear_launchers.h"
 #include "kernels/cuda/llama_launchers.h"
 #include "kernels/cuda/lora_launchers.h"
@@ -42,6 +44,10 @@ struct KvCache::DeviceState {
   Tensor position;              // i32 [1]: the position of the step's first token
   Tensor inv_freq;              // f32 [head_dim / 2]
   Tensor attention_workspace;   // f32
+  // u8: a decode row of `normed` quantized for the int8 layers that read it
+  // (int8_quantized_row.h); made for a model with int8 layers whose hidden size add_rms_norm can
+  // quantize (a multiple of 16, at most kMaxInt8QuantizedNormCols).
+  Tensor normed_int8;
   // The LoRA terms' f32 scratch, made when the model has adapters: [rows, widest in], [rows,
   // largest rank] and [rows, widest out] of the Linears with terms, rows those of the
   // activations or of a logit chunk, whichever is more.
@@ -92,6 +98,15 @@ LoraWidths lora_widths(const DeviceWeights& weights) {
     for (const DeviceLinear* linear : layer.linears()) visit(*linear);
   }
   return widths;
+}
+
+bool has_int8_layers(const DeviceWeights& weights) {
+  for (const DeviceLayer& layer : weights.layers) {
+    for (const DeviceLinear* linear : layer.linears()) {
+      if (linear->weight.format() == LinearFormat::kInt8) return true;
+    }
+  }
+  return false;
 }
 
 void* row_pointer(const Tensor& tensor, std::int64_t row, std::int64_t row_elements) {
@@ -156,32 +171,52 @@ struct CudaLlama::Impl {
     return ok_status();
   }
 
-  // Layers of the same x (q, k and v; gate and up), ys[i] = layers[i](x): in one call where all
-  // have one format without LoRA (linear_float_layers, linear_4bit_layers, linear_int8_layers),
-  // else one call each. With kSiluMul (gate, up), ys[0] = silu_mul(gate, up) and ys[1] is scratch.
-  Status linears(KvCache::DeviceState& s, std::initializer_list<const DeviceLinear*> layers,
-                 const void* x, std::int64_t rows, std::initializer_list<void*> ys,
-                 kc::LinearEpilogue epilogue = kc::LinearEpilogue::kStore) const {
-    const DeviceLinear& first = **layers.begin();
-    const LinearFormat format = first.weight.format();
-    const bool fusable = std::all_of(layers.begin(), layers.end(), [&](const DeviceLinear* layer) {
+  // Whether layers of the same x run in one call: all of one format, without LoRA terms.
+  static bool fusable(std::initializer_list<const DeviceLinear*> layers) {
+    const LinearFormat format = (*layers.begin())->weight.format();
+    return std::all_of(layers.begin(), layers.end(), [&](const DeviceLinear* layer) {
       return layer->weight.format() == format && layer->lora.empty();
     });
+  }
+
+  // For one row of `normed` that `layers` read in one int8 call: where its norm quantizes it for
+  // them (s.normed_int8), so that their GEMV's blocks need not; else nullopt.
+  std::optional<kc::Int8QuantizedRow> int8_normed_row(
+      KvCache::DeviceState& s, std::initializer_list<const DeviceLinear*> layers,
+      std::int64_t rows) const {
+    if (rows != 1 || s.normed_int8.numel() == 0 || !fusable(layers) ||
+        (*layers.begin())->weight.format() != LinearFormat::kInt8) {
+      return std::nullopt;
+    }
+    return kc::int8_quantized_row_in(s.normed_int8.view().data(), config.hidden_size);
+  }
+
+  // Layers of the same x (q, k and v; gate and up), ys[i] = layers[i](x): in one call where
+  // fusable (linear_float_layers, linear_4bit_layers, linear_int8_layers, which reads x's
+  // quantization where `quantized_x` has it), else one call each. With kSiluMul (gate, up),
+  // ys[0] = silu_mul(gate, up) and ys[1] is scratch.
+  Status linears(KvCache::DeviceState& s, std::initializer_list<const DeviceLinear*> layers,
+                 const void* x, std::int64_t rows, std::initializer_list<void*> ys,
+                 kc::LinearEpilogue epilogue = kc::LinearEpilogue::kStore,
+                 const std::optional<kc::Int8QuantizedRow>& quantized_x = std::nullopt) const {
+    const DeviceLinear& first = **layers.begin();
+    const LinearFormat format = first.weight.format();
+    const bool one_call = fusable(layers);
     const std::int64_t in = first.weight.in_features();
-    if (fusable && format == LinearFormat::kFloat) {
+    if (one_call && format == LinearFormat::kFloat) {
       const auto float_layers = fused_layers<kc::FloatLayer>(layers, ys, float_weight_data);
       return kc::linear_float_layers(*s.linear, x, float_layers.span(), rows, in, dtype(),
                                      epilogue);
     }
-    if (fusable && format == LinearFormat::kFourBit) {
+    if (one_call && format == LinearFormat::kFourBit) {
       const auto four_bit = fused_layers<kc::FourBitLayer>(layers, ys, four_bit_weight_device);
       return kc::linear_4bit_layers(*s.linear, x, four_bit.span(), rows, in, numerics.compute_dtype,
                                     dtype(), kernels::cpu::FourBitDecode::kBitsandbytes, epilogue);
     }
-    if (fusable && format == LinearFormat::kInt8) {
+    if (one_call && format == LinearFormat::kInt8) {
       const auto int8 = fused_layers<kc::Int8Layer>(layers, ys, int8_weight_device);
       return kc::linear_int8_layers(*s.linear, x, int8.span(), rows, in, numerics.int8_threshold,
-                                    dtype(), epilogue);
+                                    dtype(), epilogue, quantized_x ? &*quantized_x : nullptr);
     }
     auto y = ys.begin();
     for (const DeviceLinear* layer : layers) KBIT_RETURN_IF_ERROR(linear(s, *layer, x, rows, *y++));
@@ -191,14 +226,15 @@ struct CudaLlama::Impl {
                        "silu_mul");
   }
 
-  // hidden (+= delta) and normed = rms_norm(hidden) · weight over `rows` rows.
-  Status add_norm(KvCache::DeviceState& s, bool add_delta, const Tensor& weight,
-                  std::int64_t rows) const {
+  // hidden (+= delta) and normed = rms_norm(hidden) · weight over `rows` rows, and where
+  // `quantized` says so (int8_normed_row), normed's one row quantized for the int8 layers.
+  Status add_norm(KvCache::DeviceState& s, bool add_delta, const Tensor& weight, std::int64_t rows,
+                  const std::optional<kc::Int8QuantizedRow>& quantized = std::nullopt) const {
     return cuda_status(
         kc::add_rms_norm(s.hidden.view().data(), add_delta ? s.proj.view().data() : nullptr,
                          weight.data_as<const float>(), rows, config.hidden_size,
                          static_cast<float>(config.rms_norm_eps), s.normed.view().data(), dtype(),
-                         s.stream),
+                         s.stream, quantized ? &*quantized : nullptr, numerics.int8_threshold),
         "add_rms_norm");
   }
 
@@ -276,15 +312,18 @@ struct CudaLlama::Impl {
     bool pending_delta = false;  // s.proj holds the MLP output of the previous layer
     for (std::size_t l = 0; l < weights.layers.size(); ++l) {
       const DeviceLayer& layer = weights.layers[l];
-      KBIT_RETURN_IF_ERROR(add_norm(s, pending_delta, layer.input_norm, rows));
+      const auto qkv_x = int8_normed_row(s, {&layer.q, &layer.k, &layer.v}, rows);
+      KBIT_RETURN_IF_ERROR(add_norm(s, pending_delta, layer.input_norm, rows, qkv_x));
       KBIT_RETURN_IF_ERROR(linears(s, {&layer.q, &layer.k, &layer.v}, s.normed.view().data(), rows,
-                                   {s.q.view().data(), s.k.view().data(), s.v.view().data()}));
+                                   {s.q.view().data(), s.k.view().data(), s.v.view().data()},
+                                   kc::LinearEpilogue::kStore, qkv_x));
       KBIT_RETURN_IF_ERROR(attention(s, l, first_sequence, sequences, per_sequence));
       KBIT_RETURN_IF_ERROR(linear(s, layer.o, s.attn.view().data(), rows, s.proj.view().data()));
-      KBIT_RETURN_IF_ERROR(add_norm(s, true, layer.post_attention_norm, rows));
+      const auto mlp_x = int8_normed_row(s, {&layer.gate, &layer.up}, rows);
+      KBIT_RETURN_IF_ERROR(add_norm(s, true, layer.post_attention_norm, rows, mlp_x));
       KBIT_RETURN_IF_ERROR(linears(s, {&layer.gate, &layer.up}, s.normed.view().data(), rows,
                                    {s.gate.view().data(), s.up.view().data()},
-                                   kc::LinearEpilogue::kSiluMul));
+                                   kc::LinearEpilogue::kSiluMul, mlp_x));
       KBIT_RETURN_IF_ERROR(linear(s, layer.down, s.gate.view().data(), rows, s.proj.view().data()));
       pending_delta = true;
     }
@@ -480,6 +519,11 @@ Result<std::shared_ptr<KvCache::DeviceState>> CudaLlama::new_cache_state(std::in
     KBIT_ASSIGN_OR_RETURN(s->token_ids, Tensor::empty({r}, DType::kI32, d));
     KBIT_ASSIGN_OR_RETURN(s->position, Tensor::empty({1}, DType::kI32, d));
     KBIT_ASSIGN_OR_RETURN(s->inv_freq, Tensor::empty({c.head_dim / 2}, DType::kF32, d));
+    if (has_int8_layers(impl_->weights) && c.hidden_size % 16 == 0 &&
+        c.hidden_size <= kc::kMaxInt8QuantizedNormCols) {
+      const auto bytes = static_cast<std::int64_t>(kc::int8_quantized_row_bytes(c.hidden_size));
+      KBIT_ASSIGN_OR_RETURN(s->normed_int8, Tensor::empty({bytes}, DType::kU8, d));
+    }
     const std::size_t attention_floats =
         kc::attention_workspace_floats(r, c.num_attention_heads, c.head_dim, max_tokens, batch);
     KBIT_ASSIGN_OR_RETURN(
@@ -562,10 +606,10 @@ Stream CudaLlama::stream(const KvCache::DeviceState& state) {
 
 std::size_t CudaLlama::device_bytes(const KvCache::DeviceState& state) {
   std::size_t total = state.linear ? state.linear->workspace_bytes() : 0;
-  for (const Tensor* t :
-       {&state.keys, &state.values, &state.hidden, &state.normed, &state.proj, &state.q,
-        &state.attn, &state.k, &state.v, &state.gate, &state.up, &state.logits_act, &state.logits,
-        &state.token_ids, &state.position, &state.inv_freq, &state.attention_workspace}) {
+  for (const Tensor* t : {&state.keys, &state.values, &state.hidden, &state.normed, &state.proj,
+                          &state.q, &state.attn, &state.k, &state.v, &state.gate, &state.up,
+                          &state.logits_act, &state.logits, &state.token_ids, &state.position,
+                          &state.inv_freq, &state.attention_workspace, &state.normed_int8}) {
     total += t->nbytes();
   }
   return total;
