@@ -377,20 +377,18 @@ void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::
 // against the CPU's definition, linear_int8_reference (the same bits where no column reaches the
 // threshold, as N(0, 1) activations almost never do); the weight is the CPU's row-wise
 // quantization of N(0, 0.02) values. GB/s counts the int8 codes, their row absmax and x.
+// With `normed_codes` (one row of at most kMaxInt8QuantizedNormCols) x is add_rms_norm's output,
+// which also quantizes it (once, before the timing), and the Linear reads those codes: the
+// model's path for q/k/v and gate/up.
 void measure_int8_linear(Report& report, cudaStream_t stream, std::int64_t out, std::int64_t in,
-                         std::int64_t rows) {
+                         std::int64_t rows, bool normed_codes) {
   constexpr float kThreshold = 6.0f;
   std::vector<float> w = random_bf16_values(out * in, 11, 0.02f);
-  const std::vector<float> x = random_bf16_values(rows * in, 12, 1.0f);
+  std::vector<float> x = random_bf16_values(rows * in, 12, 1.0f);
   Tensor codes = must(Tensor::empty({out, in}, DType::kI8));
   Tensor absmax = must(Tensor::empty({out}, DType::kF32));
   must(kbit::quant::quantize_int8_rowwise(kbit::TensorView(w.data(), DType::kF32, {out, in}), 0.0f,
                                           codes.view(), absmax.view(), nullptr));
-  std::vector<float> want(static_cast<std::size_t>(rows * out));
-  cpu::linear_int8_reference(
-      {x.data(),
-       cpu::Int8Weight{codes.data_as<const std::int8_t>(), absmax.data_as<const float>(), nullptr},
-       nullptr, DType::kBF16, rows, in, out, kThreshold, DType::kBF16, want.data()});
   std::vector<Tensor> device_codes;
   std::vector<Tensor> device_absmax;
   for (int c = 0; c < kCopies; ++c) {
@@ -402,13 +400,36 @@ void measure_int8_linear(Report& report, cudaStream_t stream, std::int64_t out, 
   std::unique_ptr<kc::LinearContext> context =
       must(kc::LinearContext::create(stream, rows, in, out));
   Tensor x_device = to_device(x, DType::kBF16);
+  Tensor quantized_buffer =
+      must(Tensor::empty({static_cast<std::int64_t>(kc::int8_quantized_row_bytes(in))}, DType::kU8,
+                         kbit::Device::cuda(0)));
+  const kc::Int8QuantizedRow quantized =
+      kc::int8_quantized_row_in(quantized_buffer.view().data(), in);
+  if (normed_codes) {
+    Tensor hidden = to_device(x, DType::kBF16);
+    Tensor norm_weight = to_device(random_bf16_values(in, 13, 1.0f), DType::kF32);
+    must(kc::add_rms_norm(hidden.view().data(), nullptr, norm_weight.data_as<const float>(), 1, in,
+                          1e-5f, x_device.view().data(), DType::kBF16, stream, &quantized,
+                          kThreshold));
+    must(cudaStreamSynchronize(stream));
+    x = to_host_f32(x_device.view());
+  }
+  std::vector<float> want(static_cast<std::size_t>(rows * out));
+  cpu::linear_int8_reference(
+      {x.data(),
+       cpu::Int8Weight{codes.data_as<const std::int8_t>(), absmax.data_as<const float>(), nullptr},
+       nullptr, DType::kBF16, rows, in, out, kThreshold, DType::kBF16, want.data()});
   Tensor y_device = must(Tensor::empty({rows * out}, DType::kBF16, kbit::Device::cuda(0)));
   const auto launch = [&](int run) {
     const int c = run % kCopies;
-    must(kc::linear_int8(
-        *context, x_device.view().data(),
+    const kc::Int8Layer layer{
         {device_codes[c].data_as<const std::int8_t>(), device_absmax[c].data_as<const float>()},
-        nullptr, rows, in, out, kThreshold, y_device.view().data(), DType::kBF16));
+        nullptr,
+        out,
+        y_device.view().data()};
+    must(kc::linear_int8_layers(*context, x_device.view().data(), {&layer, 1}, rows, in, kThreshold,
+                                DType::kBF16, kc::LinearEpilogue::kStore,
+                                normed_codes ? &quantized : nullptr));
   };
   launch(0);
   must(cudaStreamSynchronize(stream));
@@ -416,9 +437,9 @@ void measure_int8_linear(Report& report, cudaStream_t stream, std::int64_t out, 
   // The tolerance of one bf16 rounding: what outlier columns' f32 sums in another order could
   // cost where a column did reach the threshold.
   const std::vector<double> magnitudes(want.size(), 0.0);
-  report.add("int8 LLM.int8 GEMV, " + std::to_string(rows) +
-                 (rows == 1 ? " token, " : " tokens, ") + std::to_string(out) + "x" +
-                 std::to_string(in),
+  report.add(std::string("int8 LLM.int8 GEMV") + (normed_codes ? " on the norm's codes, " : ", ") +
+                 std::to_string(rows) + (rows == 1 ? " token, " : " tokens, ") +
+                 std::to_string(out) + "x" + std::to_string(in),
              error_over_tolerance(got, want, magnitudes, in), time_launches(stream, launch),
              static_cast<double>(out * in) + static_cast<double>(out) * 4 +
                  static_cast<double>(rows * in) * 2);
@@ -549,7 +570,10 @@ int main(int argc, char** argv) {
         measure_linear(report, stream, out, in, rows, /*nested=*/true, &variant);
       }
       measure_linear(report, stream, out, in, rows, /*nested=*/false, nullptr);
-      measure_int8_linear(report, stream, out, in, rows);
+      measure_int8_linear(report, stream, out, in, rows, /*normed_codes=*/false);
+      if (rows == 1 && in <= kc::kMaxInt8QuantizedNormCols) {
+        measure_int8_linear(report, stream, out, in, rows, /*normed_codes=*/true);
+      }
     }
     if (prompt) {
       measure_dequantize(report, stream, out, in, /*nested=*/false);
