@@ -69,8 +69,8 @@ int fused_layer_blocks(std::span<const Layer> layers, std::int64_t features_per_
   return static_cast<int>(blocks);
 }
 
-// The row GEMVs (linear_float_gemv.cu, linear_int8.cu's self-quantizing GEMV) give each warp of
-// a block kRowGemvWarpRows weight rows: features f and f + 1 of the block's layer (kStore), or
+// The row GEMVs (linear_float_gemv.cu, linear_int8.cu's one-row GEMV) give each warp of a
+// block kRowGemvWarpRows weight rows: features f and f + 1 of the block's layer (kStore), or
 // feature f of gate and of up (kSiluMul). The features each block takes, for fused_layer_blocks:
 constexpr int kRowGemvWarpRows = 2;
 constexpr std::int64_t row_gemv_block_features(int warps, LinearEpilogue epilogue) {
