@@ -31,19 +31,13 @@ __global__ void __launch_bounds__(kRowThreads)
   const T* row_values = input + static_cast<std::int64_t>(blockIdx.x) * cols;
   std::int8_t* row_codes = codes + static_cast<std::int64_t>(blockIdx.x) * cols;
 
-  float absmax = 0.0f;
-  bool all_finite = true;
+  Int8RowScan scan;
   for (std::int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
-    const float value = int8_input_value(row_values[j]);
-    all_finite = all_finite && fabsf(value) <= FLT_MAX;
-    if (is_int8_outlier(value, threshold)) {
-      is_outlier_column[j] = 1;  // every writer stores the same 1, so the race is harmless
-      continue;
-    }
-    absmax = max_ftz(absmax, fabsf(value));
+    // Every writer stores the same 1, so the race is harmless.
+    if (scan.add(int8_input_value(row_values[j]), threshold)) is_outlier_column[j] = 1;
   }
-  all_finite = __syncthreads_and(all_finite);
-  absmax = group_max(absmax, kRowThreads, warp_partials);
+  const bool all_finite = __syncthreads_and(scan.all_finite);
+  const float absmax = group_max(scan.absmax, kRowThreads, warp_partials);
   if (threadIdx.x == 0) row_absmax[blockIdx.x] = int8_row_absmax(absmax, all_finite);
 
   const float scale = int8_row_scale(absmax);

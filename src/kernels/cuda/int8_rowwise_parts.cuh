@@ -7,6 +7,7 @@
 
 #include <cuda_fp16.h>
 
+#include <cfloat>
 #include <cstdint>
 #include <type_traits>
 
@@ -29,6 +30,21 @@ __device__ __forceinline__ float int8_input_value(T value) {
 __device__ __forceinline__ bool is_int8_outlier(float value, float threshold) {
   return threshold > 0.0f && fabsf(value) >= threshold;
 }
+
+// What the quantizer gathers over (a thread's share of) a row before the codes: the max of the
+// non-outlier magnitudes (with bitsandbytes' max.ftz) and whether every value is finite.
+struct Int8RowScan {
+  float absmax = 0.0f;
+  bool all_finite = true;
+
+  // Takes one input value (int8_input_value); returns whether it is an outlier.
+  __device__ __forceinline__ bool add(float value, float threshold) {
+    all_finite = all_finite && fabsf(value) <= FLT_MAX;
+    if (is_int8_outlier(value, threshold)) return true;
+    absmax = max_ftz(absmax, fabsf(value));
+    return false;
+  }
+};
 
 // The row's absmax as stored: the max of its non-outlier magnitudes, or NaN where any value of
 // the row (outliers included) is not finite.

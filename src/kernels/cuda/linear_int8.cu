@@ -30,7 +30,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cfloat>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -401,29 +400,21 @@ __device__ __forceinline__ RowCodes quantize_row_in_shared(const T* __restrict__
                                                            int4* codes, std::uint16_t* outlier_bits,
                                                            float* absmax_partials) {
   const std::int64_t vectors = (in + 15) / 16;
-  float absmax = 0.0f;
-  bool all_finite = true;
+  Int8RowScan scan;
   bool any_outlier = false;
   for (std::int64_t v = threadIdx.x; v < vectors; v += kGemvThreads) {
     float values[16];
     load_16_inputs(x, 16 * v, in, vector_ok, values);
     std::uint32_t outliers = 0;  // bit c: column 16v + c
 #pragma unroll
-    for (int c = 0; c < 16; ++c) {
-      all_finite = all_finite && fabsf(values[c]) <= FLT_MAX;
-      if (is_int8_outlier(values[c], threshold)) {
-        outliers |= 1u << c;
-      } else {
-        absmax = max_ftz(absmax, fabsf(values[c]));
-      }
-    }
+    for (int c = 0; c < 16; ++c) outliers |= (scan.add(values[c], threshold) ? 1u : 0u) << c;
     outlier_bits[v] = static_cast<std::uint16_t>(outliers);
     any_outlier = any_outlier || outliers != 0;
   }
-  all_finite = __syncthreads_and(all_finite);
+  const bool all_finite = __syncthreads_and(scan.all_finite);
   // Every block sees every column, so all agree on whether there are outlier columns.
   any_outlier = __syncthreads_or(any_outlier);
-  absmax = group_max(absmax, kGemvThreads, absmax_partials);
+  const float absmax = group_max(scan.absmax, kGemvThreads, absmax_partials);
   const float scale = int8_row_scale(absmax);
   for (std::int64_t v = threadIdx.x; v < vectors; v += kGemvThreads) {
     float values[16];

@@ -39,7 +39,6 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
-#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -163,26 +162,15 @@ __device__ void quantize_held_row_int8(const float (&normed)[kChunk], bool has_c
                                        const Int8QuantizedRow& quantized, float* warp_partials) {
   float values[kChunk];
   unsigned outliers = 0;
-  float absmax = 0.0f;
-  bool all_finite = true;
+  Int8RowScan scan;
 #pragma unroll
   for (int k = 0; k < kChunk; ++k) {
     values[k] = int8_input_value(normed[k]);
-    all_finite = all_finite && fabsf(values[k]) <= FLT_MAX;
-    if (is_int8_outlier(values[k], threshold)) {
-      outliers |= 1u << k;
-    } else {
-      absmax = max_ftz(absmax, fabsf(values[k]));
-    }
+    if (has_chunk && scan.add(values[k], threshold)) outliers |= 1u << k;
   }
-  if (!has_chunk) {
-    outliers = 0;
-    absmax = 0.0f;
-    all_finite = true;
-  }
-  all_finite = __syncthreads_and(all_finite);
+  const bool all_finite = __syncthreads_and(scan.all_finite);
   const bool any_outlier = __syncthreads_or(outliers != 0);
-  absmax = block_reduce(absmax, MaxFtz{}, warp_partials);
+  const float absmax = block_reduce(scan.absmax, MaxFtz{}, warp_partials);
   if (threadIdx.x == 0) {
     *quantized.absmax = int8_row_absmax(absmax, all_finite);
     *quantized.has_outliers = any_outlier ? 1 : 0;
