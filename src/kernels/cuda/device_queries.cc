@@ -14,6 +14,7 @@ namespace {
 struct DeviceFacts {
   bool runs_sm90a = false;
   std::size_t shared_memory_optin = 0;
+  int multiprocessors = 0;
 };
 
 std::mutex& cache_mutex() {
@@ -32,13 +33,17 @@ DeviceFacts current_device_facts() {
   int major = 0;
   int minor = 0;
   int optin = 0;
+  int multiprocessors = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess ||
+      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
           cudaSuccess) {
     return {};
   }
-  const DeviceFacts facts{major == 9 && minor == 0, static_cast<std::size_t>(optin)};
+  const DeviceFacts facts{major == 9 && minor == 0, static_cast<std::size_t>(optin),
+                          multiprocessors};
   facts_by_device.emplace(device, facts);
   return facts;
 }
@@ -51,6 +56,10 @@ bool current_device_runs_sm90a() {
 
 std::size_t current_device_shared_memory_optin() {
   return current_device_facts().shared_memory_optin;
+}
+
+int current_device_multiprocessors() {
+  return current_device_facts().multiprocessors;
 }
 
 cudaError_t opt_in_dynamic_shared_memory(const void* kernel, std::size_t bytes) {

@@ -17,6 +17,9 @@ bool current_device_runs_sm90a();
 // on sm_90, 99 KiB on sm_86 and sm_89); 0 where the device cannot be queried.
 std::size_t current_device_shared_memory_optin();
 
+// The current device's multiprocessors; 0 where the device cannot be queried.
+int current_device_multiprocessors();
+
 // Lets `kernel` (a __global__ function's address) take `bytes` of dynamic shared memory on the
 // current device, as a kernel must beyond 48 KiB: cudaFuncSetAttribute the first time a kernel
 // asks for that many bytes or more on a device, nothing after. Returns the runtime's error.

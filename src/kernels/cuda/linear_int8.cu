@@ -357,7 +357,13 @@ __global__ void __launch_bounds__(kGemvThreads)
 
 // The one-row GEMV: a row GEMV (fused_layers.h) of kQuantizingGemvWarps warps.
 constexpr int kQuantizingGemvWarps = kGemvThreads / 32;
-constexpr int kQuantizingGemvUnroll = 4;  // vectors of each weight row in flight per lane
+// Vectors of each weight row in flight per lane: 4 at 64 registers, four blocks per SM; 8 (about
+// 120 registers, two blocks per SM) for launches of at most two blocks per SM, which leave the
+// registers unused otherwise: o and down of the 8B-class shapes, 4096 outputs in 256 blocks
+// (BENCHMARKS.md: 0.7% of the int8 decode step).
+constexpr int kQuantizingGemvUnroll = 4;
+constexpr int kFewBlocksGemvUnroll = 8;
+constexpr int kFewBlocksPerMultiprocessor = 2;
 
 // The most inputs of the self-quantizing GEMV: the block's copy of x as codes and its outlier
 // bits (18 bytes per 16 inputs) then take 144 KiB of shared memory.
@@ -457,21 +463,20 @@ __device__ __forceinline__ RowCodes copy_quantized_row_to_shared(const Int8Quant
 //   quantizes x itself (a few KiB, read from L2 by every block), quantize_row_in_shared.
 //   Products: as linear_float's GEMV, each warp reads two weight rows (two features of a layer,
 //   or with kSiluMul one feature of gate and the same of up), lane l their 16-byte vectors l,
-//   l + 32, …, kQuantizingGemvUnroll of each in flight, multiplied by __dp4a with x's codes;
+//   l + 32, …, kUnroll of each in flight, multiplied by __dp4a with x's codes;
 //   outlier columns add x · round_X(W') in f32. The lanes' sums meet in a butterfly of shuffles.
 // Every weight row's sums run in the order of a single layer's launch, so fusing changes no bit.
 // `vector_ok` promises in % 16 == 0 and 16-byte aligned x and weights. A block's last features may
-// lie beyond out: they read the last weight row and write nothing. Four blocks per multiprocessor
-// (64 registers; unbounded it took 80, three blocks): its warps spend half their cycles waiting
-// for global loads, and the fourth block took 14336 × 4096 from 0.79 to 0.86 of the copy
-// (BENCHMARKS.md).
-template <typename T, LinearEpilogue kEpilogue, bool kPrequantized>
-__global__ void __launch_bounds__(kGemvThreads, 4)
+// lie beyond out: they read the last weight row and write nothing. With kQuantizingGemvUnroll,
+// four blocks per multiprocessor (64 registers; unbounded it took 80, three blocks): its warps
+// spend half their cycles waiting for global loads, and the fourth block took 14336 × 4096 from
+// 0.79 to 0.86 of the copy (BENCHMARKS.md); with kFewBlocksGemvUnroll, two.
+template <typename T, LinearEpilogue kEpilogue, bool kPrequantized, int kUnroll>
+__global__ void __launch_bounds__(kGemvThreads, 4 * kQuantizingGemvUnroll / kUnroll)
     int8_row_gemv_kernel(const __grid_constant__ Int8GemvLayers<T> layers, float threshold,
                          bool vector_ok) {
   constexpr bool kSiluMul = kEpilogue == LinearEpilogue::kSiluMul;
   constexpr int kRows = kRowGemvWarpRows;
-  constexpr int kUnroll = kQuantizingGemvUnroll;
   extern __shared__ int4 shared_codes[];  // [vectors], then the outlier bits [vectors] (uint16)
   __shared__ float absmax_partials[kQuantizingGemvWarps];
   const BlockLayer block =
@@ -818,11 +823,17 @@ cudaError_t launch_int8_row_gemv(std::span<const Int8OutputArgs<T>> layers, floa
   const bool silu_mul_epilogue = epilogue == LinearEpilogue::kSiluMul;
   constexpr auto kStore = LinearEpilogue::kStore;
   constexpr auto kSiluMul = LinearEpilogue::kSiluMul;
-  const auto kernel = quantized_x != nullptr
-                          ? (silu_mul_epilogue ? int8_row_gemv_kernel<T, kSiluMul, true>
-                                               : int8_row_gemv_kernel<T, kStore, true>)
-                          : (silu_mul_epilogue ? int8_row_gemv_kernel<T, kSiluMul, false>
-                                               : int8_row_gemv_kernel<T, kStore, false>);
+  const auto instance = [&](auto unroll) {
+    constexpr int kUnroll = decltype(unroll)::value;
+    return quantized_x != nullptr
+               ? (silu_mul_epilogue ? int8_row_gemv_kernel<T, kSiluMul, true, kUnroll>
+                                    : int8_row_gemv_kernel<T, kStore, true, kUnroll>)
+               : (silu_mul_epilogue ? int8_row_gemv_kernel<T, kSiluMul, false, kUnroll>
+                                    : int8_row_gemv_kernel<T, kStore, false, kUnroll>);
+  };
+  const bool few_blocks = blocks <= kFewBlocksPerMultiprocessor * current_device_multiprocessors();
+  const auto kernel = few_blocks ? instance(std::integral_constant<int, kFewBlocksGemvUnroll>{})
+                                 : instance(std::integral_constant<int, kQuantizingGemvUnroll>{});
   const cudaError_t error =
       opt_in_dynamic_shared_memory(reinterpret_cast<const void*>(kernel), shared_bytes);
   if (error != cudaSuccess) return error;

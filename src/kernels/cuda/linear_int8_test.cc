@@ -365,6 +365,21 @@ TEST(CudaLinearInt8, MatchesReferenceOnLlamaShapes) {
   EXPECT_EQ(tally.failures, 0);
 }
 
+// One row over more blocks than two per SM of any GPU kbit runs on: the one-row GEMV with four
+// weight vectors in flight per lane. The smaller one-row launches above (at most 256 blocks) take
+// the few-blocks instance, with eight, on GPUs of 128 SMs or more.
+TEST(CudaLinearInt8, OneRowOfManyOutputs) {
+  KBIT_REQUIRE_CUDA();
+  constexpr std::int64_t kOut = 10000;  // 625 blocks of 16 features
+  LinearSetup setup(1, 1024, kOut);
+  Tally tally;
+  std::uint64_t seed = 2500;
+  const TestWeight weight = make_weight(kOut, 1024, seed++);
+  run_all_cases(setup, weight, {1}, 6.0f, seed, tally);
+  tally.report();
+  EXPECT_EQ(tally.failures, 0);
+}
+
 // in not a multiple of 16 (the GEMV's byte loop) or of 4, out not a multiple of 4 (where
 // cuBLASLt's int8 GEMM declines and the tiled __dp4a kernel takes over), tiles cut by the edges.
 TEST(CudaLinearInt8, MatchesReferenceOnOddShapes) {
