@@ -13,6 +13,7 @@
 
 #include "kbit/core/dtype.h"
 #include "kernels/cuda/bnb_fast_math.cuh"
+#include "kernels/cuda/device_queries.h"
 
 namespace kbit::kernels::cuda {
 
@@ -171,17 +172,11 @@ cudaError_t visit_float_dtype(DType dtype, Body&& body) {
 // the kernel's occupancy, never more than the work needs.
 template <typename Kernel>
 cudaError_t grid_stride_blocks(Kernel kernel, int threads, std::int64_t work_items, int* blocks) {
-  int device = 0;
-  int multiprocessors = 0;
+  const int multiprocessors = current_device_multiprocessors();
+  if (multiprocessors == 0) return cudaErrorInvalidDevice;
   int blocks_per_multiprocessor = 0;
-  cudaError_t error = cudaGetDevice(&device);
-  if (error == cudaSuccess) {
-    error = cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
-  }
-  if (error == cudaSuccess) {
-    error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_multiprocessor, kernel,
-                                                          threads, 0);
-  }
+  const cudaError_t error =
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_multiprocessor, kernel, threads, 0);
   if (error != cudaSuccess) return error;
   const std::int64_t needed = (work_items + threads - 1) / threads;
   const std::int64_t resident = static_cast<std::int64_t>(multiprocessors) *

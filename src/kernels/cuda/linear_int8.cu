@@ -362,8 +362,15 @@ constexpr int kQuantizingGemvWarps = kGemvThreads / 32;
 // registers unused otherwise: o and down of the 8B-class shapes, 4096 outputs in 256 blocks
 // (BENCHMARKS.md: 0.7% of the int8 decode step).
 constexpr int kQuantizingGemvUnroll = 4;
+constexpr int kQuantizingGemvBlocksPerMultiprocessor = 4;
 constexpr int kFewBlocksGemvUnroll = 8;
 constexpr int kFewBlocksPerMultiprocessor = 2;
+
+// The blocks per multiprocessor that an instance with kUnroll vectors in flight is built for.
+constexpr int row_gemv_blocks_per_multiprocessor(int unroll) {
+  return unroll == kFewBlocksGemvUnroll ? kFewBlocksPerMultiprocessor
+                                        : kQuantizingGemvBlocksPerMultiprocessor;
+}
 
 // The most inputs of the self-quantizing GEMV: the block's copy of x as codes and its outlier
 // bits (18 bytes per 16 inputs) then take 144 KiB of shared memory.
@@ -472,7 +479,7 @@ __device__ __forceinline__ RowCodes copy_quantized_row_to_shared(const Int8Quant
 // spend half their cycles waiting for global loads, and the fourth block took 14336 × 4096 from
 // 0.79 to 0.86 of the copy (BENCHMARKS.md); with kFewBlocksGemvUnroll, two.
 template <typename T, LinearEpilogue kEpilogue, bool kPrequantized, int kUnroll>
-__global__ void __launch_bounds__(kGemvThreads, 4 * kQuantizingGemvUnroll / kUnroll)
+__global__ void __launch_bounds__(kGemvThreads, row_gemv_blocks_per_multiprocessor(kUnroll))
     int8_row_gemv_kernel(const __grid_constant__ Int8GemvLayers<T> layers, float threshold,
                          bool vector_ok) {
   constexpr bool kSiluMul = kEpilogue == LinearEpilogue::kSiluMul;
