@@ -97,6 +97,16 @@ __device__ __forceinline__ void load_absmax_map(const FourBitTables& tables, flo
   }
 }
 
+// The form of a weight's absmax: found at run time (weight.absmax is null where it is nested), or
+// known at compile time, so that a kernel issues one form's instructions only.
+enum class AbsmaxForm { kRuntime, kPlain, kNested };
+
+template <AbsmaxForm kForm>
+__device__ __forceinline__ bool is_plain_absmax(const FourBitSource& weight) {
+  if constexpr (kForm == AbsmaxForm::kRuntime) return weight.absmax != nullptr;
+  return kForm == AbsmaxForm::kPlain;
+}
+
 // The raw absmax of a quantization block: load_absmax reads it, decoded_absmax decodes it. Kept
 // apart so that a kernel can load a step ahead and decode where it uses the value, and the nested
 // form's table lookup does not wait on the load where it is issued.
@@ -105,17 +115,19 @@ struct AbsmaxLoad {
   std::uint32_t code;  // the nested form's 8-bit code
 };
 
+template <AbsmaxForm kForm = AbsmaxForm::kRuntime>
 __device__ __forceinline__ AbsmaxLoad load_absmax(const FourBitSource& weight, std::int64_t block) {
-  if (weight.absmax != nullptr) return {__ldg(weight.absmax + block), 0};
+  if (is_plain_absmax<kForm>(weight)) return {__ldg(weight.absmax + block), 0};
   return {__ldg(weight.nested_absmax + block / quant::kNestedBlockSize),
           __ldg(weight.absmax_codes + block)};
 }
 
 // The nested form is decoded with the reference's two IEEE roundings, which the explicit
 // intrinsics keep from being fused into one FMA.
+template <AbsmaxForm kForm = AbsmaxForm::kRuntime>
 __device__ __forceinline__ float decoded_absmax(const FourBitSource& weight, AbsmaxLoad load,
                                                 const float* absmax_map) {
-  if (weight.absmax != nullptr) return load.value;
+  if (is_plain_absmax<kForm>(weight)) return load.value;
   return __fadd_rn(__fmul_rn(absmax_map[load.code], load.value), weight.nested_offset);
 }
 

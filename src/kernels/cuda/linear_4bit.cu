@@ -217,12 +217,22 @@ __global__ void __launch_bounds__(kGemvThreads)
 // fourth block), each warp's first codes are requested before the tables are built, and the
 // product decode's table is filled with warp-uniform constant loads.
 //
+// The weight's absmax form (nested or not) is a template parameter, and a lane finds its
+// quantization blocks by 32-bit arithmetic: a step then issues one form's loads and none of the
+// 64-bit index arithmetic, which took a fifth of its instructions. The nested absmax is decoded
+// where the next step uses it, not where it is loaded, so that its table lookup does not wait on
+// the load. The launch bounds hold the kernel to 64 registers, 4 blocks of 8 warps per SM (one
+// instance took 77 registers, hence 3 blocks, without them). Together these took the decode
+// step 3% (BENCHMARKS.md, "Absmax form as a template parameter").
+//
 // One launch serves up to kMaxFusedLayers layers of the same x (MmaGemvLayers): each block
 // finds its layer from its index (q, k and v in one launch), or, with the SiLU·mul epilogue,
 // computes the same 16 features of gate and of up, one after the other, and stores
 // silu(gate) · up.
 constexpr int kMmaWarps = 8;
 constexpr int kMmaWideWarps = 16;  // for long inputs (mma_gemv_warps)
+// Warps per SM the launch bounds ask for: 64 registers a thread at most.
+constexpr int kMmaWarpsPerMultiprocessor = 32;
 constexpr int kMmaOutputs = 16;
 constexpr int kMmaColumns = 8;
 constexpr int kChunkValues = 32;  // one 16-byte chunk of packed codes
@@ -316,23 +326,33 @@ __device__ __forceinline__ void load_x_pairs(const A* x, bool present,
   }
 }
 
-// A lane's two features of one layer's weight: the first 16-byte chunk of codes and the index
-// of the first value it reads in step 0 (the flattened weight's, for the absmax).
+// A lane's two features of one layer's weight: the first 16-byte chunk of codes it reads in
+// step 0, and where the features' quantization blocks lie: the lane's first value in step 0 is
+// first_block · block + block_offset, so its block in the step that starts at input s is
+// first_block + (block_offset + s) / block, in 32 bits (tensor_core_gemv_applies keeps the
+// weight's blocks below 2^32).
 struct MmaLaneWeight {
   const uint4* codes_low;   // feature g
   const uint4* codes_high;  // feature g + 8
-  std::int64_t value_low;
-  std::int64_t value_high;
+  std::uint32_t first_block_low;
+  std::uint32_t first_block_high;
+  std::uint32_t block_offset_low;
+  std::uint32_t block_offset_high;
 };
 
 __device__ __forceinline__ MmaLaneWeight mma_lane_weight(const FourBitSource& weight,
                                                          std::int64_t feature_low,
                                                          std::int64_t feature_high, std::int64_t in,
                                                          std::int64_t first_in) {
-  const std::int64_t low = feature_low * in + first_in;
-  const std::int64_t high = feature_high * in + first_in;
-  return {reinterpret_cast<const uint4*>(weight.packed + low / 2),
-          reinterpret_cast<const uint4*>(weight.packed + high / 2), low, high};
+  const std::int64_t low = feature_low * in;
+  const std::int64_t high = feature_high * in;
+  const std::int64_t offset_mask = (std::int64_t{1} << weight.log2_block_size) - 1;
+  return {reinterpret_cast<const uint4*>(weight.packed + (low + first_in) / 2),
+          reinterpret_cast<const uint4*>(weight.packed + (high + first_in) / 2),
+          static_cast<std::uint32_t>(low >> weight.log2_block_size),
+          static_cast<std::uint32_t>(high >> weight.log2_block_size),
+          static_cast<std::uint32_t>((low & offset_mask) + first_in),
+          static_cast<std::uint32_t>((high & offset_mask) + first_in)};
 }
 
 // What one lane reads for one step.
@@ -340,8 +360,8 @@ template <int kLaneChunks>
 struct MmaStepInputs {
   uint4 codes_low[kLaneChunks];   // feature g
   uint4 codes_high[kLaneChunks];  // feature g + 8
-  float absmax_low;
-  float absmax_high;
+  AbsmaxLoad absmax_low;
+  AbsmaxLoad absmax_high;
 };
 
 // The codes of step `step`: read once, streamed past the caches.
@@ -356,27 +376,35 @@ __device__ __forceinline__ void load_mma_codes(const MmaLaneWeight& lane_weight,
   }
 }
 
-template <int kLaneChunks>
+// The raw absmax of both features in the step that starts at input step_in (a lane's chunks lie
+// in one quantization block), decoded where the step uses it.
+template <AbsmaxForm kForm, int kLaneChunks>
 __device__ __forceinline__ void load_mma_absmax(const FourBitSource& weight,
                                                 const MmaLaneWeight& lane_weight,
-                                                const float* absmax_map, int step,
+                                                std::uint32_t step_in,
                                                 MmaStepInputs<kLaneChunks>& inputs) {
-  const std::int64_t offset = static_cast<std::int64_t>(step) * kMmaStepValues<kLaneChunks>;
-  inputs.absmax_low =
-      block_absmax(weight, (lane_weight.value_low + offset) >> weight.log2_block_size, absmax_map);
-  inputs.absmax_high =
-      block_absmax(weight, (lane_weight.value_high + offset) >> weight.log2_block_size, absmax_map);
+  const std::uint32_t low = lane_weight.first_block_low +
+                            ((lane_weight.block_offset_low + step_in) >> weight.log2_block_size);
+  const std::uint32_t high = lane_weight.first_block_high +
+                             ((lane_weight.block_offset_high + step_in) >> weight.log2_block_size);
+  inputs.absmax_low = load_absmax<kForm>(weight, low);
+  inputs.absmax_high = load_absmax<kForm>(weight, high);
 }
 
-// sums += the products of one step: per chunk, x[row g] at its 32 inputs (x_lane, where the lane
-// carries a row) and eight MMAs, each over 4 values of each feature per lane.
-template <typename A, typename C, typename Decoder, int kLaneChunks>
+// sums += the products of one step: the absmax decoded, then per chunk x[row g] at its 32 inputs
+// (x_lane, where the lane carries a row) and eight MMAs, each over 4 values of each feature per
+// lane.
+template <typename A, typename C, typename Decoder, AbsmaxForm kForm, int kLaneChunks>
 __device__ __forceinline__ void multiply_mma_step(const MmaStepInputs<kLaneChunks>& inputs,
-                                                  const A* x_lane, bool x_present,
+                                                  const FourBitSource& weight,
+                                                  const float* absmax_map, const A* x_lane,
+                                                  bool x_present,
                                                   const typename Decoder::Tables& tables, int lane,
                                                   float (&sums)[4]) {
-  const typename Decoder::Scale low_scale = Decoder::scale(inputs.absmax_low);
-  const typename Decoder::Scale high_scale = Decoder::scale(inputs.absmax_high);
+  const typename Decoder::Scale low_scale =
+      Decoder::scale(decoded_absmax<kForm>(weight, inputs.absmax_low, absmax_map));
+  const typename Decoder::Scale high_scale =
+      Decoder::scale(decoded_absmax<kForm>(weight, inputs.absmax_high, absmax_map));
 #pragma unroll
   for (int c = 0; c < kLaneChunks; ++c) {
     std::uint32_t x_pairs[kChunkValues / 2];
@@ -411,11 +439,11 @@ struct MmaGemvLayers {
 
 // For each layer of the block, y[rows, out] = x[rows, in] · Wᵀ (+ bias[out]), for rows <=
 // kMmaColumns, in a multiple of kMmaStepValues<kLaneChunks>, x and the packed weights 16-byte
-// aligned, blocks of at least kLaneChunks · 32 values. With kSiluMul, y of layer 0 =
-// silu_mul(its output, layer 1's output).
+// aligned, blocks of at least kLaneChunks · 32 values and fewer than 2^32 of them, every layer's
+// absmax of form kForm. With kSiluMul, y of layer 0 = silu_mul(its output, layer 1's output).
 template <typename A, typename C, typename Decoder, int kLaneChunks, LinearEpilogue kEpilogue,
-          int kWarps>
-__global__ void __launch_bounds__(kWarps* kWarpSize)
+          int kWarps, AbsmaxForm kForm>
+__global__ void __launch_bounds__(kWarps* kWarpSize, kMmaWarpsPerMultiprocessor / kWarps)
     linear_4bit_mma_gemv_kernel(const A* __restrict__ x,
                                 const __grid_constant__ MmaGemvLayers<A> layers,
                                 const __grid_constant__ FourBitTables tables, int rows,
@@ -446,7 +474,7 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
   MmaLaneWeight lane_weight =
       mma_lane_weight(layers.weight[layer], feature_low, feature_high, in, first_in);
   if (has_steps) load_mma_codes(lane_weight, warp, inputs);
-  load_absmax_map(tables, absmax_map);
+  if constexpr (kForm == AbsmaxForm::kNested) load_absmax_map(tables, absmax_map);
   Decoder::load(tables, decode_tables);
   __syncthreads();
   // Up to here only weights and tables: x and y belong to the kernels around this one.
@@ -461,15 +489,15 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
       lane_weight = mma_lane_weight(weight, feature_low, feature_high, in, first_in);
       load_mma_codes(lane_weight, warp, inputs);
     }
-    load_mma_absmax(weight, lane_weight, absmax_map, warp, inputs);
+    load_mma_absmax<kForm>(weight, lane_weight, warp * kStepValues, inputs);
     for (int step = warp; step < steps; step += kWarps) {
-      multiply_mma_step<A, C, Decoder>(inputs,
-                                       x_lane + static_cast<std::int64_t>(step) * kStepValues,
-                                       x_present, decode_tables, lane, sums[pass]);
+      multiply_mma_step<A, C, Decoder, kForm>(
+          inputs, weight, absmax_map, x_lane + static_cast<std::int64_t>(step) * kStepValues,
+          x_present, decode_tables, lane, sums[pass]);
       const int next = step + kWarps;
       if (next < steps) {
         load_mma_codes(lane_weight, next, inputs);
-        load_mma_absmax(weight, lane_weight, absmax_map, next, inputs);
+        load_mma_absmax<kForm>(weight, lane_weight, next * kStepValues, inputs);
       }
     }
   }
@@ -611,7 +639,8 @@ bool tensor_core_gemv_applies(const FourBitCall& call, int lane_chunks) {
          (call.compute_dtype == DType::kBF16 || call.compute_dtype == DType::kF16) &&
          call.in % (4 * lane_chunks * kChunkValues) == 0 &&
          call.weight.log2_block_size >= log2_chunk_values && call.weight.packed_aligned &&
-         is_aligned_16(call.x);
+         is_aligned_16(call.x) &&
+         ((call.in * call.out) >> call.weight.log2_block_size) <= std::int64_t{UINT32_MAX};
 }
 
 // Rows up to which whole lines are the faster tensor-core GEMV (kbit_kernel_workbench): with
@@ -664,24 +693,29 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
       layers.out[i] = calls[i].out;
     }
     layers.count = static_cast<int>(calls.size());
+    // An f32 weight decodes as one of dtype C (scaled_code skips both roundings): one instance
+    // serves the two.
+    using W = std::conditional_t<std::is_same_v<decltype(w), float>, C, decltype(w)>;
     return visit_decode<C>(first, [&](auto product) {
-      using Decoder = std::conditional_t<decltype(product)::value, ProductDecode<C>,
-                                         ExactDecode<C, decltype(w)>>;
+      using Decoder =
+          std::conditional_t<decltype(product)::value, ProductDecode<C>, ExactDecode<C, W>>;
       const int warps = mma_gemv_warps(first.in);
+      const bool nested = first.weight.absmax == nullptr;
       const auto launch = [&](auto chunks, auto kind) {
         constexpr int kChunks = decltype(chunks)::value;
         constexpr LinearEpilogue kKind = decltype(kind)::value;
-        const auto run = [&](auto kernel, int threads) {
-          return launch_overlapped(kernel, static_cast<unsigned>(blocks), threads, 0, first.stream,
-                                   static_cast<const A*>(first.x), layers, first.tables,
-                                   static_cast<int>(first.rows), first.in);
+        const auto run = [&](auto warps_tag) {
+          constexpr int kWarps = decltype(warps_tag)::value;
+          const auto kernel = nested ? linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind,
+                                                                   kWarps, AbsmaxForm::kNested>
+                                     : linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind,
+                                                                   kWarps, AbsmaxForm::kPlain>;
+          return launch_overlapped(kernel, static_cast<unsigned>(blocks), kWarps * kWarpSize, 0,
+                                   first.stream, static_cast<const A*>(first.x), layers,
+                                   first.tables, static_cast<int>(first.rows), first.in);
         };
-        if (warps == kMmaWideWarps) {
-          return run(linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kMmaWideWarps>,
-                     kMmaWideWarps * kWarpSize);
-        }
-        return run(linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kMmaWarps>,
-                   kMmaWarps * kWarpSize);
+        return warps == kMmaWideWarps ? run(std::integral_constant<int, kMmaWideWarps>{})
+                                      : run(std::integral_constant<int, kMmaWarps>{});
       };
       using Store = std::integral_constant<LinearEpilogue, LinearEpilogue::kStore>;
       using SiluMul = std::integral_constant<LinearEpilogue, LinearEpilogue::kSiluMul>;
@@ -975,8 +1009,8 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
       if (!tensor_core_gemv_applies(call, 2)) {
         return invalid_argument(
             "linear_4bit: the whole-line tensor-core GEMV needs at most 8 rows, an f16 or bf16 "
-            "compute dtype, inputs a multiple of 256, blocks of at least 64 values and 16-byte "
-            "aligned x and packed weight");
+            "compute dtype, inputs a multiple of 256, blocks of at least 64 values (fewer than "
+            "2^32 of them) and 16-byte aligned x and packed weight");
       }
       return cuda_status(launch_tensor_core_gemv(calls, 2, LinearEpilogue::kStore),
                          "linear_4bit: tensor-core GEMV kernel");
@@ -984,7 +1018,8 @@ Status linear_4bit(LinearContext& context, const void* x, const FourBitWeightDev
       if (!tensor_core_gemv_applies(call, 1)) {
         return invalid_argument(
             "linear_4bit: the tensor-core GEMV needs at most 8 rows, an f16 or bf16 compute "
-            "dtype, inputs a multiple of 128 and 16-byte aligned x and packed weight");
+            "dtype, inputs a multiple of 128, fewer than 2^32 quantization blocks and 16-byte "
+            "aligned x and packed weight");
       }
       return cuda_status(launch_tensor_core_gemv(calls, 1, LinearEpilogue::kStore),
                          "linear_4bit: tensor-core GEMV kernel");
@@ -1052,6 +1087,7 @@ Status linear_4bit_layers(LinearContext& context, const void* x,
     storage[i] =
         make_4bit_call(context.stream(), x, layers[i], rows, in, compute_dtype, dtype, decode);
     shared_types = shared_types && layers[i].weight.type == layers[0].weight.type &&
+                   (layers[i].weight.absmax == nullptr) == (layers[0].weight.absmax == nullptr) &&
                    layers[i].weight.weight_dtype == layers[0].weight.weight_dtype;
   }
   const std::span<const FourBitCall> calls(storage.data(), layers.size());

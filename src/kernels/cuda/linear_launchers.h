@@ -125,8 +125,9 @@ struct FourBitWeightDevice {
 // lines only up to 4 rows, beyond which half lines measured faster):
 //   kTensorCoreGemvLines  rows <= kLinear4bitGemvMaxRows, compute dtype f16 or bf16, in a
 //                         multiple of 256, quantization blocks of at least 64 values, x and
-//                         packed 16-byte aligned: weights decoded in registers into MMAs, each
-//                         group of four lanes reading whole 128-byte lines of codes.
+//                         packed 16-byte aligned, fewer than 2^32 quantization blocks: weights
+//                         decoded in registers into MMAs, each group of four lanes reading whole
+//                         128-byte lines of codes.
 //   kTensorCoreGemv       the same with in a multiple of 128 and any block size, half lines.
 //   kGemv                 rows <= kLinear4bitGemvMaxRows: decoded on the CUDA cores, any layout.
 //   kTensorCoreGemm       any rows, on a GPU of compute capability 9.0, compute dtype f16 or
@@ -192,7 +193,8 @@ struct FourBitLayer {
 // `layers` (1 to kMaxFusedLayers) applied to the same x [rows, in], each with the bits that
 // linear_4bit(context, x, layer.weight, layer.bias, rows, in, layer.out, compute_dtype, layer.y,
 // dtype, decode) gives, in one launch of the tensor-core GEMV where it applies to every layer
-// and their weights share the code type and dtype (a decode step's q, k and v; its gate and up),
+// and their weights share the code type, the dtype and the absmax form, nested or not (a decode
+// step's q, k and v; its gate and up),
 // else one linear_4bit call each. With kSiluMul the two layers have equal out, and gate's y
 // receives what silu_mul (llama_launchers.h) computes from the two outputs; up's y may be
 // overwritten. Every layer is validated as linear_4bit validates its call.

@@ -1032,7 +1032,8 @@ struct LayersCase {
   DType dtype;  // activations
   bool bias;
   FourBitDecode decode;
-  std::vector<FourBitType> types = {};  // per layer where they differ (which falls back)
+  std::vector<FourBitType> types = {};     // per layer where they differ (which falls back)
+  std::vector<bool> nested_by_layer = {};  // likewise for the absmax form
 };
 
 // The layers in one launch give the bits of one linear_4bit call per layer (and silu_mul after
@@ -1052,7 +1053,8 @@ void check_layers_case(const LayersCase& c, std::uint64_t seed) {
   std::vector<FourBitLayer> layers;
   for (std::size_t i = 0; i < count; ++i) {
     const FourBitType type = c.types.empty() ? c.type : c.types[i];
-    const FourBitCase layer{c.rows,          c.outs[i], c.in,    type,   c.block_size, c.nested,
+    const bool nested = c.nested_by_layer.empty() ? c.nested : c.nested_by_layer[i];
+    const FourBitCase layer{c.rows,          c.outs[i], c.in,    type,   c.block_size, nested,
                             c.compute_dtype, c.dtype,   c.dtype, c.bias, 0.02f};
     upload_weight(layer, quantize_weight(layer, seed + 10 * (i + 1)), weights[i]);
     const void* bias =
@@ -1095,7 +1097,8 @@ TEST(CudaLinear4bitLayers, MatchSeparateCalls) {
       // Inputs long enough for 16 warps a block: whole lines, then half lines.
       {1, 12288, {48, 16, 16}, kStore, kNf4, 64, true, DType::kBF16, DType::kBF16, true, kBnb},
       {6, 12288, {64, 64}, kSiluMul, kNf4, 64, false, DType::kBF16, DType::kBF16, false, kExact},
-      // Falling back to one call per layer: an f32 compute dtype, 9 rows, mixed code types.
+      // Falling back to one call per layer: an f32 compute dtype, 9 rows, mixed code types, mixed
+      // absmax forms.
       {3, 256, {40, 24, 24}, kStore, kNf4, 64, false, DType::kF32, DType::kF32, true, kExact},
       {9, 256, {32, 32}, kSiluMul, kNf4, 64, true, DType::kBF16, DType::kBF16, false, kBnb},
       {2,
@@ -1110,6 +1113,19 @@ TEST(CudaLinear4bitLayers, MatchSeparateCalls) {
        false,
        kBnb,
        {kNf4, kFp4}},
+      {1,
+       512,
+       {64, 32, 32},
+       kStore,
+       kNf4,
+       64,
+       false,
+       DType::kBF16,
+       DType::kBF16,
+       false,
+       kBnb,
+       {},
+       {false, true, false}},
   };
   std::uint64_t seed = 5000;
   for (const LayersCase& c : cases) {
