@@ -644,8 +644,11 @@ bool tensor_core_gemv_applies(const FourBitCall& call, int lane_chunks) {
 }
 
 // Rows up to which whole lines are the faster tensor-core GEMV (kbit_kernel_workbench): with
-// more, the x that every lane group loads per step outweighs what whole lines save.
-constexpr std::int64_t kWholeLineMaxRows = 4;
+// more, the x that every lane group loads per step outweighs what whole lines save. Since the
+// step's absmax arithmetic was cut, half lines gained more than whole ones: at 2 rows they are
+// level or faster but for nf4_dq 4096 × 4096, at 3 and 4 rows faster on every shape
+// (BENCHMARKS.md, eighteenth session).
+constexpr std::int64_t kWholeLineMaxRows = 1;
 
 // The lane chunks of the tensor-core GEMV for every call (whole lines up to kWholeLineMaxRows
 // rows), or 0 where it applies to not all.

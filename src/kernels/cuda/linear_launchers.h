@@ -122,7 +122,7 @@ struct FourBitWeightDevice {
 // alignment beyond its element's (16-byte aligned x and packed take vector loads).
 //
 // The kernels, each reading every packed byte once (kAuto picks the first that applies, whole
-// lines only up to 4 rows, beyond which half lines measured faster):
+// lines for one row only, beyond which half lines measured faster):
 //   kTensorCoreGemvLines  rows <= kLinear4bitGemvMaxRows, compute dtype f16 or bf16, in a
 //                         multiple of 256, quantization blocks of at least 64 values, x and
 //                         packed 16-byte aligned, fewer than 2^32 quantization blocks: weights
