@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(kGemvThreads)
 // where the next step uses it, not where it is loaded, so that its table lookup does not wait on
 // the load. The launch bounds hold the kernel to 64 registers, 4 blocks of 8 warps per SM (one
 // instance took 77 registers, hence 3 blocks, without them). Together these took the decode
-// step 3% (BENCHMARKS.md, "Absmax form as a template parameter").
+// step 3% (BENCHMARKS.md, "The 4-bit decode GEMV's absmax form as a template parameter").
 //
 // One launch serves up to kMaxFusedLayers layers of the same x (MmaGemvLayers): each block
 // finds its layer from its index (q, k and v in one launch), or, with the SiLU·mul epilogue,
