@@ -101,9 +101,14 @@ __device__ __forceinline__ void load_absmax_map(const FourBitTables& tables, flo
 // known at compile time, so that a kernel issues one form's instructions only.
 enum class AbsmaxForm { kRuntime, kPlain, kNested };
 
+// The form of a validated weight's absmax, found at run time.
+__host__ __device__ __forceinline__ AbsmaxForm absmax_form(const FourBitSource& weight) {
+  return weight.absmax != nullptr ? AbsmaxForm::kPlain : AbsmaxForm::kNested;
+}
+
 template <AbsmaxForm kForm>
 __device__ __forceinline__ bool is_plain_absmax(const FourBitSource& weight) {
-  if constexpr (kForm == AbsmaxForm::kRuntime) return weight.absmax != nullptr;
+  if constexpr (kForm == AbsmaxForm::kRuntime) return absmax_form(weight) == AbsmaxForm::kPlain;
   return kForm == AbsmaxForm::kPlain;
 }
 

@@ -703,7 +703,7 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
       using Decoder =
           std::conditional_t<decltype(product)::value, ProductDecode<C>, ExactDecode<C, W>>;
       const int warps = mma_gemv_warps(first.in);
-      const bool nested = first.weight.absmax == nullptr;
+      const bool nested = absmax_form(first.weight) == AbsmaxForm::kNested;
       const auto launch = [&](auto chunks, auto kind) {
         constexpr int kChunks = decltype(chunks)::value;
         constexpr LinearEpilogue kKind = decltype(kind)::value;
@@ -1090,7 +1090,7 @@ Status linear_4bit_layers(LinearContext& context, const void* x,
     storage[i] =
         make_4bit_call(context.stream(), x, layers[i], rows, in, compute_dtype, dtype, decode);
     shared_types = shared_types && layers[i].weight.type == layers[0].weight.type &&
-                   (layers[i].weight.absmax == nullptr) == (layers[0].weight.absmax == nullptr) &&
+                   absmax_form(storage[i].weight) == absmax_form(storage[0].weight) &&
                    layers[i].weight.weight_dtype == layers[0].weight.weight_dtype;
   }
   const std::span<const FourBitCall> calls(storage.data(), layers.size());
