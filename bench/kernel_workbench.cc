@@ -31,6 +31,7 @@
 #include "kbit/core/tensor.h"
 #include "kbit/quant/blockwise_4bit.h"
 #include "kbit/quant/codebooks.h"
+#include "kbit/quant/decode_tiles.h"
 #include "kbit/quant/int8_rowwise.h"
 #include "kbit/quant/nested_absmax.h"
 #include "kernels/cpu/llama_ops.h"
@@ -199,12 +200,14 @@ double error_over_tolerance(const std::vector<float>& got, const std::vector<flo
   return worst;
 }
 
-// The 4-bit GEMV variants: kernel and weight decode, its number and what it is.
+// The 4-bit GEMV variants: kernel, weight decode and layout, its number and what it is.
 struct FourBitVariant {
   kc::Linear4bitKernel kernel;
   cpu::FourBitDecode decode;
   const char* name;
+  kbit::quant::FourBitLayout layout = kbit::quant::FourBitLayout::kBitsandbytes;
 };
+constexpr auto kDecodeTiles = kbit::quant::FourBitLayout::kDecodeTiles;
 constexpr FourBitVariant kFourBitVariants[] = {
     {kc::Linear4bitKernel::kGemv, cpu::FourBitDecode::kExact, "v1 CUDA-core GEMV"},
     {kc::Linear4bitKernel::kTensorCoreGemv, cpu::FourBitDecode::kExact, "v2 tensor-core GEMV"},
@@ -212,12 +215,18 @@ constexpr FourBitVariant kFourBitVariants[] = {
      "v3 tensor-core GEMV, bitsandbytes' batch-1 decode"},
     {kc::Linear4bitKernel::kTensorCoreGemvLines, cpu::FourBitDecode::kBitsandbytes,
      "v5 whole-line tensor-core GEMV, bitsandbytes' decode"},
+    {kc::Linear4bitKernel::kTensorCoreGemvLines, cpu::FourBitDecode::kBitsandbytes,
+     "v11 v5 on the decode tiles", kDecodeTiles},
+    {kc::Linear4bitKernel::kTensorCoreGemv, cpu::FourBitDecode::kBitsandbytes,
+     "v12 v3 on the decode tiles", kDecodeTiles},
 };
 // The many-row (prompt) variants.
 constexpr FourBitVariant kFourBitGemmVariants[] = {
     {kc::Linear4bitKernel::kManyRows, cpu::FourBitDecode::kExact, "v6 dequantized into cuBLAS"},
     {kc::Linear4bitKernel::kTensorCoreGemm, cpu::FourBitDecode::kExact,
      "v7 tensor-core GEMM (wgmma)"},
+    {kc::Linear4bitKernel::kTensorCoreGemm, cpu::FourBitDecode::kExact,
+     "v13 v7 on the decode tiles", kDecodeTiles},
 };
 
 // The weight values as the product decode takes them: bf16(bf16(code) · bf16(absmax)).
@@ -244,8 +253,37 @@ struct FourBitCopies {
   double bytes = 0;                // of one copy: codes and absmax
 };
 
+// The copy's codes and absmax (or absmax codes) in the decode tiles of a weight [out, in].
+void move_to_decode_tiles(std::vector<Tensor>& tensors, kc::FourBitWeightDevice& weight,
+                          std::int64_t out, std::int64_t in) {
+  const std::int64_t bytes = out * in / 2;
+  const std::int64_t blocks = out * in / 64;
+  const bool nested = weight.absmax == nullptr;
+  const DType absmax_dtype = nested ? DType::kU8 : DType::kF32;
+  const void* absmax = nested ? static_cast<const void*>(weight.absmax_codes) : weight.absmax;
+  Tensor packed = must(Tensor::empty({bytes}, DType::kU8, kbit::Device::cuda(0)));
+  Tensor tiled_absmax = must(Tensor::empty({blocks}, absmax_dtype, kbit::Device::cuda(0)));
+  const kbit::Device device = kbit::Device::cuda(0);
+  must(kbit::quant::tile_4bit_for_decode(
+      kbit::TensorView(const_cast<std::uint8_t*>(weight.packed), DType::kU8, {bytes}, device),
+      kbit::TensorView(const_cast<void*>(absmax), absmax_dtype, {blocks}, device), out, in,
+      packed.view(), tiled_absmax.view()));
+  must(cudaDeviceSynchronize());
+  weight.packed = packed.data_as<const std::uint8_t>();
+  if (nested) {
+    weight.absmax_codes = tiled_absmax.data_as<const std::uint8_t>();
+  } else {
+    weight.absmax = tiled_absmax.data_as<const float>();
+  }
+  weight.layout = kDecodeTiles;
+  tensors.push_back(std::move(packed));
+  tensors.push_back(std::move(tiled_absmax));
+}
+
 FourBitCopies make_four_bit_copies(const std::vector<float>& w, bool nested,
-                                   cpu::FourBitDecode decode) {
+                                   cpu::FourBitDecode decode,
+                                   const FourBitVariant* variant = nullptr, std::int64_t out = 0,
+                                   std::int64_t in = 0) {
   const auto n = static_cast<std::int64_t>(w.size());
   FourBitCopies copies;
   Tensor w_device = to_device(w, DType::kBF16);
@@ -289,6 +327,9 @@ FourBitCopies make_four_bit_copies(const std::vector<float>& w, bool nested,
       copies.dequantized = to_host_f32(values.view());
       for (float& value : copies.dequantized) value = cpu::round_to_bf16(value);
     }
+    if (variant != nullptr && variant->layout == kDecodeTiles) {
+      move_to_decode_tiles(copies.tensors, weight, out, in);
+    }
     copies.weights.push_back(weight);
     copies.tensors.push_back(std::move(packed));
     copies.tensors.push_back(std::move(absmax));
@@ -316,7 +357,7 @@ void measure_linear(Report& report, cudaStream_t stream, std::int64_t out, std::
     for (int c = 0; c < kCopies; ++c) weights.push_back(to_device(w, DType::kBF16));
     bytes += static_cast<double>(n) * 2;
   } else {
-    four_bit_copies = make_four_bit_copies(w, nested, variant->decode);
+    four_bit_copies = make_four_bit_copies(w, nested, variant->decode, variant, out, in);
     bytes += four_bit_copies.bytes;
   }
   const std::vector<float>& dequantized = four_bit ? four_bit_copies.dequantized : w;

@@ -10,12 +10,7 @@
 
 #include "kbit/quant/blockwise_4bit.h"
 #include "kbit/quant/codebooks.h"
-
-#if defined(__CUDACC__)
-#define KBIT_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define KBIT_HOST_DEVICE inline
-#endif
+#include "kernels/host_device.h"
 
 namespace kbit::kernels {
 

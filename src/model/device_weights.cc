@@ -1,6 +1,7 @@
 #include "model/device_weights.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kbit/core/random.h"
@@ -51,6 +52,16 @@ Result<Tensor> device_norm(const DeviceLoadPlan& plan, cuda::DeviceLoader& loade
   return loader.upload(TensorView(values.data(), DType::kF32, {size}));
 }
 
+// `weight` in the decode tiles where it takes them (LinearWeight::to_decode_tiles), tiled on the
+// loader's stream.
+Result<LinearWeight> in_decode_tiles(LinearWeight weight, const DeviceLoadPlan& plan,
+                                     const cuda::DeviceLoader& loader) {
+  ExecutionOptions execution = plan.execution;
+  execution.stream = loader.stream();
+  KBIT_RETURN_IF_ERROR(weight.to_decode_tiles(execution));
+  return weight;
+}
+
 Result<LinearWeight> device_linear_weight(const DeviceLoadPlan& plan, cuda::DeviceLoader& loader,
                                           const std::string& module, const std::string& source_name,
                                           std::int64_t out, std::int64_t in) {
@@ -63,8 +74,11 @@ Result<LinearWeight> device_linear_weight(const DeviceLoadPlan& plan, cuda::Devi
                                plan.execution};
     KBIT_ASSIGN_OR_RETURN(const LinearWeight stored,
                           load_linear_weight(host_plan, module, source_name, out, in));
-    return stored.to_device(loader.device(),
-                            [&](const TensorView& host) { return loader.upload(host); });
+    KBIT_ASSIGN_OR_RETURN(LinearWeight uploaded,
+                          stored.to_device(loader.device(), [&](const TensorView& host) {
+                            return loader.upload(host);
+                          }));
+    return in_decode_tiles(std::move(uploaded), plan, loader);
   }
   if (!quantized) {
     KBIT_ASSIGN_OR_RETURN(
@@ -82,7 +96,7 @@ Result<LinearWeight> device_linear_weight(const DeviceLoadPlan& plan, cuda::Devi
       LinearWeight::quantize(source.view(), *plan.quantization, source_name, execution);
   KBIT_RETURN_IF_ERROR(loader.finish());  // before `source` returns to the cache
   if (!weight.ok()) return weight.status().with_context(plan.dir.string());
-  return weight;
+  return in_decode_tiles(std::move(*weight), plan, loader);
 }
 
 // The adapters' LoRA terms on `module`, widened to f32 on the device.

@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <memory>
+#include <vector>
 
 #include "kbit/core/convert.h"
+#include "kbit/core/device.h"
 #include "kbit/quant/codebooks.h"
 #include "kbit/quant/int8_rowwise.h"
 #include "kbit/quant/nested_absmax.h"
@@ -381,12 +384,47 @@ Result<LinearWeight> LinearWeight::to_device(const Device& device,
       }
     }
   }
+  copy.layout_ = layout_;
+  if (layout_ == quant::FourBitLayout::kDecodeTiles && !device.is_cuda()) {
+    // Host weights keep bitsandbytes' layout (what the CPU kernels and the writers read).
+    KBIT_ASSIGN_OR_RETURN(Tensor packed, Tensor::empty(packed_.shape(), DType::kU8, device));
+    KBIT_ASSIGN_OR_RETURN(Tensor absmax, Tensor::empty(absmax_.shape(), absmax_.dtype(), device));
+    KBIT_RETURN_IF_ERROR(quant::untile_4bit_for_decode(copy.packed_, copy.absmax_, out_features_,
+                                                       in_features_, packed.view(), absmax.view()));
+    copy.packed_ = packed.view();
+    copy.absmax_ = absmax.view();
+    copy.owned_.push_back(shared(std::move(packed)));
+    copy.owned_.push_back(shared(std::move(absmax)));
+    copy.layout_ = quant::FourBitLayout::kBitsandbytes;
+  }
   if (format_ == LinearFormat::kInt8 && device.is_cpu()) {
     copy.code_row_sums_.resize(static_cast<std::size_t>(out_features_));
     k::int8_code_row_sums(copy.codes_.data_as<const std::int8_t>(), out_features_, in_features_,
                           copy.code_row_sums_.data());
   }
   return copy;
+}
+
+Status LinearWeight::to_decode_tiles(const ExecutionOptions& execution) {
+  if (format_ != LinearFormat::kFourBit || !device_.is_cuda() ||
+      layout_ == quant::FourBitLayout::kDecodeTiles ||
+      !quant::decode_tiles_apply(out_features_, in_features_, quant_state_.blocksize)) {
+    return ok_status();
+  }
+  KBIT_ASSIGN_OR_RETURN(Tensor packed, Tensor::empty(packed_.shape(), DType::kU8, device_));
+  KBIT_ASSIGN_OR_RETURN(Tensor absmax, Tensor::empty(absmax_.shape(), absmax_.dtype(), device_));
+  KBIT_RETURN_IF_ERROR(quant::tile_4bit_for_decode(packed_, absmax_, out_features_, in_features_,
+                                                   packed.view(), absmax.view(), execution));
+  KBIT_RETURN_IF_ERROR(synchronize(device_));
+  std::erase_if(owned_, [&](const std::shared_ptr<Tensor>& tensor) {
+    return tensor->view().data() == packed_.data() || tensor->view().data() == absmax_.data();
+  });
+  packed_ = packed.view();
+  absmax_ = absmax.view();
+  owned_.push_back(shared(std::move(packed)));
+  owned_.push_back(shared(std::move(absmax)));
+  layout_ = quant::FourBitLayout::kDecodeTiles;
+  return ok_status();
 }
 
 std::vector<io::NamedTensor> LinearWeight::state_dict(const std::string& prefix) const {

@@ -28,6 +28,7 @@
 #include "kbit/io/safetensors_writer.h"
 #include "kbit/model/quantize_options.h"
 #include "kbit/quant/blockwise_4bit.h"
+#include "kbit/quant/decode_tiles.h"
 #include "kernels/cpu/quantized_linear.h"
 
 namespace kbit::model {
@@ -94,6 +95,14 @@ class LinearWeight {
   // GPU, GPU -> host to save a weight quantized there. `copier` makes the copies that need a
   // transfer; without one, copy_tensor does (waiting for each).
   Result<LinearWeight> to_device(const Device& device, const TensorCopier& copier = {}) const;
+
+  // For a 4-bit GPU weight whose shape takes them: moves its codes and absmax into the decode
+  // tiles (kbit/quant/decode_tiles.h), which the CUDA kernels read faster, on execution.stream;
+  // waits for the device before it releases the untiled storage. Leaves any other weight as it is.
+  Status to_decode_tiles(const ExecutionOptions& execution);
+  // Where a 4-bit weight's codes and absmax lie. Host weights are always in bitsandbytes' layout:
+  // to_device(cpu) puts a tiled weight back into it.
+  quant::FourBitLayout layout() const { return layout_; }
 
   LinearFormat format() const { return format_; }
   Device device() const { return device_; }
@@ -163,6 +172,7 @@ class LinearWeight {
   // nested_absmax f32 [ceil(blocks/256)]; the code tables and the JSON blob as stored.
   TensorView packed_, absmax_, nested_absmax_, quant_map_, nested_quant_map_, quant_state_blob_;
   io::QuantState quant_state_;
+  quant::FourBitLayout layout_ = quant::FourBitLayout::kBitsandbytes;
   // kInt8: codes i8 [out, in], row absmax f32 [out], weight_format u8 [] (0 = "row").
   TensorView codes_, row_absmax_, weight_format_;
   std::vector<std::int32_t> code_row_sums_;  // [out]; host weights only (the VNNI kernel's)

@@ -29,6 +29,7 @@
 #include "kbit/quant/blockwise_4bit.h"
 #include "kbit/quant/blockwise_8bit.h"
 #include "kbit/quant/codebooks.h"
+#include "kbit/quant/decode_tiles.h"
 #include "kbit/quant/int8_rowwise.h"
 #include "kbit/quant/nested_absmax.h"
 #include "testing/shared_data.h"
@@ -312,6 +313,50 @@ TEST(CudaQuant8bit, MatchesCpuReference) {
   }
   tally.report("8-bit blockwise");
   EXPECT_EQ(tally.different, 0);
+}
+
+// The GPU's decode-tile permutation gives the host's bytes (decode_tiles_test.cc checks those),
+// both ways, for plain and nested absmax, on a Llama-sized shape and a small one.
+TEST(CudaDecodeTiles, MatchHost) {
+  KBIT_REQUIRE_CUDA();
+  struct WeightShape {
+    std::int64_t out, in;
+  };
+  std::uint64_t seed = 900;
+  for (const WeightShape shape : {WeightShape{16, 256}, WeightShape{1024, 14336}}) {
+    for (const DType absmax_dtype : {DType::kF32, DType::kU8}) {
+      SCOPED_TRACE(std::to_string(shape.out) + " x " + std::to_string(shape.in));
+      const std::int64_t bytes = shape.out * shape.in / 2;
+      const std::int64_t blocks = shape.out * shape.in / 64;
+      Tensor packed = host_tensor(Shape{bytes}, DType::kU8);
+      Tensor absmax = host_tensor(Shape{blocks}, absmax_dtype);
+      for (Tensor* tensor : {&packed, &absmax}) {
+        auto* data = static_cast<std::uint8_t*>(tensor->view().data());
+        for (std::size_t i = 0; i < tensor->nbytes(); ++i) {
+          data[i] = static_cast<std::uint8_t>(random_bits(seed, i));
+        }
+        ++seed;
+      }
+      Tensor host_packed = host_tensor(Shape{bytes}, DType::kU8);
+      Tensor host_absmax = host_tensor(Shape{blocks}, absmax_dtype);
+      check(quant::tile_4bit_for_decode(packed.view(), absmax.view(), shape.out, shape.in,
+                                        host_packed.view(), host_absmax.view()));
+      const Tensor device_packed = to_device(packed.view());
+      const Tensor device_absmax = to_device(absmax.view());
+      Tensor tiled_packed = poisoned_device_tensor(Shape{bytes}, DType::kU8);
+      Tensor tiled_absmax = poisoned_device_tensor(Shape{blocks}, absmax_dtype);
+      check(quant::tile_4bit_for_decode(device_packed.view(), device_absmax.view(), shape.out,
+                                        shape.in, tiled_packed.view(), tiled_absmax.view()));
+      expect_bit_equal(host_packed.view(), to_host(tiled_packed.view()).view());
+      expect_bit_equal(host_absmax.view(), to_host(tiled_absmax.view()).view());
+      Tensor back_packed = poisoned_device_tensor(Shape{bytes}, DType::kU8);
+      Tensor back_absmax = poisoned_device_tensor(Shape{blocks}, absmax_dtype);
+      check(quant::untile_4bit_for_decode(tiled_packed.view(), tiled_absmax.view(), shape.out,
+                                          shape.in, back_packed.view(), back_absmax.view()));
+      expect_bit_equal(packed.view(), to_host(back_packed.view()).view());
+      expect_bit_equal(absmax.view(), to_host(back_absmax.view()).view());
+    }
+  }
 }
 
 TEST(CudaNestedAbsmax, MatchesCpuReference) {

@@ -18,6 +18,7 @@
 #include "kbit/core/dtype.h"
 #include "kbit/quant/blockwise_4bit.h"
 #include "kbit/quant/codebooks.h"
+#include "kbit/quant/decode_tiles.h"
 #include "kbit/quant/nested_absmax.h"
 #include "kernels/cuda/common.cuh"
 
@@ -39,6 +40,7 @@ struct FourBitSource {
   float nested_offset;
   int log2_block_size;
   bool packed_aligned;  // 16-byte aligned: vector loads
+  bool decode_tiles;    // quant::FourBitLayout::kDecodeTiles, else bitsandbytes' layout
 };
 
 inline FourBitTables make_tables(quant::FourBitType type) {
@@ -120,11 +122,15 @@ struct AbsmaxLoad {
   std::uint32_t code;  // the nested form's 8-bit code
 };
 
+// The absmax of quantization block `block`, stored at `index` (the block itself in bitsandbytes'
+// layout; ValuePlace's absmax_index in either). A nested absmax's group follows the block's own
+// index in both layouts.
 template <AbsmaxForm kForm = AbsmaxForm::kRuntime>
-__device__ __forceinline__ AbsmaxLoad load_absmax(const FourBitSource& weight, std::int64_t block) {
-  if (is_plain_absmax<kForm>(weight)) return {__ldg(weight.absmax + block), 0};
+__device__ __forceinline__ AbsmaxLoad load_absmax(const FourBitSource& weight, std::int64_t index,
+                                                  std::int64_t block) {
+  if (is_plain_absmax<kForm>(weight)) return {__ldg(weight.absmax + index), 0};
   return {__ldg(weight.nested_absmax + block / quant::kNestedBlockSize),
-          __ldg(weight.absmax_codes + block)};
+          __ldg(weight.absmax_codes + index)};
 }
 
 // The nested form is decoded with the reference's two IEEE roundings, which the explicit
@@ -136,10 +142,22 @@ __device__ __forceinline__ float decoded_absmax(const FourBitSource& weight, Abs
   return __fadd_rn(__fmul_rn(absmax_map[load.code], load.value), weight.nested_offset);
 }
 
-// The absmax of quantization block `block`.
-__device__ __forceinline__ float block_absmax(const FourBitSource& weight, std::int64_t block,
-                                              const float* absmax_map) {
-  return decoded_absmax(weight, load_absmax(weight, block), absmax_map);
+// Where a weight value lies in a layout: the byte of its code and the index of its block's absmax.
+struct ValuePlace {
+  std::int64_t code_byte;
+  std::int64_t absmax_index;
+};
+
+// The place of row `row`'s values [32 · chunk, 32 · chunk + 32) of W [out, in] in the weight's
+// layout: their first code's byte, their block's absmax.
+__device__ __forceinline__ ValuePlace chunk_place(const FourBitSource& weight, std::int64_t in,
+                                                  std::int64_t row, std::int64_t chunk) {
+  if (weight.decode_tiles) {
+    return {quant::decode_tile_code_offset(in, row, chunk),
+            quant::decode_tile_absmax_index(in, row, chunk / 2)};
+  }
+  const std::int64_t first_value = row * in + 32 * chunk;
+  return {first_value / 2, first_value >> weight.log2_block_size};
 }
 
 // Two floats as a pair of C (low half first), each rounded to nearest even.

@@ -41,6 +41,7 @@
 #include "kernels/cuda/llama_launchers.h"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/overlapped_launch.cuh"
+#include "kernels/unsigned_divisor.h"
 
 namespace kbit::kernels::cuda {
 namespace {
@@ -150,9 +151,11 @@ __global__ void __launch_bounds__(kGemvThreads)
       // Past the last output feature the warp re-reads the last one (staying in bounds); those
       // sums are never stored.
       const std::int64_t o = std::min(first_out + f, out - 1);
-      const std::int64_t first_value = o * in + load * kValuesPerLoad;
-      codes[f] = load_16_codes(weight.packed + first_value / 2, weight.packed_aligned);
-      absmax[f] = block_absmax(weight, first_value >> weight.log2_block_size, absmax_map);
+      const std::int64_t block = (o * in + load * kValuesPerLoad) >> weight.log2_block_size;
+      const ValuePlace place = chunk_place(weight, in, o, load);
+      codes[f] = load_16_codes(weight.packed + place.code_byte, weight.packed_aligned);
+      absmax[f] =
+          decoded_absmax(weight, load_absmax(weight, place.absmax_index, block), absmax_map);
     }
 #pragma unroll
     for (int word = 0; word < kValuesPerLoad / kValuesPerWord; ++word) {
@@ -330,7 +333,11 @@ __device__ __forceinline__ void load_x_pairs(const A* x, bool present,
 // step 0, and where the features' quantization blocks lie: the lane's first value in step 0 is
 // first_block · block + block_offset, so its block in the step that starts at input s is
 // first_block + (block_offset + s) / block, in 32 bits (tensor_core_gemv_applies keeps the
-// weight's blocks below 2^32).
+// weight's blocks below 2^32). In the decode tiles (kbit/quant/decode_tiles.h) the codes and the
+// absmax lie at the tiled places, step 0's at codes_low and tiled_absmax (feature g + 8's 32
+// units further); the blocks' own indices still give a nested absmax's group. The layout is a
+// template parameter, not a flag: as a flag it cost the nested gate/up GEMV 40 bytes of spills
+// and nf4_dq decode 5% (BENCHMARKS.md, twentieth session).
 struct MmaLaneWeight {
   const uint4* codes_low;   // feature g
   const uint4* codes_high;  // feature g + 8
@@ -338,8 +345,27 @@ struct MmaLaneWeight {
   std::uint32_t first_block_high;
   std::uint32_t block_offset_low;
   std::uint32_t block_offset_high;
+  std::uint32_t tiled_absmax;
 };
 
+constexpr bool is_tiled(quant::FourBitLayout layout) {
+  return layout == quant::FourBitLayout::kDecodeTiles;
+}
+
+// In the decode tiles, step s of a lane lies kTiledStep · s − kTiledOddBack · (s & 1) units past
+// step 0: 16-byte chunks for the codes, elements for the absmax. Whole lines (steps of 256
+// inputs) advance one tile step each; half lines (128) take an even step's tile step and the
+// neighbouring lanes' slots of it in odd steps.
+template <int kLaneChunks>
+constexpr int kTiledCodeStep = kLaneChunks == 2 ? 128 : 64;
+template <int kLaneChunks>
+constexpr int kTiledCodeOddBack = kLaneChunks == 2 ? 0 : 62;
+template <int kLaneChunks>
+constexpr std::uint32_t kTiledAbsmaxStep = kLaneChunks == 2 ? 64 : 32;
+template <int kLaneChunks>
+constexpr std::uint32_t kTiledAbsmaxOddBack = kLaneChunks == 2 ? 0 : 30;
+
+template <int kLaneChunks, quant::FourBitLayout kLayout>
 __device__ __forceinline__ MmaLaneWeight mma_lane_weight(const FourBitSource& weight,
                                                          std::int64_t feature_low,
                                                          std::int64_t feature_high, std::int64_t in,
@@ -347,12 +373,28 @@ __device__ __forceinline__ MmaLaneWeight mma_lane_weight(const FourBitSource& we
   const std::int64_t low = feature_low * in;
   const std::int64_t high = feature_high * in;
   const std::int64_t offset_mask = (std::int64_t{1} << weight.log2_block_size) - 1;
-  return {reinterpret_cast<const uint4*>(weight.packed + (low + first_in) / 2),
-          reinterpret_cast<const uint4*>(weight.packed + (high + first_in) / 2),
-          static_cast<std::uint32_t>(low >> weight.log2_block_size),
-          static_cast<std::uint32_t>(high >> weight.log2_block_size),
-          static_cast<std::uint32_t>((low & offset_mask) + first_in),
-          static_cast<std::uint32_t>((high & offset_mask) + first_in)};
+  MmaLaneWeight lane{reinterpret_cast<const uint4*>(weight.packed + (low + first_in) / 2),
+                     reinterpret_cast<const uint4*>(weight.packed + (high + first_in) / 2),
+                     static_cast<std::uint32_t>(low >> weight.log2_block_size),
+                     static_cast<std::uint32_t>(high >> weight.log2_block_size),
+                     static_cast<std::uint32_t>((low & offset_mask) + first_in),
+                     static_cast<std::uint32_t>((high & offset_mask) + first_in),
+                     0};
+  if constexpr (is_tiled(kLayout)) {
+    // Lane (g, t) of the MMA: group g = the feature's row in its half tile, quad t from first_in.
+    const std::int64_t tile_steps = in / quant::kDecodeTileStepInputs;
+    const std::int64_t tile = feature_low / quant::kDecodeTileRows;
+    const int group = static_cast<int>(feature_low % 8);
+    const int quad = static_cast<int>(first_in / (kLaneChunks * kChunkValues));
+    const int code_lane =
+        kLaneChunks == 2 ? 4 * group + quad : 4 * group + quad / 2 + 64 * (quad % 2);
+    const int absmax_lane = kLaneChunks == 2 ? 4 * group + quad : 4 * group + quad / 2;
+    lane.codes_low =
+        reinterpret_cast<const uint4*>(weight.packed) + tile * tile_steps * 128 + code_lane;
+    lane.codes_high = lane.codes_low + 32;
+    lane.tiled_absmax = static_cast<std::uint32_t>(tile * tile_steps * 64 + absmax_lane);
+  }
+  return lane;
 }
 
 // What one lane reads for one step.
@@ -365,20 +407,25 @@ struct MmaStepInputs {
 };
 
 // The codes of step `step`: read once, streamed past the caches.
-template <int kLaneChunks>
+template <quant::FourBitLayout kLayout, int kLaneChunks>
 __device__ __forceinline__ void load_mma_codes(const MmaLaneWeight& lane_weight, int step,
                                                MmaStepInputs<kLaneChunks>& inputs) {
   constexpr int kStepChunks = 4 * kLaneChunks;  // a feature's chunks per step
+  // Chunk c of the step: the next 16 bytes in bitsandbytes' layout, 64 chunks on in the tiles.
+  const int first = is_tiled(kLayout) ? kTiledCodeStep<kLaneChunks> * step -
+                                            kTiledCodeOddBack<kLaneChunks> * (step & 1)
+                                      : kStepChunks * step;
+  constexpr int chunk_stride = is_tiled(kLayout) ? 64 : 1;
 #pragma unroll
   for (int c = 0; c < kLaneChunks; ++c) {
-    inputs.codes_low[c] = __ldcs(lane_weight.codes_low + kStepChunks * step + c);
-    inputs.codes_high[c] = __ldcs(lane_weight.codes_high + kStepChunks * step + c);
+    inputs.codes_low[c] = __ldcs(lane_weight.codes_low + first + chunk_stride * c);
+    inputs.codes_high[c] = __ldcs(lane_weight.codes_high + first + chunk_stride * c);
   }
 }
 
 // The raw absmax of both features in the step that starts at input step_in (a lane's chunks lie
 // in one quantization block), decoded where the step uses it.
-template <AbsmaxForm kForm, int kLaneChunks>
+template <AbsmaxForm kForm, quant::FourBitLayout kLayout, int kLaneChunks>
 __device__ __forceinline__ void load_mma_absmax(const FourBitSource& weight,
                                                 const MmaLaneWeight& lane_weight,
                                                 std::uint32_t step_in,
@@ -387,8 +434,17 @@ __device__ __forceinline__ void load_mma_absmax(const FourBitSource& weight,
                             ((lane_weight.block_offset_low + step_in) >> weight.log2_block_size);
   const std::uint32_t high = lane_weight.first_block_high +
                              ((lane_weight.block_offset_high + step_in) >> weight.log2_block_size);
-  inputs.absmax_low = load_absmax<kForm>(weight, low);
-  inputs.absmax_high = load_absmax<kForm>(weight, high);
+  // One load each, from where the layout keeps the value (or code).
+  std::uint32_t low_index = low;
+  std::uint32_t high_index = high;
+  if constexpr (is_tiled(kLayout)) {
+    const std::uint32_t step = step_in / kMmaStepValues<kLaneChunks>;
+    low_index = lane_weight.tiled_absmax + kTiledAbsmaxStep<kLaneChunks> * step -
+                kTiledAbsmaxOddBack<kLaneChunks> * (step & 1);
+    high_index = low_index + 32;
+  }
+  inputs.absmax_low = load_absmax<kForm>(weight, low_index, low);
+  inputs.absmax_high = load_absmax<kForm>(weight, high_index, high);
 }
 
 // sums += the products of one step: the absmax decoded, then per chunk x[row g] at its 32 inputs
@@ -442,7 +498,7 @@ struct MmaGemvLayers {
 // aligned, blocks of at least kLaneChunks · 32 values and fewer than 2^32 of them, every layer's
 // absmax of form kForm. With kSiluMul, y of layer 0 = silu_mul(its output, layer 1's output).
 template <typename A, typename C, typename Decoder, int kLaneChunks, LinearEpilogue kEpilogue,
-          int kWarps, AbsmaxForm kForm>
+          int kWarps, AbsmaxForm kForm, quant::FourBitLayout kLayout>
 __global__ void __launch_bounds__(kWarps* kWarpSize, kMmaWarpsPerMultiprocessor / kWarps)
     linear_4bit_mma_gemv_kernel(const A* __restrict__ x,
                                 const __grid_constant__ MmaGemvLayers<A> layers,
@@ -471,9 +527,9 @@ __global__ void __launch_bounds__(kWarps* kWarpSize, kMmaWarpsPerMultiprocessor 
   const bool has_steps = warp < steps;
 
   MmaStepInputs<kLaneChunks> inputs;
-  MmaLaneWeight lane_weight =
-      mma_lane_weight(layers.weight[layer], feature_low, feature_high, in, first_in);
-  if (has_steps) load_mma_codes(lane_weight, warp, inputs);
+  MmaLaneWeight lane_weight = mma_lane_weight<kLaneChunks, kLayout>(
+      layers.weight[layer], feature_low, feature_high, in, first_in);
+  if (has_steps) load_mma_codes<kLayout>(lane_weight, warp, inputs);
   if constexpr (kForm == AbsmaxForm::kNested) load_absmax_map(tables, absmax_map);
   Decoder::load(tables, decode_tables);
   __syncthreads();
@@ -486,18 +542,19 @@ __global__ void __launch_bounds__(kWarps* kWarpSize, kMmaWarpsPerMultiprocessor 
     if (!has_steps) break;
     const FourBitSource& weight = layers.weight[layer + pass];
     if (pass > 0) {
-      lane_weight = mma_lane_weight(weight, feature_low, feature_high, in, first_in);
-      load_mma_codes(lane_weight, warp, inputs);
+      lane_weight =
+          mma_lane_weight<kLaneChunks, kLayout>(weight, feature_low, feature_high, in, first_in);
+      load_mma_codes<kLayout>(lane_weight, warp, inputs);
     }
-    load_mma_absmax<kForm>(weight, lane_weight, warp * kStepValues, inputs);
+    load_mma_absmax<kForm, kLayout>(weight, lane_weight, warp * kStepValues, inputs);
     for (int step = warp; step < steps; step += kWarps) {
       multiply_mma_step<A, C, Decoder, kForm>(
           inputs, weight, absmax_map, x_lane + static_cast<std::int64_t>(step) * kStepValues,
           x_present, decode_tables, lane, sums[pass]);
       const int next = step + kWarps;
       if (next < steps) {
-        load_mma_codes(lane_weight, next, inputs);
-        load_mma_absmax<kForm>(weight, lane_weight, next * kStepValues, inputs);
+        load_mma_codes<kLayout>(lane_weight, next, inputs);
+        load_mma_absmax<kForm, kLayout>(weight, lane_weight, next * kStepValues, inputs);
       }
     }
   }
@@ -536,28 +593,53 @@ __global__ void __launch_bounds__(kWarps* kWarpSize, kMmaWarpsPerMultiprocessor 
   }
 }
 
-// output [words · 8] = the weight values [first_value, first_value + words · 8) as the matmul
-// sees them, in the compute dtype C. first_value is a multiple of 32; output 16-byte aligned.
+// Where word `word` of a launch lies in the decode tiles: in row first_row + word / row_words, at
+// inputs 8 · (word % row_words) on.
+__device__ __forceinline__ ValuePlace tiled_word_place(std::int64_t in, std::int64_t first_row,
+                                                       const UnsignedDivisor& row_words,
+                                                       std::uint32_t word) {
+  const std::uint32_t local_row = row_words.divide(word);
+  const std::int64_t row = first_row + local_row;
+  const std::int64_t column =
+      std::int64_t{kValuesPerWord} * (word - local_row * row_words.divisor());
+  return {quant::decode_tile_code_offset(in, row, column / 32) + column % 32 / 2,
+          quant::decode_tile_absmax_index(in, row, column / quant::kDecodeTileBlockSize)};
+}
+
+// output [words · 8] = the values of W [out, in] from row first_row on (row_words = in / 8 words
+// a row) as the matmul sees them, in the compute dtype C, from the layout kLayout; output 16-byte
+// aligned. The decode tiles take fewer than 2^32 words a launch.
 // Block b takes words [b, b + 1) · kDequantizeThreads · kDequantizeWordsPerThread, its threads
 // side by side in each of kDequantizeWordsPerThread rounds, so that a warp's loads and stores are
 // contiguous. Every round's codes are requested before the tables are built, so that they are in
-// flight together (a round at a time ran at 0.68 of the copy's bandwidth, BENCHMARKS.md).
-template <typename C, typename W, bool kProduct>
+// flight together (a round at a time ran at 0.68 of the copy's bandwidth, BENCHMARKS.md). The
+// layout is a template parameter because the tiles' place arithmetic, as a flag, cost the
+// bitsandbytes layout 7% (BENCHMARKS.md, twentieth session).
+template <typename C, typename W, bool kProduct, quant::FourBitLayout kLayout>
 __global__ void __launch_bounds__(kDequantizeThreads)
     dequantize_4bit_rows_kernel(const __grid_constant__ FourBitSource weight,
-                                const __grid_constant__ FourBitTables tables,
-                                std::int64_t first_value, std::int64_t words,
-                                C* __restrict__ output) {
+                                const __grid_constant__ FourBitTables tables, std::int64_t in,
+                                std::int64_t first_row, const UnsignedDivisor row_words,
+                                std::int64_t words, C* __restrict__ output) {
   __shared__ float code_values[16];
   __shared__ float absmax_map[256];
+  const std::int64_t first_value = first_row * in;
   const std::int64_t block_first_word =
       static_cast<std::int64_t>(blockIdx.x) * kDequantizeThreads * kDequantizeWordsPerThread;
   std::uint32_t codes[kDequantizeWordsPerThread] = {};
+  [[maybe_unused]] std::int64_t tiled_absmax[kDequantizeWordsPerThread] = {};
 #pragma unroll
   for (int round = 0; round < kDequantizeWordsPerThread; ++round) {
     const std::int64_t word = block_first_word + round * kDequantizeThreads + threadIdx.x;
     if (word < words) {
-      const std::uint8_t* bytes = weight.packed + (first_value + word * kValuesPerWord) / 2;
+      std::int64_t code_byte = (first_value + word * kValuesPerWord) / 2;
+      if constexpr (is_tiled(kLayout)) {
+        const ValuePlace place =
+            tiled_word_place(in, first_row, row_words, static_cast<std::uint32_t>(word));
+        code_byte = place.code_byte;
+        tiled_absmax[round] = place.absmax_index;
+      }
+      const std::uint8_t* bytes = weight.packed + code_byte;
       codes[round] = weight.packed_aligned ? __ldcs(reinterpret_cast<const std::uint32_t*>(bytes))
                                            : load_word_bytes(bytes);
     }
@@ -567,11 +649,12 @@ __global__ void __launch_bounds__(kDequantizeThreads)
   for (int round = 0; round < kDequantizeWordsPerThread; ++round) {
     const std::int64_t word = block_first_word + round * kDequantizeThreads + threadIdx.x;
     if (word >= words) return;
-    const std::int64_t value = first_value + word * kValuesPerWord;
+    const std::int64_t block = (first_value + word * kValuesPerWord) >> weight.log2_block_size;
+    const std::int64_t absmax_index = is_tiled(kLayout) ? tiled_absmax[round] : block;
     float values[kValuesPerWord];
-    decode_word<C, W, kProduct>(codes[round],
-                                block_absmax(weight, value >> weight.log2_block_size, absmax_map),
-                                code_values, values);
+    decode_word<C, W, kProduct>(
+        codes[round], decoded_absmax(weight, load_absmax(weight, absmax_index, block), absmax_map),
+        code_values, values);
     store_8_values(output + word * kValuesPerWord, values);
   }
 }
@@ -679,7 +762,8 @@ int mma_gemv_warps(std::int64_t in) {
 }
 
 // One launch of the tensor-core GEMV for `calls`, which share x, rows, in, the dtypes, the code
-// type and the decode (see linear_4bit_layers), with lane_chunks (1 or 2) that apply to each.
+// type, the absmax form, the layout and the decode (see linear_4bit_layers), with lane_chunks (1
+// or 2) that apply to each.
 cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane_chunks,
                                     LinearEpilogue epilogue) {
   const FourBitCall& first = calls.front();
@@ -707,18 +791,28 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
       const auto launch = [&](auto chunks, auto kind) {
         constexpr int kChunks = decltype(chunks)::value;
         constexpr LinearEpilogue kKind = decltype(kind)::value;
-        const auto run = [&](auto warps_tag) {
+        const auto run = [&](auto warps_tag, auto layout_tag) {
           constexpr int kWarps = decltype(warps_tag)::value;
-          const auto kernel = nested ? linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind,
-                                                                   kWarps, AbsmaxForm::kNested>
-                                     : linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind,
-                                                                   kWarps, AbsmaxForm::kPlain>;
+          constexpr quant::FourBitLayout kLayout = decltype(layout_tag)::value;
+          const auto kernel =
+              nested ? linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kWarps,
+                                                   AbsmaxForm::kNested, kLayout>
+                     : linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kWarps,
+                                                   AbsmaxForm::kPlain, kLayout>;
           return launch_overlapped(kernel, static_cast<unsigned>(blocks), kWarps * kWarpSize, 0,
                                    first.stream, static_cast<const A*>(first.x), layers,
                                    first.tables, static_cast<int>(first.rows), first.in);
         };
-        return warps == kMmaWideWarps ? run(std::integral_constant<int, kMmaWideWarps>{})
-                                      : run(std::integral_constant<int, kMmaWarps>{});
+        const auto run_layout = [&](auto warps_tag) {
+          using Tiles =
+              std::integral_constant<quant::FourBitLayout, quant::FourBitLayout::kDecodeTiles>;
+          using Bitsandbytes =
+              std::integral_constant<quant::FourBitLayout, quant::FourBitLayout::kBitsandbytes>;
+          return first.weight.decode_tiles ? run(warps_tag, Tiles{})
+                                           : run(warps_tag, Bitsandbytes{});
+        };
+        return warps == kMmaWideWarps ? run_layout(std::integral_constant<int, kMmaWideWarps>{})
+                                      : run_layout(std::integral_constant<int, kMmaWarps>{});
       };
       using Store = std::integral_constant<LinearEpilogue, LinearEpilogue::kStore>;
       using SiluMul = std::integral_constant<LinearEpilogue, LinearEpilogue::kSiluMul>;
@@ -754,17 +848,38 @@ cudaError_t launch_gemv(const FourBitCall& call) {
 // Output features [first_out, first_out + count) of W into weight_chunk [count, in] of C.
 cudaError_t dequantize_rows(const FourBitCall& call, std::int64_t first_out, std::int64_t count,
                             void* weight_chunk) {
-  const std::int64_t words = count * call.in / kValuesPerWord;
-  const unsigned blocks = elementwise_blocks(
-      (words + kDequantizeWordsPerThread - 1) / kDequantizeWordsPerThread, kDequantizeThreads);
-  if (blocks == 0) return cudaErrorInvalidValue;
+  const std::int64_t row_words = call.in / kValuesPerWord;
+  // The decode tiles' kernel finds a word's row in 32 bits: fewer than 2^32 words a launch.
+  const std::int64_t launch_rows =
+      call.weight.decode_tiles ? std::max<std::int64_t>(1, UINT32_MAX / row_words) : count;
   return visit_4bit_types(call, [&](auto, auto c, auto w) {
     using C = decltype(c);
     return visit_decode<C>(call, [&](auto product) {
-      dequantize_4bit_rows_kernel<C, decltype(w), decltype(product)::value>
-          <<<blocks, kDequantizeThreads, 0, call.stream>>>(
-              call.weight, call.tables, first_out * call.in, words, static_cast<C*>(weight_chunk));
-      return cudaGetLastError();
+      for (std::int64_t done = 0; done < count; done += launch_rows) {
+        const std::int64_t rows = std::min(launch_rows, count - done);
+        const std::int64_t words = rows * row_words;
+        const unsigned blocks =
+            elementwise_blocks((words + kDequantizeWordsPerThread - 1) / kDequantizeWordsPerThread,
+                               kDequantizeThreads);
+        if (blocks == 0) return cudaErrorInvalidValue;
+        const auto launch = [&](auto kernel) {
+          kernel<<<blocks, kDequantizeThreads, 0, call.stream>>>(
+              call.weight, call.tables, call.in, first_out + done,
+              UnsignedDivisor(static_cast<std::uint32_t>(row_words)), words,
+              static_cast<C*>(weight_chunk) + done * call.in);
+        };
+        constexpr bool kProduct = decltype(product)::value;
+        if (call.weight.decode_tiles) {
+          launch(dequantize_4bit_rows_kernel<C, decltype(w), kProduct,
+                                             quant::FourBitLayout::kDecodeTiles>);
+        } else {
+          launch(dequantize_4bit_rows_kernel<C, decltype(w), kProduct,
+                                             quant::FourBitLayout::kBitsandbytes>);
+        }
+        const cudaError_t error = cudaGetLastError();
+        if (error != cudaSuccess) return error;
+      }
+      return cudaSuccess;
     });
   });
 }
@@ -937,6 +1052,13 @@ Status check_4bit_call(const void* x, const FourBitWeightDevice& weight, std::in
   if (rows > 0 && (x == nullptr || weight.packed == nullptr || y == nullptr)) {
     return invalid_argument("linear_4bit: x, the packed weight and y must not be null");
   }
+  if (weight.layout == quant::FourBitLayout::kDecodeTiles &&
+      !quant::decode_tiles_apply(out, in, weight.block_size)) {
+    return invalid_argument(
+        "linear_4bit: a weight [" + std::to_string(out) + ", " + std::to_string(in) +
+        "] in blocks of " + std::to_string(weight.block_size) +
+        " cannot be in the decode-tile layout (out a multiple of 16, in of 256, blocks of 64)");
+  }
   return ok_status();
 }
 
@@ -951,7 +1073,8 @@ FourBitCall make_4bit_call(cudaStream_t stream, const void* x, const FourBitLaye
                              weight.nested_absmax,
                              weight.nested_offset,
                              log2_of(weight.block_size),
-                             is_aligned_16(weight.packed)};
+                             is_aligned_16(weight.packed),
+                             weight.layout == quant::FourBitLayout::kDecodeTiles};
   return {x,
           source,
           make_tables(weight.type),
@@ -1091,7 +1214,8 @@ Status linear_4bit_layers(LinearContext& context, const void* x,
         make_4bit_call(context.stream(), x, layers[i], rows, in, compute_dtype, dtype, decode);
     shared_types = shared_types && layers[i].weight.type == layers[0].weight.type &&
                    absmax_form(storage[i].weight) == absmax_form(storage[0].weight) &&
-                   layers[i].weight.weight_dtype == layers[0].weight.weight_dtype;
+                   layers[i].weight.weight_dtype == layers[0].weight.weight_dtype &&
+                   layers[i].weight.layout == layers[0].weight.layout;
   }
   const std::span<const FourBitCall> calls(storage.data(), layers.size());
   const int lane_chunks = shared_types ? tensor_core_lane_chunks(calls) : 0;

@@ -104,14 +104,22 @@ struct StageCopies {
   int x_offset;               // the first row's chunk in a stage's x, in elements
   const std::uint8_t* codes;  // the thread's 16 bytes at input 0
   int codes_offset;           // where they go in a stage's codes
+  bool decode_tiles;          // the codes in kbit/quant/decode_tiles.h's layout
 };
+
+// Bytes from step 0's codes of a feature to step s's: 32 a step in bitsandbytes' layout; in the
+// decode tiles (s / 4) tile steps of 2 048 bytes and (s % 4) lanes of 16.
+__device__ __forceinline__ std::int64_t stage_codes_offset(bool decode_tiles, int step) {
+  return decode_tiles ? std::int64_t{2048} * (step >> 2) + 16 * (step & 3)
+                      : std::int64_t{32} * step;
+}
 
 // Rows [first_token, + kBlockTokens) of x [rows, in] (zeros past `rows`) and the codes of
 // features [first_feature, + kBlockFeatures) (the last feature's again past `out`).
 template <int kTokenTiles, typename C>
 __device__ __forceinline__ StageCopies<C> plan_stage_copies(const C* x, int rows, std::int64_t in,
                                                             int first_token,
-                                                            const std::uint8_t* packed,
+                                                            const FourBitSource& weight,
                                                             std::int64_t first_feature,
                                                             std::int64_t out) {
   const int thread = static_cast<int>(threadIdx.x);
@@ -126,7 +134,12 @@ __device__ __forceinline__ StageCopies<C> plan_stage_copies(const C* x, int rows
   copies.x_offset = swizzled_chunk(row, chunk);
   const int feature = thread / 2;
   const std::int64_t source_feature = std::min(first_feature + feature, out - 1);
-  copies.codes = packed + source_feature * in / 2 + 16 * (thread % 2);
+  // The thread's half of the feature's 32 bytes a step: chunk 2s + thread % 2 of its row.
+  copies.decode_tiles = weight.decode_tiles;
+  copies.codes =
+      weight.packed + (weight.decode_tiles
+                           ? quant::decode_tile_code_offset(in, source_feature, thread % 2)
+                           : source_feature * in / 2 + 16 * (thread % 2));
   copies.codes_offset = feature * kFeatureCodeBytes + 16 * (thread % 2);
   return copies;
 }
@@ -144,7 +157,8 @@ __device__ __forceinline__ void load_stage(const StageCopies<C>& copies, const C
     copy_async_16_or_zeros(stage.x + copies.x_offset + j * kRowsApart * kStepInputs, source,
                            present);
   }
-  copy_async_16(stage.codes + copies.codes_offset, copies.codes + first_input / 2);
+  copy_async_16(stage.codes + copies.codes_offset,
+                copies.codes + stage_codes_offset(copies.decode_tiles, step));
 }
 
 // The wgmma descriptor of a K-major tile of 128-byte rows with the 128-byte swizzle, starting
@@ -312,7 +326,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2 / kTokenTiles)
       static_cast<std::int64_t>(blockIdx.x / token_blocks) * kBlockFeatures;
   const int steps = static_cast<int>(in / kStepInputs);
   const StageCopies<C> copies =
-      plan_stage_copies<kTokenTiles>(x, rows, in, first_token, weight.packed, first_feature, out);
+      plan_stage_copies<kTokenTiles>(x, rows, in, first_token, weight, first_feature, out);
 #pragma unroll
   for (int step = 0; step < kStages - 1; ++step) {
     if (step < steps) {
@@ -328,14 +342,19 @@ __global__ void __launch_bounds__(kGemmThreads, 2 / kTokenTiles)
   // The lane's features in the block: `local` and local + 8.
   const int local = static_cast<int>(threadIdx.x) / kWarpgroupThreads * kWarpgroupFeatures +
                     static_cast<int>(threadIdx.x) % kWarpgroupThreads / 32 * 16 + lane / 4;
-  const std::int64_t low_block = std::min(first_feature + local, out - 1) * in;
-  const std::int64_t high_block = std::min(first_feature + local + 8, out - 1) * in;
-  const auto absmax_of_step = [&](std::int64_t feature_start, int step) {
-    return load_absmax(weight, (feature_start + static_cast<std::int64_t>(step) * kStepInputs) >>
-                                   weight.log2_block_size);
+  const std::int64_t low_source = std::min(first_feature + local, out - 1);
+  const std::int64_t high_source = std::min(first_feature + local + 8, out - 1);
+  // A step's 64 inputs lie in one block; in the decode tiles (blocks of 64) it is block `step`
+  // of the feature's row.
+  const auto absmax_of_step = [&](std::int64_t feature, int step) {
+    const std::int64_t block =
+        (feature * in + static_cast<std::int64_t>(step) * kStepInputs) >> weight.log2_block_size;
+    return load_absmax(
+        weight, weight.decode_tiles ? quant::decode_tile_absmax_index(in, feature, step) : block,
+        block);
   };
-  AbsmaxLoad low_absmax = absmax_of_step(low_block, 0);
-  AbsmaxLoad high_absmax = absmax_of_step(high_block, 0);
+  AbsmaxLoad low_absmax = absmax_of_step(low_source, 0);
+  AbsmaxLoad high_absmax = absmax_of_step(high_source, 0);
 
   float sums[kTokenTiles][kAccumulators];
 #pragma unroll
@@ -351,8 +370,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2 / kTokenTiles)
                           decoded_absmax(weight, low_absmax, absmax_map),
                           decoded_absmax(weight, high_absmax, absmax_map), decode_tables, target);
     if (step + 1 < steps) {
-      low_absmax = absmax_of_step(low_block, step + 1);
-      high_absmax = absmax_of_step(high_block, step + 1);
+      low_absmax = absmax_of_step(low_source, step + 1);
+      high_absmax = absmax_of_step(high_source, step + 1);
     }
   };
   // Multiplies step with `current` and, where there is a next step, decodes it into `next`, once

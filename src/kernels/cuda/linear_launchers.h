@@ -29,6 +29,7 @@
 #include "kbit/core/dtype.h"
 #include "kbit/core/status.h"
 #include "kbit/quant/blockwise_4bit.h"
+#include "kbit/quant/decode_tiles.h"
 #include "kernels/cpu/quantized_linear.h"
 #include "kernels/cuda/int8_quantized_row.h"
 
@@ -113,6 +114,8 @@ struct FourBitWeightDevice {
   const float* nested_absmax;        // [ceil(blocks / 256)] or nullptr
   float nested_offset;
   DType weight_dtype;  // the dtype W had when quantized
+  // Every kernel reads either layout; the decode tiles only where decode_tiles_apply.
+  quant::FourBitLayout layout = quant::FourBitLayout::kBitsandbytes;
 };
 
 // As Linear4bitJob (kernels/cpu/quantized_linear.h) with compute dtype `compute_dtype` (f32,
@@ -193,11 +196,11 @@ struct FourBitLayer {
 // `layers` (1 to kMaxFusedLayers) applied to the same x [rows, in], each with the bits that
 // linear_4bit(context, x, layer.weight, layer.bias, rows, in, layer.out, compute_dtype, layer.y,
 // dtype, decode) gives, in one launch of the tensor-core GEMV where it applies to every layer
-// and their weights share the code type, the dtype and the absmax form, nested or not (a decode
-// step's q, k and v; its gate and up),
-// else one linear_4bit call each. With kSiluMul the two layers have equal out, and gate's y
-// receives what silu_mul (llama_launchers.h) computes from the two outputs; up's y may be
-// overwritten. Every layer is validated as linear_4bit validates its call.
+// and their weights share the code type, the dtype, the absmax form (nested or not) and the
+// layout (a decode step's q, k and v; its gate and up), else one linear_4bit call each. With
+// kSiluMul the two layers have equal out, and gate's y receives what silu_mul (llama_launchers.h)
+// computes from the two outputs; up's y may be overwritten. Every layer is validated as
+// linear_4bit validates its call.
 Status linear_4bit_layers(LinearContext& context, const void* x,
                           std::span<const FourBitLayer> layers, std::int64_t rows, std::int64_t in,
                           DType compute_dtype, DType dtype,

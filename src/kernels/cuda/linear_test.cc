@@ -32,6 +32,7 @@
 #include "kbit/core/random.h"
 #include "kbit/core/tensor.h"
 #include "kbit/quant/blockwise_4bit.h"
+#include "kbit/quant/decode_tiles.h"
 #include "kbit/quant/nested_absmax.h"
 #include "kernels/cpu/llama_ops.h"
 #include "kernels/cpu/quantized_linear.h"
@@ -863,6 +864,166 @@ TEST(CudaLinear4bit, RejectsBadCalls) {
   EXPECT_EQ(call(plain, 4096, 64, DType::kF32), StatusCode::kInvalidArgument);
   // No rows: nothing to do.
   EXPECT_EQ(call(plain, 0, 64, DType::kF32), StatusCode::kOk);
+}
+
+// ---- The decode-tile layout (kbit/quant/decode_tiles.h).
+
+// `host`'s weight in the decode tiles, on the device.
+DeviceFourBitWeight upload_tiled_weight(const FourBitCase& c, const HostFourBitWeight& host) {
+  HostFourBitWeight tiled;
+  tiled.packed = must(Tensor::empty(host.packed.shape(), DType::kU8));
+  const Tensor& absmax = c.nested ? host.absmax_codes : host.absmax;
+  Tensor tiled_absmax = must(Tensor::empty(absmax.shape(), absmax.dtype()));
+  check(quant::tile_4bit_for_decode(host.packed.view(), absmax.view(), c.out, c.in,
+                                    tiled.packed.view(), tiled_absmax.view()));
+  (c.nested ? tiled.absmax_codes : tiled.absmax) = std::move(tiled_absmax);
+  if (c.nested) {
+    tiled.nested_absmax = must(Tensor::empty(host.nested_absmax.shape(), DType::kF32));
+    check(copy_tensor(host.nested_absmax.view(), tiled.nested_absmax.view()));
+  }
+  tiled.nested_offset = host.nested_offset;
+  DeviceFourBitWeight device;
+  upload_weight(c, tiled, device);
+  device.view.layout = quant::FourBitLayout::kDecodeTiles;
+  return device;
+}
+
+// The same weight in the decode tiles gives the bits of bitsandbytes' layout through every
+// kernel: the tiles move bytes, not sums. Whole lines (one row) and half lines, the CUDA-core
+// GEMV, the GEMM and the dequantized chunks, plain and nested absmax, both decodes.
+TEST(CudaLinear4bit, DecodeTilesGiveTheSameBits) {
+  KBIT_REQUIRE_CUDA();
+  // rows, out, in, type, block, nested, compute, activations, weight, bias, weight stddev
+  const FourBitCase cases[] = {
+      {1, 64, 256, kNf4, 64, false, kBF16, kBF16, kBF16, false, 0.02f},
+      {1, 4096, 4096, kNf4, 64, true, kBF16, kBF16, kBF16, false, 0.02f},
+      {1, 48, 14336, kFp4, 64, false, kF16, kF32, kF16, true, 1.0f},
+      {3, 96, 768, kNf4, 64, true, kBF16, kBF16, kBF16, true, 0.02f},
+      {8, 1024, 1280, kNf4, 64, false, kF16, kBF16, kBF16, false, 0.02f},
+      {5, 32, 512, kFp4, 64, true, kBF16, kF32, kF32, false, 0.02f},
+      {2, 64, 256, kNf4, 64, true, kF32, kF32, kF32, false, 0.02f},  // f32: dequantized chunks
+      {40, 272, 1024, kNf4, 64, true, kBF16, kBF16, kBF16, true, 0.02f},
+      {300, 128, 2304, kFp4, 64, false, kF16, kF32, kBF16, false, 0.02f},
+  };
+  std::uint64_t seed = 7000;
+  for (const FourBitCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const HostFourBitWeight host = quantize_weight(c, seed);
+    DeviceFourBitWeight plain;
+    upload_weight(c, host, plain);
+    const DeviceFourBitWeight tiled = upload_tiled_weight(c, host);
+    TestStream stream;
+    const auto context = make_context(stream, c.rows, c.in, c.out);
+    Tensor x_storage;
+    Tensor bias_storage;
+    const void* x =
+        upload(random_host({c.rows, c.in}, c.dtype, seed + 1, 1.0f).view(), 0, x_storage);
+    const void* bias =
+        c.bias ? upload(random_host({c.out}, c.dtype, seed + 2, 0.5f).view(), 0, bias_storage)
+               : nullptr;
+    for (const Linear4bitKernel kernel :
+         {Linear4bitKernel::kAuto, Linear4bitKernel::kTensorCoreGemvLines,
+          Linear4bitKernel::kTensorCoreGemv, Linear4bitKernel::kGemv,
+          Linear4bitKernel::kTensorCoreGemm, Linear4bitKernel::kManyRows}) {
+      for (const FourBitDecode decode : {FourBitDecode::kExact, FourBitDecode::kBitsandbytes}) {
+        if (kernel != Linear4bitKernel::kAuto && !kernel_applies(c, kernel, decode)) continue;
+        SCOPED_TRACE(kernel_name(kernel));
+        Tensor expected = poisoned_device({c.rows, c.out}, c.dtype);
+        Tensor actual = poisoned_device({c.rows, c.out}, c.dtype);
+        check(linear_4bit(*context, x, plain.view, bias, c.rows, c.in, c.out, c.compute_dtype,
+                          expected.view().data(), c.dtype, decode, kernel));
+        check(linear_4bit(*context, x, tiled.view, bias, c.rows, c.in, c.out, c.compute_dtype,
+                          actual.view().data(), c.dtype, decode, kernel));
+        stream.synchronize();
+        const std::vector<float> want = download(expected);
+        const std::vector<float> got = download(actual);
+        EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0);
+      }
+    }
+    Tensor expected = poisoned_device({c.out, c.in}, c.compute_dtype);
+    Tensor actual = poisoned_device({c.out, c.in}, c.compute_dtype);
+    check(dequantize_4bit_weight(plain.view, c.out, c.in, c.compute_dtype, expected.view().data(),
+                                 stream.get()));
+    check(dequantize_4bit_weight(tiled.view, c.out, c.in, c.compute_dtype, actual.view().data(),
+                                 stream.get()));
+    stream.synchronize();
+    EXPECT_EQ(download(expected), download(actual)) << "dequantize_4bit_weight";
+    seed += 10;
+  }
+}
+
+// Fused q, k and v (and gate and up) in the decode tiles give the bits of the same fused call in
+// bitsandbytes' layout.
+TEST(CudaLinear4bitLayers, DecodeTilesGiveTheSameBits) {
+  KBIT_REQUIRE_CUDA();
+  for (const LinearEpilogue epilogue : {LinearEpilogue::kStore, LinearEpilogue::kSiluMul}) {
+    const std::vector<std::int64_t> outs = epilogue == LinearEpilogue::kStore
+                                               ? std::vector<std::int64_t>{256, 64, 64}
+                                               : std::vector<std::int64_t>{512, 512};
+    for (const std::int64_t rows : {1, 4}) {
+      SCOPED_TRACE(describe_layers(rows, 1024, outs.size(), epilogue));
+      TestStream stream;
+      const auto context = make_context(stream, rows, 1024, 512);
+      Tensor x_storage;
+      const void* x =
+          upload(random_host({rows, 1024}, kBF16, 7100 + rows, 1.0f).view(), 0, x_storage);
+      std::vector<DeviceFourBitWeight> plain(outs.size());
+      std::vector<DeviceFourBitWeight> tiled;
+      std::vector<Tensor> expected;
+      std::vector<Tensor> actual;
+      std::vector<FourBitLayer> plain_layers;
+      std::vector<FourBitLayer> tiled_layers;
+      for (std::size_t i = 0; i < outs.size(); ++i) {
+        const FourBitCase c{rows,  outs[i], 1024,  kNf4,  64,   i % 2 == 0,
+                            kBF16, kBF16,   kBF16, false, 0.02f};
+        const HostFourBitWeight host = quantize_weight(c, 7200 + 10 * i);
+        upload_weight(c, host, plain[i]);
+        tiled.push_back(upload_tiled_weight(c, host));
+        expected.push_back(poisoned_device({rows, outs[i]}, kBF16));
+        actual.push_back(poisoned_device({rows, outs[i]}, kBF16));
+      }
+      for (std::size_t i = 0; i < outs.size(); ++i) {
+        plain_layers.push_back({plain[i].view, nullptr, outs[i], expected[i].view().data()});
+        tiled_layers.push_back({tiled[i].view, nullptr, outs[i], actual[i].view().data()});
+      }
+      check(linear_4bit_layers(*context, x, plain_layers, rows, 1024, kBF16, kBF16,
+                               FourBitDecode::kBitsandbytes, epilogue));
+      check(linear_4bit_layers(*context, x, tiled_layers, rows, 1024, kBF16, kBF16,
+                               FourBitDecode::kBitsandbytes, epilogue));
+      stream.synchronize();
+      const std::size_t stored = epilogue == LinearEpilogue::kSiluMul ? 1 : outs.size();
+      for (std::size_t i = 0; i < stored; ++i) {
+        const std::vector<float> want = download(expected[i]);
+        const std::vector<float> got = download(actual[i]);
+        EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0)
+            << "layer " << i;
+      }
+    }
+  }
+}
+
+// Only the decode tiles' shapes take them (out a multiple of 16, in of 256, blocks of 64).
+TEST(CudaLinear4bit, DecodeTilesRefuseOtherShapes) {
+  KBIT_REQUIRE_CUDA();
+  TestStream stream;
+  const auto context = make_context(stream, 16, 256, 64);
+  Tensor buffer = poisoned_device({256 * 64}, DType::kF32);
+  float* data = buffer.data_as<float>();
+  FourBitWeightDevice tiled = placeholder_weight(buffer);
+  tiled.layout = quant::FourBitLayout::kDecodeTiles;
+  const auto call = [&](std::int64_t rows, std::int64_t out, Linear4bitKernel kernel) {
+    return linear_4bit(*context, data, tiled, nullptr, rows, 256, out, DType::kBF16, data,
+                       DType::kBF16, FourBitDecode::kExact, kernel)
+        .code();
+  };
+  EXPECT_EQ(call(1, 40, Linear4bitKernel::kAuto), StatusCode::kInvalidArgument);  // out % 16
+  EXPECT_EQ(call(1, 40, Linear4bitKernel::kGemv), StatusCode::kInvalidArgument);
+  FourBitWeightDevice other_blocks = tiled;
+  other_blocks.block_size = 128;
+  EXPECT_EQ(linear_4bit(*context, data, other_blocks, nullptr, 1, 256, 64, DType::kBF16, data,
+                        DType::kBF16)
+                .code(),
+            StatusCode::kInvalidArgument);
 }
 
 // ---- linear_4bit_backward_input.

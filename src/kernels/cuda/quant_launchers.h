@@ -9,6 +9,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 
@@ -27,6 +28,15 @@ cudaError_t quantize_4bit(const void* input, DType input_dtype, std::int64_t n,
 cudaError_t dequantize_4bit(const std::uint8_t* packed, const float* absmax,
                             quant::FourBitType type, std::int64_t block_size, std::int64_t n,
                             void* output, DType output_dtype, cudaStream_t stream);
+
+// The decode-tile layout (kbit/quant/decode_tiles.h) of a weight [out, in] from bitsandbytes'
+// (tile) or back (!tile): packed u8 [out · in / 2] and absmax [out · in / 64] of
+// absmax_element_bytes (4: f32, 1: a nested absmax's codes) into packed_out and absmax_out,
+// which lie apart from them. Requires decode_tiles_apply(out, in, 64).
+cudaError_t permute_4bit_decode_tiles(const std::uint8_t* packed, const void* absmax,
+                                      std::size_t absmax_element_bytes, std::int64_t out,
+                                      std::int64_t in, std::uint8_t* packed_out, void* absmax_out,
+                                      bool tile, cudaStream_t stream);
 
 // input [n] -> codes u8 [n], absmax f32 [ceil(n/block_size)]. Each input value has `offset`
 // subtracted first, in float32 (0 for plain quantization; the mean for nested absmax).

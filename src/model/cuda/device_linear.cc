@@ -14,7 +14,8 @@ kc::FourBitWeightDevice four_bit_weight_device(const LinearWeight& w) {
           nested ? w.absmax().data_as<const std::uint8_t>() : nullptr,
           nested ? w.nested_absmax().data_as<const float>() : nullptr,
           nested ? state.nested->offset : 0.0f,
-          state.dtype};
+          state.dtype,
+          w.layout()};
 }
 
 kc::Int8WeightDevice int8_weight_device(const LinearWeight& w) {
