@@ -387,15 +387,7 @@ Result<LinearWeight> LinearWeight::to_device(const Device& device,
   copy.layout_ = layout_;
   if (layout_ == quant::FourBitLayout::kDecodeTiles && !device.is_cuda()) {
     // Host weights keep bitsandbytes' layout (what the CPU kernels and the writers read).
-    KBIT_ASSIGN_OR_RETURN(Tensor packed, Tensor::empty(packed_.shape(), DType::kU8, device));
-    KBIT_ASSIGN_OR_RETURN(Tensor absmax, Tensor::empty(absmax_.shape(), absmax_.dtype(), device));
-    KBIT_RETURN_IF_ERROR(quant::untile_4bit_for_decode(copy.packed_, copy.absmax_, out_features_,
-                                                       in_features_, packed.view(), absmax.view()));
-    copy.packed_ = packed.view();
-    copy.absmax_ = absmax.view();
-    copy.owned_.push_back(shared(std::move(packed)));
-    copy.owned_.push_back(shared(std::move(absmax)));
-    copy.layout_ = quant::FourBitLayout::kBitsandbytes;
+    KBIT_RETURN_IF_ERROR(copy.move_to_layout(quant::FourBitLayout::kBitsandbytes, {}));
   }
   if (format_ == LinearFormat::kInt8 && device.is_cpu()) {
     copy.code_row_sums_.resize(static_cast<std::size_t>(out_features_));
@@ -411,11 +403,20 @@ Status LinearWeight::to_decode_tiles(const ExecutionOptions& execution) {
       !quant::decode_tiles_apply(out_features_, in_features_, quant_state_.blocksize)) {
     return ok_status();
   }
+  return move_to_layout(quant::FourBitLayout::kDecodeTiles, execution);
+}
+
+Status LinearWeight::move_to_layout(quant::FourBitLayout layout,
+                                    const ExecutionOptions& execution) {
   KBIT_ASSIGN_OR_RETURN(Tensor packed, Tensor::empty(packed_.shape(), DType::kU8, device_));
   KBIT_ASSIGN_OR_RETURN(Tensor absmax, Tensor::empty(absmax_.shape(), absmax_.dtype(), device_));
-  KBIT_RETURN_IF_ERROR(quant::tile_4bit_for_decode(packed_, absmax_, out_features_, in_features_,
-                                                   packed.view(), absmax.view(), execution));
-  KBIT_RETURN_IF_ERROR(synchronize(device_));
+  KBIT_RETURN_IF_ERROR(
+      layout == quant::FourBitLayout::kDecodeTiles
+          ? quant::tile_4bit_for_decode(packed_, absmax_, out_features_, in_features_,
+                                        packed.view(), absmax.view(), execution)
+          : quant::untile_4bit_for_decode(packed_, absmax_, out_features_, in_features_,
+                                          packed.view(), absmax.view(), execution));
+  if (device_.is_cuda()) KBIT_RETURN_IF_ERROR(synchronize(device_));
   std::erase_if(owned_, [&](const std::shared_ptr<Tensor>& tensor) {
     return tensor->view().data() == packed_.data() || tensor->view().data() == absmax_.data();
   });
@@ -423,7 +424,7 @@ Status LinearWeight::to_decode_tiles(const ExecutionOptions& execution) {
   absmax_ = absmax.view();
   owned_.push_back(shared(std::move(packed)));
   owned_.push_back(shared(std::move(absmax)));
-  layout_ = quant::FourBitLayout::kDecodeTiles;
+  layout_ = layout;
   return ok_status();
 }
 

@@ -162,6 +162,9 @@ class LinearWeight {
   // already there, or empty).
   Result<TensorView> copied_to(const TensorView& source, const Device& device,
                                const TensorCopier& copier);
+  // Moves the 4-bit codes and absmax into `layout` (from the other one) through new storage on
+  // device_, queued on execution.stream; waits for the device before it releases the old storage.
+  Status move_to_layout(quant::FourBitLayout layout, const ExecutionOptions& execution);
 
   LinearFormat format_ = LinearFormat::kFloat;
   Device device_;
