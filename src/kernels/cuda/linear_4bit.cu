@@ -228,6 +228,11 @@ __global__ void __launch_bounds__(kGemvThreads)
 // instance took 77 registers, hence 3 blocks, without them). Together these took the decode
 // step 3% (BENCHMARKS.md, "The 4-bit decode GEMV's absmax form as a template parameter").
 //
+// What binds the step is the L1's wavefronts, most of them the product decode's table lookups
+// (one per packed byte) and, with more rows, x's loads. From kSplitLookupMinRows rows the half-line
+// kernel therefore takes half its lookups from registers (kSplitLookups), trading wavefronts for
+// instructions; with fewer rows the instructions cost more than the wavefronts save.
+//
 // One launch serves up to kMaxFusedLayers layers of the same x (MmaGemvLayers): each block
 // finds its layer from its index (q, k and v in one launch), or, with the SiLU·mul epilogue,
 // computes the same 16 features of gate and of up, one after the other, and stores
@@ -299,6 +304,52 @@ struct ProductDecode {
     return multiply_pairs<C>(codes, scale);
   }
 };
+
+// ProductDecode's pairs without its table: the codes' bytes in C held in registers and picked by
+// PRMT. A pair of bytes (four codes) takes eleven instructions this way against six with the
+// table, but no shared-memory lookup, whose L1 wavefronts bind the half-line GEMV once its rows'
+// x loads share the L1 with them (kSplitLookupMinRows). Byte i of low[q] (high[q]) is the low
+// (high) byte of round_C(code 4q + i).
+struct RegisterCodeBytes {
+  std::uint32_t low[4];
+  std::uint32_t high[4];
+};
+
+template <typename C>
+__device__ __forceinline__ RegisterCodeBytes load_register_code_bytes(const FourBitTables& tables) {
+  RegisterCodeBytes bytes;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const std::uint32_t first =
+        pack_pair<C>(tables.code_values[4 * q], tables.code_values[4 * q + 1]);
+    const std::uint32_t second =
+        pack_pair<C>(tables.code_values[4 * q + 2], tables.code_values[4 * q + 3]);
+    bytes.low[q] = __byte_perm(first, second, 0x6420u);
+    bytes.high[q] = __byte_perm(first, second, 0x7531u);
+  }
+  return bytes;
+}
+
+// ProductDecode<C>::pair of bytes 0 and 1 of `word`. PRMT looks a byte up among 8 by the low 3
+// bits of its selector nibble (the fourth bit would copy the byte's sign): each of the word's
+// four codes is looked up in both halves of the codebook, and a third PRMT keeps the half its
+// top bit names.
+template <typename C>
+__device__ __forceinline__ void product_pairs_from_registers(const RegisterCodeBytes& bytes,
+                                                             std::uint32_t word,
+                                                             std::uint32_t scale,
+                                                             std::uint32_t& byte0_pair,
+                                                             std::uint32_t& byte1_pair) {
+  const std::uint32_t index = word & 0x7777u;
+  const std::uint32_t half = ((word >> 1) & 0x4444u) | 0x3210u;
+  const std::uint32_t low = __byte_perm(__byte_perm(bytes.low[0], bytes.low[1], index),
+                                        __byte_perm(bytes.low[2], bytes.low[3], index), half);
+  const std::uint32_t high = __byte_perm(__byte_perm(bytes.high[0], bytes.high[1], index),
+                                         __byte_perm(bytes.high[2], bytes.high[3], index), half);
+  // A byte's pair holds its high nibble's code first (ProductDecode::load).
+  byte0_pair = multiply_pairs<C>(__byte_perm(low, high, 0x4051u), scale);
+  byte1_pair = multiply_pairs<C>(__byte_perm(low, high, 0x6273u), scale);
+}
 
 // x[0..32) of one row as pairs of C (16-byte aligned), or zeros for a row past the last.
 template <typename A, typename C>
@@ -447,16 +498,38 @@ __device__ __forceinline__ void load_mma_absmax(const FourBitSource& weight,
   inputs.absmax_high = load_absmax<kForm>(weight, high_index, high);
 }
 
+// The A fragment of bytes `byte` and byte + 1 of words `low` (feature g) and `high` (g + 8), in
+// its order: (g, k 2t..2t+1), (g + 8, k 2t..), (g, k 2t+8..), (g + 8, k 2t+8..). With
+// kSplitLookups, bytes 0 and 1 come from registers and bytes 2 and 3 from the table.
+template <typename C, typename Decoder, bool kSplitLookups>
+__device__ __forceinline__ void decode_fragment(const typename Decoder::Tables& tables,
+                                                const RegisterCodeBytes& register_bytes, int lane,
+                                                std::uint32_t low, std::uint32_t high, int byte,
+                                                typename Decoder::Scale low_scale,
+                                                typename Decoder::Scale high_scale,
+                                                std::uint32_t (&a)[4]) {
+  if constexpr (kSplitLookups) {
+    if (byte == 0) {
+      product_pairs_from_registers<C>(register_bytes, low, low_scale, a[0], a[2]);
+      product_pairs_from_registers<C>(register_bytes, high, high_scale, a[1], a[3]);
+      return;
+    }
+  }
+  a[0] = Decoder::pair(tables, lane, low, byte, low_scale);
+  a[1] = Decoder::pair(tables, lane, high, byte, high_scale);
+  a[2] = Decoder::pair(tables, lane, low, byte + 1, low_scale);
+  a[3] = Decoder::pair(tables, lane, high, byte + 1, high_scale);
+}
+
 // sums += the products of one step: the absmax decoded, then per chunk x[row g] at its 32 inputs
 // (x_lane, where the lane carries a row) and eight MMAs, each over 4 values of each feature per
-// lane.
-template <typename A, typename C, typename Decoder, AbsmaxForm kForm, int kLaneChunks>
-__device__ __forceinline__ void multiply_mma_step(const MmaStepInputs<kLaneChunks>& inputs,
-                                                  const FourBitSource& weight,
-                                                  const float* absmax_map, const A* x_lane,
-                                                  bool x_present,
-                                                  const typename Decoder::Tables& tables, int lane,
-                                                  float (&sums)[4]) {
+// lane. With kSplitLookups (ProductDecode only), bytes 0 and 1 of each word come from registers.
+template <typename A, typename C, typename Decoder, AbsmaxForm kForm, bool kSplitLookups,
+          int kLaneChunks>
+__device__ __forceinline__ void multiply_mma_step(
+    const MmaStepInputs<kLaneChunks>& inputs, const FourBitSource& weight, const float* absmax_map,
+    const A* x_lane, bool x_present, const typename Decoder::Tables& tables,
+    const RegisterCodeBytes& register_bytes, int lane, float (&sums)[4]) {
   const typename Decoder::Scale low_scale =
       Decoder::scale(decoded_absmax<kForm>(weight, inputs.absmax_low, absmax_map));
   const typename Decoder::Scale high_scale =
@@ -470,12 +543,9 @@ __device__ __forceinline__ void multiply_mma_step(const MmaStepInputs<kLaneChunk
       // Values [4j, 4j + 4) of the chunk: bytes 2j and 2j + 1 of the 16, in word j / 2.
       const std::uint32_t low = word_of(inputs.codes_low[c], j / 2);
       const std::uint32_t high = word_of(inputs.codes_high[c], j / 2);
-      const int byte = 2 * (j % 2);
-      // Fragment order: (g, k 2t..2t+1), (g + 8, k 2t..), (g, k 2t+8..), (g + 8, k 2t+8..).
-      const std::uint32_t a[4] = {Decoder::pair(tables, lane, low, byte, low_scale),
-                                  Decoder::pair(tables, lane, high, byte, high_scale),
-                                  Decoder::pair(tables, lane, low, byte + 1, low_scale),
-                                  Decoder::pair(tables, lane, high, byte + 1, high_scale)};
+      std::uint32_t a[4];
+      decode_fragment<C, Decoder, kSplitLookups>(tables, register_bytes, lane, low, high,
+                                                 2 * (j % 2), low_scale, high_scale, a);
       mma_16x8x16<C>(sums, a, x_pairs[2 * j], x_pairs[2 * j + 1]);
     }
   }
@@ -497,8 +567,9 @@ struct MmaGemvLayers {
 // kMmaColumns, in a multiple of kMmaStepValues<kLaneChunks>, x and the packed weights 16-byte
 // aligned, blocks of at least kLaneChunks · 32 values and fewer than 2^32 of them, every layer's
 // absmax of form kForm. With kSiluMul, y of layer 0 = silu_mul(its output, layer 1's output).
+// kSplitLookups: half the lookups from registers (multiply_mma_step), ProductDecode only.
 template <typename A, typename C, typename Decoder, int kLaneChunks, LinearEpilogue kEpilogue,
-          int kWarps, AbsmaxForm kForm, quant::FourBitLayout kLayout>
+          int kWarps, AbsmaxForm kForm, quant::FourBitLayout kLayout, bool kSplitLookups>
 __global__ void __launch_bounds__(kWarps* kWarpSize, kMmaWarpsPerMultiprocessor / kWarps)
     linear_4bit_mma_gemv_kernel(const A* __restrict__ x,
                                 const __grid_constant__ MmaGemvLayers<A> layers,
@@ -506,6 +577,7 @@ __global__ void __launch_bounds__(kWarps* kWarpSize, kMmaWarpsPerMultiprocessor 
                                 std::int64_t in) {
   constexpr int kPasses = kEpilogue == LinearEpilogue::kSiluMul ? 2 : 1;
   constexpr int kStepValues = kMmaStepValues<kLaneChunks>;
+  static_assert(!kSplitLookups || std::is_same_v<Decoder, ProductDecode<C>>);
   __shared__ typename Decoder::Tables decode_tables;
   __shared__ float absmax_map[256];
   __shared__ float partial_sums[kPasses][kWarps][kMmaOutputs][kMmaColumns];
@@ -532,6 +604,8 @@ __global__ void __launch_bounds__(kWarps* kWarpSize, kMmaWarpsPerMultiprocessor 
   if (has_steps) load_mma_codes<kLayout>(lane_weight, warp, inputs);
   if constexpr (kForm == AbsmaxForm::kNested) load_absmax_map(tables, absmax_map);
   Decoder::load(tables, decode_tables);
+  RegisterCodeBytes register_bytes{};
+  if constexpr (kSplitLookups) register_bytes = load_register_code_bytes<C>(tables);
   __syncthreads();
   // Up to here only weights and tables: x and y belong to the kernels around this one.
   wait_for_previous_kernels();
@@ -548,9 +622,9 @@ __global__ void __launch_bounds__(kWarps* kWarpSize, kMmaWarpsPerMultiprocessor 
     }
     load_mma_absmax<kForm, kLayout>(weight, lane_weight, warp * kStepValues, inputs);
     for (int step = warp; step < steps; step += kWarps) {
-      multiply_mma_step<A, C, Decoder, kForm>(
+      multiply_mma_step<A, C, Decoder, kForm, kSplitLookups>(
           inputs, weight, absmax_map, x_lane + static_cast<std::int64_t>(step) * kStepValues,
-          x_present, decode_tables, lane, sums[pass]);
+          x_present, decode_tables, register_bytes, lane, sums[pass]);
       const int next = step + kWarps;
       if (next < steps) {
         load_mma_codes<kLayout>(lane_weight, next, inputs);
@@ -733,6 +807,14 @@ bool tensor_core_gemv_applies(const FourBitCall& call, int lane_chunks) {
 // (BENCHMARKS.md, eighteenth session).
 constexpr std::int64_t kWholeLineMaxRows = 1;
 
+// Rows from which the half-line GEMV with ProductDecode takes half its lookups from registers
+// (product_pairs_from_registers): with each row's x loads, the shared-memory lookups' L1
+// wavefronts bind it. Measured in the model (BENCHMARKS.md, twenty-first session): at 8 rows
+// nf4 decode +9.6% and nf4_dq +6.3%, at 5 rows +2% and level, at 4 rows −3.5% and −5%. Only the
+// decode tiles take it, the layout of every GPU model's weights: the instances it adds for the
+// bitsandbytes layout would serve no model and lengthen the build and the GPU tests' pack.
+constexpr std::int64_t kSplitLookupMinRows = 5;
+
 // The lane chunks of the tensor-core GEMV for every call (whole lines up to kWholeLineMaxRows
 // rows), or 0 where it applies to not all.
 int tensor_core_lane_chunks(std::span<const FourBitCall> calls) {
@@ -791,14 +873,15 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
       const auto launch = [&](auto chunks, auto kind) {
         constexpr int kChunks = decltype(chunks)::value;
         constexpr LinearEpilogue kKind = decltype(kind)::value;
-        const auto run = [&](auto warps_tag, auto layout_tag) {
+        const auto run = [&](auto warps_tag, auto layout_tag, auto split_tag) {
           constexpr int kWarps = decltype(warps_tag)::value;
           constexpr quant::FourBitLayout kLayout = decltype(layout_tag)::value;
+          constexpr bool kSplit = decltype(split_tag)::value;
           const auto kernel =
               nested ? linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kWarps,
-                                                   AbsmaxForm::kNested, kLayout>
+                                                   AbsmaxForm::kNested, kLayout, kSplit>
                      : linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kWarps,
-                                                   AbsmaxForm::kPlain, kLayout>;
+                                                   AbsmaxForm::kPlain, kLayout, kSplit>;
           return launch_overlapped(kernel, static_cast<unsigned>(blocks), kWarps * kWarpSize, 0,
                                    first.stream, static_cast<const A*>(first.x), layers,
                                    first.tables, static_cast<int>(first.rows), first.in);
@@ -808,8 +891,13 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
               std::integral_constant<quant::FourBitLayout, quant::FourBitLayout::kDecodeTiles>;
           using Bitsandbytes =
               std::integral_constant<quant::FourBitLayout, quant::FourBitLayout::kBitsandbytes>;
-          return first.weight.decode_tiles ? run(warps_tag, Tiles{})
-                                           : run(warps_tag, Bitsandbytes{});
+          if (!first.weight.decode_tiles) return run(warps_tag, Bitsandbytes{}, std::false_type{});
+          if constexpr (std::is_same_v<Decoder, ProductDecode<C>> && kChunks == 1) {
+            if (first.rows >= kSplitLookupMinRows) {
+              return run(warps_tag, Tiles{}, std::true_type{});
+            }
+          }
+          return run(warps_tag, Tiles{}, std::false_type{});
         };
         return warps == kMmaWideWarps ? run_layout(std::integral_constant<int, kMmaWideWarps>{})
                                       : run_layout(std::integral_constant<int, kMmaWarps>{});

@@ -960,7 +960,7 @@ TEST(CudaLinear4bitLayers, DecodeTilesGiveTheSameBits) {
     const std::vector<std::int64_t> outs = epilogue == LinearEpilogue::kStore
                                                ? std::vector<std::int64_t>{256, 64, 64}
                                                : std::vector<std::int64_t>{512, 512};
-    for (const std::int64_t rows : {1, 4}) {
+    for (const std::int64_t rows : {1, 4, 8}) {  // 8: lookups split (kSplitLookupMinRows)
       SCOPED_TRACE(describe_layers(rows, 1024, outs.size(), epilogue));
       TestStream stream;
       const auto context = make_context(stream, rows, 1024, 512);
