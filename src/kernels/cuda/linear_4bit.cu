@@ -807,18 +807,27 @@ bool tensor_core_gemv_applies(const FourBitCall& call, int lane_chunks) {
 // (BENCHMARKS.md, eighteenth session).
 constexpr std::int64_t kWholeLineMaxRows = 1;
 
+// Whether whole lines serve `weight` up to kWholeLineMaxRows rows. In the decode tiles half
+// lines are the faster for a plain absmax at one row too (nf4 decode +3%), while whole lines stay
+// the faster for a nested one (half lines −1 to −2% on nf4_dq; BENCHMARKS.md, twenty-first
+// session).
+bool whole_lines_preferred(const FourBitSource& weight) {
+  return !weight.decode_tiles || absmax_form(weight) == AbsmaxForm::kNested;
+}
+
 // Rows from which the half-line GEMV with ProductDecode takes half its lookups from registers
 // (product_pairs_from_registers): with each row's x loads, the shared-memory lookups' L1
 // wavefronts bind it. Measured in the model (BENCHMARKS.md, twenty-first session): at 8 rows
-// nf4 decode +9.6% and nf4_dq +6.3%, at 5 rows +2% and level, at 4 rows −3.5% and −5%. Only the
-// decode tiles take it, the layout of every GPU model's weights: the instances it adds for the
+// nf4 decode +9.4% and nf4_dq +6.5%, at 5 rows +1% and level; at 4 rows it lost 3.5% and 5%. Only
+// the decode tiles take it, the layout of every GPU model's weights: the instances it adds for the
 // bitsandbytes layout would serve no model and lengthen the build and the GPU tests' pack.
 constexpr std::int64_t kSplitLookupMinRows = 5;
 
 // The lane chunks of the tensor-core GEMV for every call (whole lines up to kWholeLineMaxRows
-// rows), or 0 where it applies to not all.
+// rows where whole_lines_preferred), or 0 where it applies to not all.
 int tensor_core_lane_chunks(std::span<const FourBitCall> calls) {
-  const bool few_rows = calls.front().rows <= kWholeLineMaxRows;
+  const bool few_rows =
+      calls.front().rows <= kWholeLineMaxRows && whole_lines_preferred(calls.front().weight);
   for (const int lane_chunks : {few_rows ? 2 : 1, 1}) {
     if (std::all_of(calls.begin(), calls.end(), [&](const FourBitCall& call) {
           return tensor_core_gemv_applies(call, lane_chunks);
