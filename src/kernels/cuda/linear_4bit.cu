@@ -614,7 +614,16 @@ __global__ void __launch_bounds__(kWarps* kWarpSize, kMmaWarpsPerMultiprocessor 
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
     if (!has_steps) break;
-    const FourBitSource& weight = layers.weight[layer + pass];
+    // The plain form's weight is copied into registers where x is of the compute dtype: read in
+    // place, at a layer index known only at run time, its fields kept that index live and
+    // spilled it (24 bytes in the half-line bf16 instances, reloaded every step; the copy took
+    // nf4 decode 2.4%). The nested form reads more fields, and its copy spilled instead (40 bytes
+    // in the whole-line gate/up), as did most instances that convert x; the split lookups did not
+    // spill, and their copy cost 0.6% (BENCHMARKS.md, twenty-first session).
+    constexpr bool kCopyWeight =
+        kForm == AbsmaxForm::kPlain && !kSplitLookups && std::is_same_v<A, C>;
+    std::conditional_t<kCopyWeight, const FourBitSource, const FourBitSource&> weight =
+        layers.weight[layer + pass];
     if (pass > 0) {
       lane_weight =
           mma_lane_weight<kLaneChunks, kLayout>(weight, feature_low, feature_high, in, first_in);
