@@ -307,9 +307,8 @@ struct ProductDecode {
 
 // ProductDecode's pairs without its table: the codes' bytes in C held in registers and picked by
 // PRMT. A pair of bytes (four codes) takes eleven instructions this way against six with the
-// table, but no shared-memory lookup, whose L1 wavefronts bind the half-line GEMV once its rows'
-// x loads share the L1 with them (kSplitLookupMinRows). Byte i of low[q] (high[q]) is the low
-// (high) byte of round_C(code 4q + i).
+// table, but no shared-memory lookup (where that pays: kSplitLookupMinRows). Byte i of low[q]
+// (high[q]) is the low (high) byte of round_C(code 4q + i).
 struct RegisterCodeBytes {
   std::uint32_t low[4];
   std::uint32_t high[4];
