@@ -143,6 +143,10 @@ TEST_F(CliTest, BadQuantizationFlags) {
                  {"--int8-threshold", "8-bit"});
   expect_failure(run("generate -m " + model + " -p x --load-in-8bit --double-quant"),
                  {"--double-quant", "4-bit"});
+  expect_failure(run("generate -m " + model + " -p x --load-in-4bit --lean-double-quant"),
+                 {"--lean-double-quant", "--double-quant"});
+  expect_failure(run("generate -m " + model + " -p x --load-in-8bit --lean-double-quant"),
+                 {"--lean-double-quant", "--load-in-4bit"});
   expect_failure(run("generate -m " + model + " -p x --quant-type fp4"), {"--load-in-4bit"});
   expect_failure(run("generate -m " + model + " -p x --load-in-4bit --skip-modules '(lm'"),
                  {"(lm"});

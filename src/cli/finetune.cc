@@ -166,7 +166,7 @@ Status run(const FinetuneFlags& flags) {
   ModelFlags model_flags = flags.model;
   // Full fine-tuning runs on the CPU only for now: --device auto means the CPU there.
   if (flags.full && model_flags.device == "auto") model_flags.device = "cpu";
-  KBIT_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(model_flags));
+  KBIT_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(model_flags, true));
   KBIT_ASSIGN_OR_RETURN(const train::TrainingRows rows, training_rows(flags, loaded.tokenizer));
   KBIT_ASSIGN_OR_RETURN(const std::int64_t steps, total_steps(flags, rows.rows()));
   KBIT_ASSIGN_OR_RETURN(const train::TrainerOptions options, trainer_options(flags, steps));

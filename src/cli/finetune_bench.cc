@@ -55,11 +55,11 @@ Status run(const FinetuneBenchFlags& flags) {
   if (flags.batch < 1 || flags.length < 2 || flags.steps < 1) {
     return invalid_argument("--batch and --steps must be at least 1, --length at least 2");
   }
-  KBIT_ASSIGN_OR_RETURN(const model::LlamaLoadOptions options,
-                        model_load_options(flags.source.model));
+  KBIT_ASSIGN_OR_RETURN(model::LlamaLoadOptions options, model_load_options(flags.source.model));
   if (!options.device.is_cuda()) {
     return invalid_argument("finetune-bench measures a GPU: use --device cuda");
   }
+  options.rounded_absmax = false;  // what only decoding uses (LlamaLoadOptions)
   KBIT_ASSIGN_OR_RETURN(const model::LlamaModel model,
                         load_bench_model(flags.source, options, flags.seed));
   io::PeftLoraConfig lora;

@@ -18,6 +18,11 @@ void add_quant_flags(CLI::App& command, QuantFlags& flags) {
   command.add_flag("--double-quant", flags.double_quant, "quantize the 4-bit scales again (8-bit)")
       ->group(group);
   command
+      .add_flag("--lean-double-quant", flags.lean_double_quant,
+                "on a GPU, keep double-quantized scales only in their nested form: 0.03 bytes a "
+                "weight less, decoding about 12% slower")
+      ->group(group);
+  command
       .add_option("--blocksize", flags.block_size,
                   "values per 4-bit scale: 32, 64 (default), ..., 4096")
       ->group(group);
@@ -48,6 +53,11 @@ Result<std::optional<model::QuantizeOptions>> quantize_options(const QuantFlags&
           "refine a quantization: add --load-in-4bit or --load-in-8bit to choose one");
     }
     return std::optional<model::QuantizeOptions>();
+  }
+  if (flags.lean_double_quant && (flags.load_in_8bit || !flags.double_quant)) {
+    return invalid_argument(
+        "--lean-double-quant concerns double-quantized 4-bit weights: use it with --load-in-4bit "
+        "--double-quant, or with a checkpoint bitsandbytes quantized so");
   }
   model::QuantizeOptions options;
   io::BnbQuantizationConfig& q = options.config;
@@ -180,11 +190,13 @@ Result<model::LlamaLoadOptions> model_load_options(const ModelFlags& flags) {
   KBIT_ASSIGN_OR_RETURN(options.quantize, quantize_options(flags.quant, options.activation_dtype));
   if (flags.quant.compute_dtype) options.compute_dtype = parse_dtype(*flags.quant.compute_dtype);
   options.adapters = flags.adapters;
+  options.rounded_absmax = !flags.quant.lean_double_quant;
   return options;
 }
 
-Result<LoadedModel> load_model(const ModelFlags& flags) {
-  KBIT_ASSIGN_OR_RETURN(const model::LlamaLoadOptions options, model_load_options(flags));
+Result<LoadedModel> load_model(const ModelFlags& flags, bool for_training) {
+  KBIT_ASSIGN_OR_RETURN(model::LlamaLoadOptions options, model_load_options(flags));
+  if (for_training) options.rounded_absmax = false;
   KBIT_ASSIGN_OR_RETURN(model::LlamaModel model, model::LlamaModel::load(flags.model_dir, options));
   KBIT_ASSIGN_OR_RETURN(tokenizer::Tokenizer tokenizer,
                         tokenizer::Tokenizer::load(flags.model_dir / "tokenizer.json"));

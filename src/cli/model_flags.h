@@ -17,13 +17,15 @@
 
 namespace kbit::cli {
 
-// --load-in-4bit [--quant-type] [--double-quant] [--blocksize], --load-in-8bit
+// --load-in-4bit [--quant-type] [--double-quant [--lean-double-quant]] [--blocksize],
+// --load-in-8bit
 // [--int8-threshold], --compute-dtype, --skip-modules.
 struct QuantFlags {
   bool load_in_4bit = false;
   bool load_in_8bit = false;
   std::optional<std::string> quant_type;  // default nf4 (bitsandbytes' default is fp4)
   bool double_quant = false;
+  bool lean_double_quant = false;            // LlamaLoadOptions::rounded_absmax off
   std::optional<std::int64_t> block_size;    // default 64
   std::optional<double> int8_threshold;      // default 6.0
   std::optional<std::string> compute_dtype;  // "f32", "bf16", "f16"
@@ -94,8 +96,9 @@ struct LoadedModel {
   tokenizer::Tokenizer tokenizer;
 };
 
-// The model and its tokenizer (tokenizer.json in the same folder).
-Result<LoadedModel> load_model(const ModelFlags& flags);
+// The model and its tokenizer (tokenizer.json in the same folder). for_training: without what
+// only decoding uses (LlamaLoadOptions::rounded_absmax).
+Result<LoadedModel> load_model(const ModelFlags& flags, bool for_training = false);
 
 // --temperature, --top-k, --top-p, --min-p, --repetition-penalty, --seed.
 void add_sampling_flags(CLI::App& command, generate::SamplingParams& params);

@@ -406,6 +406,11 @@ Status LinearWeight::to_decode_tiles(const ExecutionOptions& execution) {
   return move_to_layout(quant::FourBitLayout::kDecodeTiles, execution);
 }
 
+void LinearWeight::set_rounded_absmax(Tensor rounded) {
+  rounded_absmax_ = rounded.view();
+  owned_.push_back(shared(std::move(rounded)));
+}
+
 Status LinearWeight::move_to_layout(quant::FourBitLayout layout,
                                     const ExecutionOptions& execution) {
   KBIT_ASSIGN_OR_RETURN(Tensor packed, Tensor::empty(packed_.shape(), DType::kU8, device_));
@@ -418,8 +423,10 @@ Status LinearWeight::move_to_layout(quant::FourBitLayout layout,
                                           packed.view(), absmax.view(), execution));
   if (device_.is_cuda()) KBIT_RETURN_IF_ERROR(synchronize(device_));
   std::erase_if(owned_, [&](const std::shared_ptr<Tensor>& tensor) {
-    return tensor->view().data() == packed_.data() || tensor->view().data() == absmax_.data();
+    return tensor->view().data() == packed_.data() || tensor->view().data() == absmax_.data() ||
+           tensor->view().data() == rounded_absmax_.data();
   });
+  rounded_absmax_ = TensorView();
   packed_ = packed.view();
   absmax_ = absmax.view();
   owned_.push_back(shared(std::move(packed)));
@@ -457,8 +464,8 @@ std::vector<io::NamedTensor> LinearWeight::state_dict(const std::string& prefix)
 
 std::size_t LinearWeight::nbytes() const {
   std::size_t total = code_row_sums_.size() * sizeof(std::int32_t);
-  for (const TensorView* view :
-       {&float_weight_, &packed_, &absmax_, &nested_absmax_, &codes_, &row_absmax_}) {
+  for (const TensorView* view : {&float_weight_, &packed_, &absmax_, &nested_absmax_,
+                                 &rounded_absmax_, &codes_, &row_absmax_}) {
     if (view->data() != nullptr) total += view->nbytes();
   }
   return total;

@@ -100,6 +100,12 @@ class LinearWeight {
   // tiles (kbit/quant/decode_tiles.h), which the CUDA kernels read faster, on execution.stream;
   // waits for the device before it releases the untiled storage. Leaves any other weight as it is.
   Status to_decode_tiles(const ExecutionOptions& execution);
+  // For a 4-bit GPU weight: takes `rounded` [blocks], round_C(absmax) of each block in the
+  // weight's layout as kernels::cuda::round_4bit_absmax makes it (C = its dtype, f16 or bf16),
+  // which the decode GEMV reads instead of the absmax for calls of that compute dtype. A layout
+  // change drops it; to_device() does not copy it.
+  void set_rounded_absmax(Tensor rounded);
+  const TensorView& rounded_absmax() const { return rounded_absmax_; }
   // Where a 4-bit weight's codes and absmax lie. Host weights are always in bitsandbytes' layout:
   // to_device(cpu) puts a tiled weight back into it.
   quant::FourBitLayout layout() const { return layout_; }
@@ -176,6 +182,7 @@ class LinearWeight {
   TensorView packed_, absmax_, nested_absmax_, quant_map_, nested_quant_map_, quant_state_blob_;
   io::QuantState quant_state_;
   quant::FourBitLayout layout_ = quant::FourBitLayout::kBitsandbytes;
+  TensorView rounded_absmax_;  // kFourBit on a GPU, optional: set_rounded_absmax
   // kInt8: codes i8 [out, in], row absmax f32 [out], weight_format u8 [] (0 = "row").
   TensorView codes_, row_absmax_, weight_format_;
   std::vector<std::int32_t> code_row_sums_;  // [out]; host weights only (the VNNI kernel's)

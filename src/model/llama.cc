@@ -197,7 +197,8 @@ Status LlamaModel::Impl::load_on_device(const std::filesystem::path& dir,
   }
   KBIT_RETURN_IF_ERROR(weights.status());
   KBIT_ASSIGN_OR_RETURN(
-      gpu, cuda::CudaLlama::create(cpu.config, device, cpu.numerics, std::move(weights).value()));
+      gpu, cuda::CudaLlama::create(cpu.config, device, cpu.numerics, std::move(weights).value(),
+                                   options.rounded_absmax));
   return ok_status();
 }
 

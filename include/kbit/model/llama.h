@@ -80,6 +80,12 @@ struct LlamaLoadOptions {
   // shape), or load() fails naming the adapter, the tensor and both shapes. On a GPU their
   // weights are copied to the device in f32. Random weights (random()) take none.
   std::vector<std::filesystem::path> adapters;
+  // On a GPU, 4-bit weights with a nested absmax (double quantization) also keep each block's
+  // absmax rounded to the compute dtype (f16 or bf16), which the decode steps (up to 8 rows) read
+  // in place of the nested form: the same results, decoding about 12% faster, for 2 bytes more a
+  // block of 64 values (0.03 bytes a weight: an 8B model's 0.22 GB). false keeps only the nested
+  // form (the smallest weights); training, which decodes no tokens, turns it off.
+  bool rounded_absmax = true;
 };
 
 // The keys and values of every layer for the positions seen so far: per layer

@@ -41,6 +41,10 @@ struct FourBitSource {
   int log2_block_size;
   bool packed_aligned;  // 16-byte aligned: vector loads
   bool decode_tiles;    // quant::FourBitLayout::kDecodeTiles, else bitsandbytes' layout
+  // Where the call takes the product decode and the weight has them (FourBitWeightDevice): the
+  // bits of round_C(absmax) of each block, C the call's compute dtype, in the layout's absmax
+  // order (AbsmaxForm::kRounded); else nullptr.
+  const std::uint16_t* rounded_absmax;
 };
 
 inline FourBitTables make_tables(quant::FourBitType type) {
@@ -100,8 +104,10 @@ __device__ __forceinline__ void load_absmax_map(const FourBitTables& tables, flo
 }
 
 // The form of a weight's absmax: found at run time (weight.absmax is null where it is nested), or
-// known at compile time, so that a kernel issues one form's instructions only.
-enum class AbsmaxForm { kRuntime, kPlain, kNested };
+// known at compile time, so that a kernel issues one form's instructions only. kRounded reads
+// weight.rounded_absmax instead of either, for the product decode only (its scale is the rounded
+// value itself).
+enum class AbsmaxForm { kRuntime, kPlain, kNested, kRounded };
 
 // The form of a validated weight's absmax, found at run time.
 __host__ __device__ __forceinline__ AbsmaxForm absmax_form(const FourBitSource& weight) {
@@ -119,7 +125,7 @@ __device__ __forceinline__ bool is_plain_absmax(const FourBitSource& weight) {
 // form's table lookup does not wait on the load where it is issued.
 struct AbsmaxLoad {
   float value;         // the absmax, or the nested absmax of its group
-  std::uint32_t code;  // the nested form's 8-bit code
+  std::uint32_t code;  // the nested form's 8-bit code, or kRounded's bits
 };
 
 // The absmax of quantization block `block`, stored at `index` (the block itself in bitsandbytes'
@@ -128,6 +134,7 @@ struct AbsmaxLoad {
 template <AbsmaxForm kForm = AbsmaxForm::kRuntime>
 __device__ __forceinline__ AbsmaxLoad load_absmax(const FourBitSource& weight, std::int64_t index,
                                                   std::int64_t block) {
+  if constexpr (kForm == AbsmaxForm::kRounded) return {0.0f, __ldg(weight.rounded_absmax + index)};
   if (is_plain_absmax<kForm>(weight)) return {__ldg(weight.absmax + index), 0};
   return {__ldg(weight.nested_absmax + block / quant::kNestedBlockSize),
           __ldg(weight.absmax_codes + index)};
@@ -138,6 +145,7 @@ __device__ __forceinline__ AbsmaxLoad load_absmax(const FourBitSource& weight, s
 template <AbsmaxForm kForm = AbsmaxForm::kRuntime>
 __device__ __forceinline__ float decoded_absmax(const FourBitSource& weight, AbsmaxLoad load,
                                                 const float* absmax_map) {
+  static_assert(kForm != AbsmaxForm::kRounded, "a rounded absmax is a product decode's scale");
   if (is_plain_absmax<kForm>(weight)) return load.value;
   return __fadd_rn(__fmul_rn(absmax_map[load.code], load.value), weight.nested_offset);
 }

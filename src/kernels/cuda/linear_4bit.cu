@@ -289,6 +289,10 @@ struct ProductDecode {
   static __device__ __forceinline__ Scale scale(float absmax) {
     return pack_pair<C>(absmax, absmax);
   }
+  // The scale of an absmax already rounded to C: its bits twice.
+  static __device__ __forceinline__ Scale scale_of_rounded(std::uint32_t bits) {
+    return bits * 0x10001u;
+  }
   // One PRMT extracts the byte and one IMAD adds it to the lane's column's shared address: the
   // lookup's address arithmetic is two instructions (written as a shared-space load because the
   // compiler, given an array index, splits the IMAD in two).
@@ -520,6 +524,18 @@ __device__ __forceinline__ void decode_fragment(const typename Decoder::Tables& 
   a[3] = Decoder::pair(tables, lane, high, byte + 1, high_scale);
 }
 
+// A feature's scale for one step: its absmax decoded, or a rounded absmax's bits (ProductDecode).
+template <typename Decoder, AbsmaxForm kForm>
+__device__ __forceinline__ typename Decoder::Scale step_scale(const FourBitSource& weight,
+                                                              AbsmaxLoad load,
+                                                              const float* absmax_map) {
+  if constexpr (kForm == AbsmaxForm::kRounded) {
+    return Decoder::scale_of_rounded(load.code);
+  } else {
+    return Decoder::scale(decoded_absmax<kForm>(weight, load, absmax_map));
+  }
+}
+
 // sums += the products of one step: the absmax decoded, then per chunk x[row g] at its 32 inputs
 // (x_lane, where the lane carries a row) and eight MMAs, each over 4 values of each feature per
 // lane. With kSplitLookups (ProductDecode only), bytes 0 and 1 of each word come from registers.
@@ -530,9 +546,9 @@ __device__ __forceinline__ void multiply_mma_step(
     const A* x_lane, bool x_present, const typename Decoder::Tables& tables,
     const RegisterCodeBytes& register_bytes, int lane, float (&sums)[4]) {
   const typename Decoder::Scale low_scale =
-      Decoder::scale(decoded_absmax<kForm>(weight, inputs.absmax_low, absmax_map));
+      step_scale<Decoder, kForm>(weight, inputs.absmax_low, absmax_map);
   const typename Decoder::Scale high_scale =
-      Decoder::scale(decoded_absmax<kForm>(weight, inputs.absmax_high, absmax_map));
+      step_scale<Decoder, kForm>(weight, inputs.absmax_high, absmax_map);
 #pragma unroll
   for (int c = 0; c < kLaneChunks; ++c) {
     std::uint32_t x_pairs[kChunkValues / 2];
@@ -613,14 +629,14 @@ __global__ void __launch_bounds__(kWarps* kWarpSize, kMmaWarpsPerMultiprocessor 
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
     if (!has_steps) break;
-    // The plain form's weight is copied into registers where x is of the compute dtype: read in
-    // place, at a layer index known only at run time, its fields kept that index live and
-    // spilled it (24 bytes in the half-line bf16 instances, reloaded every step; the copy took
-    // nf4 decode 2.4%). The nested form reads more fields, and its copy spilled instead (40 bytes
-    // in the whole-line gate/up), as did most instances that convert x; the split lookups did not
-    // spill, and their copy cost 0.6% (BENCHMARKS.md, twenty-first session).
-    constexpr bool kCopyWeight =
-        kForm == AbsmaxForm::kPlain && !kSplitLookups && std::is_same_v<A, C>;
+    // The plain (and rounded) form's weight is copied into registers where x is of the compute
+    // dtype: read in place, at a layer index known only at run time, its fields kept that index
+    // live and spilled it (24 bytes in the half-line bf16 instances, reloaded every step; the copy
+    // took nf4 decode 2.4%). The nested form reads more fields, and its copy spilled instead (40
+    // bytes in the whole-line gate/up), as did most instances that convert x; the split lookups
+    // did not spill, and their copy cost 0.6% (BENCHMARKS.md, twenty-first session).
+    constexpr bool kCopyWeight = (kForm == AbsmaxForm::kPlain || kForm == AbsmaxForm::kRounded) &&
+                                 !kSplitLookups && std::is_same_v<A, C>;
     std::conditional_t<kCopyWeight, const FourBitSource, const FourBitSource&> weight =
         layers.weight[layer + pass];
     if (pass > 0) {
@@ -672,6 +688,24 @@ __global__ void __launch_bounds__(kWarps* kWarpSize, kMmaWarpsPerMultiprocessor 
       const float up = to_float(finish_output<A, C>(totals[1], layers.bias[1], o));
       layers.y[0][index] = from_float<A>(silu_mul_value<A>(gate, up));
     }
+  }
+}
+
+// rounded [blocks] = round_C(absmax of block b) for each block b of W [out, in] (rows of
+// row_blocks), at the index the weight's layout keeps b's absmax; a nested group follows b.
+template <typename C>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    round_absmax_kernel(const __grid_constant__ FourBitSource weight,
+                        const __grid_constant__ FourBitTables tables, std::int64_t row_blocks,
+                        std::int64_t blocks, std::uint16_t* __restrict__ rounded) {
+  const std::int64_t in = row_blocks << weight.log2_block_size;
+  for (std::int64_t b = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       b < blocks; b += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t index =
+        weight.decode_tiles ? quant::decode_tile_absmax_index(in, b / row_blocks, b % row_blocks)
+                            : b;
+    const float absmax = decoded_absmax(weight, load_absmax(weight, index, b), tables.absmax_map);
+    rounded[index] = static_cast<std::uint16_t>(pack_pair<C>(absmax, absmax));
   }
 }
 
@@ -816,11 +850,12 @@ bool tensor_core_gemv_applies(const FourBitCall& call, int lane_chunks) {
 constexpr std::int64_t kWholeLineMaxRows = 1;
 
 // Whether whole lines serve `weight` up to kWholeLineMaxRows rows. In the decode tiles half
-// lines are the faster for a plain absmax at one row too (nf4 decode +3%), while whole lines stay
-// the faster for a nested one (half lines −1 to −2% on nf4_dq; BENCHMARKS.md, twenty-first
-// session).
+// lines are the faster for a plain absmax at one row too (nf4 decode +3%), and for a rounded one
+// (nf4_dq decode +2%), while whole lines stay the faster for a nested one (half lines −1 to −2% on
+// nf4_dq; BENCHMARKS.md, twenty-first and twenty-second sessions).
 bool whole_lines_preferred(const FourBitSource& weight) {
-  return !weight.decode_tiles || absmax_form(weight) == AbsmaxForm::kNested;
+  return !weight.decode_tiles ||
+         (absmax_form(weight) == AbsmaxForm::kNested && weight.rounded_absmax == nullptr);
 }
 
 // Rows from which the half-line GEMV with ProductDecode takes half its lookups from registers
@@ -887,6 +922,7 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
           std::conditional_t<decltype(product)::value, ProductDecode<C>, ExactDecode<C, W>>;
       const int warps = mma_gemv_warps(first.in);
       const bool nested = absmax_form(first.weight) == AbsmaxForm::kNested;
+      const bool rounded = first.weight.rounded_absmax != nullptr;
       const auto launch = [&](auto chunks, auto kind) {
         constexpr int kChunks = decltype(chunks)::value;
         constexpr LinearEpilogue kKind = decltype(kind)::value;
@@ -894,11 +930,17 @@ cudaError_t launch_tensor_core_gemv(std::span<const FourBitCall> calls, int lane
           constexpr int kWarps = decltype(warps_tag)::value;
           constexpr quant::FourBitLayout kLayout = decltype(layout_tag)::value;
           constexpr bool kSplit = decltype(split_tag)::value;
-          const auto kernel =
-              nested ? linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kWarps,
-                                                   AbsmaxForm::kNested, kLayout, kSplit>
-                     : linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kWarps,
-                                                   AbsmaxForm::kPlain, kLayout, kSplit>;
+          auto kernel = nested ? linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kWarps,
+                                                             AbsmaxForm::kNested, kLayout, kSplit>
+                               : linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kWarps,
+                                                             AbsmaxForm::kPlain, kLayout, kSplit>;
+          // Rounded absmax come with the product decode in the decode tiles only.
+          if constexpr (std::is_same_v<Decoder, ProductDecode<C>> && is_tiled(kLayout)) {
+            if (rounded) {
+              kernel = linear_4bit_mma_gemv_kernel<A, C, Decoder, kChunks, kKind, kWarps,
+                                                   AbsmaxForm::kRounded, kLayout, kSplit>;
+            }
+          }
           return launch_overlapped(kernel, static_cast<unsigned>(blocks), kWarps * kWarpSize, 0,
                                    first.stream, static_cast<const A*>(first.x), layers,
                                    first.tables, static_cast<int>(first.rows), first.in);
@@ -1154,6 +1196,11 @@ Status check_4bit_call(const void* x, const FourBitWeightDevice& weight, std::in
         "linear_4bit: the weight needs exactly one absmax form: absmax, or absmax_codes with "
         "nested_absmax");
   }
+  if (weight.rounded_absmax != nullptr && weight.rounded_absmax_dtype != DType::kBF16 &&
+      weight.rounded_absmax_dtype != DType::kF16) {
+    return invalid_argument("linear_4bit: rounded absmax must be f16 or bf16, not " +
+                            std::string(dtype_name(weight.rounded_absmax_dtype)));
+  }
   if (rows > 0 && (x == nullptr || weight.packed == nullptr || y == nullptr)) {
     return invalid_argument("linear_4bit: x, the packed weight and y must not be null");
   }
@@ -1172,14 +1219,20 @@ FourBitCall make_4bit_call(cudaStream_t stream, const void* x, const FourBitLaye
                            std::int64_t rows, std::int64_t in, DType compute_dtype, DType dtype,
                            cpu::FourBitDecode decode) {
   const FourBitWeightDevice& weight = layer.weight;
-  const FourBitSource source{weight.packed,
-                             weight.absmax,
-                             weight.absmax_codes,
-                             weight.nested_absmax,
-                             weight.nested_offset,
-                             log2_of(weight.block_size),
-                             is_aligned_16(weight.packed),
-                             weight.layout == quant::FourBitLayout::kDecodeTiles};
+  FourBitSource source{weight.packed,
+                       weight.absmax,
+                       weight.absmax_codes,
+                       weight.nested_absmax,
+                       weight.nested_offset,
+                       log2_of(weight.block_size),
+                       is_aligned_16(weight.packed),
+                       weight.layout == quant::FourBitLayout::kDecodeTiles,
+                       nullptr};
+  const bool product = cpu::takes_4bit_product_decode(decode, rows, compute_dtype);
+  if (product && source.decode_tiles && weight.rounded_absmax != nullptr &&
+      weight.rounded_absmax_dtype == compute_dtype) {
+    source.rounded_absmax = static_cast<const std::uint16_t*>(weight.rounded_absmax);
+  }
   return {x,
           source,
           make_tables(weight.type),
@@ -1191,7 +1244,7 @@ FourBitCall make_4bit_call(cudaStream_t stream, const void* x, const FourBitLaye
           compute_dtype,
           layer.y,
           dtype,
-          cpu::takes_4bit_product_decode(decode, rows, compute_dtype),
+          product,
           stream};
 }
 
@@ -1319,6 +1372,8 @@ Status linear_4bit_layers(LinearContext& context, const void* x,
         make_4bit_call(context.stream(), x, layers[i], rows, in, compute_dtype, dtype, decode);
     shared_types = shared_types && layers[i].weight.type == layers[0].weight.type &&
                    absmax_form(storage[i].weight) == absmax_form(storage[0].weight) &&
+                   (storage[i].weight.rounded_absmax == nullptr) ==
+                       (storage[0].weight.rounded_absmax == nullptr) &&
                    layers[i].weight.weight_dtype == layers[0].weight.weight_dtype &&
                    layers[i].weight.layout == layers[0].weight.layout;
   }
@@ -1334,6 +1389,34 @@ Status linear_4bit_layers(LinearContext& context, const void* x,
                                                        in, layer.out, compute_dtype, layer.y, dtype,
                                                        decode);
                                   });
+}
+
+Status round_4bit_absmax(const FourBitWeightDevice& weight, std::int64_t out, std::int64_t in,
+                         DType compute_dtype, void* rounded, cudaStream_t stream) {
+  KBIT_RETURN_IF_ERROR(
+      check_4bit_call(nullptr, weight, 0, in, out, compute_dtype, nullptr, DType::kF32));
+  if (compute_dtype != DType::kBF16 && compute_dtype != DType::kF16) {
+    return invalid_argument("round_4bit_absmax: the compute dtype must be f16 or bf16, not " +
+                            std::string(dtype_name(compute_dtype)));
+  }
+  if (weight.packed == nullptr || rounded == nullptr || in % weight.block_size != 0) {
+    return invalid_argument(
+        "round_4bit_absmax: the packed weight and the output are required, and in must be a "
+        "multiple of the block size");
+  }
+  const FourBitCall call = make_4bit_call(stream, nullptr, {weight, nullptr, out, nullptr}, 0, in,
+                                          compute_dtype, DType::kF32, cpu::FourBitDecode::kExact);
+  const std::int64_t row_blocks = in / weight.block_size;
+  const std::int64_t blocks = out * row_blocks;
+  const unsigned grid = elementwise_blocks(blocks, kElementwiseThreads);
+  if (grid == 0) return invalid_argument("round_4bit_absmax: too many blocks");
+  const auto launch = [&](auto c) {
+    round_absmax_kernel<decltype(c)><<<grid, kElementwiseThreads, 0, stream>>>(
+        call.weight, call.tables, row_blocks, blocks, static_cast<std::uint16_t*>(rounded));
+    return cudaGetLastError();
+  };
+  return cuda_status(compute_dtype == DType::kF16 ? launch(__half{}) : launch(__nv_bfloat16{}),
+                     "round_4bit_absmax");
 }
 
 Status dequantize_4bit_weight(const FourBitWeightDevice& weight, std::int64_t out, std::int64_t in,

@@ -116,7 +116,20 @@ struct FourBitWeightDevice {
   DType weight_dtype;  // the dtype W had when quantized
   // Every kernel reads either layout; the decode tiles only where decode_tiles_apply.
   quant::FourBitLayout layout = quant::FourBitLayout::kBitsandbytes;
+  // Optional, in the decode tiles: round_4bit_absmax's output [blocks] of dtype
+  // rounded_absmax_dtype (f16 or bf16), which the tensor-core GEMV reads instead of the absmax
+  // where the call takes the product decode in that compute dtype (the same bits: 2 bytes a block
+  // read instead of 4, or of the nested form's two loads and arithmetic); nullptr for none.
+  const void* rounded_absmax = nullptr;
+  DType rounded_absmax_dtype = DType::kBF16;
 };
+
+// rounded [blocks] = round_C(absmax) of every quantization block of `weight` [out, in], C =
+// compute_dtype (f16 or bf16), in the weight's absmax order (the layout's): the scale bitsandbytes'
+// product decode multiplies by (FourBitDecode::kBitsandbytes), for FourBitWeightDevice's
+// rounded_absmax. Queued on `stream`; `rounded` is device memory of 2 bytes a block.
+Status round_4bit_absmax(const FourBitWeightDevice& weight, std::int64_t out, std::int64_t in,
+                         DType compute_dtype, void* rounded, cudaStream_t stream);
 
 // As Linear4bitJob (kernels/cpu/quantized_linear.h) with compute dtype `compute_dtype` (f32,
 // f16 or bf16) and weight decode `decode`, then the result rounded to `dtype` (Linear4bit casts

@@ -626,6 +626,7 @@ struct DeviceFourBitWeight {
   Tensor packed;
   Tensor absmax;  // f32 absmax, or the nested form's codes
   Tensor nested_absmax;
+  Tensor rounded_absmax;  // with_rounded_absmax
   FourBitWeightDevice view{};
 };
 
@@ -860,6 +861,13 @@ TEST(CudaLinear4bit, RejectsBadCalls) {
   both_forms.absmax_codes = bytes;
   both_forms.nested_absmax = data;
   EXPECT_EQ(call(both_forms, 1, 64, DType::kF32), StatusCode::kInvalidArgument);
+  // A rounded absmax is of a 16-bit compute dtype, and round_4bit_absmax makes no other.
+  FourBitWeightDevice rounded_f32 = plain;
+  rounded_f32.rounded_absmax = data;
+  rounded_f32.rounded_absmax_dtype = DType::kF32;
+  EXPECT_EQ(call(rounded_f32, 1, 64, DType::kF32), StatusCode::kInvalidArgument);
+  EXPECT_EQ(round_4bit_absmax(plain, 64, 64, DType::kF32, data, stream.get()).code(),
+            StatusCode::kInvalidArgument);
   // More rows than the context's workspace was made for.
   EXPECT_EQ(call(plain, 4096, 64, DType::kF32), StatusCode::kInvalidArgument);
   // No rows: nothing to do.
@@ -888,9 +896,23 @@ DeviceFourBitWeight upload_tiled_weight(const FourBitCase& c, const HostFourBitW
   return device;
 }
 
+// `weight` with its absmax rounded to compute_dtype (round_4bit_absmax), which the tensor-core
+// GEMV's product decode reads in place of the absmax.
+DeviceFourBitWeight with_rounded_absmax(DeviceFourBitWeight weight, std::int64_t out,
+                                        std::int64_t in, DType compute_dtype, cudaStream_t stream) {
+  weight.rounded_absmax = poisoned_device({out * in / weight.view.block_size}, compute_dtype);
+  check(round_4bit_absmax(weight.view, out, in, compute_dtype, weight.rounded_absmax.view().data(),
+                          stream));
+  weight.view.rounded_absmax = weight.rounded_absmax.view().data();
+  weight.view.rounded_absmax_dtype = compute_dtype;
+  return weight;
+}
+
 // The same weight in the decode tiles gives the bits of bitsandbytes' layout through every
-// kernel: the tiles move bytes, not sums. Whole lines (one row) and half lines, the CUDA-core
-// GEMV, the GEMM and the dequantized chunks, plain and nested absmax, both decodes.
+// kernel: the tiles move bytes, not sums. So does it with its absmax rounded to the compute
+// dtype (plain or nested), which only the product decode reads. Whole lines (one row) and half
+// lines, the CUDA-core GEMV, the GEMM and the dequantized chunks, plain and nested absmax, both
+// decodes.
 TEST(CudaLinear4bit, DecodeTilesGiveTheSameBits) {
   KBIT_REQUIRE_CUDA();
   // rows, out, in, type, block, nested, compute, activations, weight, bias, weight stddev
@@ -911,8 +933,13 @@ TEST(CudaLinear4bit, DecodeTilesGiveTheSameBits) {
     const HostFourBitWeight host = quantize_weight(c, seed);
     DeviceFourBitWeight plain;
     upload_weight(c, host, plain);
-    const DeviceFourBitWeight tiled = upload_tiled_weight(c, host);
     TestStream stream;
+    std::vector<DeviceFourBitWeight> tiled;
+    tiled.push_back(upload_tiled_weight(c, host));
+    if (c.compute_dtype != DType::kF32) {
+      tiled.push_back(with_rounded_absmax(upload_tiled_weight(c, host), c.out, c.in,
+                                          c.compute_dtype, stream.get()));
+    }
     const auto context = make_context(stream, c.rows, c.in, c.out);
     Tensor x_storage;
     Tensor bias_storage;
@@ -929,23 +956,31 @@ TEST(CudaLinear4bit, DecodeTilesGiveTheSameBits) {
         if (kernel != Linear4bitKernel::kAuto && !kernel_applies(c, kernel, decode)) continue;
         SCOPED_TRACE(kernel_name(kernel));
         Tensor expected = poisoned_device({c.rows, c.out}, c.dtype);
-        Tensor actual = poisoned_device({c.rows, c.out}, c.dtype);
         check(linear_4bit(*context, x, plain.view, bias, c.rows, c.in, c.out, c.compute_dtype,
                           expected.view().data(), c.dtype, decode, kernel));
-        check(linear_4bit(*context, x, tiled.view, bias, c.rows, c.in, c.out, c.compute_dtype,
-                          actual.view().data(), c.dtype, decode, kernel));
         stream.synchronize();
         const std::vector<float> want = download(expected);
-        const std::vector<float> got = download(actual);
-        EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0);
+        for (const DeviceFourBitWeight& weight : tiled) {
+          const bool rounded = weight.view.rounded_absmax != nullptr;
+          // At one row kAuto takes half lines for a rounded absmax where bitsandbytes' layout
+          // takes whole ones (whole_lines_preferred), which sum in another order.
+          if (rounded && kernel == Linear4bitKernel::kAuto) continue;
+          SCOPED_TRACE(rounded ? "rounded absmax" : "tiles");
+          Tensor actual = poisoned_device({c.rows, c.out}, c.dtype);
+          check(linear_4bit(*context, x, weight.view, bias, c.rows, c.in, c.out, c.compute_dtype,
+                            actual.view().data(), c.dtype, decode, kernel));
+          stream.synchronize();
+          const std::vector<float> got = download(actual);
+          EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0);
+        }
       }
     }
     Tensor expected = poisoned_device({c.out, c.in}, c.compute_dtype);
     Tensor actual = poisoned_device({c.out, c.in}, c.compute_dtype);
     check(dequantize_4bit_weight(plain.view, c.out, c.in, c.compute_dtype, expected.view().data(),
                                  stream.get()));
-    check(dequantize_4bit_weight(tiled.view, c.out, c.in, c.compute_dtype, actual.view().data(),
-                                 stream.get()));
+    check(dequantize_4bit_weight(tiled.front().view, c.out, c.in, c.compute_dtype,
+                                 actual.view().data(), stream.get()));
     stream.synchronize();
     EXPECT_EQ(download(expected), download(actual)) << "dequantize_4bit_weight";
     seed += 10;
@@ -953,15 +988,21 @@ TEST(CudaLinear4bit, DecodeTilesGiveTheSameBits) {
 }
 
 // Fused q, k and v (and gate and up) in the decode tiles give the bits of the same fused call in
-// bitsandbytes' layout.
+// bitsandbytes' layout, with and without their absmax rounded to the compute dtype.
 TEST(CudaLinear4bitLayers, DecodeTilesGiveTheSameBits) {
   KBIT_REQUIRE_CUDA();
   for (const LinearEpilogue epilogue : {LinearEpilogue::kStore, LinearEpilogue::kSiluMul}) {
     const std::vector<std::int64_t> outs = epilogue == LinearEpilogue::kStore
                                                ? std::vector<std::int64_t>{256, 64, 64}
                                                : std::vector<std::int64_t>{512, 512};
-    for (const std::int64_t rows : {1, 4, 8}) {  // 8: lookups split (kSplitLookupMinRows)
-      SCOPED_TRACE(describe_layers(rows, 1024, outs.size(), epilogue));
+    // rows (8: split lookups, kSplitLookupMinRows), the absmax rounded (from 2 rows, where both
+    // layouts take half lines: at one row the rounded form takes half lines and bitsandbytes'
+    // layout whole ones, which sum in another order)
+    const std::pair<std::int64_t, bool> runs[] = {{1, false}, {4, false}, {8, false},
+                                                  {2, true},  {4, true},  {8, true}};
+    for (const auto& [rows, rounded] : runs) {
+      SCOPED_TRACE(describe_layers(rows, 1024, outs.size(), epilogue) +
+                   (rounded ? ", rounded absmax" : ""));
       TestStream stream;
       const auto context = make_context(stream, rows, 1024, 512);
       Tensor x_storage;
@@ -978,7 +1019,9 @@ TEST(CudaLinear4bitLayers, DecodeTilesGiveTheSameBits) {
                             kBF16, kBF16,   kBF16, false, 0.02f};
         const HostFourBitWeight host = quantize_weight(c, 7200 + 10 * i);
         upload_weight(c, host, plain[i]);
-        tiled.push_back(upload_tiled_weight(c, host));
+        tiled.push_back(rounded ? with_rounded_absmax(upload_tiled_weight(c, host), outs[i], 1024,
+                                                      kBF16, stream.get())
+                                : upload_tiled_weight(c, host));
         expected.push_back(poisoned_device({rows, outs[i]}, kBF16));
         actual.push_back(poisoned_device({rows, outs[i]}, kBF16));
       }

@@ -15,7 +15,9 @@ kc::FourBitWeightDevice four_bit_weight_device(const LinearWeight& w) {
           nested ? w.nested_absmax().data_as<const float>() : nullptr,
           nested ? state.nested->offset : 0.0f,
           state.dtype,
-          w.layout()};
+          w.layout(),
+          w.rounded_absmax().data(),
+          w.rounded_absmax().data() != nullptr ? w.rounded_absmax().dtype() : DType::kBF16};
 }
 
 kc::Int8WeightDevice int8_weight_device(const LinearWeight& w) {

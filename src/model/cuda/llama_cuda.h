@@ -69,10 +69,11 @@ struct DeviceWeights {
 class CudaLlama {
  public:
   // Takes the weights, all on `device`. numerics: the activation dtype (f32 or bf16), the
-  // compute dtype of 4-bit layers and the int8 threshold.
+  // compute dtype of 4-bit layers and the int8 threshold. rounded_absmax: as
+  // LlamaLoadOptions::rounded_absmax.
   static Result<std::unique_ptr<CudaLlama>> create(const LlamaConfig& config, Device device,
                                                    const LinearNumerics& numerics,
-                                                   DeviceWeights weights);
+                                                   DeviceWeights weights, bool rounded_absmax);
   ~CudaLlama();
   CudaLlama(const CudaLlama&) = delete;
   CudaLlama& operator=(const CudaLlama&) = delete;

@@ -13,7 +13,7 @@ CudaLlama::CudaLlama(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaLlama::~CudaLlama() = default;
 
 Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const LlamaConfig&, Device,
-                                                     const LinearNumerics&, DeviceWeights) {
+                                                     const LinearNumerics&, DeviceWeights, bool) {
   return unimplemented("this build of kbit has no CUDA support; run on the CPU (--device cpu)");
 }
 
