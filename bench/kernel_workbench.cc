@@ -200,12 +200,15 @@ double error_over_tolerance(const std::vector<float>& got, const std::vector<flo
   return worst;
 }
 
-// The 4-bit GEMV variants: kernel, weight decode and layout, its number and what it is.
+// The 4-bit GEMV variants: kernel, weight decode and layout, its number and what it is, and
+// whether the weight carries its absmax rounded to bf16 (kc::round_4bit_absmax), which the
+// product decode then reads in place of the absmax (what the model does for nf4_dq).
 struct FourBitVariant {
   kc::Linear4bitKernel kernel;
   cpu::FourBitDecode decode;
   const char* name;
   kbit::quant::FourBitLayout layout = kbit::quant::FourBitLayout::kBitsandbytes;
+  bool rounded_absmax = false;
 };
 constexpr auto kDecodeTiles = kbit::quant::FourBitLayout::kDecodeTiles;
 constexpr FourBitVariant kFourBitVariants[] = {
@@ -219,6 +222,8 @@ constexpr FourBitVariant kFourBitVariants[] = {
      "v11 v5 on the decode tiles", kDecodeTiles},
     {kc::Linear4bitKernel::kTensorCoreGemv, cpu::FourBitDecode::kBitsandbytes,
      "v12 v3 on the decode tiles", kDecodeTiles},
+    {kc::Linear4bitKernel::kTensorCoreGemv, cpu::FourBitDecode::kBitsandbytes,
+     "v14 v12 with the absmax rounded", kDecodeTiles, true},
 };
 // The many-row (prompt) variants.
 constexpr FourBitVariant kFourBitGemmVariants[] = {
@@ -330,11 +335,22 @@ FourBitCopies make_four_bit_copies(const std::vector<float>& w, bool nested,
     if (variant != nullptr && variant->layout == kDecodeTiles) {
       move_to_decode_tiles(copies.tensors, weight, out, in);
     }
+    if (variant != nullptr && variant->rounded_absmax) {
+      Tensor rounded = must(Tensor::empty({blocks}, DType::kBF16, kbit::Device::cuda(0)));
+      must(kc::round_4bit_absmax(weight, out, in, DType::kBF16, rounded.view().data(), nullptr));
+      must(cudaDeviceSynchronize());
+      weight.rounded_absmax = rounded.view().data();
+      weight.rounded_absmax_dtype = DType::kBF16;
+      copies.tensors.push_back(std::move(rounded));
+    }
     copies.weights.push_back(weight);
     copies.tensors.push_back(std::move(packed));
     copies.tensors.push_back(std::move(absmax));
   }
-  copies.bytes = static_cast<double>(n) / 2 + static_cast<double>(blocks) * (nested ? 1 : 4);
+  // The bytes the GEMV reads: the codes and one absmax form.
+  int absmax_bytes = nested ? 1 : 4;
+  if (variant != nullptr && variant->rounded_absmax) absmax_bytes = 2;
+  copies.bytes = static_cast<double>(n) / 2 + static_cast<double>(blocks * absmax_bytes);
   return copies;
 }
 
