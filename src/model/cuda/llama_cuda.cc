@@ -157,8 +157,13 @@ Status round_nested_absmax(DeviceWeights& weights, DType compute_dtype) {
           w.layout() != quant::FourBitLayout::kDecodeTiles || !w.quant_state().nested) {
         continue;
       }
-      KBIT_ASSIGN_OR_RETURN(Tensor rounded,
-                            Tensor::empty(w.absmax().shape(), compute_dtype, w.device()));
+      Result<Tensor> made = Tensor::empty(w.absmax().shape(), compute_dtype, w.device());
+      if (!made.ok()) {
+        return made.status().with_context(
+            "keeping the double-quantized weights' absmax rounded for decoding (2 bytes a block "
+            "of 64 values); --lean-double-quant loads without it");
+      }
+      Tensor rounded = std::move(made).value();
       KBIT_RETURN_IF_ERROR(kc::round_4bit_absmax(four_bit_weight_device(w), w.out_features(),
                                                  w.in_features(), compute_dtype,
                                                  rounded.view().data(), nullptr));
