@@ -17,7 +17,7 @@ kc::FourBitWeightDevice four_bit_weight_device(const LinearWeight& w) {
           state.dtype,
           w.layout(),
           w.rounded_absmax().data(),
-          w.rounded_absmax().data() != nullptr ? w.rounded_absmax().dtype() : DType::kBF16};
+          w.rounded_absmax().dtype()};
 }
 
 kc::Int8WeightDevice int8_weight_device(const LinearWeight& w) {

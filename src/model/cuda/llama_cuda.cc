@@ -150,8 +150,7 @@ FusedLayers<Layer> fused_layers(std::initializer_list<const DeviceLinear*> layer
 Status round_nested_absmax(DeviceWeights& weights, DType compute_dtype) {
   if (compute_dtype != DType::kBF16 && compute_dtype != DType::kF16) return ok_status();
   for (DeviceLayer& layer : weights.layers) {
-    for (DeviceLinear* linear :
-         {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down}) {
+    for (DeviceLinear* linear : layer.linears()) {
       LinearWeight& w = linear->weight;
       if (w.format() != LinearFormat::kFourBit ||
           w.layout() != quant::FourBitLayout::kDecodeTiles || !w.quant_state().nested) {

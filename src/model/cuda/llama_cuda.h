@@ -56,6 +56,9 @@ struct DeviceLayer {
   std::array<const DeviceLinear*, kLinearsPerLayer> linears() const {
     return {&q, &k, &v, &o, &gate, &up, &down};
   }
+  std::array<DeviceLinear*, kLinearsPerLayer> linears() {
+    return {&q, &k, &v, &o, &gate, &up, &down};
+  }
 };
 
 struct DeviceWeights {
