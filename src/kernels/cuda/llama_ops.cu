@@ -27,7 +27,9 @@
 //     rescaled by exp(m − M). The grid depends only on capacity; blocks whose chunk misses the
 //     valid range return at once, and the combine reads only the chunks in the range (both
 //     derive it from the same device position). rope_append_and_attend gives the same blocks
-//     rope_append_kv's work as well, which saves a launch per layer and decode step.
+//     rope_append_kv's work as well, which saves a launch per layer and decode step, and lets
+//     each block copy its first tile of cache rows into shared memory before it waits for the
+//     q/k/v projection.
 //   - attention, prefill in bf16 at head_dim 64 or 128 without a window (training's shapes and
 //     the inference prefill's): FlashAttention-2 on tensor cores, attention_forward_mma.cu.
 //   - attention, other prefills: block (query tile of kQueryTile tokens, head); key tiles of
@@ -45,6 +47,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/activation_parts.cuh"
+#include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/attention_forward_mma.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/int8_rowwise_parts.cuh"
@@ -67,6 +70,16 @@ constexpr int kMaxHeadDim = 256;
 
 constexpr int kDecodeTile = kWarpSize;  // keys per step of a decode block: lane c scores key c
 constexpr int kDecodeWarps = 4;
+// The bytes of a cache row that a decode block's staged first tile holds: head_dim 128 in bf16
+// or f16, 64 in f32. Longer rows are read from global memory.
+constexpr int kDecodeStagedRowBytes = 256;
+// Whether decode blocks of kQueries query heads a pass stage their first tile. Without GQA (one
+// query head a kv head) the tile's 16 KiB of shared memory a block cost more than it saved:
+// Llama-2-7B decoded 1% slower at batch 8 and no faster at batch 1 (BENCHMARKS.md, twenty-third
+// session).
+constexpr bool decode_stages_tiles(int queries) {
+  return queries >= 2;
+}
 constexpr int kDecodeThreads = kDecodeWarps * kWarpSize;
 constexpr std::int64_t kMaxDecodeChunks = 256;
 constexpr int kCombineWarps = 8;
@@ -383,20 +396,53 @@ __device__ __forceinline__ void prefetch_cache_rows(const T* k_rows, const T* v_
   }
 }
 
-// The token's k row of one kv head rotated, and its v row, into the cache rows k_row and v_row;
-// cos_of and sin_of hold the position's angles.
+// Copies into k_tile and v_tile [rows, head_dim] (shared memory) the cache rows [first, first +
+// rows) of one kv head, all but the row at `skipped`, with cp.async in one committed group; rows
+// 16-byte aligned, head_dim · sizeof(T) a multiple of 16.
+template <typename T>
+__device__ __forceinline__ void stage_cache_rows(const T* k_rows, const T* v_rows,
+                                                 std::int64_t key_stride, std::int64_t first,
+                                                 int rows, std::int64_t skipped, int head_dim,
+                                                 T* k_tile, T* v_tile) {
+  const int row_vectors = head_dim * static_cast<int>(sizeof(T)) / 16;
+  for (int i = threadIdx.x; i < rows * row_vectors; i += blockDim.x) {
+    const int r = i / row_vectors;
+    if (first + r == skipped) continue;
+    const int vector = i % row_vectors;
+    const std::int64_t row = (first + r) * key_stride;
+    copy_async_16(reinterpret_cast<uint4*>(k_tile + r * head_dim) + vector,
+                  reinterpret_cast<const uint4*>(k_rows + row) + vector);
+    copy_async_16(reinterpret_cast<uint4*>(v_tile + r * head_dim) + vector,
+                  reinterpret_cast<const uint4*>(v_rows + row) + vector);
+  }
+  commit_copies();
+}
+
+// The token's k row of one kv head rotated, and its v row, into the cache rows k_row and v_row,
+// and where k_staged is set into the staged tile's rows k_staged and v_staged as well; cos_of and
+// sin_of hold the position's angles.
 template <typename T>
 __device__ __forceinline__ void append_token_kv(const T* k, const T* v, T* k_row, T* v_row,
                                                 int head_dim, const float* cos_of,
-                                                const float* sin_of) {
+                                                const float* sin_of, T* k_staged, T* v_staged) {
   const int half = head_dim / 2;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     const float2 rotated =
         rotated_pair<T>(to_float(k[i]), to_float(k[i + half]), cos_of[i], sin_of[i]);
-    k_row[i] = from_float<T>(rotated.x);
-    k_row[i + half] = from_float<T>(rotated.y);
+    const T low = from_float<T>(rotated.x);
+    const T high = from_float<T>(rotated.y);
+    k_row[i] = low;
+    k_row[i + half] = high;
+    if (k_staged != nullptr) {
+      k_staged[i] = low;
+      k_staged[i + half] = high;
+    }
   }
-  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) v_row[i] = v[i];
+  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+    const T value = v[i];
+    v_row[i] = value;
+    if (v_staged != nullptr) v_staged[i] = value;
+  }
 }
 
 // The decode partials of chunk blockIdx.x (chunk_keys keys) for the query heads of kv head
@@ -413,15 +459,25 @@ __device__ __forceinline__ void append_token_kv(const T* k, const T* v, T* k_row
 // With rope.inv_freq set, the block first does its share of rope_append_kv: it rotates the
 // queries it reads (in shared memory; q stays as it was), and the block whose chunk holds the
 // position rotates the token's k row and appends it and the v row to the cache, before its own
-// barriers and reads of that row. Before the wait, the block requests its chunk's cache rows into
-// L2: the position is written before the step's first kernel, never by a kernel of the stream,
-// and of those rows only the one at the position changes (the append), which L2, the point of
-// coherence, keeps current.
+// barriers and reads of that row. Before the wait, the block reads its chunk's cache rows: the
+// position is written before the step's first kernel, never by a kernel of the stream, and of
+// those rows only the one at the position changes (the append). With `staged` (rope.inv_freq set,
+// rows of at most kDecodeStagedRowBytes, 16-byte aligned, decode_stages_tiles) it copies the first
+// tile's rows but the position's into shared memory (stage_cache_rows), where the append writes
+// that row too, so that the tile's scores and values wait on no global load after the wait (in the
+// Llama-3.1-8B decode step this kernel took 4.7 µs a layer instead of 6.6 reading them from L2;
+// BENCHMARKS.md, twenty-third session); the later tiles' rows it requests into L2, which, the point
+// of coherence, keeps the appended row current.
 template <typename T, int kQueries>
 __global__ void __launch_bounds__(kDecodeThreads)
     attention_decode_chunk_kernel(const AttentionJob job, const DecodeRope rope,
-                                  std::int64_t chunk_keys, bool aligned) {
+                                  std::int64_t chunk_keys, bool aligned, bool staged) {
   constexpr int kQueriesPerWarp = (kQueries + kDecodeWarps - 1) / kDecodeWarps;
+  // The first tile's rows, if staged; only where a kv head serves several query heads.
+  constexpr int kStagedTileValues =
+      decode_stages_tiles(kQueries) ? kDecodeTile * kDecodeStagedRowBytes / sizeof(T) : 1;
+  __shared__ __align__(16) T k_tile[kStagedTileValues];
+  __shared__ __align__(16) T v_tile[kStagedTileValues];
   __shared__ float q_tile[kQueries][kMaxHeadDim];
   __shared__ float dot_parts[kDecodeWarps][kQueries][kDecodeTile];
   __shared__ float probabilities[kQueries][kDecodeTile];
@@ -443,9 +499,20 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const std::int64_t cache_offset = sequence * job.capacity * key_stride + kv_head * head_dim;
   const T* k_cache = static_cast<const T*>(job.k_cache) + cache_offset;
   const T* v_cache = static_cast<const T*>(job.v_cache) + cache_offset;
-  if (first <= last) prefetch_cache_rows(k_cache, v_cache, key_stride, first, last, head_dim);
+  if (first > last) {  // the same for every thread of the block
+    wait_for_previous_kernels();
+    return;
+  }
+  const int staged_rows =
+      staged ? static_cast<int>(min(std::int64_t{kDecodeTile}, last - first + 1)) : 0;
+  if (staged) {
+    stage_cache_rows(k_cache, v_cache, key_stride, first, staged_rows, position, head_dim, k_tile,
+                     v_tile);
+  }
+  if (first + staged_rows <= last) {
+    prefetch_cache_rows(k_cache, v_cache, key_stride, first + staged_rows, last, head_dim);
+  }
   wait_for_previous_kernels();
-  if (first > last) return;  // the same for every thread of the block
 
   const bool rotate = rope.inv_freq != nullptr && position >= 0 && position < job.capacity;
   if (rotate) {
@@ -456,10 +523,13 @@ __global__ void __launch_bounds__(kDecodeThreads)
     if (position / chunk_keys == chunk) {
       const std::int64_t token_row = (sequence * job.kv_heads + kv_head) * head_dim;
       const std::int64_t cache_row = cache_offset + position * key_stride;
+      const bool in_tile = position < first + staged_rows;
+      const std::int64_t tile_row = (position - first) * head_dim;
       append_token_kv(static_cast<const T*>(rope.k) + token_row,
                       static_cast<const T*>(rope.v) + token_row,
                       static_cast<T*>(rope.k_cache) + cache_row,
-                      static_cast<T*>(rope.v_cache) + cache_row, head_dim, cos_of, sin_of);
+                      static_cast<T*>(rope.v_cache) + cache_row, head_dim, cos_of, sin_of,
+                      in_tile ? k_tile + tile_row : nullptr, in_tile ? v_tile + tile_row : nullptr);
     }
   }
   const int pieces = head_dim / kChunk;  // at most 32
@@ -503,13 +573,15 @@ __global__ void __launch_bounds__(kDecodeThreads)
       running_sum[s] = 0.0f;
     }
     float acc[kQueries][kChunk] = {};
+    if (staged) wait_copies<0>();  // before the barrier that makes the tile visible to all
     __syncthreads();
 
     for (std::int64_t tile = first; tile <= last; tile += kDecodeTile) {
       const int count = static_cast<int>(min(std::int64_t{kDecodeTile}, last - tile + 1));
       float dot[kQueries] = {};
+      const bool from_tile = staged && tile == first;
       if (lane < count) {
-        const T* key = k_cache + (tile + lane) * key_stride;
+        const T* key = from_tile ? k_tile + lane * head_dim : k_cache + (tile + lane) * key_stride;
         for (int p = warp; p < pieces; p += kDecodeWarps) {
           float values[kChunk];
           load_chunk(key + p * kChunk, aligned, values);
@@ -553,7 +625,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
         }
         for (int c = key_group; c < count; c += key_groups) {
           float values[kChunk];
-          load_chunk(v_cache + (tile + c) * key_stride + piece * kChunk, aligned, values);
+          const T* value = from_tile ? v_tile + c * head_dim : v_cache + (tile + c) * key_stride;
+          load_chunk(value + piece * kChunk, aligned, values);
 #pragma unroll
           for (int i = 0; i < kQueries; ++i) {
 #pragma unroll
@@ -840,9 +913,11 @@ cudaError_t launch_decode(const AttentionJob& job, const DecodeRope& rope, bool 
   const std::int64_t chunks = decode_chunks(job.capacity);
   const auto sequences = static_cast<unsigned>(job.sequences);
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(job.kv_heads), sequences);
+  const bool staged = decode_stages_tiles(kQueries) && aligned && rope.inv_freq != nullptr &&
+                      job.head_dim * static_cast<std::int64_t>(sizeof(T)) <= kDecodeStagedRowBytes;
   const cudaError_t error =
       launch_overlapped(attention_decode_chunk_kernel<T, kQueries>, grid, kDecodeThreads, 0, stream,
-                        job, rope, chunk_keys, aligned);
+                        job, rope, chunk_keys, aligned, staged);
   if (error != cudaSuccess) return error;
   return launch_overlapped(attention_decode_combine_kernel<T>,
                            dim3(static_cast<unsigned>(job.heads), sequences), kCombineThreads, 0,

@@ -649,7 +649,10 @@ TEST(CudaLlamaOps, BatchedDecodeEqualsEachSequenceAlone) {
 }
 
 // rope_append_and_attend against the two calls it stands for, rope_append_kv and attention: the
-// same output and caches to the bit, and q as it was.
+// same output and caches to the bit, and q as it was. The fused call reads each block's first tile
+// from shared memory where its rows fit and a kv head has several query heads (bf16 head_dim 64,
+// 80 and 128, f32 64), with the appended row written there too, and the two calls read every row
+// from global memory; head_dim 256 and the case without GQA keep the global reads in both.
 TEST(CudaLlamaOps, RopeAppendAndAttendEqualsTheTwoCalls) {
   KBIT_REQUIRE_CUDA();
   struct Case {
