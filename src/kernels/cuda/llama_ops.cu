@@ -70,6 +70,7 @@ constexpr int kMaxHeadDim = 256;
 
 constexpr int kDecodeTile = kWarpSize;  // keys per step of a decode block: lane c scores key c
 constexpr int kDecodeWarps = 4;
+constexpr int kDecodeThreads = kDecodeWarps * kWarpSize;
 // The bytes of a cache row that a decode block's staged first tile holds: head_dim 128 in bf16
 // or f16, 64 in f32. Longer rows are read from global memory.
 constexpr int kDecodeStagedRowBytes = 256;
@@ -80,7 +81,6 @@ constexpr int kDecodeStagedRowBytes = 256;
 constexpr bool decode_stages_tiles(int queries) {
   return queries >= 2;
 }
-constexpr int kDecodeThreads = kDecodeWarps * kWarpSize;
 constexpr std::int64_t kMaxDecodeChunks = 256;
 constexpr int kCombineWarps = 8;
 constexpr int kCombineThreads = kCombineWarps * kWarpSize;
@@ -461,21 +461,20 @@ __device__ __forceinline__ void append_token_kv(const T* k, const T* v, T* k_row
 // position rotates the token's k row and appends it and the v row to the cache, before its own
 // barriers and reads of that row. Before the wait, the block reads its chunk's cache rows: the
 // position is written before the step's first kernel, never by a kernel of the stream, and of
-// those rows only the one at the position changes (the append). With `staged` (rope.inv_freq set,
-// rows of at most kDecodeStagedRowBytes, 16-byte aligned, decode_stages_tiles) it copies the first
-// tile's rows but the position's into shared memory (stage_cache_rows), where the append writes
-// that row too, so that the tile's scores and values wait on no global load after the wait (in the
-// Llama-3.1-8B decode step this kernel took 4.7 µs a layer instead of 6.6 reading them from L2;
-// BENCHMARKS.md, twenty-third session); the later tiles' rows it requests into L2, which, the point
-// of coherence, keeps the appended row current.
+// those rows only the one at the position changes (the append). Where `stageable` (rope.inv_freq
+// set, rows of at most kDecodeStagedRowBytes, 16-byte aligned) and decode_stages_tiles, it copies
+// the first tile's rows but the position's into shared memory (stage_cache_rows), where the append
+// writes that row too, so that the tile's scores and values wait on no global load after the wait
+// (in the Llama-3.1-8B decode step this kernel took 4.7 µs a layer instead of 6.6 reading them from
+// L2; BENCHMARKS.md, twenty-third session); the later tiles' rows it requests into L2, which, the
+// point of coherence, keeps the appended row current.
 template <typename T, int kQueries>
 __global__ void __launch_bounds__(kDecodeThreads)
     attention_decode_chunk_kernel(const AttentionJob job, const DecodeRope rope,
-                                  std::int64_t chunk_keys, bool aligned, bool staged) {
+                                  std::int64_t chunk_keys, bool aligned, bool stageable) {
   constexpr int kQueriesPerWarp = (kQueries + kDecodeWarps - 1) / kDecodeWarps;
-  // The first tile's rows, if staged; only where a kv head serves several query heads.
-  constexpr int kStagedTileValues =
-      decode_stages_tiles(kQueries) ? kDecodeTile * kDecodeStagedRowBytes / sizeof(T) : 1;
+  constexpr bool kStages = decode_stages_tiles(kQueries);
+  constexpr int kStagedTileValues = kStages ? kDecodeTile * kDecodeStagedRowBytes / sizeof(T) : 1;
   __shared__ __align__(16) T k_tile[kStagedTileValues];
   __shared__ __align__(16) T v_tile[kStagedTileValues];
   __shared__ float q_tile[kQueries][kMaxHeadDim];
@@ -503,6 +502,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
     wait_for_previous_kernels();
     return;
   }
+  const bool staged = kStages && stageable;
   const int staged_rows =
       staged ? static_cast<int>(min(std::int64_t{kDecodeTile}, last - first + 1)) : 0;
   if (staged) {
@@ -913,11 +913,12 @@ cudaError_t launch_decode(const AttentionJob& job, const DecodeRope& rope, bool 
   const std::int64_t chunks = decode_chunks(job.capacity);
   const auto sequences = static_cast<unsigned>(job.sequences);
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(job.kv_heads), sequences);
-  const bool staged = decode_stages_tiles(kQueries) && aligned && rope.inv_freq != nullptr &&
-                      job.head_dim * static_cast<std::int64_t>(sizeof(T)) <= kDecodeStagedRowBytes;
+  const bool stageable =
+      aligned && rope.inv_freq != nullptr &&
+      job.head_dim * static_cast<std::int64_t>(sizeof(T)) <= kDecodeStagedRowBytes;
   const cudaError_t error =
       launch_overlapped(attention_decode_chunk_kernel<T, kQueries>, grid, kDecodeThreads, 0, stream,
-                        job, rope, chunk_keys, aligned, staged);
+                        job, rope, chunk_keys, aligned, stageable);
   if (error != cudaSuccess) return error;
   return launch_overlapped(attention_decode_combine_kernel<T>,
                            dim3(static_cast<unsigned>(job.heads), sequences), kCombineThreads, 0,
